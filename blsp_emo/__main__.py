@@ -1,0 +1,92 @@
+"""`python -m blsp_emo <command>`: systems, respond (the command-line contract of DESIGN.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import GenerationOptions, available_systems, load_system
+from .audio import AudioError
+from .checkpoint import ModelNotFoundError
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--system", default="blsp-emo", choices=available_systems())
+    p.add_argument("--model", help="BLSP-Emo model folder, hub id, or bundle folder (default: bundled demo models)")
+    p.add_argument("--asr", help="ASR model folder for the cascades (default: from the bundle)")
+    p.add_argument("--ser", help="emotion classifier folder for cascade-ser (default: from the bundle)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+
+
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--greedy", action="store_true", help="deterministic greedy decoding")
+    p.add_argument("--max-new-tokens", type=int, default=GenerationOptions.max_new_tokens)
+    p.add_argument("--temperature", type=float, default=GenerationOptions.temperature)
+    p.add_argument("--top-p", type=float, default=GenerationOptions.top_p)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _options(args) -> GenerationOptions:
+    return GenerationOptions(
+        max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature,
+        top_p=args.top_p, seed=args.seed,
+    )
+
+
+def cmd_systems(args) -> int:
+    for name in available_systems():
+        print(name)
+    return 0
+
+
+def cmd_respond(args) -> int:
+    options = _options(args)  # validate before loading anything
+    system = load_system(args.system, args.model, args.asr, args.ser, args.device, args.dtype)
+    failed = 0
+    for path in args.files:
+        try:
+            reply = system.respond(path, options=options)
+        except AudioError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.json:
+            out = {"file": path, **reply.to_json()}
+            if args.greedy:
+                out["token_ids"] = list(reply.token_ids)
+            print(json.dumps(out, ensure_ascii=False), flush=True)
+        else:
+            scores = ", ".join(f"{k} {v:.2f}" for k, v in reply.emotion_scores.items())
+            print(f"{path}\n  emotion: {reply.emotion or '-'}" + (f" ({scores})" if scores else ""))
+            if reply.transcript is not None:
+                print(f"  transcript: {reply.transcript}")
+            print(f"  reply: {reply.text}\n  first token {reply.timings.first_token_s or 0:.2f} s, total {reply.timings.total_s:.2f} s")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m blsp_emo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("systems", help="list the system names").set_defaults(func=cmd_systems)
+    p = sub.add_parser("respond", help="answer audio files, one JSON object per file with --json")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    _add_model_args(p)
+    _add_generation_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_respond)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ModelNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Speech recognition for the cascades: a Whisper encoder with a CTC head over characters.
+
+At demo scale `train/` pretrains this encoder with CTC (which also gives BLSP-Emo its encoder); any
+object with `transcribe(waveform) -> str` can stand in, e.g. a full Whisper on a GPU machine.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel, WhisperConfig
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from .adapter import encoder_frame_count
+from .audio import log_mel
+
+ALPHABET = " abcdefghijklmnopqrstuvwxyz'0123456789"
+
+
+class SpeechRecognizer(Protocol):
+    def transcribe(self, waveform: np.ndarray) -> str: ...
+
+
+class CtcRecognizerConfig(PretrainedConfig):
+    model_type = "blsp_emo_ctc"
+    sub_configs = {"encoder_config": WhisperConfig}
+
+    def __init__(self, encoder_config: WhisperConfig | dict | None = None, alphabet: str = ALPHABET, **kwargs):
+        if isinstance(encoder_config, dict):
+            encoder_config = WhisperConfig(**encoder_config)
+        self.encoder_config = encoder_config if encoder_config is not None else WhisperConfig()
+        if len(set(alphabet)) != len(alphabet):
+            raise ValueError(f"alphabet has repeated characters: {alphabet!r}")
+        self.alphabet = alphabet
+        super().__init__(**kwargs)
+
+
+class CtcRecognizer(PreTrainedModel):
+    """Log-mel (B, n_mels, n_frames) -> per-frame character logits (B, n_frames/2, 1 + |alphabet|).
+
+    Index 0 is the CTC blank; character i of the alphabet is index i + 1.
+    """
+
+    config_class = CtcRecognizerConfig
+    base_model_prefix = "ctc"
+    main_input_name = "input_features"
+
+    def __init__(self, config: CtcRecognizerConfig, encoder: WhisperEncoder | None = None):
+        super().__init__(config)
+        self.encoder = encoder if encoder is not None else WhisperEncoder(config.encoder_config)
+        self.head = nn.Linear(config.encoder_config.d_model, len(config.alphabet) + 1)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        pass  # the encoder initialises itself; the head keeps PyTorch's default
+
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        dtype = self.head.weight.dtype
+        return self.head(self.encoder(input_features.to(self.device, dtype)).last_hidden_state)
+
+    def ctc_loss(self, input_features: torch.Tensor, frame_counts: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        log_probs = self(input_features).float().log_softmax(-1).transpose(0, 1)  # (T, B, V)
+        targets = [torch.tensor(self.encode_text(t), dtype=torch.long) for t in texts]
+        return F.ctc_loss(
+            log_probs,
+            torch.cat(targets).to(self.device),
+            encoder_frame_count(frame_counts).to(self.device),
+            torch.tensor([len(t) for t in targets], device=self.device),
+            zero_infinity=True,
+        )
+
+    def encode_text(self, text: str) -> list[int]:
+        index = {c: i + 1 for i, c in enumerate(self.config.alphabet)}
+        return [index[c] for c in text.lower() if c in index]
+
+    @torch.inference_mode()
+    def transcribe(self, waveform: np.ndarray) -> str:
+        enc = self.config.encoder_config
+        features, counts = log_mel([waveform], enc.num_mel_bins, enc.max_source_positions * 2)
+        best = self(features)[0, : int(encoder_frame_count(counts)[0])].argmax(-1).tolist()
+        chars, previous = [], 0
+        for i in best:  # greedy CTC: collapse repeats, drop blanks
+            if i != previous and i != 0:
+                chars.append(self.config.alphabet[i - 1])
+            previous = i
+        return " ".join("".join(chars).split())

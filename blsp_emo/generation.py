@@ -1,0 +1,97 @@
+"""Token-by-token decoding after a prefill, so the UI can stream and the prefill can differ per system.
+
+BLSP-Emo's audio-scoped LoRA must touch the prefill only; owning the loop makes that explicit:
+the caller runs the prefill (inside the LoRA scope), this module continues with the base weights.
+Sampling uses transformers' logits processors rather than hand-written ones.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from transformers import DynamicCache
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to decode a reply. Defaults follow the released chat demo (reference §2.4)."""
+
+    max_new_tokens: int = 512
+    greedy: bool = False
+    temperature: float = 0.5
+    top_p: float = 0.5
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.0
+    seed: int | None = None  # None draws one; the Reply reports it so a turn can be replayed
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.greedy and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}; use greedy=True")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or self.repetition_penalty <= 0:
+            raise ValueError(f"top_k must be >= 0 and repetition_penalty > 0, got {self.top_k}, {self.repetition_penalty}")
+
+    def resolved_seed(self) -> int:
+        return self.seed if self.seed is not None else random.SystemRandom().randrange(2**31)
+
+
+def _processors(options: GenerationOptions) -> LogitsProcessorList:
+    procs = LogitsProcessorList()
+    if options.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(options.repetition_penalty))
+    if not options.greedy:
+        if options.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(options.temperature))
+        if options.top_k > 0:
+            procs.append(TopKLogitsWarper(options.top_k))
+        if options.top_p < 1.0:
+            procs.append(TopPLogitsWarper(options.top_p))
+    return procs
+
+
+def new_cache(llm) -> DynamicCache:
+    return DynamicCache(config=llm.config)
+
+
+@torch.inference_mode()
+def decode(
+    llm,
+    logits: torch.Tensor,
+    cache: DynamicCache,
+    options: GenerationOptions,
+    stop_ids: frozenset[int],
+    seed: int,
+) -> Iterator[int]:
+    """Yield reply token ids one at a time, starting from the prefill's last logits (1, V).
+
+    Stops after a stop token (not yielded) or `options.max_new_tokens` tokens.
+    """
+    procs = _processors(options)
+    generator = torch.Generator(device=logits.device).manual_seed(seed)
+    history = torch.empty((1, 0), dtype=torch.long, device=logits.device)
+    for _ in range(options.max_new_tokens):
+        scores = procs(history, logits.float())
+        if options.greedy:
+            token = scores.argmax(-1, keepdim=True)
+        else:
+            token = torch.multinomial(scores.softmax(-1), 1, generator=generator)
+        token_id = int(token)
+        if token_id in stop_ids:
+            return
+        yield token_id
+        history = torch.cat([history, token], dim=1)
+        out = llm(input_ids=token, past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1]

@@ -1,0 +1,132 @@
+"""The registry of spoken-dialogue systems: every system is built from a spec, none by name checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+from .. import checkpoint
+from ..prompts import SYSTEM_EMPATHETIC
+from .base import Heard, Reply, SpokenDialogueSystem, Timings
+from .blsp import BlspSystem
+from .cascade import CascadeSystem
+
+
+@dataclass(frozen=True)
+class Components:
+    """Where a system's parts come from (folders or hub ids); None where it needs no such part."""
+
+    model: str | None
+    asr: str | None = None
+    ser: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    name: str
+    description: str
+    model_folder: str  # the bundle sub-folder holding its LLM (and encoder)
+    needs: tuple[str, ...]  # of "asr", "ser"
+    build: Callable[["SystemSpec", Components], SpokenDialogueSystem]
+
+
+def _end_to_end(perceives_emotion: bool):
+    def build(spec: SystemSpec, parts: Components) -> SpokenDialogueSystem:
+        model, tokenizer = checkpoint.load_model(parts.model, parts.device, parts.dtype)
+        return BlspSystem(spec.name, spec.description, model, tokenizer, SYSTEM_EMPATHETIC, perceives_emotion)
+
+    return build
+
+
+def _cascade(spec: SystemSpec, parts: Components) -> SpokenDialogueSystem:
+    model, tokenizer = checkpoint.load_model(parts.model, parts.device, parts.dtype)
+    ser = _load_ser(parts.ser, parts.device) if parts.ser else None
+    return CascadeSystem(
+        spec.name, spec.description, _load_asr(parts.asr, parts.device), model.llm, tokenizer,
+        SYSTEM_EMPATHETIC, ser, model.config.window_seconds,
+    )
+
+
+@lru_cache(maxsize=4)
+def _load_asr(path: str, device: str | None):
+    from ..asr import CtcRecognizer
+
+    return checkpoint.load_pretrained(CtcRecognizer, checkpoint.resolve(path), device)
+
+
+@lru_cache(maxsize=4)
+def _load_ser(path: str, device: str | None):
+    from ..ser import WhisperEmotionClassifier
+
+    return checkpoint.load_pretrained(WhisperEmotionClassifier, checkpoint.resolve(path), device)
+
+
+SYSTEMS: dict[str, SystemSpec] = {
+    spec.name: spec
+    for spec in (
+        SystemSpec("blsp-emo", "BLSP-Emo: hears words and tone end to end (stage 2)", "blsp-emo", (), _end_to_end(True)),
+        SystemSpec("blsp", "BLSP: semantic alignment only, no emotion training (stage 1)", "blsp", (), _end_to_end(False)),
+        SystemSpec("cascade", "ASR -> LLM: reads the transcript, cannot hear tone", "blsp-emo", ("asr",), _cascade),
+        SystemSpec("cascade-ser", "ASR + emotion classifier -> LLM told the emotion", "blsp-emo", ("asr", "ser"), _cascade),
+    )
+}
+
+
+def available_systems() -> list[str]:
+    return list(SYSTEMS)
+
+
+def load_system(
+    name: str,
+    model: str | Path | None = None,
+    asr: str | Path | None = None,
+    ser: str | Path | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> SpokenDialogueSystem:
+    """Build system `name` from its parts; models are loaded once per process and shared.
+
+    `model` is a BLSP-Emo model folder or hub id, or a bundle folder holding one sub-folder per
+    component (`blsp-emo`, `blsp`, `asr`, `ser`); None means the bundled demo models.
+    """
+    if name not in SYSTEMS:
+        raise ValueError(f"unknown system {name!r}; available: {available_systems()}")
+    spec = SYSTEMS[name]
+    bundle = Path(model) if model is not None else checkpoint.BUNDLED_MODELS
+    is_bundle = bundle.is_dir() and not (bundle / "config.json").exists()
+    parts = Components(
+        model=str(bundle / spec.model_folder) if is_bundle else (str(model) if model is not None else None),
+        asr=_part(asr, bundle if is_bundle else None, "asr") if "asr" in spec.needs else None,
+        ser=_part(ser, bundle if is_bundle else None, "ser") if "ser" in spec.needs else None,
+        device=device,
+        dtype=dtype,
+    )
+    if parts.model is None:
+        raise checkpoint.ModelNotFoundError(
+            f"no model given and no bundled demo models in {checkpoint.BUNDLED_MODELS}; "
+            "pass --model DIR (a trained BLSP-Emo folder) or build them with `python -m train demo`"
+        )
+    for need in spec.needs:
+        if getattr(parts, need) is None:
+            raise checkpoint.ModelNotFoundError(
+                f"system {name!r} needs a {need.upper()} model: pass --{need} DIR, or a bundle folder with {need}/"
+            )
+    return spec.build(spec, parts)
+
+
+def _part(explicit, bundle: Path | None, folder: str) -> str | None:
+    if explicit is not None:
+        return str(explicit)
+    if bundle is not None and (bundle / folder).is_dir():
+        return str(bundle / folder)
+    return None
+
+
+__all__ = [
+    "Heard", "Reply", "SpokenDialogueSystem", "Timings", "SYSTEMS", "SystemSpec",
+    "available_systems", "load_system",
+]

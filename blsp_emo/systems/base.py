@@ -1,0 +1,141 @@
+"""The interface every spoken-dialogue system answers through, and what it answers with."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, replace
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ..audio import AudioSource, load_audio
+from ..generation import GenerationOptions
+from ..prompts import Turn
+from ..tokenizer import ChatTokenizer
+
+
+@dataclass(frozen=True)
+class Timings:
+    first_token_s: float | None  # None when the reply is empty
+    total_s: float
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One system's answer to one user turn.
+
+    `emotion` is None and `emotion_scores` empty for systems that do not perceive emotion;
+    `transcript` is None for end-to-end systems. While streaming, `done` is False and `text` grows.
+    """
+
+    system: str
+    text: str
+    emotion: str | None
+    emotion_scores: Mapping[str, float]
+    transcript: str | None
+    timings: Timings
+    token_ids: tuple[int, ...] = ()
+    seed: int | None = None
+    done: bool = True
+
+    def to_json(self) -> dict:
+        """The `respond --json` object (without `file`)."""
+        return {
+            "system": self.system,
+            "emotion": self.emotion,
+            "emotion_scores": dict(self.emotion_scores),
+            "reply": self.text,
+            "transcript": self.transcript,
+            "timings": asdict(self.timings),
+        }
+
+    def turns(self, audio: np.ndarray | None = None, text: str | None = None) -> tuple[Turn, Turn]:
+        """The user turn as this system understood it, and its reply, to extend a history with."""
+        user_text = text if text is not None else (self.transcript or "")
+        return Turn("user", user_text, audio, self.emotion), Turn("assistant", self.text)
+
+
+@dataclass(frozen=True)
+class Heard:
+    """What a system perceived of the user's turn before replying."""
+
+    emotion_scores: Mapping[str, float] = field(default_factory=dict)
+    transcript: str | None = None
+
+    @property
+    def emotion(self) -> str | None:
+        return max(self.emotion_scores, key=self.emotion_scores.get) if self.emotion_scores else None
+
+
+class SpokenDialogueSystem(ABC):
+    """A system that hears a user turn (audio or typed text) and streams a reply.
+
+    History is always an argument: a system object holds read-only models and no conversation,
+    so one instance serves every session at once.
+    """
+
+    name: str
+    description: str
+    window_seconds: float
+
+    def respond(
+        self,
+        audio: AudioSource | None = None,
+        history: Sequence[Turn] = (),
+        options: GenerationOptions = GenerationOptions(),
+        text: str | None = None,
+    ) -> Reply:
+        reply = None
+        for reply in self.stream(audio, history, options, text):
+            pass
+        return reply
+
+    def stream(
+        self,
+        audio: AudioSource | None = None,
+        history: Sequence[Turn] = (),
+        options: GenerationOptions = GenerationOptions(),
+        text: str | None = None,
+    ) -> Iterator[Reply]:
+        """Yield the reply as it grows (`done=False`), then once more complete (`done=True`)."""
+        start = time.perf_counter()
+        turn = self._user_turn(audio, text)
+        seed = options.resolved_seed()
+        heard, tokens = self._answer(turn, tuple(history), options, seed)
+        partial = Reply(
+            self.name, "", heard.emotion, heard.emotion_scores, heard.transcript, Timings(None, 0.0), (), seed, False
+        )
+        ids: list[int] = []
+        first = None
+        for token in tokens:
+            ids.append(token)
+            first = first if first is not None else time.perf_counter() - start
+            text_so_far = self.tokenizer.decode(ids)
+            if not text_so_far.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                partial = replace(partial, text=text_so_far, token_ids=tuple(ids), timings=Timings(first, time.perf_counter() - start))
+                yield partial
+        yield replace(
+            partial,
+            text=self.tokenizer.decode(ids).strip(),
+            token_ids=tuple(ids),
+            timings=Timings(first, time.perf_counter() - start),
+            done=True,
+        )
+
+    def _user_turn(self, audio: AudioSource | None, text: str | None) -> Turn:
+        if (audio is None) == (text is None):
+            raise ValueError("give exactly one of audio or text for the user turn")
+        if text is not None:
+            if not text.strip():
+                raise ValueError("the message is empty; type something or record audio")
+            return Turn("user", text.strip())
+        return Turn("user", audio=load_audio(audio, max_seconds=self.window_seconds))
+
+    tokenizer: ChatTokenizer
+
+    @abstractmethod
+    def _answer(
+        self, turn: Turn, history: tuple[Turn, ...], options: GenerationOptions, seed: int
+    ) -> tuple[Heard, Iterator[int]]:
+        """Perceive `turn` and return what was heard plus an iterator of reply token ids."""

@@ -1,0 +1,61 @@
+"""Pipelines a practitioner would build instead: ASR -> text LLM, optionally with a separate SER.
+
+`cascade` cannot hear tone: its LLM reads only the transcript. `cascade-ser` adds a speech-emotion
+classifier whose label reaches the LLM as words. Both reuse the BLSP-Emo model's LLM, whose text-only
+use is exactly the base LLM (the audio-scoped LoRA never touches text).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from ..asr import SpeechRecognizer
+from ..generation import GenerationOptions, decode, new_cache
+from ..prompts import CASCADE_SER_USER, Turn, chat_pieces
+from ..ser import EmotionClassifier
+from ..tokenizer import ChatTokenizer
+from .base import Heard, SpokenDialogueSystem
+
+
+class CascadeSystem(SpokenDialogueSystem):
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        asr: SpeechRecognizer,
+        llm,
+        tokenizer: ChatTokenizer,
+        system_prompt: str,
+        ser: EmotionClassifier | None = None,
+        window_seconds: float = 30.0,
+    ):
+        self.name, self.description = name, description
+        self.asr, self.ser, self.llm, self.tokenizer = asr, ser, llm, tokenizer
+        self.system_prompt = system_prompt
+        self.window_seconds = window_seconds
+
+    def _hear(self, turn: Turn) -> Heard:
+        if turn.audio is None:
+            return Heard()
+        scores = self.ser.classify(turn.audio) if self.ser is not None else {}
+        return Heard(scores, self.asr.transcribe(turn.audio))
+
+    def _as_text(self, turn: Turn) -> Turn:
+        if turn.role == "user" and self.ser is not None and turn.emotion:
+            return Turn("user", CASCADE_SER_USER.format(emotion=turn.emotion, transcript=turn.text))
+        return Turn(turn.role, turn.text)
+
+    @torch.inference_mode()
+    def _answer(
+        self, turn: Turn, history: tuple[Turn, ...], options: GenerationOptions, seed: int
+    ) -> tuple[Heard, Iterator[int]]:
+        heard = self._hear(turn)
+        if turn.audio is not None:
+            turn = Turn("user", heard.transcript or "", None, heard.emotion)
+        pieces = chat_pieces(self.system_prompt, [self._as_text(t) for t in (*history, turn)], speech_turns=False)
+        ids = torch.tensor([self.tokenizer.encode_pieces(pieces).input_ids], device=self.llm.device)
+        cache = new_cache(self.llm)
+        logits = self.llm(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        return heard, decode(self.llm, logits, cache, options, self.tokenizer.stop_ids, seed)
