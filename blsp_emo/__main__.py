@@ -1,4 +1,4 @@
-"""`python -m blsp_emo <command>`: systems, respond (the command-line contract of DESIGN.md)."""
+"""`python -m blsp_emo <command>`: systems, respond, convert (the command-line contract of DESIGN.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 from . import GenerationOptions, available_systems, load_system
 from .audio import AudioError
-from .checkpoint import ModelNotFoundError
+from .checkpoint import ModelNotFoundError, convert_released, resolve
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -16,7 +16,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="BLSP-Emo model folder, hub id, or bundle folder (default: bundled demo models)")
     p.add_argument("--asr", help="ASR model folder for the cascades (default: from the bundle)")
     p.add_argument("--ser", help="emotion classifier folder for cascade-ser (default: from the bundle)")
-    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--revision", help="hub branch, tag or commit to pin --model to (hub ids only)")
+    p.add_argument(
+        "--device", default=None,
+        help="torch device, e.g. cpu or cuda; 'auto' keeps LLM blocks that do not fit the GPU in CPU RAM (default: cpu)",
+    )
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
 
 
@@ -43,7 +47,7 @@ def cmd_systems(args) -> int:
 
 def cmd_respond(args) -> int:
     options = _options(args)  # validate before loading anything
-    system = load_system(args.system, args.model, args.asr, args.ser, args.device, args.dtype)
+    system = load_system(args.system, _pinned_model(args), args.asr, args.ser, args.device, args.dtype)
     failed = 0
     for path in args.files:
         try:
@@ -66,6 +70,20 @@ def cmd_respond(args) -> int:
     return 1 if failed else 0
 
 
+def _pinned_model(args) -> str | None:
+    """--model; with --revision, the local snapshot of that hub revision."""
+    if args.revision is None:
+        return args.model
+    if args.model is None:
+        raise ValueError("--revision pins a hub model; pass --model OWNER/NAME as well")
+    return str(resolve(args.model, args.revision))
+
+
+def cmd_convert(args) -> int:
+    print(convert_released(args.src, args.dst, args.dtype, args.revision))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m blsp_emo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,11 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_respond)
+    p = sub.add_parser(
+        "convert", help="write a released-layout checkpoint (e.g. cwang621/blsp-emo) once in our safetensors layout"
+    )
+    p.add_argument("src", help="released checkpoint folder or hub id")
+    p.add_argument("dst", help="new folder for the converted model")
+    p.add_argument("--revision", help="hub branch, tag or commit to pin SRC to")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: as stored")
+    p.set_defaults(func=cmd_convert)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # stderr carries only our one-line errors
     try:
         return args.func(args)
     except (ModelNotFoundError, ValueError) as e:

@@ -53,9 +53,14 @@ class Subsampler(nn.Module):
             for i, k in enumerate(kernel_sizes)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, d_enc) -> (B, T', d_llm). With `lengths` (valid steps per row), every layer's
+        output past a row's end is zeroed, so a row's result does not depend on its batch."""
         x = x.transpose(1, 2)  # (B, d_enc, T)
         for conv in self.conv_layers:
+            if lengths is not None:
+                x = x * (torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]).unsqueeze(1).to(x.dtype)
+                lengths = conv_output_length(lengths, conv.kernel_size[0], conv.stride[0])
             x = F.glu(conv(x), dim=1)
         return x.transpose(1, 2)  # (B, T', d_llm)
 
@@ -82,7 +87,8 @@ class Adapter(nn.Module):
     def output_length(self, mel_frames: torch.Tensor | int) -> torch.Tensor | int:
         return speech_token_count(mel_frames, self.kernel_sizes, self.stride)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        x = self.subsampler(hidden)
+    def forward(self, hidden: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder states (B, T, d_enc), valid steps per row (B,) -> speech embeddings (B, T', d_llm)."""
+        x = self.subsampler(hidden, lengths)
         x = x + self.fc2(F.gelu(self.fc1(x)))
         return self.speech_ln(x)

@@ -105,9 +105,11 @@ class BlspEmoModel(PreTrainedModel):
         """(N, n_mels, n_frames) log-mel + valid frame counts -> speech embeddings (N, T, d_llm)."""
         features = input_features.to(device=self.device, dtype=self.encoder.conv1.weight.dtype)
         hidden = self.encoder(features).last_hidden_state  # (N, n_frames / 2, d_enc)
-        # The released model truncates to the longest valid length in the batch before the adapter.
-        hidden = hidden[:, : int(encoder_frame_count(frame_counts).max())]
-        embeds = self.adapter(hidden)
+        # As released: truncate to the longest valid length before the adapter. Unlike the release,
+        # the adapter zeroes each clip's steps past its own end at every layer, so a clip's
+        # embeddings equal those it gets alone (the convs' zero padding) whatever it is batched with.
+        valid = encoder_frame_count(frame_counts.to(hidden.device))
+        embeds = self.adapter(hidden[:, : int(valid.max())], valid)
         lengths = self.adapter.output_length(frame_counts.to(self.device))
         return SpeechEmbeddings(embeds[:, : int(lengths.max())], lengths)
 

@@ -1,0 +1,45 @@
+# Two commands on a fresh Debian machine: `make demo` and `make test`.
+# Each installs what is missing (Debian packages when root, a .venv, pinned pip packages), then runs.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OFFLINE := HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False
+
+.PHONY: demo test setup setup-dev debian clean
+
+demo: setup
+	$(PY) app.py $(ARGS)
+
+test: setup-dev
+	$(OFFLINE) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+setup: $(VENV)/.app-installed
+	@$(MAKE) --no-print-directory debian PACKAGE_FILES=packages.txt
+
+setup-dev: $(VENV)/.dev-installed
+	@$(MAKE) --no-print-directory debian PACKAGE_FILES="packages.txt packages-dev.txt"
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+
+$(VENV)/.app-installed: requirements.txt | $(VENV)/bin/python
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(VENV)/bin/python
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@ $(VENV)/.app-installed
+
+# Install the listed Debian packages that are missing; without root, say what to install instead.
+debian:
+	@missing=""; for p in $$(grep -hv "^#" $(PACKAGE_FILES)); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+		echo "missing Debian packages:$$missing -- run: sudo apt-get install$$missing" >&2; exit 1; \
+	fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache
