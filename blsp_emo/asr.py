@@ -15,8 +15,8 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from .adapter import encoder_frame_count
 from .audio import log_mel
+from .encoder import encode
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz'0123456789"
 
@@ -29,13 +29,15 @@ class CtcRecognizerConfig(PretrainedConfig):
     model_type = "blsp_emo_ctc"
     sub_configs = {"encoder_config": WhisperConfig}
 
-    def __init__(self, encoder_config: WhisperConfig | dict | None = None, alphabet: str = ALPHABET, **kwargs):
+    def __init__(self, encoder_config: WhisperConfig | dict | None = None, alphabet: str = ALPHABET,
+                 encode_full_window: bool = True, **kwargs):
         if isinstance(encoder_config, dict):
             encoder_config = WhisperConfig(**encoder_config)
         self.encoder_config = encoder_config if encoder_config is not None else WhisperConfig()
         if len(set(alphabet)) != len(alphabet):
             raise ValueError(f"alphabet has repeated characters: {alphabet!r}")
         self.alphabet = alphabet
+        self.encode_full_window = bool(encode_full_window)
         super().__init__(**kwargs)
 
 
@@ -58,17 +60,19 @@ class CtcRecognizer(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         pass  # the encoder initialises itself; the head keeps PyTorch's default
 
-    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
-        dtype = self.head.weight.dtype
-        return self.head(self.encoder(input_features.to(self.device, dtype)).last_hidden_state)
+    def forward(self, input_features: torch.Tensor, frame_counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Character logits (N, T, 1 + |alphabet|) and valid steps (N,)."""
+        hidden, lengths = encode(self.encoder, input_features, frame_counts, self.config.encode_full_window)
+        return self.head(hidden), lengths
 
     def ctc_loss(self, input_features: torch.Tensor, frame_counts: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        log_probs = self(input_features).float().log_softmax(-1).transpose(0, 1)  # (T, B, V)
+        logits, lengths = self(input_features, frame_counts)
+        log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (T, N, V)
         targets = [torch.tensor(self.encode_text(t), dtype=torch.long) for t in texts]
         return F.ctc_loss(
             log_probs,
             torch.cat(targets).to(self.device),
-            encoder_frame_count(frame_counts).to(self.device),
+            lengths,
             torch.tensor([len(t) for t in targets], device=self.device),
             zero_infinity=True,
         )
@@ -81,7 +85,8 @@ class CtcRecognizer(PreTrainedModel):
     def transcribe(self, waveform: np.ndarray) -> str:
         enc = self.config.encoder_config
         features, counts = log_mel([waveform], enc.num_mel_bins, enc.max_source_positions * 2)
-        best = self(features)[0, : int(encoder_frame_count(counts)[0])].argmax(-1).tolist()
+        logits, lengths = self(features, counts)
+        best = logits[0, : int(lengths[0])].argmax(-1).tolist()
         chars, previous = [], 0
         for i in best:  # greedy CTC: collapse repeats, drop blanks
             if i != previous and i != 0:

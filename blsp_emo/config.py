@@ -59,6 +59,8 @@ class BlspEmoConfig(PretrainedConfig):
         lora_alpha, lora_dropout, lora_target_modules: as in the released `lora_config`.
         emotions: emotion labels in the head's output order.
         kd_temperature: temperature of the `response_kl` loss (reference: 2).
+        encode_full_window: encode the whole 30 s window as released (True), or only each clip's
+            length (False; demo-scale models are trained this way, see `encoder.py`).
     """
 
     model_type = "blsp_emo"
@@ -77,6 +79,7 @@ class BlspEmoConfig(PretrainedConfig):
         lora_target_modules: tuple[str, ...] = QWEN2_LORA_TARGETS,
         emotions: tuple[str, ...] = EMOTIONS,
         kd_temperature: float = 2.0,
+        encode_full_window: bool = True,
         **kwargs,
     ):
         if isinstance(encoder_config, dict):
@@ -94,6 +97,7 @@ class BlspEmoConfig(PretrainedConfig):
         self.lora_target_modules = tuple(lora_target_modules)
         self.emotions = tuple(emotions)
         self.kd_temperature = float(kd_temperature)
+        self.encode_full_window = bool(encode_full_window)
         self._validate()
         super().__init__(**kwargs)
 

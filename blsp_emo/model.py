@@ -16,9 +16,10 @@ from torch import nn
 from transformers import PreTrainedModel, Qwen2ForCausalLM
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from .adapter import Adapter, encoder_frame_count
+from .adapter import Adapter
 from .config import BlspEmoConfig
 from .emotion import masked_mean
+from .encoder import encode
 from .generation import GenerationOptions, decode, new_cache
 from .lora import ScopedLoRA
 from .tokenizer import IGNORE_INDEX
@@ -103,12 +104,10 @@ class BlspEmoModel(PreTrainedModel):
 
     def encode_speech(self, input_features: torch.Tensor, frame_counts: torch.Tensor) -> SpeechEmbeddings:
         """(N, n_mels, n_frames) log-mel + valid frame counts -> speech embeddings (N, T, d_llm)."""
-        features = input_features.to(device=self.device, dtype=self.encoder.conv1.weight.dtype)
-        hidden = self.encoder(features).last_hidden_state  # (N, n_frames / 2, d_enc)
+        hidden, valid = encode(self.encoder, input_features, frame_counts, self.config.encode_full_window)
         # As released: truncate to the longest valid length before the adapter. Unlike the release,
         # the adapter zeroes each clip's steps past its own end at every layer, so a clip's
         # embeddings equal those it gets alone (the convs' zero padding) whatever it is batched with.
-        valid = encoder_frame_count(frame_counts.to(hidden.device))
         embeds = self.adapter(hidden[:, : int(valid.max())], valid)
         lengths = self.adapter.output_length(frame_counts.to(self.device))
         return SpeechEmbeddings(embeds[:, : int(lengths.max())], lengths)
