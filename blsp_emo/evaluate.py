@@ -1,0 +1,197 @@
+"""Speech emotion recognition (SER) scores of a system on a manifest: accuracy, macro-F1, confusion.
+
+Two ways to read a system's emotion, scored side by side:
+- `head`: the emotion the system reports with its reply (`Reply.emotion`: BLSP-Emo's emotion
+  head, cascade-ser's classifier). Systems that report none have no head score.
+- `instruction`: the system's free-text answer to the SER instruction under the plain system
+  prompt, the paper's protocol (reference §2.1, §2.2, Table 1), with the label parsed from the
+  text by `parse_emotion`. An answer naming no label, or several, is counted as unparseable and
+  as wrong. End-to-end systems hear the speech; cascades read what their ASR (and classifier)
+  made of it, as the paper's Whisper+LLM row does.
+
+The headline `accuracy`/`macro_f1`/`n`/`confusion` are the instruction scores, the one protocol
+every system can follow, so systems compare on equal terms; `--scorer head` picks the other.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .audio import AudioError, load_audio
+from .emotion import EMOTIONS, parse_emotion
+from .generation import GenerationOptions, decode, new_cache
+from .processor import build_prompt
+from .prompts import SER_INSTRUCTION, SYSTEM_PLAIN, Speech, Turn, instruction_pieces
+from .systems.base import SpokenDialogueSystem
+from .systems.blsp import BlspSystem
+from .systems.cascade import CascadeSystem
+
+SCORERS = ("instruction", "head")
+MAX_SKIPPED_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class SerScore:
+    """Scores of one way of reading emotions; `confusion[true][predicted]` counts clips."""
+
+    accuracy: float
+    macro_f1: float
+    n: int
+    confusion: dict[str, dict[str, int]]
+    unparseable: int = 0  # predictions that named no single label (counted as wrong)
+
+
+def score(truth: Sequence[str], predicted: Sequence[str | None], labels: Sequence[str] = EMOTIONS) -> SerScore:
+    """Accuracy, macro-F1 over the labels that occur in `truth` or `predicted`, and the confusion.
+
+    A None prediction (unparseable) is wrong: a false negative for its true label.
+    """
+    if len(truth) != len(predicted):
+        raise ValueError(f"{len(truth)} true labels but {len(predicted)} predictions")
+    confusion = {t: {p: 0 for p in labels} for t in labels}
+    for t, p in zip(truth, predicted):
+        if p is not None:
+            confusion[t][p] += 1
+    n = len(truth)
+    correct = sum(confusion[label][label] for label in labels)
+    present = [label for label in labels if label in set(truth) | set(predicted)]
+    f1s = []
+    for label in present:
+        tp = confusion[label][label]
+        fp = sum(confusion[t][label] for t in labels) - tp
+        fn = sum(1 for t in truth if t == label) - tp
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return SerScore(
+        accuracy=correct / n if n else 0.0,
+        macro_f1=sum(f1s) / len(f1s) if f1s else 0.0,
+        n=n,
+        confusion=confusion,
+        unparseable=sum(p is None for p in predicted),
+    )
+
+
+def read_ser_manifest(path: str | Path) -> Iterator[tuple[str, str]]:
+    """(audio path, emotion) per line; relative audio paths are relative to the manifest."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                audio, emotion = row["audio"], row.get("emotion")
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{number}: expected a JSON object with `audio` and `emotion` ({e})") from e
+            if emotion not in EMOTIONS:
+                raise ValueError(f"{path}:{number}: emotion {emotion!r} is not one of {EMOTIONS}; an SER manifest labels every clip")
+            yield str(path.parent / Path(audio).expanduser()), emotion
+
+
+def answer_instruction(
+    system: SpokenDialogueSystem, audio: np.ndarray, instruction: str, heard_as: Turn, options: GenerationOptions
+) -> str | None:
+    """The system's answer to `instruction` about one clip, or None if it has no LLM to ask.
+
+    `heard_as` is the user turn as the system understood it (transcript, emotion), for cascades.
+    """
+    if isinstance(system, BlspSystem):
+        model, tokenizer = system.model, system.tokenizer
+        prompt = build_prompt(tokenizer, instruction_pieces(SYSTEM_PLAIN, instruction, Speech(0)), [audio], model.config)
+        with torch.inference_mode():
+            speech = model.encode_speech(prompt.input_features, prompt.frame_counts)
+            ids = list(model.generate_stream(prompt, speech, options, tokenizer.stop_ids, seed=0))
+        return tokenizer.decode(ids).strip()
+    if isinstance(system, CascadeSystem):
+        content = system._as_text(heard_as).text  # exactly what its LLM reads for this turn
+        tokenizer, llm = system.tokenizer, system.llm
+        ids = torch.tensor([tokenizer.encode_pieces(instruction_pieces(SYSTEM_PLAIN, instruction, content)).input_ids])
+        with torch.inference_mode():
+            cache = new_cache(llm)
+            logits = llm(input_ids=ids.to(llm.device), past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            return tokenizer.decode(list(decode(llm, logits, cache, options, tokenizer.stop_ids, 0))).strip()
+    return None
+
+
+@dataclass
+class _Collected:
+    truth: list[str] = field(default_factory=list)
+    head: list[str | None] = field(default_factory=list)
+    answers: list[str | None] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def evaluate_ser(
+    system: SpokenDialogueSystem, manifest: str | Path, max_new_tokens: int = 128, scorer: str = "instruction"
+) -> dict:
+    """SER scores of `system` on `manifest` (JSON lines with `audio` and `emotion`), greedy.
+
+    Returns the headline scores of `scorer` at the top level, both scorers under `head` and
+    `instruction` (None where the system cannot be read that way), and the clips skipped as
+    unreadable.
+    """
+    if scorer not in SCORERS:
+        raise ValueError(f"scorer must be one of {SCORERS}, got {scorer!r}")
+    options = GenerationOptions(greedy=True, max_new_tokens=max_new_tokens, seed=0)
+    got = _Collected()
+    for path, emotion in read_ser_manifest(manifest):
+        try:
+            audio = load_audio(path, max_seconds=system.window_seconds)
+        except AudioError as e:
+            got.skipped.append(str(e))
+            continue
+        # One token is enough to read what the system heard; the reply itself is not scored.
+        reply = system.respond(audio, options=GenerationOptions(greedy=True, max_new_tokens=1, seed=0))
+        heard_as = Turn("user", reply.transcript or "", None, reply.emotion)
+        got.truth.append(emotion)
+        got.head.append(reply.emotion)
+        got.answers.append(answer_instruction(system, audio, SER_INSTRUCTION, heard_as, options))
+    return _summary(system.name, manifest, scorer, got)
+
+
+def _summary(name: str, manifest, scorer: str, got: _Collected) -> dict:
+    has_head = any(p is not None for p in got.head)
+    has_answers = bool(got.answers) and all(a is not None for a in got.answers)
+    scores = {
+        "head": asdict(score(got.truth, got.head)) if has_head else None,
+        "instruction": asdict(score(got.truth, [parse_emotion(a) for a in got.answers])) if has_answers else None,
+    }
+    if scores[scorer] is None:  # the other reading, if the system has it
+        scorer = "head" if scorer == "instruction" else "instruction"
+    headline = scores[scorer]
+    if headline is None:
+        headline, scorer = asdict(score(got.truth, [None] * len(got.truth))), "none"
+    top = {k: headline[k] for k in ("accuracy", "macro_f1", "n", "confusion")}
+    skipped = {"count": len(got.skipped), "first": got.skipped[:MAX_SKIPPED_SHOWN]}
+    return {"task": "ser", "system": name, "manifest": str(manifest), "scorer": scorer, **top, **scores, "skipped": skipped}
+
+
+def plot_confusion(confusion: dict[str, dict[str, int]], path: str | Path) -> bool:
+    """Write the confusion matrix as a PNG (Pillow, which Gradio installs); False if unavailable."""
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError:
+        return False
+    labels = list(confusion)
+    cell, margin = 64, 90
+    size = margin + cell * len(labels)
+    image = Image.new("RGB", (size, size + 20), "white")
+    draw = ImageDraw.Draw(image)
+    for i, true in enumerate(labels):
+        row_total = max(1, sum(confusion[true].values()))
+        draw.text((4, margin + i * cell + cell // 2 - 6), true, fill="black")
+        draw.text((margin + i * cell + 4, margin - 20), true, fill="black")  # the same label as a column
+        for j, pred in enumerate(labels):
+            count = confusion[true][pred]
+            shade = int(255 * (1 - count / row_total))  # darker = larger share of the true class
+            box = [margin + j * cell, margin + i * cell, margin + (j + 1) * cell - 1, margin + (i + 1) * cell - 1]
+            draw.rectangle(box, fill=(shade, shade, 255), outline="gray")
+            draw.text((box[0] + cell // 2 - 6, box[1] + cell // 2 - 6), str(count), fill="black" if shade > 110 else "white")
+    draw.text((margin, 8), "rows: true emotion, columns: predicted", fill="black")
+    image.save(str(path), format="PNG")
+    return True
