@@ -15,6 +15,7 @@ would recompute outside the scope, so `scope` must wrap a forward without it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from contextvars import ContextVar
 from typing import Iterator
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ACTIVE: ContextVar[tuple[int, torch.Tensor] | None] = ContextVar("blsp_emo_lora_scope", default=None)
+_ACTIVE: ContextVar[tuple["ScopedLoRA", torch.Tensor] | None] = ContextVar("blsp_emo_lora_scope", default=None)
 
 
 class LoRAPair(nn.Module):
@@ -80,29 +81,29 @@ class ScopedLoRA(nn.Module):
         return (m for m in self.modules() if isinstance(m, LoRAPair))
 
     def _hook_for(self, pair: LoRAPair):
-        owner = id(self)
+        # A partial over a bound method (not a closure), so copy.deepcopy(model) rebinds the hook
+        # to the copy's own ScopedLoRA and factors.
+        return functools.partial(self._apply, pair)
 
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-            active = _ACTIVE.get()
-            if active is None or active[0] != owner:
-                return output
-            mask = active[1]
-            x = args[0]
-            if x.shape[:-1] != mask.shape:
-                raise RuntimeError(
-                    f"LoRA scope mask {tuple(mask.shape)} does not match the input {tuple(x.shape[:-1])}; "
-                    "scope(...) must wrap exactly one forward over the masked sequence"
-                )
-            x = F.dropout(x, self.dropout, training=self.training)
-            delta = pair.lora_B(pair.lora_A(x.to(pair.lora_A.weight.dtype)))
-            return output + (delta * (self.scaling * mask.unsqueeze(-1))).to(output.dtype)
-
-        return hook
+    def _apply(self, pair: LoRAPair, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        active = _ACTIVE.get()
+        if active is None or active[0] is not self:
+            return output
+        mask = active[1]
+        x = args[0]
+        if x.shape[:-1] != mask.shape:
+            raise RuntimeError(
+                f"LoRA scope mask {tuple(mask.shape)} does not match the input {tuple(x.shape[:-1])}; "
+                "scope(...) must wrap exactly one forward over the masked sequence"
+            )
+        x = F.dropout(x, self.dropout, training=self.training)
+        delta = pair.lora_B(pair.lora_A(x.to(pair.lora_A.weight.dtype)))
+        return output + (delta * (self.scaling * mask.unsqueeze(-1))).to(output.dtype)
 
     @contextlib.contextmanager
     def scope(self, mask: torch.Tensor) -> Iterator[None]:
         """Apply the LoRA delta at positions where `mask` (B, T) is 1 during the enclosed forward."""
-        token = _ACTIVE.set((id(self), mask.to(self._dtype())))
+        token = _ACTIVE.set((self, mask.to(self._dtype())))
         try:
             yield
         finally:

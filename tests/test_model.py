@@ -217,3 +217,19 @@ def test_full_scale_shapes_on_meta_device():
     assert lora == 32 * (4 * 16 * 8192 + 3 * 16 * 15104)
     assert sum(p.numel() for p in model.emotion_head.parameters()) == 20_480
     assert sum(p.numel() for p in model.encoder.parameters()) == 636_784_640  # reference §7, positions included
+
+
+@torch.no_grad()
+def test_a_deep_copy_applies_its_own_lora(model_and_tokenizer):
+    import copy
+
+    model, tok = model_and_tokenizer
+    twin = copy.deepcopy(model)
+    for pair in twin.lora.pairs():
+        pair.lora_B.weight.mul_(-1)  # the copy's LoRA now differs from the original's
+    prompt, speech = speech_prompt(model, tok)
+    ours = model.speech_forward(prompt, speech).logits
+    theirs = twin.speech_forward(prompt, speech).logits
+    base = model.llm(inputs_embeds=model.embed_prompt(prompt, speech)).logits
+    assert not torch.allclose(theirs, base) and not torch.allclose(theirs, ours)
+    assert torch.equal(model.speech_forward(prompt, speech).logits, ours)  # the original is untouched
