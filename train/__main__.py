@@ -21,6 +21,7 @@ from dataclasses import replace
 from .data import DataLimits
 from .manifest import ManifestError
 from .stages import STAGES, Stage, with_encoder
+from .synth import SynthesisError
 
 
 def cmd_teacher(args) -> int:
@@ -132,9 +133,28 @@ def _add_stage(sub, stage: Stage) -> None:
     p.set_defaults(func=cmd_stage, lora_rank=16)
 
 
+def _add_demo_scale(sub) -> None:
+    """The demo-scale world (issue 5): corpus, stage-0 pretraining, assembly."""
+    from . import pretrain_lm, sentences, synth
+
+    commands = (
+        ("sentences", "sentence files for the synthetic corpus", sentences.__doc__, sentences.add_arguments, sentences.run),
+        ("synth", "emotional speech with espeak-ng: manifest.jsonl + wav/", synth.__doc__, synth.add_arguments, synth.run),
+        ("pretrain-lm", "stage 0: BPE tokenizer + tiny chat LM", pretrain_lm.__doc__,
+         pretrain_lm.add_lm_arguments, pretrain_lm.run_lm),
+        ("assemble", "stage 0: encoder + LM + new adapter = the stage-1 starting folder", pretrain_lm.__doc__,
+         pretrain_lm.add_assemble_arguments, pretrain_lm.run_assemble),
+    )
+    for name, help_, doc, add_arguments, run in commands:
+        p = sub.add_parser(name, help=help_, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_arguments(p)
+        p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_demo_scale(sub)
     _add_teacher(sub)
     _add_clean(sub)
     for stage in STAGES.values():
@@ -146,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ManifestError, FileNotFoundError, ValueError) as e:
+    except (ManifestError, FileNotFoundError, ValueError, SynthesisError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -75,6 +75,7 @@ class Example:
     response: tuple[Piece, ...]  # the labelled pieces, shared by the speech and text rows
     emotion: int  # index into EMOTIONS, IGNORE_INDEX when the row has no label
     position: int  # in the shuffled order of this epoch
+    audio_instruction: str  # before the speech in the student's prompt ("" = speech alone)
 
 
 class ManifestDataset(IterableDataset):
@@ -139,7 +140,9 @@ class ManifestDataset(IterableDataset):
         if audio is None:
             return None
         label = EMOTION_TO_ID[emotion] if emotion else IGNORE_INDEX  # stage-1 rows need no label
-        return Example(audio, text_row, response, label, position)
+        # A row may carry its own student instruction; "" is the chat layout (the speech alone).
+        audio_instruction = fields.get("audio_instruction", self.stage.audio_instruction)
+        return Example(audio, text_row, response, label, position, str(audio_instruction))
 
     def _audio(self, row: Row) -> np.ndarray | None:
         path = Path(row.fields["audio"])
@@ -190,12 +193,16 @@ class Collator:
 
     def __init__(self, stage: Stage, tokenizer: ChatTokenizer, config: BlspEmoConfig):
         self.stage, self.tokenizer, self.config = stage, tokenizer, config
-        self.student = instruction_pieces(stage.system_prompt, stage.audio_instruction, Speech(0))
 
     def __call__(self, examples: list[Example]) -> Batch:
         features, counts = clip_features([e.audio for e in examples], self.config)
         lengths = speech_lengths(counts, self.config)
-        rows = [self.tokenizer.encode_pieces(self.student, [n], e.response) for e, n in zip(examples, lengths)]
+        rows = [
+            self.tokenizer.encode_pieces(
+                instruction_pieces(self.stage.system_prompt, e.audio_instruction, Speech(0)), [n], e.response
+            )
+            for e, n in zip(examples, lengths)
+        ]
         ids, speech_mask, attention, labels = pad_rows(rows, self.tokenizer.pad_id)
         speech = SpeechPrompt(ids, speech_mask, attention, features, counts, labels)
         text = None
