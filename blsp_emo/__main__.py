@@ -1,4 +1,4 @@
-"""`python -m blsp_emo <command>`: systems, respond, convert (the command-line contract of DESIGN.md)."""
+"""`python -m blsp_emo <command>`: systems, respond, evaluate, convert (the command-line contract of DESIGN.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 
 from . import GenerationOptions, available_systems, load_system
-from .audio import AudioError
+from .audio import AudioError, load_audio
 from .checkpoint import ModelNotFoundError, convert_released, resolve
 
 
@@ -19,7 +19,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", help="hub branch, tag or commit to pin --model to (hub ids only)")
     p.add_argument(
         "--device", default=None,
-        help="torch device, e.g. cpu or cuda; 'auto' keeps LLM blocks that do not fit the GPU in CPU RAM (default: cpu)",
+        help="torch device, e.g. cpu or cuda; 'auto' keeps the LLM blocks that do not fit the GPU in CPU RAM "
+        "(default: cpu)",
     )
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
 
@@ -79,6 +80,43 @@ def _pinned_model(args) -> str | None:
     return str(resolve(args.model, args.revision))
 
 
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_ser, plot_confusion
+
+    system = load_system(args.system, _pinned_model(args), args.asr, args.ser, args.device, args.dtype)
+    result = evaluate_ser(system, args.manifest, args.max_new_tokens, args.scorer)
+    if args.plot and not plot_confusion(result["confusion"], args.plot):
+        print("warning: --plot needs Pillow (pip install pillow); no PNG written", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print(f"{result['system']} SER ({result['scorer']}): accuracy {result['accuracy']:.3f}, "
+              f"macro-F1 {result['macro_f1']:.3f}, n {result['n']}, skipped {result['skipped']['count']}")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from pathlib import Path
+
+    from .chat import converse, microphone_turns, speaker
+    from .microphone import MicrophoneError
+    from .tts import SynthesizerUnavailableError, load_synthesizer
+
+    options = _options(args)
+    system = load_system(args.system, _pinned_model(args), args.asr, args.ser, args.device, args.dtype)
+    try:
+        speak = speaker(load_synthesizer(args.tts), Path(args.save) if args.save else None)
+        if args.file:
+            turns = [load_audio(f, max_seconds=system.window_seconds) for f in args.file]
+        else:
+            turns = microphone_turns(system.window_seconds)
+        converse(system, turns, options, speak)
+    except (MicrophoneError, AudioError, SynthesizerUnavailableError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_convert(args) -> int:
     print(convert_released(args.src, args.dst, args.dtype, args.revision))
     return 0
@@ -94,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_respond)
+    p = sub.add_parser("evaluate", help="score a system on a labelled manifest (--task ser)")
+    p.add_argument("--task", required=True, choices=["ser"], help="ser: speech emotion recognition")
+    p.add_argument("--manifest", required=True, help="JSON lines with audio and emotion")
+    _add_model_args(p)
+    p.add_argument("--scorer", default="instruction", choices=["instruction", "head"],
+                   help="headline scores: the answer to the SER instruction (paper) or the reported emotion")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="for the SER answer (greedy)")
+    p.add_argument("--plot", metavar="PNG", help="also write the headline confusion matrix as a PNG")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser(
         "convert", help="write a released-layout checkpoint (e.g. cwang621/blsp-emo) once in our safetensors layout"
     )
@@ -102,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="hub branch, tag or commit to pin SRC to")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: as stored")
     p.set_defaults(func=cmd_convert)
+    p = sub.add_parser("chat", help="talk through the microphone (Enter to start/stop) or --file clips, multi-turn")
+    p.add_argument("--file", nargs="+", metavar="CLIP", help="answer these clips as turns instead of recording")
+    _add_model_args(p)
+    _add_generation_args(p)
+    p.add_argument("--tts", default="espeak", help="espeak, pyttsx3 or none: speak each reply")
+    p.add_argument("--save", metavar="DIR", help="where to keep reply audio when there is no speaker")
+    p.set_defaults(func=cmd_chat)
     return parser
 
 

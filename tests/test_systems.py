@@ -43,7 +43,7 @@ def test_components_are_loaded_once_and_shared(bundle_dir):
 
 
 def test_missing_parts_say_what_to_pass(model_dir, tmp_path):
-    with pytest.raises(ModelNotFoundError, match="needs a ASR model: pass --asr DIR"):
+    with pytest.raises(ModelNotFoundError, match="needs an ASR model: pass --asr DIR"):
         load_system("cascade", model=model_dir)
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         load_system("blsp-emo", model=tmp_path / "nope")

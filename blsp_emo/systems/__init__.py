@@ -113,7 +113,7 @@ def load_system(
     for need in spec.needs:
         if getattr(parts, need) is None:
             raise checkpoint.ModelNotFoundError(
-                f"system {name!r} needs a {need.upper()} model: pass --{need} DIR, or a bundle folder with {need}/"
+                f"system {name!r} needs an {need.upper()} model: pass --{need} DIR, or a bundle folder with {need}/"
             )
     return spec.build(spec, parts)
 

@@ -1,0 +1,230 @@
+"""The Gradio app, driven as visitors and clients drive it: gradio_client round trips and one real browser."""
+
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+gr = pytest.importorskip("gradio")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import ValidationError  # noqa: E402
+
+import app  # noqa: E402
+import tiny  # noqa: E402
+from blsp_emo import GenerationOptions, available_systems  # noqa: E402
+from blsp_emo.emotion import EMOTIONS  # noqa: E402
+from blsp_emo.tts import NullSynthesizer, load_synthesizer  # noqa: E402
+
+OPTIONS = GenerationOptions(max_new_tokens=12)
+TALK = {"system_name": "blsp-emo", "temperature": 0.5, "top_p": 0.5, "max_tokens": 12, "greedy": False, "seed": None}
+
+
+@pytest.fixture(scope="module")
+def systems(bundle_dir):
+    systems, notes = app.load_systems(available_systems(), model=str(bundle_dir))
+    assert notes == [] and list(systems) == available_systems()
+    return systems
+
+
+@pytest.fixture(scope="module")
+def synthesizer():
+    return load_synthesizer("espeak") if shutil.which("espeak-ng") else NullSynthesizer()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(systems, synthesizer, tmp_path_factory):
+    examples = tmp_path_factory.mktemp("examples")
+    sf.write(examples / "sad_tone.wav", tiny.tone(2.0, 180.0), 16000)
+    demo = app.build_demo(systems, synthesizer, model_label="tiny bundle", options=OPTIONS, examples_dir=examples)
+    app.launch(demo, "127.0.0.1", _free_port(), prevent_thread_lock=True, quiet=True)
+    yield demo.local_url
+    demo.close()
+
+
+def _client(url: str) -> Client:
+    return Client(url, verbose=False)
+
+
+def _talk(client: Client, audio=None, text="", **kw):
+    args = {**TALK, **kw}
+    return client.submit(audio, text, args["system_name"], args["temperature"], args["top_p"], args["max_tokens"],
+                         args["greedy"], args["seed"], api_name="/talk")
+
+
+def _texts(chatbot) -> list[str]:
+    return [" ".join(part.get("text", "") for part in m["content"]) for m in chatbot]
+
+
+def test_build_demo_constructs_with_every_part(systems):
+    demo = app.build_demo(systems, NullSynthesizer(), options=OPTIONS, examples_dir=Path("/nonexistent"))
+    api_names = {fn.api_name for fn in demo.fns.values()}
+    assert {"respond", "talk", "regenerate"} <= api_names
+    assert not any(isinstance(b, gr.Dataset) for b in demo.blocks.values())  # no example clips, no Examples
+    labels = [b for b in demo.blocks.values() if isinstance(b, gr.Label)]
+    assert len(labels) == 1 + len(systems)  # Talk + one per Compare column
+
+
+def test_compare_columns_share_one_callback_and_one_seed(systems, clip_path):
+    demo = app.build_demo(systems, NullSynthesizer(), options=OPTIONS)
+    column_fns = [fn.fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "answer"]
+    assert len(column_fns) == len(systems) and len({f.__func__ for f in column_fns}) == 1
+    callbacks = column_fns[0].__self__
+    seed = callbacks.start_compare(str(clip_path), None)
+    for name in systems:
+        *_, (label, transcript, _text, timings, reply) = callbacks.answer(name, str(clip_path), seed, 0.5, 0.5, 12,
+                                                                         False, None)
+        assert reply.system == name and reply.seed == seed and f"seed `{seed}`" in timings
+        assert (not label.value) == (not reply.emotion_scores) and transcript.visible == (reply.transcript is not None)
+
+
+def test_without_models_the_page_starts_and_says_how_to_get_one(tmp_path):
+    systems, notes = app.load_systems(available_systems(), model=str(tmp_path / "missing"))
+    assert systems == {} and "blsp-emo, blsp not loaded: model folder" in notes[0] and "does not exist" in notes[0]
+    demo = app.build_demo(systems, None, notes=notes)
+    markdown = " ".join(str(b.value) for b in demo.blocks.values() if isinstance(b, gr.Markdown))
+    assert "python -m train demo" in markdown and "--model DIR" in markdown and "does not exist" in markdown
+    respond = next(fn.fn for fn in demo.fns.values() if fn.api_name == "respond")
+    with pytest.raises(gr.Error, match="No model is loaded"):
+        respond("clip.wav")
+
+
+def test_examples_are_picked_up_from_the_folder(server):
+    config = _client(server).config
+    datasets = [c for c in config["components"] if c["type"] == "dataset"]
+    assert datasets and all("sad tone" in str(c["props"]) for c in datasets)
+
+
+def test_respond_endpoint_returns_the_cli_json_and_a_wav(server, clip_path, synthesizer):
+    result, speech = _client(server).predict(handle_file(str(clip_path)), api_name="/respond")
+    assert list(result) == ["file", "system", "emotion", "emotion_scores", "reply", "transcript", "timings"]
+    assert result["file"] == clip_path.name and result["system"] == "blsp-emo" and result["transcript"] is None
+    assert result["emotion"] in EMOTIONS and list(result["emotion_scores"]) == list(EMOTIONS)
+    assert sum(result["emotion_scores"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert result["reply"].strip() and set(result["timings"]) == {"first_token_s", "total_s"}
+    if isinstance(synthesizer, NullSynthesizer):
+        assert speech is None
+    else:
+        info = sf.info(speech)
+        assert info.format == "WAV" and info.frames > 0.2 * info.samplerate
+
+
+def test_respond_with_a_system_name_and_an_unknown_one(server, clip_path):
+    client = _client(server)
+    result, _ = client.predict(handle_file(str(clip_path)), "cascade", api_name="/respond")
+    assert result["system"] == "cascade" and isinstance(result["transcript"], str)
+    assert result["emotion"] is None and result["emotion_scores"] == {}
+    with pytest.raises(ValidationError, match=r"unknown system 'nope'; available: \['blsp-emo'"):
+        client.predict(handle_file(str(clip_path)), "nope", api_name="/respond")
+
+
+def _bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
+    (folder / "empty.wav").write_bytes(b"")
+    sf.write(folder / "silent.wav", np.zeros(32000, np.float32), 16000)
+    sf.write(folder / "long.wav", tiny.tone(12.0), 16000)  # the tiny models' window is 10 s
+    (folder / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 4)
+    (folder / "notes.txt").write_text("this is not audio\n" * 20)
+    return {
+        "empty": (folder / "empty.wav", "empty.wav: the file is empty"),
+        "silent": (folder / "silent.wav", "silent.wav: the audio is silent"),
+        "too long": (folder / "long.wav", "longer than the model's 10 s window"),
+        "corrupt": (folder / "corrupt.wav", "corrupt.wav: not a readable audio file"),
+        "not audio": (folder / "notes.txt", "notes.txt: not a readable audio file"),
+    }
+
+
+def test_bad_inputs_give_a_clear_message_and_the_server_stays_up(server, clip_path, tmp_path):
+    client = _client(server)
+    for case, (path, message) in _bad_inputs(tmp_path).items():
+        with pytest.raises(ValidationError, match=message) as raised:  # reported on the audio input
+            client.predict(handle_file(str(path)), api_name="/respond")
+        assert "Traceback" not in str(raised.value), case
+    with pytest.raises(ValidationError, match="No audio: record"):
+        client.predict(None, api_name="/respond")  # no audio: a blocked or missing microphone
+    assert all(out == {"__type__": "update"} for out in _talk(client).result())  # Talk: a notice, no change
+    result, _ = client.predict(handle_file(str(clip_path)), api_name="/respond")
+    assert result["reply"].strip()
+
+
+def test_reply_streams_token_by_token(server):
+    job = _talk(_client(server), text="I lost my keys today.", seed=3)
+    final = job.result()
+    replies = [_texts(out[0])[-1] for out in job.outputs()]
+    assert len(set(replies)) >= 3  # many growing snapshots, not one final message
+    assert [len(r) for r in replies] == sorted(len(r) for r in replies)
+    assert _texts(final[0])[-1] == replies[-1].strip()
+
+
+def test_two_visitors_at_once_never_see_each_others_turns(server, clip_path):
+    a, b = _client(server), _client(server)
+    first = [_talk(a, text="alpha one"), _talk(b, audio=handle_file(str(clip_path)))]
+    [job.result() for job in first]
+    second = [_talk(a, text="alpha two"), _talk(b, text="bravo two")]
+    chat_a, chat_b = (job.result()[0] for job in second)
+    texts_a, texts_b = _texts(chat_a), _texts(chat_b)
+    assert len(chat_a) == len(chat_b) == 4  # two turns each: user, assistant, user, assistant
+    assert texts_a[0] == "alpha one" and texts_a[2] == "alpha two"
+    assert chat_b[0]["content"][0]["type"] == "file" and texts_b[2] == "bravo two"
+    assert not any("alpha" in t for t in texts_b) and not any("bravo" in t for t in texts_a)
+
+
+def test_regenerate_replaces_the_last_reply(server):
+    client = _client(server)
+    _talk(client, text="hello there").result()
+    chat = client.submit(*TALK.values(), api_name="/regenerate").result()[0]
+    assert len(chat) == 2 and _texts(chat)[0] == "hello there"
+    nothing = _client(server).submit(*TALK.values(), api_name="/regenerate").result()  # a warning, not an error
+    assert all(out == {"__type__": "update"} for out in nothing)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.browser
+def test_browser_upload_and_microphone_get_an_emotion_and_a_reply(server, clip_path, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright; never `playwright install`")
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
+             "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={clip_path}"]
+    outside = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=flags)
+        page = browser.new_context(viewport={"width": 1360, "height": 1000}, permissions=["microphone"]).new_page()
+        local = (server, "data:", "blob:")
+        page.on("request", lambda r: None if r.url.startswith(local) else outside.append(r.url))
+        page.goto(server)
+        page.get_by_role("button", name="Send", exact=True).click()  # nothing recorded: said on the input
+        page.get_by_text("Nothing to send").wait_for(timeout=10_000)
+        page.get_by_role("button", name="Record", exact=True).first.click()  # Chromium's fake microphone
+        time.sleep(2.5)
+        with page.expect_response(lambda r: "/upload" in r.url):  # Send is refused while an upload runs
+            page.locator("button.stop-button").first.click()
+        page.get_by_role("button", name="Send", exact=True).click()
+        page.wait_for_selector("#emotion .output-class", timeout=30_000)
+        page.locator("#chat .bot").first.wait_for(timeout=30_000)
+        page.get_by_role("button", name="Upload file").first.click()
+        with page.expect_response(lambda r: "/upload" in r.url):
+            page.locator("#voice input[type=file]").set_input_files(str(clip_path))
+        page.get_by_role("button", name="Send", exact=True).click()
+        page.wait_for_function("document.querySelectorAll('#chat .bot').length >= 2", timeout=30_000)
+        time.sleep(1.0)  # let the spoken reply and the card render for the screenshot
+        shot = tmp_path / "talk.png"
+        page.screenshot(path=str(shot), full_page=True)
+        emotion = page.locator("#emotion .output-class").inner_text()
+        replies = page.locator("#chat .bot").all_inner_texts()
+        browser.close()
+    print(f"screenshot: {shot}")
+    assert any(e in emotion for e in EMOTIONS)
+    assert len(replies) == 2 and all(r.strip() for r in replies)
+    assert outside == []  # offline: no CDN, fonts or analytics
