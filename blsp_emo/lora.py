@@ -83,9 +83,9 @@ class ScopedLoRA(nn.Module):
     def _hook_for(self, pair: LoRAPair):
         # A partial over a bound method (not a closure), so copy.deepcopy(model) rebinds the hook
         # to the copy's own ScopedLoRA and factors.
-        return functools.partial(self._apply, pair)
+        return functools.partial(self._add_delta, pair)
 
-    def _apply(self, pair: LoRAPair, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    def _add_delta(self, pair: LoRAPair, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         active = _ACTIVE.get()
         if active is None or active[0] is not self:
             return output

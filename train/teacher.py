@@ -136,6 +136,9 @@ def generate_teacher_outputs(
                 yield row
 
     written = early = 0
+    # Greedy output depends only on the prompt: a sentence spoken in five tones or by several
+    # voices shares one generation (exact, not an approximation).
+    memo: dict[tuple[int, ...], tuple[str, bool]] = {}
     with out.open("a", encoding="utf-8") as f:
         for batch in _batches(todo(), batch_size):
             instructions = [stage.teacher_prompt(row.emotion) for row in batch]
@@ -145,7 +148,10 @@ def generate_teacher_outputs(
                 tokenizer.encode_pieces(instruction_pieces(stage.system_prompt, instr, str(row.fields["text"]))).input_ids
                 for instr, row in zip(instructions, batch)
             ]
-            for row, instr, (text, early_stop) in zip(batch, instructions, continue_prompts(llm, tokenizer, prompts, max_new_tokens)):
+            missing = list(dict.fromkeys(tuple(p) for p in prompts if tuple(p) not in memo))
+            if missing:
+                memo.update(zip(missing, continue_prompts(llm, tokenizer, [list(p) for p in missing], max_new_tokens)))
+            for row, instr, (text, early_stop) in zip(batch, instructions, (memo[tuple(p)] for p in prompts)):
                 line = {**row.fields, "instruction": instr, "output": text, "early_stop": early_stop, "emotion": row.emotion}
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
                 early += early_stop
