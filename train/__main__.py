@@ -135,7 +135,7 @@ def _add_stage(sub, stage: Stage) -> None:
 
 def _add_demo_scale(sub) -> None:
     """The demo-scale world (issue 5): corpus, stage-0 pretraining, assembly."""
-    from . import pretrain_lm, sentences, synth
+    from . import demo, pretrain_lm, sentences, synth
 
     commands = (
         ("sentences", "sentence files for the synthetic corpus", sentences.__doc__, sentences.add_arguments, sentences.run),
@@ -144,6 +144,8 @@ def _add_demo_scale(sub) -> None:
          pretrain_lm.add_lm_arguments, pretrain_lm.run_lm),
         ("assemble", "stage 0: encoder + LM + new adapter = the stage-1 starting folder", pretrain_lm.__doc__,
          pretrain_lm.add_assemble_arguments, pretrain_lm.run_assemble),
+        ("demo", "build every bundled demo model from nothing, with a results table", demo.__doc__,
+         demo.add_arguments, demo.run),
     )
     for name, help_, doc, add_arguments, run in commands:
         p = sub.add_parser(name, help=help_, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)

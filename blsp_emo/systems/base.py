@@ -78,6 +78,7 @@ class SpokenDialogueSystem(ABC):
     name: str
     description: str
     window_seconds: float
+    emotion_source: str | None = None  # how it perceives emotion ("emotion head", ...); None: it does not
 
     def respond(
         self,

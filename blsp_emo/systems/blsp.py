@@ -35,6 +35,7 @@ class BlspSystem(SpokenDialogueSystem):
         self.model, self.tokenizer = model, tokenizer
         self.system_prompt = system_prompt
         self.perceives_emotion = perceives_emotion
+        self.emotion_source = "emotion head" if perceives_emotion else None
         self.window_seconds = model.config.window_seconds
 
     @torch.inference_mode()

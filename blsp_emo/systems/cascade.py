@@ -35,6 +35,7 @@ class CascadeSystem(SpokenDialogueSystem):
         self.asr, self.ser, self.llm, self.tokenizer = asr, ser, llm, tokenizer
         self.system_prompt = system_prompt
         self.window_seconds = window_seconds
+        self.emotion_source = "separate classifier" if ser is not None else None
 
     def _hear(self, turn: Turn) -> Heard:
         if turn.audio is None:
