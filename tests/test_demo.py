@@ -67,3 +67,13 @@ def test_ci_sized_build_runs_the_whole_chain(tmp_path):
     # a second run finds every step done and only re-evaluates
     again = build_demo(tmp_path / "work", out, examples, SCALES["ci"], log=lambda line: None)
     assert again["step_seconds"] == {}
+
+
+def test_readme_block_is_replaced_between_markers(tmp_path):
+    from train.demo import RESULTS_END, RESULTS_START, update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{RESULTS_START}\nold table\n{RESULTS_END}\nafter\n")
+    assert update_readme(readme, "| new |\n")
+    assert readme.read_text() == f"# x\n{RESULTS_START}\n| new |\n{RESULTS_END}\nafter\n"
+    assert not update_readme(tmp_path / "missing.md", "x")

@@ -345,6 +345,21 @@ def build_demo(work: Path, out: Path, examples: Path, scale: Scale, seed: int = 
     return report
 
 
+RESULTS_START, RESULTS_END = "<!-- results:start (written by python -m train demo) -->", "<!-- results:end -->"
+
+
+def update_readme(readme: Path, table: str) -> bool:
+    """Replace the README's results block with `table`; False when the markers are missing."""
+    if not readme.is_file():
+        return False
+    text = readme.read_text()
+    start, end = text.find(RESULTS_START), text.find(RESULTS_END)
+    if start < 0 or end < start:
+        return False
+    readme.write_text(text[: start + len(RESULTS_START)] + "\n" + table + text[end:])
+    return True
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     root = Path(__file__).resolve().parent.parent
     p.add_argument("--scale", choices=sorted(SCALES), default="full", help="ci: minutes, tiny sizes (the test)")
@@ -353,6 +368,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--examples", default=str(root / "assets" / "examples"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--readme", default=str(root / "README.md"), help="whose results block to rewrite ('' = none)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -360,4 +376,6 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     build_demo(Path(args.work), Path(args.out), Path(args.examples), SCALES[args.scale], args.seed)
+    if args.readme and update_readme(Path(args.readme), (Path(args.out) / "results.md").read_text()):
+        print(f"results table written into {args.readme}")
     return 0
