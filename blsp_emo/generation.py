@@ -15,6 +15,7 @@ import torch
 from transformers import DynamicCache
 from transformers.generation.logits_process import (
     LogitsProcessorList,
+    MinLengthLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
@@ -27,6 +28,7 @@ class GenerationOptions:
     """How to decode a reply. Defaults follow the released chat demo (reference §2.4)."""
 
     max_new_tokens: int = 512
+    min_new_tokens: int = 1  # as released: a reply is never empty
     greedy: bool = False
     temperature: float = 0.5
     top_p: float = 0.5
@@ -37,6 +39,8 @@ class GenerationOptions:
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in 0..max_new_tokens, got {self.min_new_tokens}")
         if not self.greedy and self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}; use greedy=True")
         if not 0 < self.top_p <= 1:
@@ -48,8 +52,10 @@ class GenerationOptions:
         return self.seed if self.seed is not None else random.SystemRandom().randrange(2**31)
 
 
-def _processors(options: GenerationOptions) -> LogitsProcessorList:
+def _processors(options: GenerationOptions, stop_ids: frozenset[int]) -> LogitsProcessorList:
     procs = LogitsProcessorList()
+    if options.min_new_tokens > 0 and stop_ids:
+        procs.append(MinLengthLogitsProcessor(options.min_new_tokens, sorted(stop_ids)))
     if options.repetition_penalty != 1.0:
         procs.append(RepetitionPenaltyLogitsProcessor(options.repetition_penalty))
     if not options.greedy:
@@ -79,7 +85,7 @@ def decode(
 
     Stops after a stop token (not yielded) or `options.max_new_tokens` tokens.
     """
-    procs = _processors(options)
+    procs = _processors(options, stop_ids)
     generator = torch.Generator(device=logits.device).manual_seed(seed)
     history = torch.empty((1, 0), dtype=torch.long, device=logits.device)
     for _ in range(options.max_new_tokens):

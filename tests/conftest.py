@@ -14,6 +14,10 @@ import torch  # noqa: E402
 import tiny  # noqa: E402
 from blsp_emo.checkpoint import save_model  # noqa: E402
 
+# Tiny models gain nothing from a second thread, and two busy threads per process on 2 cores
+# (the app test serves requests while its client waits) slow everything down many times over.
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

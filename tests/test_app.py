@@ -19,7 +19,7 @@ from blsp_emo import GenerationOptions, available_systems  # noqa: E402
 from blsp_emo.emotion import EMOTIONS  # noqa: E402
 from blsp_emo.tts import NullSynthesizer, load_synthesizer  # noqa: E402
 
-OPTIONS = GenerationOptions(max_new_tokens=12)
+OPTIONS = GenerationOptions(max_new_tokens=12, greedy=True)  # deterministic: a sampled reply may be empty
 TALK = {"system_name": "blsp-emo", "temperature": 0.5, "top_p": 0.5, "max_tokens": 12, "greedy": False, "seed": None}
 
 

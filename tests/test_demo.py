@@ -66,7 +66,7 @@ def test_ci_sized_build_runs_the_whole_chain(tmp_path):
         assert reply.done
     # a second run finds every step done and only re-evaluates
     again = build_demo(tmp_path / "work", out, examples, SCALES["ci"], log=lambda line: None)
-    assert again["step_seconds"] == {}
+    assert again["ran_now"] == []
 
 
 def test_readme_block_is_replaced_between_markers(tmp_path):

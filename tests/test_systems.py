@@ -115,3 +115,26 @@ def test_bad_audio_and_empty_text_are_refused(model_and_tokenizer):
         system.respond(text="   ")
     with pytest.raises(ValueError, match="exactly one"):
         system.respond()
+
+
+def test_min_new_tokens_keeps_a_reply_from_being_empty():
+    """When the stop token is the model's favourite at every step, min_new_tokens=0 gives an empty
+    reply and the released default of 1 gives exactly one token."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from blsp_emo.generation import decode
+
+    stop = 3
+    logits = torch.tensor([[0.0, 1.0, 2.0, 9.0]])  # stop (3) first, then token 2
+
+    def llm(**kwargs):
+        return SimpleNamespace(logits=logits[:, None, :])
+
+    def run(**kw):
+        return list(decode(llm, logits, None, GenerationOptions(greedy=True, max_new_tokens=5, **kw), frozenset({stop}), 0))
+
+    assert run(min_new_tokens=0) == []
+    assert run() == [2]
+    assert run(min_new_tokens=3) == [2, 2, 2]

@@ -39,16 +39,18 @@ class Scale:
     lm: LmOptions
     stage1_epochs: int
     stage2_epochs: int
+    stage2_max_steps: int | None  # caps stage 2 (the build's longest step) within the time budget
     batch_size: int
     eval_clips: int  # held-out clips scored per system
 
 
 SCALES = {
     "full": Scale(
-        train_sentences=1000, eval_sentences=60, voices_per_sentence=1,
-        asr_args=(), ser_args=(), lm=LmOptions(epochs=3, vocab_size=2048, hidden_size=128, layers=3,
-                                                 intermediate_size=384, batch_tokens=1536, lr=3e-3),
-        stage1_epochs=2, stage2_epochs=2, batch_size=16, eval_clips=300,
+        train_sentences=800, eval_sentences=60, voices_per_sentence=1,
+        asr_args=("--threads", "1"), ser_args=("--threads", "1"),
+        lm=LmOptions(epochs=3, vocab_size=2048, hidden_size=128, layers=3, intermediate_size=384,
+                     batch_tokens=1536, lr=3e-3, threads=1),
+        stage1_epochs=2, stage2_epochs=2, stage2_max_steps=300, batch_size=16, eval_clips=150,
     ),
     "ci": Scale(
         train_sentences=12, eval_sentences=4, voices_per_sentence=1,
@@ -56,7 +58,7 @@ SCALES = {
         ser_args=("--epochs", "1"),
         lm=LmOptions(epochs=12, vocab_size=400, hidden_size=48, layers=1, heads=2, kv_heads=1,
                      intermediate_size=96, batch_tokens=1024, lr=5e-3, warmup_steps=10),
-        stage1_epochs=1, stage2_epochs=1, batch_size=8, eval_clips=6,
+        stage1_epochs=1, stage2_epochs=1, stage2_max_steps=None, batch_size=8, eval_clips=6,
     ),
 }
 
@@ -66,7 +68,11 @@ class Build:
 
     def __init__(self, work: Path, scale: Scale, seed: int = 0, log=print):
         self.work, self.scale, self.seed, self.log = work, scale, seed, log
-        self.times: dict[str, float] = {}
+        self.times: dict[str, float] = {}  # steps run by this invocation
+        self.times_file = work / "step_seconds.json"  # every step's time, across resumed runs
+
+    def all_times(self) -> dict[str, float]:
+        return json.loads(self.times_file.read_text()) if self.times_file.exists() else {}
 
     def step(self, name: str, output: Path, make) -> Path:
         if output.exists():
@@ -80,6 +86,7 @@ class Build:
         make(partial)
         partial.rename(output)
         self.times[name] = time.perf_counter() - start
+        self.times_file.write_text(json.dumps({**self.all_times(), name: self.times[name]}, indent=2))
         self.log(f"[demo] {name}: {self.times[name]:.0f} s")
         return output
 
@@ -148,7 +155,7 @@ class Build:
 
         return self.step(f"teacher-{stage_name}", self.work / f"labels_{stage_name}", make)
 
-    def stage(self, stage_name: str, labels: Path, init: Path, epochs: int) -> Path:
+    def stage(self, stage_name: str, labels: Path, init: Path, epochs: int, max_steps: int | None = None) -> Path:
         from .loop import RunConfig, train
         from .stages import STAGES, with_encoder
 
@@ -158,7 +165,7 @@ class Build:
             stage = with_encoder(stage)  # the paper's figure: the encoder learns to hear tone too
         manifests = tuple(sorted(str(p) for p in labels.glob("*_clean.jsonl")))
         return self.step(stage_name, self.work / stage_name, lambda out: train(
-            stage, RunConfig(manifests, str(init), str(out), warmup_type="linear", log_steps=50)))
+            stage, RunConfig(manifests, str(init), str(out), max_steps=max_steps, warmup_type="linear", log_steps=50)))
 
 
 def chat_alignment_rows(llm, tokenizer, manifest: Path, out: Path, batch_size: int = 64) -> None:
@@ -312,7 +319,6 @@ def build_demo(work: Path, out: Path, examples: Path, scale: Scale, seed: int = 
 
     from .judge import fit_with_holdout
 
-    start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     b = Build(work, scale, seed, log)
     train_manifest = b.corpus("train", b.sentences("train", scale.train_sentences))
@@ -322,7 +328,7 @@ def build_demo(work: Path, out: Path, examples: Path, scale: Scale, seed: int = 
     init = b.assemble(asr, b.lm(work / "sentences_train.jsonl"))
     stage1 = b.stage("stage1", b.teacher("stage1", train_manifest, init), init, scale.stage1_epochs)
     labels2 = b.teacher("stage2", train_manifest, init)
-    stage2 = b.stage("stage2", labels2, stage1, scale.stage2_epochs)
+    stage2 = b.stage("stage2", labels2, stage1, scale.stage2_epochs, scale.stage2_max_steps)
 
     rows = [json.loads(line) for f in sorted(labels2.glob("*_clean.jsonl")) for line in f.read_text().splitlines()]
     judge, judge_accuracy = fit_with_holdout([r["output"] for r in rows], [r["emotion"] for r in rows], seed=seed)
@@ -332,13 +338,15 @@ def build_demo(work: Path, out: Path, examples: Path, scale: Scale, seed: int = 
 
     held_out = held_out_rows(eval_manifest, scale.eval_clips)
     results = []
+    evaluation_start = time.perf_counter()
     for name in available_systems():
         log(f"[demo] evaluating {name} on {len(held_out)} held-out clips")
         results.append(evaluate_system(load_system(name, model=out), held_out, judge, eval_manifest.parent))
-    seconds = time.perf_counter() - start
+    steps = {**b.all_times(), "evaluation": time.perf_counter() - evaluation_start}
+    seconds = sum(steps.values())  # the whole build, resumed runs included
     when = time.strftime("%Y-%m-%d")
-    report = {"date": when, "build_seconds": seconds, "step_seconds": b.times, "judge_accuracy": judge_accuracy,
-              "results": results, "cpu_count": os.cpu_count()}
+    report = {"date": when, "build_seconds": seconds, "step_seconds": steps, "ran_now": sorted(b.times),
+              "judge_accuracy": judge_accuracy, "results": results, "cpu_count": os.cpu_count()}
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "results.md").write_text(results_table(results, judge_accuracy, seconds, when))
     log(results_table(results, judge_accuracy, seconds, when))
@@ -367,7 +375,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=str(root / "assets" / "models"), help="the bundle the app loads by default")
     p.add_argument("--examples", default=str(root / "assets" / "examples"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads; 1 is fastest for these tiny models (2 threads thrash on 2 busy cores)")
     p.add_argument("--readme", default=str(root / "README.md"), help="whose results block to rewrite ('' = none)")
 
 
