@@ -85,11 +85,17 @@ class CtcRecognizer(PreTrainedModel):
     def transcribe(self, waveform: np.ndarray) -> str:
         enc = self.config.encoder_config
         features, counts = log_mel([waveform], enc.num_mel_bins, enc.max_source_positions * 2)
-        logits, lengths = self(features, counts)
-        best = logits[0, : int(lengths[0])].argmax(-1).tolist()
-        chars, previous = [], 0
-        for i in best:  # greedy CTC: collapse repeats, drop blanks
-            if i != previous and i != 0:
-                chars.append(self.config.alphabet[i - 1])
-            previous = i
-        return " ".join("".join(chars).split())
+        return self.greedy_decode(*self(features, counts))[0]
+
+    def greedy_decode(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        """Greedy CTC for each row of (N, T, V) logits over its valid steps: best class per step,
+        repeats collapsed, blanks dropped, spaces normalised."""
+        texts = []
+        for row, length in zip(logits.argmax(-1).tolist(), lengths.tolist()):
+            chars, previous = [], 0
+            for i in row[: int(length)]:
+                if i != previous and i != 0:
+                    chars.append(self.config.alphabet[i - 1])
+                previous = i
+            texts.append(" ".join("".join(chars).split()))
+        return texts

@@ -135,11 +135,15 @@ def _add_stage(sub, stage: Stage) -> None:
 
 def _add_demo_scale(sub) -> None:
     """The demo-scale world (issue 5): corpus, stage-0 pretraining, assembly."""
-    from . import demo, pretrain_lm, sentences, synth
+    from . import demo, pretrain_lm, pretrain_speech, sentences, synth
 
     commands = (
         ("sentences", "sentence files for the synthetic corpus", sentences.__doc__, sentences.add_arguments, sentences.run),
         ("synth", "emotional speech with espeak-ng: manifest.jsonl + wav/", synth.__doc__, synth.add_arguments, synth.run),
+        ("pretrain-asr", "stage 0: tiny Whisper encoder with CTC (BLSP-Emo's encoder, the cascades' ASR)",
+         pretrain_speech.__doc__, pretrain_speech.add_asr_arguments, pretrain_speech.run_asr),
+        ("pretrain-ser", "stage 0: the separate speech-emotion classifier for cascade-ser",
+         pretrain_speech.__doc__, pretrain_speech.add_ser_arguments, pretrain_speech.run_ser),
         ("pretrain-lm", "stage 0: BPE tokenizer + tiny chat LM", pretrain_lm.__doc__,
          pretrain_lm.add_lm_arguments, pretrain_lm.run_lm),
         ("assemble", "stage 0: encoder + LM + new adapter = the stage-1 starting folder", pretrain_lm.__doc__,

@@ -1,0 +1,200 @@
+"""Stage 0, speech side: CTC and SER training on tiny models, WER, feature caching and batching."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import tiny
+from blsp_emo.asr import CtcRecognizer
+from blsp_emo.audio import log_mel
+from blsp_emo.checkpoint import load_pretrained
+from blsp_emo.ser import WhisperEmotionClassifier
+from train import pretrain_speech as ps
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)")
+TINY = ps.EncoderSize(d_model=32, layers=2, heads=4, ffn=64)
+
+
+def speak(text: str, voice: str = "en-us+m3") -> np.ndarray:
+    from train.synth import Setting, Voice, render
+
+    return render(text, Voice.parse(voice).espeak, Setting(0, 0, 0, 0, amplitude=100))
+
+
+def corpus(waves, texts=None, emotions=None) -> ps.Corpus:
+    n = len(waves)
+    return ps.Corpus(tuple(ps.mel_features(waves, ps.N_MELS)), tuple(texts or [""] * n),
+                     tuple(emotions or [""] * n), tuple([""] * n))
+
+
+def asr_loss(texts):
+    return lambda model, features, counts, batch: model.ctc_loss(features, counts, [texts[i] for i in batch])
+
+
+def quiet(epochs: int, lr: float = 3e-3, batch_seconds: float = 60.0) -> ps.FitOptions:
+    return ps.FitOptions(epochs=epochs, lr=lr, batch_seconds=batch_seconds, warmup=0.05, spec_augment=False, log_steps=10_000)
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+def test_edit_distance_and_error_rates():
+    assert ps.edit_distance("kitten", "sitting") == 3
+    assert ps.edit_distance([], ["a"]) == 1 and ps.edit_distance(["a"], []) == 1
+    assert ps.error_rate(["the cat sat"], ["the cat sat"]) == 0.0
+    assert ps.error_rate(["the cat sat"], ["the bat sat down"]) == pytest.approx(2 / 3)  # 1 sub + 1 ins
+    assert ps.error_rate(["a b", "c d e"], ["a b", ""]) == pytest.approx(3 / 5)  # corpus-level, not averaged
+    assert ps.error_rate(["ab c"], ["ab"], unit="char") == pytest.approx(2 / 4)  # the space counts
+    with pytest.raises(ValueError, match="unit"):
+        ps.error_rate(["a"], ["a"], unit="phone")
+
+
+def test_normalize_keeps_what_ctc_can_write():
+    assert ps.normalize("Is it at nine O'Clock?  Yes, Sam.") == "is it at nine o'clock yes sam"
+
+
+def test_classification_scores():
+    scores = ps.classification_scores([0, 0, 1, 1], [0, 1, 1, 1], ("a", "b", "c"))
+    assert scores["accuracy"] == 0.75
+    assert scores["macro_f1"] == pytest.approx(round((2 / 3 + 0.8) / 2, 4))  # "c" appears nowhere
+    assert scores["confusion"]["a"] == {"a": 1, "b": 1, "c": 0}
+
+
+# --- features and batches -----------------------------------------------------------------------
+
+
+def test_cached_features_equal_the_full_window_features():
+    waves = [tiny.tone(s, f) for s, f in ((0.7, 200), (1.93, 300), (1.2, 150))]
+    cached = ps.mel_features(waves, ps.N_MELS)
+    full, counts = log_mel(waves, ps.N_MELS, 1000)
+    for f, window, n in zip(cached, full, counts.tolist()):
+        assert f.dtype == torch.float16 and f.shape == (ps.N_MELS, n)
+        torch.testing.assert_close(f.float(), window[:, :n], atol=2e-3, rtol=1e-3)
+
+
+def test_length_batches_group_similar_lengths():
+    rng = random.Random(0)
+    frames = [rng.randint(100, 600) for _ in range(500)]
+    batches = ps.length_batches(frames, 3000, random.Random(1))
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    assert all(len(b) * max(frames[i] for i in b) <= 3000 for b in batches)
+    padded = sum(len(b) * max(frames[i] for i in b) for b in batches)
+    assert 1 - sum(frames) / padded < 0.1  # random batches of 5 waste about 30 %
+    assert batches != ps.length_batches(frames, 3000, random.Random(2))  # each epoch differs
+
+
+def test_collate_pads_to_an_even_width():
+    features, counts = ps.collate([torch.ones(80, 5, dtype=torch.float16), torch.ones(80, 2, dtype=torch.float16)])
+    assert features.shape == (2, 80, 6) and features.dtype == torch.float32
+    assert counts.tolist() == [5, 2] and features[1, :, 2:].abs().sum() == 0
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+@needs_espeak
+def test_ctc_loss_falls_on_a_fixed_batch():
+    texts = ["yes", "go home"]
+    data = corpus([speak(t) for t in texts], texts)
+    torch.manual_seed(0)
+    model = CtcRecognizer(ps.CtcRecognizerConfig(TINY.config(), encode_full_window=False))
+    features, counts = ps.collate(data.features)
+    with torch.no_grad():
+        before = float(model.ctc_loss(features, counts, texts))
+    ps.fit(model, data, asr_loss(texts), quiet(epochs=30), "test")
+    with torch.no_grad():
+        assert float(model.ctc_loss(features, counts, texts)) < 0.5 * before
+
+
+@needs_espeak
+def test_overfit_model_transcribes_its_words(tmp_path):
+    texts = ["yes", "go home", "red"]
+    waves = [speak(t) for t in texts]
+    data = corpus(waves, texts)
+    torch.manual_seed(0)
+    model = CtcRecognizer(ps.CtcRecognizerConfig(ps.EncoderSize(64, 2, 4, 128).config(), encode_full_window=False))
+    ps.fit(model, data, asr_loss(texts), quiet(epochs=150, lr=5e-3), "test")
+    assert [model.transcribe(w) for w in waves] == texts
+    assert ps.evaluate_asr(model, data)["wer"] == 0.0
+    model.save_pretrained(tmp_path)
+    loaded = load_pretrained(CtcRecognizer, tmp_path)
+    assert loaded.transcribe(waves[1]) == "go home"
+
+
+def test_ser_loss_falls():
+    waves = [tiny.tone(1.0 + 0.1 * i, f) for i, f in enumerate((120, 130, 330, 350, 120, 340))]
+    emotions = ["sad", "sad", "happy", "happy", "sad", "happy"]
+    data = corpus(waves, emotions=emotions)
+    torch.manual_seed(0)
+    model = ps.build_ser(TINY)
+    labels = ps.emotion_ids(data)
+    features, counts = ps.collate(data.features)
+    before = float(torch.nn.functional.cross_entropy(model(features, counts), labels))
+    ps.train_ser(model, data, quiet(epochs=40, lr=3e-3))
+    after = float(torch.nn.functional.cross_entropy(model(features, counts), labels))
+    assert after < 0.5 * before
+    assert ps.evaluate_ser(model, data)["accuracy"] == 1.0
+
+
+def test_ser_needs_an_emotion_per_row():
+    with pytest.raises(ps.ManifestError, match="no emotion label"):
+        ps.emotion_ids(corpus([tiny.tone(1.0)], emotions=[""]))
+
+
+# --- commands and folders -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    rows = []
+    for i, (freq, emotion) in enumerate([(120, "sad"), (330, "happy")] * 3):
+        sf.write(root / f"{i}.wav", tiny.tone(1.0 + 0.2 * i, freq), 16000)
+        rows.append({"audio": f"{i}.wav", "text": "a tone", "emotion": emotion, "voice": "en-us+m3"})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root / "manifest.jsonl"
+
+
+def test_commands_write_folders_that_load_and_give_identical_outputs(manifest, tmp_path):
+    size = ["--d-model", "32", "--layers", "2", "--heads", "4", "--ffn", "64", "--epochs", "2", "--threads", "1"]
+    common = ["--manifest", str(manifest), "--eval-manifest", str(manifest)]
+    assert ps.main(["asr", *common, "--out", str(tmp_path / "asr"), *size]) == 0
+    assert ps.main(["ser", *common, "--out", str(tmp_path / "ser"), "--init-encoder", str(tmp_path / "asr"),
+                    "--freeze-encoder", *size]) == 0
+    asr_metrics = json.loads((tmp_path / "asr" / "metrics.json").read_text())
+    ser_metrics = json.loads((tmp_path / "ser" / "metrics.json").read_text())
+    assert 0 <= asr_metrics["eval"]["wer"] and asr_metrics["train_clips"] == 6
+    assert ser_metrics["size"]["d_model"] == 32 and "accuracy" in ser_metrics["eval"]
+
+    asr = load_pretrained(CtcRecognizer, tmp_path / "asr")
+    ser = load_pretrained(WhisperEmotionClassifier, tmp_path / "ser")
+    assert not asr.config.encode_full_window and not ser.config.encode_full_window
+    for name, tensor in asr.encoder.state_dict().items():  # a frozen encoder stays the ASR encoder
+        torch.testing.assert_close(ser.encoder.state_dict()[name], tensor, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: CtcRecognizer(ps.CtcRecognizerConfig(TINY.config(), encode_full_window=False)), lambda: ps.build_ser(TINY),
+])
+def test_saved_folders_load_and_give_identical_outputs(build, tmp_path):
+    torch.manual_seed(0)
+    model = build().eval()
+    model.save_pretrained(tmp_path)
+    loaded = load_pretrained(type(model), tmp_path)
+    features, counts = ps.collate(ps.mel_features([tiny.tone(1.3), tiny.tone(0.8, 300)], ps.N_MELS))
+    with torch.no_grad():
+        mine, theirs = model(features, counts), loaded(features, counts)
+    mine, theirs = (mine[0], theirs[0]) if isinstance(mine, tuple) else (mine, theirs)
+    torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+
+
+def test_missing_manifest_is_reported(tmp_path, capsys):
+    assert ps.main(["asr", "--manifest", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")]) == 2
+    assert "none.jsonl does not exist" in capsys.readouterr().err
