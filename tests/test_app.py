@@ -52,7 +52,7 @@ def server(systems, synthesizer, tmp_path_factory):
 
 
 def _client(url: str) -> Client:
-    return Client(url, verbose=False)
+    return Client(url, verbose=False, httpx_kwargs={"timeout": 120})  # a busy CI machine answers slowly
 
 
 def _talk(client: Client, audio=None, text="", **kw):
