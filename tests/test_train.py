@@ -326,8 +326,8 @@ def test_a_killed_run_resumes_to_the_same_weights_and_optimizer_state(work, stag
     assert timeless[0] == timeless[1]  # same losses, learning rates and gradient norms at every step
     a, b = _state(straight), _state(resumed)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    opt_a = torch.load(straight / "checkpoint-6" / "optimizer.bin", weights_only=False)["state"]
-    opt_b = torch.load(resumed / "checkpoint-6" / "optimizer.bin", weights_only=False)["state"]
+    opt_a = torch.load(straight / "checkpoint-6" / "optimizer.bin", weights_only=True)["state"]
+    opt_b = torch.load(resumed / "checkpoint-6" / "optimizer.bin", weights_only=True)["state"]
     assert opt_a.keys() == opt_b.keys()
     assert all(torch.allclose(opt_a[i][key], opt_b[i][key], atol=1e-6) for i in opt_a for key in ("exp_avg", "exp_avg_sq"))
     assert not (resumed / "checkpoint-3").exists()  # save_total_limit 1
