@@ -138,3 +138,9 @@ def test_min_new_tokens_keeps_a_reply_from_being_empty():
     assert run(min_new_tokens=0) == []
     assert run() == [2]
     assert run(min_new_tokens=3) == [2, 2, 2]
+
+
+def test_semantic_only_system_refuses_a_stage2_model(model_dir, bundle_dir):
+    with pytest.raises(ValueError, match="'blsp' is the stage-1 model.*stage-2 LoRA"):
+        load_system("blsp", model=model_dir)
+    assert load_system("blsp", model=bundle_dir).model.lora is None

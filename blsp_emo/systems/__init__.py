@@ -37,6 +37,12 @@ class SystemSpec:
 def _end_to_end(perceives_emotion: bool):
     def build(spec: SystemSpec, parts: Components) -> SpokenDialogueSystem:
         model, tokenizer = checkpoint.load_model(parts.model, parts.device, parts.dtype)
+        if not perceives_emotion and model.lora is not None:
+            # A stage-2 model served as the semantic-only baseline would mislabel a comparison.
+            raise ValueError(
+                f"system {spec.name!r} is the stage-1 model, but {parts.model} has the stage-2 LoRA; "
+                "pass a stage-1 folder or a bundle folder with blsp/"
+            )
         return BlspSystem(spec.name, spec.description, model, tokenizer, SYSTEM_EMPATHETIC, perceives_emotion)
 
     return build
