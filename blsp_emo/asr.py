@@ -6,6 +6,8 @@ object with `transcribe(waveform) -> str` can stand in, e.g. a full Whisper on a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -16,6 +18,7 @@ from transformers import PretrainedConfig, PreTrainedModel, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from .audio import log_mel
+from .ctc_decoding import BeamOptions, LexiconDecoder
 from .encoder import encode
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz'0123456789"
@@ -83,9 +86,14 @@ class CtcRecognizer(PreTrainedModel):
 
     @torch.inference_mode()
     def transcribe(self, waveform: np.ndarray) -> str:
+        return self.greedy_decode(*self.clip_logits(waveform))[0]
+
+    @torch.inference_mode()
+    def clip_logits(self, waveform: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """One waveform's character logits (1, T, V) and valid steps (1,)."""
         enc = self.config.encoder_config
         features, counts = log_mel([waveform], enc.num_mel_bins, enc.max_source_positions * 2)
-        return self.greedy_decode(*self(features, counts))[0]
+        return self(features.to(self.device, self.dtype), counts.to(self.device))
 
     def greedy_decode(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         """Greedy CTC for each row of (N, T, V) logits over its valid steps: best class per step,
@@ -99,3 +107,21 @@ class CtcRecognizer(PreTrainedModel):
                 previous = i
             texts.append(" ".join("".join(chars).split()))
         return texts
+
+
+@dataclass(frozen=True)
+class LexiconRecognizer:
+    """A CTC model decoded with the word LM saved beside it (see `ctc_decoding`)."""
+
+    model: CtcRecognizer
+    decoder: LexiconDecoder
+
+    def transcribe(self, waveform: np.ndarray) -> str:
+        logits, lengths = self.model.clip_logits(waveform)
+        return self.decoder.decode(logits[0, : int(lengths[0])].float().log_softmax(-1).cpu().numpy())
+
+
+def with_word_lm(model: CtcRecognizer, folder: str | Path, options: BeamOptions = BeamOptions()) -> SpeechRecognizer:
+    """`model` decoded with `folder`'s word LM when it has one, else greedily."""
+    decoder = LexiconDecoder.load(folder, model.config.alphabet, options)
+    return model if decoder is None else LexiconRecognizer(model, decoder)

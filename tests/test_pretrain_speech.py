@@ -96,6 +96,20 @@ def test_collate_pads_to_an_even_width():
     assert counts.tolist() == [5, 2] and features[1, :, 2:].abs().sum() == 0
 
 
+def test_augmentations():
+    clip = ps.mel_features([tiny.tone(1.0, 300)], ps.N_MELS)[0].float()
+    peak = int(clip.mean(1).argmax())
+    assert int(ps.warp_frequency(clip, 1.3).mean(1).argmax()) > peak  # formants (here the tone) move up
+    assert int(ps.warp_frequency(clip, 0.7).mean(1).argmax()) < peak
+    assert ps.stretch_time(clip, 0.8).shape == (ps.N_MELS, 125)  # slower: more frames
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(ps.perturb(clip.half(), 0.0, 0.0, g), clip)
+    batch, counts = ps.collate([clip, clip[:, :60]])
+    masked = ps.spec_augment(batch, counts, g)
+    assert masked.shape == batch.shape and not torch.equal(masked, batch)
+    assert masked[1, :, 60:].abs().sum() == 0  # padding stays padding
+
+
 # --- training -----------------------------------------------------------------------------------
 
 
@@ -136,10 +150,14 @@ def test_ser_loss_falls():
     model = ps.build_ser(TINY)
     labels = ps.emotion_ids(data)
     features, counts = ps.collate(data.features)
-    before = float(torch.nn.functional.cross_entropy(model(features, counts), labels))
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(model(features, counts), labels))
+
+    before = loss()
     ps.train_ser(model, data, quiet(epochs=40, lr=3e-3))
-    after = float(torch.nn.functional.cross_entropy(model(features, counts), labels))
-    assert after < 0.5 * before
+    assert loss() < 0.5 * before
     assert ps.evaluate_ser(model, data)["accuracy"] == 1.0
 
 
@@ -163,14 +181,16 @@ def manifest(tmp_path_factory):
 
 
 def test_commands_write_folders_that_load_and_give_identical_outputs(manifest, tmp_path):
-    size = ["--d-model", "32", "--layers", "2", "--heads", "4", "--ffn", "64", "--epochs", "2", "--threads", "1"]
-    common = ["--manifest", str(manifest), "--eval-manifest", str(manifest)]
+    size = ["--d-model", "32", "--layers", "2", "--heads", "4", "--ffn", "64"]
+    common = ["--manifest", str(manifest), "--eval-manifest", str(manifest), "--epochs", "2", "--threads", "1"]
     assert ps.main(["asr", *common, "--out", str(tmp_path / "asr"), *size]) == 0
     assert ps.main(["ser", *common, "--out", str(tmp_path / "ser"), "--init-encoder", str(tmp_path / "asr"),
-                    "--freeze-encoder", *size]) == 0
+                    "--freeze-encoder"]) == 0
     asr_metrics = json.loads((tmp_path / "asr" / "metrics.json").read_text())
     ser_metrics = json.loads((tmp_path / "ser" / "metrics.json").read_text())
     assert 0 <= asr_metrics["eval"]["wer"] and asr_metrics["train_clips"] == 6
+    assert asr_metrics["eval"]["decoding"] == "lexicon + word bigram LM" and 0 <= asr_metrics["eval"]["greedy_wer"]
+    assert (tmp_path / "asr" / "word_lm.json").is_file()  # the cascades decode with it
     assert ser_metrics["size"]["d_model"] == 32 and "accuracy" in ser_metrics["eval"]
 
     asr = load_pretrained(CtcRecognizer, tmp_path / "asr")
@@ -195,6 +215,13 @@ def test_saved_folders_load_and_give_identical_outputs(build, tmp_path):
     torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
 
 
-def test_missing_manifest_is_reported(tmp_path, capsys):
+def test_bad_input_is_reported_with_the_fix(manifest, tmp_path, capsys):
     assert ps.main(["asr", "--manifest", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")]) == 2
     assert "none.jsonl does not exist" in capsys.readouterr().err
+    args = ["ser", "--manifest", str(manifest), "--out", str(tmp_path / "o"), "--init-encoder", str(tmp_path), "--layers", "3"]
+    assert ps.main(args) == 2
+    assert "--init-encoder takes the ASR model's size" in capsys.readouterr().err
+    assert ps.main(["ser", "--manifest", str(manifest), "--out", str(tmp_path / "o"), "--freeze-encoder"]) == 2
+    assert "pass --init-encoder" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="divisible"):
+        ps.EncoderSize(d_model=30, heads=4)

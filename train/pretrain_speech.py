@@ -22,8 +22,8 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
-from functools import lru_cache
+from dataclasses import asdict, dataclass, replace
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -36,8 +36,9 @@ from tqdm import tqdm
 from transformers import WhisperConfig
 
 from blsp_emo.asr import ALPHABET, CtcRecognizer, CtcRecognizerConfig
-from blsp_emo.audio import FRAMES_PER_SECOND, SAMPLE_RATE, AudioError, load_audio, log_mel
+from blsp_emo.audio import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, AudioError, load_audio, log_mel
 from blsp_emo.checkpoint import load_pretrained
+from blsp_emo.ctc_decoding import WORD_LM_FILE, LexiconDecoder, WordBigramLM
 from blsp_emo.emotion import EMOTION_TO_ID, EMOTIONS
 from blsp_emo.ser import WhisperEmotionClassifier
 
@@ -76,8 +77,8 @@ class EncoderSize:
 
 @dataclass(frozen=True)
 class FitOptions:
-    epochs: int = 8
-    batch_seconds: float = 60.0  # audio per batch, padding included
+    epochs: int = 4
+    batch_seconds: float = 30.0  # audio per batch, padding included
     lr: float = 2e-3  # peak of warmup + linear decay
     warmup: float = 0.1  # share of the steps spent warming up
     weight_decay: float = 0.01
@@ -113,7 +114,7 @@ class Corpus:
     voices: tuple[str, ...]  # "" where the row has none
     dropped: int = 0  # rows whose audio could not be used
 
-    @property
+    @cached_property
     def frames(self) -> list[int]:
         return [f.shape[1] for f in self.features]
 
@@ -146,15 +147,21 @@ def load_corpus(manifest: str | Path, n_mels: int = N_MELS) -> Corpus:
 
 def mel_features(waves: Sequence, n_mels: int) -> list[torch.Tensor]:
     """Each waveform's log-mel over its own frames, equal to `log_mel` over the full window there."""
-    order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
-    out: list[torch.Tensor | None] = [None] * len(waves)
+    # One buffer allocated before the STFT temporaries, viewed per clip: thousands of small tensors
+    # left between freed temporaries fragment the heap (60 MB of features held 700 MB of RSS).
+    sizes = [-(-len(w) // HOP_LENGTH) for w in waves]  # log_mel's valid frames: one per started hop
+    packed = torch.empty(n_mels, sum(sizes), dtype=torch.float16)
+    clips = list(torch.split(packed, sizes, dim=1))
+    order = sorted(range(len(waves)), key=lambda i: sizes[i])
     for start in range(0, len(order), MEL_CHUNK):
         chunk = order[start:start + MEL_CHUNK]
-        frames = max(len(waves[i]) for i in chunk) * FRAMES_PER_SECOND // SAMPLE_RATE + 1 + MARGIN_FRAMES
+        frames = max(sizes[i] for i in chunk) + MARGIN_FRAMES
         feats, counts = log_mel([waves[i] for i in chunk], n_mels, -(-frames // 100) * 100)
-        for i, f, n in zip(chunk, feats, counts.tolist()):
-            out[i] = f[:, :n].to(torch.float16).clone()  # clone: keep the clip's frames, not the chunk
-    return out
+        if counts.tolist() != [sizes[i] for i in chunk]:
+            raise RuntimeError(f"log_mel returned {counts.tolist()} frames, expected {[sizes[i] for i in chunk]}")
+        for i, f in zip(chunk, feats):
+            clips[i].copy_(f[:, : sizes[i]])
+    return clips
 
 
 # --- batches ------------------------------------------------------------------------------------
@@ -190,21 +197,29 @@ def collate(features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
 
 
 def perturb(features: torch.Tensor, warp: float, stretch: float, generator: torch.Generator) -> torch.Tensor:
-    """One clip's (n_mels, frames) log-mel with its frequency axis scaled by a random factor in
-    1 +- `warp` (a shorter or longer vocal tract) and its time axis by one in 1 +- `stretch`."""
+    """One clip's (n_mels, frames) log-mel, float32, with formants scaled by a random factor in
+    1 +- `warp` (another vocal tract) and tempo by one in 1 +- `stretch`."""
     alpha, beta = (1 + x * (2 * float(torch.rand(1, generator=generator)) - 1) for x in (warp, stretch))
-    features = features.float()
-    if alpha != 1:
-        centres = _mel_centres(features.shape[0])
-        # Bin k takes the energy that sat at centre_k / alpha: a linear read between two bins.
-        position = torch.from_numpy(np.interp(centres / alpha, centres, np.arange(len(centres)))).float()
-        low = position.floor().long().clamp(max=len(centres) - 2)
-        weight = (position - low)[:, None]
-        features = features[low] * (1 - weight) + features[low + 1] * weight
-    if beta != 1:
-        frames = max(2, round(features.shape[1] / beta))
-        features = F.interpolate(features[None], size=frames, mode="linear", align_corners=True)[0]
-    return features
+    return stretch_time(warp_frequency(features.float(), alpha), beta)
+
+
+def warp_frequency(features: torch.Tensor, alpha: float) -> torch.Tensor:
+    """(n_mels, T) with the energy at frequency f moved to alpha * f (VTLP), read linearly between bins."""
+    if alpha == 1:
+        return features
+    centres = _mel_centres(features.shape[0])
+    position = torch.from_numpy(np.interp(centres / alpha, centres, np.arange(len(centres)))).float()
+    low = position.floor().long().clamp(max=len(centres) - 2)
+    weight = (position - low)[:, None]
+    return features[low] * (1 - weight) + features[low + 1] * weight
+
+
+def stretch_time(features: torch.Tensor, beta: float) -> torch.Tensor:
+    """(n_mels, T) spoken beta times as fast: (n_mels, T / beta), linearly interpolated."""
+    if beta == 1:
+        return features
+    frames = max(2, round(features.shape[1] / beta))
+    return F.interpolate(features[None], size=frames, mode="linear", align_corners=True)[0]
 
 
 @lru_cache(maxsize=4)
@@ -255,45 +270,46 @@ def fit(
     accelerator = Accelerator()
     set_seed(options.seed)
     rng, generator = random.Random(options.seed), torch.Generator().manual_seed(options.seed)
-    max_frames = int(options.batch_seconds * FRAMES_PER_SECOND)
-    plan = [length_batches(corpus.frames, max_frames, rng) for _ in range(options.epochs)]
+    plan = [length_batches(corpus.frames, int(options.batch_seconds * FRAMES_PER_SECOND), rng) for _ in range(options.epochs)]
     total = sum(map(len, plan))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=options.lr, betas=BETAS, eps=EPS, weight_decay=options.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = warmup_decay(optimizer, int(options.warmup * total), total, "linear")
-    model.train()
-    padded = sum(len(b) * max(corpus.frames[i] for i in b) for b in plan[0])
-    padding = 1 - sum(corpus.frames) / padded
+    padding = 1 - sum(corpus.frames) / sum(len(b) * max(corpus.frames[i] for i in b) for b in plan[0])
     tqdm.write(f"{name}: {total} steps, {options.epochs} epochs of {len(plan[0])} batches, padding {padding:.1%}")
-    start, cpu, step, window = time.perf_counter(), time.process_time(), 0, []
+    start, cpu, step, losses = time.perf_counter(), time.process_time(), 0, []
+    model.train()
     for epoch, batches in enumerate(plan):
         for batch in tqdm(batches, desc=f"{name} epoch {epoch + 1}", disable=None, leave=False):
-            clips = [corpus.features[i] for i in batch]
-            if options.warp or options.stretch:
-                clips = [perturb(f, options.warp, options.stretch, generator) for f in clips]
-            features, counts = collate(clips)
-            if options.spec_augment:
-                features = spec_augment(features, counts, generator)
+            features, counts = training_batch(corpus, batch, options, generator)
             loss = loss_fn(model, features.to(accelerator.device), counts.to(accelerator.device), batch)
             accelerator.backward(loss)
             norm = accelerator.clip_grad_norm_(params, options.max_grad_norm)
-            lr = scheduler.get_last_lr()[0]
+            lr = scheduler.get_last_lr()[0]  # the rate this step uses
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-            step, window = step + 1, window + [float(loss.detach())]
+            step, losses = step + 1, losses + [float(loss.detach())]
             if step % options.log_steps == 0 or step == total:
-                seconds = (time.perf_counter() - start) / step
-                tqdm.write(f"{name} step {step}/{total} | epoch {epoch + 1} | loss {sum(window) / len(window):.4f} | "
-                           f"lr {lr:.2e} | grad_norm {float(norm):.3f} | {seconds:.2f} s/step")
-                window = []
+                tqdm.write(f"{name} step {step}/{total} | epoch {epoch + 1} | loss {sum(losses) / len(losses):.4f} | "
+                           f"lr {lr:.2e} | grad_norm {float(norm):.3f} | {(time.perf_counter() - start) / step:.2f} s/step")
+                losses = []
         if after_epoch is not None:
             after_epoch(epoch + 1, accelerator.unwrap_model(model).eval())
             model.train()
-    model = accelerator.unwrap_model(model).eval()
+    accelerator.unwrap_model(model).eval()
     return FitReport(total, options.epochs, round(time.perf_counter() - start, 1),
                      round(time.process_time() - cpu, 1), round(padding, 4))
+
+
+def training_batch(corpus: Corpus, batch: list[int], options: FitOptions, generator: torch.Generator):
+    """The clips of `batch`, perturbed, padded and masked as `options` say: (N, n_mels, T), (N,)."""
+    clips = [corpus.features[i] for i in batch]
+    if options.warp or options.stretch:
+        clips = [perturb(f, options.warp, options.stretch, generator) for f in clips]
+    features, counts = collate(clips)
+    return (spec_augment(features, counts, generator) if options.spec_augment else features), counts
 
 
 @torch.inference_mode()
@@ -371,22 +387,43 @@ def train_asr(corpus: Corpus, size: EncoderSize, options: FitOptions) -> tuple[C
     return model, fit(model, corpus, loss, options, "asr")
 
 
-def evaluate_asr(model: CtcRecognizer, corpus: Corpus, batch_seconds: float = 60.0) -> dict:
-    """Corpus WER and CER of greedy CTC against the normalised manifest texts, plus a few examples."""
-    hypotheses = predict(model, corpus, batch_seconds, lambda m, f, c: m.greedy_decode(*m(f, c)))
+def evaluate_asr(model: CtcRecognizer, corpus: Corpus, batch_seconds: float = 60.0,
+                 decoder: LexiconDecoder | None = None) -> dict:
+    """Corpus WER and CER against the normalised manifest texts, plus a few examples: of `decoder`'s
+    transcripts when given (with greedy CTC's WER beside them), else of greedy CTC's."""
+    logits = predict(model, corpus, batch_seconds, _clip_log_probs)
+    greedy = [model.greedy_decode(torch.from_numpy(x)[None], torch.tensor([len(x)]))[0] for x in logits]
+    hypotheses = [decoder.decode(x) for x in logits] if decoder is not None else greedy
     references = [normalize(text, model.config.alphabet) for text in corpus.texts]
-    examples = [{"reference": r, "hypothesis": h} for r, h in list(zip(references, hypotheses))[:: max(1, len(references) // 5)]]
-    by_voice: dict[str, tuple[list[str], list[str]]] = {}
-    for voice, r, h in zip(corpus.voices, references, hypotheses):
-        by_voice.setdefault(voice, ([], []))[0].append(r)
-        by_voice[voice][1].append(h)
+    pairs = list(zip(references, hypotheses))
     return {
         "wer": round(error_rate(references, hypotheses, "word"), 4),
         "cer": round(error_rate(references, hypotheses, "char"), 4),
+        "decoding": "lexicon + word bigram LM" if decoder is not None else "greedy",
+        "greedy_wer": round(error_rate(references, greedy, "word"), 4),
         "clips": len(references),
-        "wer_by_voice": {v: round(error_rate(*pair), 4) for v, pair in sorted(by_voice.items())},
-        "examples": examples[:5],
+        "wer_by_voice": _by_voice(corpus, pairs, lambda some: error_rate(*zip(*some))),
+        "examples": [{"reference": r, "hypothesis": h} for r, h in pairs[:: max(1, len(pairs) // 5)][:5]],
     }
+
+
+def _clip_log_probs(model: CtcRecognizer, features: torch.Tensor, counts: torch.Tensor) -> list[np.ndarray]:
+    logits, lengths = model(features, counts)
+    return [row[:n].float().log_softmax(-1).numpy() for row, n in zip(logits, lengths.tolist())]
+
+
+def write_word_lm(model: CtcRecognizer, corpus: Corpus, out: Path) -> LexiconDecoder:
+    """The word LM of `corpus`'s transcripts, saved in `out` beside the model, and its decoder."""
+    WordBigramLM.from_texts(normalize(t, model.config.alphabet) for t in corpus.texts).save(out / WORD_LM_FILE)
+    return LexiconDecoder.load(out, model.config.alphabet)
+
+
+def _by_voice(corpus: Corpus, items: list, score: Callable[[list], float]) -> dict[str, float]:
+    """`score` of each voice's share of `items` (one item per clip, in corpus order)."""
+    groups: dict[str, list] = {}
+    for voice, item in zip(corpus.voices, items, strict=True):
+        groups.setdefault(voice, []).append(item)
+    return {voice: round(score(some), 4) for voice, some in sorted(groups.items())}
 
 
 def build_ser(size: EncoderSize, init_encoder: str | None = None, freeze_encoder: bool = False) -> WhisperEmotionClassifier:
@@ -421,56 +458,75 @@ def evaluate_ser(model: WhisperEmotionClassifier, corpus: Corpus, batch_seconds:
     """Accuracy, macro-F1, recall per emotion, the confusion matrix and accuracy per voice."""
     predicted = predict(model, corpus, batch_seconds, lambda m, f, c: m(f, c).argmax(-1).tolist())
     gold = emotion_ids(corpus).tolist()
-    by_voice: dict[str, list[bool]] = {}
-    for voice, g, p in zip(corpus.voices, gold, predicted):
-        by_voice.setdefault(voice, []).append(g == p)
-    per_voice = {v: round(sum(hits) / len(hits), 4) for v, hits in sorted(by_voice.items())}
+    hits = [g == p for g, p in zip(gold, predicted)]
+    per_voice = _by_voice(corpus, hits, lambda some: sum(some) / len(some))
     return {**classification_scores(gold, predicted, EMOTIONS), "clips": len(gold), "accuracy_by_voice": per_voice}
 
 
 # --- command line -------------------------------------------------------------------------------
 
-ASR_SIZE, ASR_FIT = EncoderSize(), FitOptions()
-SER_SIZE, SER_FIT = EncoderSize(d_model=64, layers=2, heads=4, ffn=256), FitOptions(epochs=4, lr=1e-3)
+# Chosen by measurement on 7040 clips (5.9 h) of 12 training voices, scored on 528 clips of the six
+# reserved voices (CPU seconds on one free core; features ~25 s more): ASR 4 epochs ~690 s; SER
+# from scratch 5 epochs ~260 s, fine-tuned from the ASR encoder 1 epoch ~175 s, probe 4 epochs ~215 s.
+ASR_SIZE = EncoderSize(d_model=128, layers=4, heads=4, ffn=512)
+ASR_FIT = FitOptions(epochs=4, batch_seconds=30.0, lr=4e-3, warp=0.1, stretch=0.1)
+SER_SIZE = EncoderSize(d_model=64, layers=2, heads=4, ffn=256)
+# SER recipes by how the encoder starts. No tempo stretch: speaking rate is an emotion cue.
+SER_FIT = {
+    "scratch": FitOptions(epochs=5, batch_seconds=30.0, lr=2e-3, warp=0.1),
+    "fine-tune": FitOptions(epochs=1, batch_seconds=30.0, lr=1e-3),  # --init-encoder
+    "probe": FitOptions(epochs=4, batch_seconds=30.0, lr=3e-3),  # --init-encoder --freeze-encoder
+}
+TUNED = ("epochs", "batch_seconds", "lr", "warp", "stretch")  # options whose default depends on the recipe
 
 
 def add_asr_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `asr`: CTC pretraining of the speech encoder."""
-    _add_common(parser, ASR_FIT)
+    _add_common(parser, {"": ASR_FIT})
     _add_size(parser, ASR_SIZE)
 
 
 def add_ser_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `ser`: the separate speech-emotion classifier of `cascade-ser`."""
     _add_common(parser, SER_FIT)
-    _add_size(parser, SER_SIZE, note=" (ignored with --init-encoder)")
-    parser.add_argument("--init-encoder", metavar="ASR_DIR", help="start the encoder from this ASR model (takes its size)")
+    _add_size(parser, SER_SIZE)
+    parser.add_argument("--init-encoder", metavar="ASR_DIR", help="start the encoder from this ASR model (and its size)")
     parser.add_argument("--freeze-encoder", action="store_true",
-                        help="train only the head: a linear probe of the encoder's pooled states")
+                        help="with --init-encoder, train only the head: a linear probe of the mean-pooled states")
 
 
-def _add_common(parser: argparse.ArgumentParser, fit: FitOptions) -> None:
+def _add_common(parser: argparse.ArgumentParser, recipes: dict[str, FitOptions]) -> None:
     add = parser.add_argument
     add("--manifest", required=True, help="training clips: JSON lines with audio, text (and emotion for ser)")
     add("--eval-manifest", help="held-out clips scored into DIR/metrics.json (reserved voices, eval sentences)")
     add("--out", required=True, metavar="DIR", help="model folder to write (config.json, model.safetensors, metrics.json)")
-    add("--epochs", type=int, default=fit.epochs)
-    add("--batch-seconds", type=float, default=fit.batch_seconds, help="audio per batch, padding included")
-    add("--lr", type=float, default=fit.lr, help="peak learning rate (warmup, then linear decay)")
-    add("--no-spec-augment", dest="spec_augment", action="store_false", help="no time/frequency masking")
-    add("--seed", type=int, default=fit.seed)
-    add("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    helps = {"batch_seconds": "audio per batch, padding included", "lr": "peak of warmup + linear decay",
+             "warp": "formants scaled by up to 1 +- WARP per clip", "stretch": "tempo scaled by up to 1 +- STRETCH per clip"}
+    for name in TUNED:
+        defaults = ", ".join(f"{mode} {getattr(fit, name):g}" if mode else f"{getattr(fit, name):g}" for mode, fit in recipes.items())
+        kind = int if name == "epochs" else float
+        add(f"--{name.replace('_', '-')}", type=kind, help=f"{helps.get(name, '')} (default: {defaults})".lstrip())
+    add("--no-spec-augment", dest="spec_augment", action="store_false", help="no time/frequency masks")
+    add("--seed", type=int, default=0)
+    add("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 when other jobs share the cores)")
 
 
-def _add_size(parser: argparse.ArgumentParser, size: EncoderSize, note: str = "") -> None:
-    group = parser.add_argument_group("encoder size" + note)
+def _add_size(parser: argparse.ArgumentParser, size: EncoderSize) -> None:
+    group = parser.add_argument_group("encoder size")
     for name, value in asdict(size).items():
-        group.add_argument(f"--{name.replace('_', '-')}", type=int, default=value, help=f"default {value}")
+        group.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"default {value}")
 
 
-def _setup(args: argparse.Namespace) -> tuple[FitOptions, Path]:
-    fit = FitOptions(epochs=args.epochs, batch_seconds=args.batch_seconds, lr=args.lr,
-                     spec_augment=args.spec_augment, seed=args.seed)
+def _size(args: argparse.Namespace, default: EncoderSize) -> EncoderSize:
+    given = {name: getattr(args, name) for name in asdict(default) if getattr(args, name) is not None}
+    if given and getattr(args, "init_encoder", None):
+        raise ValueError(f"{sorted(given)} size a new encoder; --init-encoder takes the ASR model's size, so drop them")
+    return EncoderSize(**{**asdict(default), **given})
+
+
+def _setup(args: argparse.Namespace, recipe: FitOptions) -> tuple[FitOptions, Path]:
+    given = {name: getattr(args, name) for name in TUNED if getattr(args, name) is not None}
+    fit = replace(recipe, **given, spec_augment=args.spec_augment, seed=args.seed)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -488,42 +544,41 @@ def _corpora(args: argparse.Namespace) -> tuple[Corpus, Corpus | None, float]:
 
 
 def run_asr(args: argparse.Namespace) -> int:
-    fit_options, out = _setup(args)
-    size = EncoderSize(args.d_model, args.layers, args.heads, args.ffn)
+    options, out = _setup(args, ASR_FIT)
+    size = _size(args, ASR_SIZE)
     train, held_out, feature_seconds = _corpora(args)
-    model, report = train_asr(train, size, fit_options)
+    model, report = train_asr(train, size, options)
     model.save_pretrained(str(out))
-    scores = evaluate_asr(model, held_out) if held_out is not None else None
-    _write_metrics(out, "asr", args, train, feature_seconds, report, model, {"size": asdict(size), "eval": scores})
+    decoder = write_word_lm(model, train, out)
+    scores = evaluate_asr(model, held_out, decoder=decoder) if held_out is not None else None
+    _write_metrics(out, "asr", args, options, train, feature_seconds, report, model, {"size": asdict(size), "eval": scores})
     return 0
 
 
 def run_ser(args: argparse.Namespace) -> int:
-    fit_options, out = _setup(args)
-    size = EncoderSize(args.d_model, args.layers, args.heads, args.ffn)
-    model = build_ser(size, args.init_encoder, args.freeze_encoder)  # before features: fail fast on a bad folder
+    if args.freeze_encoder and not args.init_encoder:
+        raise ValueError("--freeze-encoder probes a trained encoder: pass --init-encoder ASR_DIR too")
+    mode = "scratch" if not args.init_encoder else "probe" if args.freeze_encoder else "fine-tune"
+    options, out = _setup(args, SER_FIT[mode])
+    model = build_ser(_size(args, SER_SIZE), args.init_encoder, args.freeze_encoder)  # before features: fail fast
     train, held_out, feature_seconds = _corpora(args)
-    report = train_ser(model, train, fit_options)
+    report = train_ser(model, train, options)
     model.save_pretrained(str(out))
     scores = evaluate_ser(model, held_out) if held_out is not None else None
-    extra = {"size": asdict(_size_of(model)), "init_encoder": args.init_encoder,
-             "freeze_encoder": args.freeze_encoder, "eval": scores}
-    _write_metrics(out, "ser", args, train, feature_seconds, report, model, extra)
+    c = model.config.encoder_config
+    size = EncoderSize(c.d_model, c.encoder_layers, c.encoder_attention_heads, c.encoder_ffn_dim)
+    extra = {"size": asdict(size), "recipe": mode, "init_encoder": args.init_encoder, "eval": scores}
+    _write_metrics(out, "ser", args, options, train, feature_seconds, report, model, extra)
     return 0
 
 
-def _size_of(model: WhisperEmotionClassifier) -> EncoderSize:
-    c = model.config.encoder_config
-    return EncoderSize(c.d_model, c.encoder_layers, c.encoder_attention_heads, c.encoder_ffn_dim)
-
-
-def _write_metrics(out: Path, command: str, args, train: Corpus, feature_seconds: float, report: FitReport, model, extra: dict) -> None:
+def _write_metrics(out: Path, command: str, args, options: FitOptions, train: Corpus, feature_seconds: float,
+                   report: FitReport, model: torch.nn.Module, extra: dict) -> None:
     metrics = {
         "command": command, "manifest": args.manifest, "eval_manifest": args.eval_manifest,
         "train_clips": len(train.features), "train_hours": round(train.hours, 3), "dropped": train.dropped,
         "params": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads(),
-        "feature_seconds": feature_seconds, "fit": asdict(report),
-        "options": {k: getattr(args, k) for k in ("epochs", "batch_seconds", "lr", "spec_augment", "seed")},
+        "options": asdict(options), "feature_seconds": feature_seconds, "fit": asdict(report),
         "seconds_per_epoch": round(report.seconds / report.epochs, 1),
         "cpu_seconds_per_epoch": round(report.cpu_seconds / report.epochs, 1), **extra,
     }

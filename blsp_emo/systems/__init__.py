@@ -59,9 +59,10 @@ def _cascade(spec: SystemSpec, parts: Components) -> SpokenDialogueSystem:
 
 @lru_cache(maxsize=4)
 def _load_asr(path: str, device: str | None):
-    from ..asr import CtcRecognizer
+    from ..asr import CtcRecognizer, with_word_lm
 
-    return checkpoint.load_pretrained(CtcRecognizer, checkpoint.resolve(path), device)
+    folder = checkpoint.resolve(path)
+    return with_word_lm(checkpoint.load_pretrained(CtcRecognizer, folder, device), folder)
 
 
 @lru_cache(maxsize=4)
