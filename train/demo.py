@@ -26,6 +26,7 @@ from pathlib import Path
 
 from blsp_emo.prompts import CASCADE_SER_USER, SYSTEM_EMPATHETIC, instruction_pieces
 
+from .bundle import bundle
 from .pretrain_lm import LmOptions
 
 
@@ -50,7 +51,7 @@ SCALES = {
         asr_args=("--threads", "1"), ser_args=("--threads", "1"),
         lm=LmOptions(epochs=3, vocab_size=2048, hidden_size=128, layers=3, intermediate_size=384,
                      batch_tokens=1536, lr=3e-3, threads=1),
-        stage1_epochs=2, stage2_epochs=2, stage2_max_steps=300, batch_size=16, eval_clips=150,
+        stage1_epochs=2, stage2_epochs=3, stage2_max_steps=560, batch_size=16, eval_clips=150,
     ),
     "ci": Scale(
         train_sentences=12, eval_sentences=4, voices_per_sentence=1,
@@ -270,22 +271,6 @@ def results_table(results: list[dict], judge_accuracy: float, build_seconds: flo
 
 
 # --- the bundle -------------------------------------------------------------------------------------
-
-MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-               "chat_template.jinja", "special_tokens_map.json")
-
-
-def bundle(parts: dict[str, Path], out: Path) -> None:
-    """Copy each component's model files (not checkpoints or logs) to out/<name>/."""
-    for name, src in parts.items():
-        dst = out / name
-        if dst.exists():
-            shutil.rmtree(dst)
-        dst.mkdir(parents=True)
-        for f in MODEL_FILES + ("metrics.json",):
-            if (src / f).exists():
-                shutil.copy2(src / f, dst / f)
-
 
 def tone_only_examples(out: Path, seed: int = 0) -> list[Path]:
     """The same held-out sentence in all five emotions by two held-out voices, no jitter."""
