@@ -1,4 +1,4 @@
-"""`python -m blsp_emo <command>`: systems, respond, evaluate, convert (the command-line contract of DESIGN.md)."""
+"""`python -m blsp_emo <command>`: systems, respond, evaluate, convert, bench, loadtest (DESIGN.md's command line)."""
 
 from __future__ import annotations
 
@@ -122,6 +122,50 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import main as bench
+
+    return bench(args)
+
+
+def cmd_loadtest(args) -> int:
+    from .loadtest import main as loadtest
+
+    return loadtest(args)
+
+
+def _add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="latency and memory of each system on the same 1, 5, 15, 30 s clips")
+    p.add_argument("--systems", default="blsp-emo,blsp,cascade,cascade-ser", help="comma-separated system names")
+    p.add_argument("--scale", default="demo", choices=["demo", "medium", "full"],
+                   help="demo: the bundled (or --model) models; medium/full: random weights (needs --random-weights)")
+    p.add_argument("--random-weights", action="store_true", help="build --scale medium/full with random weights")
+    p.add_argument("--model", help="bundle or model folder for --scale demo (default: the bundled demo models)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="default: float32 on CPU, bfloat16 on a GPU for random weights")
+    p.add_argument("--clips", default="1,5,15,30", help="clip lengths in seconds")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--new-tokens", type=int, default=32, help="every reply is exactly this many greedy tokens")
+    p.add_argument("--turns", type=int, default=3, help="conversation length for the KV-reuse measurement (0: skip)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    p.add_argument("--encoder-window", action="store_true",
+                   help="instead: what clip-length encoding changes vs the released 30 s window (random weights)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("loadtest", help="concurrent simulated visitors against a running app (loopback only)")
+    p.add_argument("--url", help="the app, e.g. http://127.0.0.1:7860/ (or --spawn)")
+    p.add_argument("--spawn", action="store_true", help="start `python app.py` on a free loopback port, time its "
+                   "start-up, test it, stop it")
+    p.add_argument("--users", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=30.0, help="how long the visitors keep talking")
+    p.add_argument("--think", type=float, default=0.0, help="seconds each visitor waits between turns")
+    p.add_argument("--turns", type=int, default=3, help="turns per conversation before a visitor starts a new one")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_loadtest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m blsp_emo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tts", default="espeak", help="espeak, pyttsx3 or none: speak each reply")
     p.add_argument("--save", metavar="DIR", help="where to keep reply audio when there is no speaker")
     p.set_defaults(func=cmd_chat)
+    _add_bench_parser(sub)  # bench | loadtest
     return parser
 
 

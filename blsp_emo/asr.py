@@ -92,7 +92,9 @@ class CtcRecognizer(PreTrainedModel):
     def clip_logits(self, waveform: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """One waveform's character logits (1, T, V) and valid steps (1,)."""
         enc = self.config.encoder_config
-        features, counts = log_mel([waveform], enc.num_mel_bins, enc.max_source_positions * 2)
+        features, counts = log_mel(
+            [waveform], enc.num_mel_bins, enc.max_source_positions * 2, not self.config.encode_full_window
+        )
         return self(features.to(self.device, self.dtype), counts.to(self.device))
 
     def greedy_decode(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[str]:

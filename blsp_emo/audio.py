@@ -171,7 +171,7 @@ def _validate(samples: np.ndarray, max_seconds: float, name: str) -> np.ndarray:
     return np.clip(samples, -1.0, 1.0).astype(np.float32)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=32)
 def _feature_extractor(n_mels: int, n_frames: int):
     from transformers import WhisperFeatureExtractor
 
@@ -183,12 +183,23 @@ def _feature_extractor(n_mels: int, n_frames: int):
     )
 
 
-def log_mel(waveforms: list[np.ndarray], n_mels: int, n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+def log_mel(
+    waveforms: list[np.ndarray], n_mels: int, n_frames: int, clip_length: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Whisper log-mel features, padded to the encoder window.
 
+    Args:
+        clip_length: compute only the frames the longest clip needs, rounded up to whole seconds,
+            for encoders in clip-length mode (which never read past a clip's end). Each valid frame
+            equals its value in the full window: padding reaches at least n_fft / 2 samples past it.
     Returns:
-        features (B, n_mels, n_frames) float32 and the valid frame count of each clip (B,).
+        features (B, n_mels, n_frames) float32 (fewer frames with `clip_length`) and the valid
+        frame count of each clip (B,).
     """
+    if clip_length and waveforms:
+        longest = max(-(-len(w) // HOP_LENGTH) for w in waveforms)  # the extractor's count: one per started hop
+        seconds = -(-(longest + 2) // FRAMES_PER_SECOND)
+        n_frames = min(n_frames, seconds * FRAMES_PER_SECOND)
     out = _feature_extractor(n_mels, n_frames)(
         waveforms,
         sampling_rate=SAMPLE_RATE,

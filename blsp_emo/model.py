@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel, Qwen2ForCausalLM
+from transformers import DynamicCache, PreTrainedModel, Qwen2ForCausalLM
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from .adapter import Adapter
@@ -175,11 +175,20 @@ class BlspEmoModel(PreTrainedModel):
         options: GenerationOptions,
         stop_ids: frozenset[int],
         seed: int,
+        cache: DynamicCache | None = None,
+        on_done: Callable[[DynamicCache], None] | None = None,
     ) -> Iterator[int]:
-        """Reply token ids for one prompt row: LoRA in the prefill only, base weights after it."""
-        cache = new_cache(self.llm)
+        """Reply token ids for one prompt row: LoRA in the prefill only, base weights after it.
+
+        `cache` holds the keys and values of positions before `prompt` (a reused conversation
+        prefix; see `prefix_cache.py`), so `prompt` is only the rest. `on_done(cache)` gets the cache
+        of prompt + every yielded token once the reply is complete (not when abandoned midway).
+        """
+        cache = cache if cache is not None else new_cache(self.llm)
         out = self.speech_forward(prompt, speech, past_key_values=cache, use_cache=True, logits_to_keep=1)
         yield from decode(self.llm, out.logits[:, -1], cache, options, stop_ids, seed)
+        if on_done is not None:
+            on_done(cache)
 
 
 def _response_positions(labels: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .adapter import speech_token_count
-from .audio import log_mel
+from .audio import HOP_LENGTH, log_mel
 from .config import BlspEmoConfig
 from .model import SpeechPrompt
 from .prompts import Piece
@@ -20,9 +20,19 @@ from .tokenizer import IGNORE_INDEX, ChatTokenizer, EncodedPrompt
 
 
 def clip_features(clips: Sequence[np.ndarray], config: BlspEmoConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-mel features (N, n_mels, n_frames) and valid frame counts (N,) of each clip."""
+    """Log-mel features (N, n_mels, n_frames) and valid frame counts (N,) of each clip.
+
+    A clip-length encoder gets only the frames it reads (the 30 s window's STFT was 40 % of a
+    demo-scale reply's time to first token; `python -m blsp_emo bench`).
+    """
     enc = config.encoder_config
-    return log_mel(list(clips), enc.num_mel_bins, enc.max_source_positions * 2)
+    return log_mel(list(clips), enc.num_mel_bins, enc.max_source_positions * 2, not config.encode_full_window)
+
+
+def frame_counts(clips: Sequence[np.ndarray], config: BlspEmoConfig) -> torch.Tensor:
+    """The valid frame count `clip_features` gives each clip (one per started hop), without the features."""
+    window = config.encoder_config.max_source_positions * 2
+    return torch.tensor([min(-(-len(c) // HOP_LENGTH), window) for c in clips], dtype=torch.long)
 
 
 def speech_lengths(frame_counts: torch.Tensor, config: BlspEmoConfig) -> list[int]:

@@ -70,5 +70,7 @@ class WhisperEmotionClassifier(PreTrainedModel):
     @torch.inference_mode()
     def classify(self, waveform: np.ndarray) -> dict[str, float]:
         enc = self.config.encoder_config
-        features, counts = log_mel([waveform], enc.num_mel_bins, enc.max_source_positions * 2)
+        features, counts = log_mel(
+            [waveform], enc.num_mel_bins, enc.max_source_positions * 2, not self.config.encode_full_window
+        )
         return scores_by_label(self(features, counts)[0].softmax(-1), self.labels)

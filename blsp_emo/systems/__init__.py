@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import checkpoint
+from ..prefix_cache import PrefixCache
 from ..prompts import SYSTEM_EMPATHETIC
 from .base import Heard, Reply, SpokenDialogueSystem, Timings
 from .blsp import BlspSystem
@@ -43,7 +44,9 @@ def _end_to_end(perceives_emotion: bool):
                 f"system {spec.name!r} is the stage-1 model, but {parts.model} has the stage-2 LoRA; "
                 "pass a stage-1 folder or a bundle folder with blsp/"
             )
-        return BlspSystem(spec.name, spec.description, model, tokenizer, SYSTEM_EMPATHETIC, perceives_emotion)
+        return BlspSystem(
+            spec.name, spec.description, model, tokenizer, SYSTEM_EMPATHETIC, perceives_emotion, PrefixCache()
+        )
 
     return build
 
@@ -53,7 +56,7 @@ def _cascade(spec: SystemSpec, parts: Components) -> SpokenDialogueSystem:
     ser = _load_ser(parts.ser, parts.device) if parts.ser else None
     return CascadeSystem(
         spec.name, spec.description, _load_asr(parts.asr, parts.device), model.llm, tokenizer,
-        SYSTEM_EMPATHETIC, ser, model.config.window_seconds,
+        SYSTEM_EMPATHETIC, ser, model.config.window_seconds, PrefixCache(),
     )
 
 

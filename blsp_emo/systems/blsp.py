@@ -8,18 +8,22 @@ import torch
 
 from ..emotion import scores_by_label
 from ..generation import GenerationOptions
-from ..model import BlspEmoModel
-from ..processor import build_prompt
+from ..model import BlspEmoModel, SpeechEmbeddings, SpeechPrompt
+from ..prefix_cache import PrefixCache, TokenSequence, remember
+from ..processor import clip_features, frame_counts, speech_lengths
 from ..prompts import Turn, chat_pieces
 from ..tokenizer import ChatTokenizer
 from .base import Heard, SpokenDialogueSystem
 
 
 class BlspSystem(SpokenDialogueSystem):
-    """Speech in, reply out, one model; previous speech turns are heard again from their audio.
+    """Speech in, reply out, one model; previous speech turns are heard again from their audio
+    (or from the keys and values they left in the prefix cache).
 
     Args:
         perceives_emotion: report the emotion head's scores (only a stage-2 model trained it).
+        prefix_cache: reuse keys and values of earlier turns (and of other visitors' identical
+            prefixes, such as the system prompt) instead of re-encoding them.
     """
 
     def __init__(
@@ -30,6 +34,7 @@ class BlspSystem(SpokenDialogueSystem):
         tokenizer: ChatTokenizer,
         system_prompt: str,
         perceives_emotion: bool,
+        prefix_cache: PrefixCache | None = None,
     ):
         self.name, self.description = name, description
         self.model, self.tokenizer = model, tokenizer
@@ -37,6 +42,7 @@ class BlspSystem(SpokenDialogueSystem):
         self.perceives_emotion = perceives_emotion
         self.emotion_source = "emotion head" if perceives_emotion else None
         self.window_seconds = model.config.window_seconds
+        self.prefix_cache = prefix_cache  # None: every turn re-encodes the whole history
 
     @torch.inference_mode()
     def _answer(
@@ -44,13 +50,38 @@ class BlspSystem(SpokenDialogueSystem):
     ) -> tuple[Heard, Iterator[int]]:
         turns = (*history, turn)
         clips = [t.audio for t in turns if t.role == "user" and t.audio is not None]
-        prompt = build_prompt(self.tokenizer, chat_pieces(self.system_prompt, turns), clips, self.model.config)
-        speech = None
-        heard = Heard()
-        if clips:
-            speech = self.model.encode_speech(prompt.input_features, prompt.frame_counts)
+        config = self.model.config
+        encoded = self.tokenizer.encode_pieces(
+            chat_pieces(self.system_prompt, turns), speech_lengths(frame_counts(clips, config), config)
+        )
+        sequence = TokenSequence.of(encoded.input_ids, encoded.speech_mask, clips)
+        reused, cache = self.prefix_cache.lookup(sequence, self.model.llm.config) if self.prefix_cache else (0, None)
+        # Encode only clips not wholly in the reused prefix, and the current one for the emotion head.
+        needed = [k for k, (_, end) in enumerate(sequence.spans) if end > reused]
+        if self.perceives_emotion and turn.audio is not None and len(clips) - 1 not in needed:
+            needed.append(len(clips) - 1)
+        speech, heard = None, Heard()
+        if needed:
+            features, counts = clip_features([clips[k] for k in needed], config)
+            speech = self.model.encode_speech(features, counts)
             if self.perceives_emotion and turn.audio is not None:
                 probs = self.model.emotion_logits(speech)[-1].softmax(-1)  # the current clip is the last
-                heard = Heard(scores_by_label(probs, self.model.config.emotions))
-        tokens = self.model.generate_stream(prompt, speech, options, self.tokenizer.stop_ids, seed)
-        return heard, tokens
+                heard = Heard(scores_by_label(probs, config.emotions))
+        prompt = SpeechPrompt(
+            torch.tensor([encoded.input_ids[reused:]]), torch.tensor([encoded.speech_mask[reused:]])
+        )
+        rows = _speech_after(speech, needed, sequence.spans, reused)
+        return heard, remember(self.prefix_cache, sequence, lambda on_done: self.model.generate_stream(
+            prompt, rows, options, self.tokenizer.stop_ids, seed, cache, on_done))
+
+
+def _speech_after(
+    speech: SpeechEmbeddings | None, clips: list[int], spans: tuple[tuple[int, int], ...], start: int
+) -> SpeechEmbeddings | None:
+    """The embeddings of the speech positions from `start` on, as one row (clip k of `clips` is row k of `speech`)."""
+    parts = [speech.embeds[i, max(start - spans[k][0], 0): spans[k][1] - spans[k][0]]
+             for i, k in enumerate(clips) if spans[k][1] > start]
+    if not parts:
+        return None
+    rows = torch.cat(parts)
+    return SpeechEmbeddings(rows[None], torch.tensor([rows.shape[0]], device=rows.device))

@@ -13,6 +13,7 @@ import torch
 
 from ..asr import SpeechRecognizer
 from ..generation import GenerationOptions, decode, new_cache
+from ..prefix_cache import PrefixCache, TokenSequence, remember
 from ..prompts import CASCADE_SER_USER, Turn, chat_pieces
 from ..ser import EmotionClassifier
 from ..tokenizer import ChatTokenizer
@@ -30,12 +31,14 @@ class CascadeSystem(SpokenDialogueSystem):
         system_prompt: str,
         ser: EmotionClassifier | None = None,
         window_seconds: float = 30.0,
+        prefix_cache: PrefixCache | None = None,
     ):
         self.name, self.description = name, description
         self.asr, self.ser, self.llm, self.tokenizer = asr, ser, llm, tokenizer
         self.system_prompt = system_prompt
         self.window_seconds = window_seconds
         self.emotion_source = "separate classifier" if ser is not None else None
+        self.prefix_cache = prefix_cache  # as BlspSystem's: earlier turns' keys and values
 
     def _hear(self, turn: Turn) -> Heard:
         if turn.audio is None:
@@ -56,7 +59,15 @@ class CascadeSystem(SpokenDialogueSystem):
         if turn.audio is not None:
             turn = Turn("user", heard.transcript or "", None, heard.emotion)
         pieces = chat_pieces(self.system_prompt, [self._as_text(t) for t in (*history, turn)], speech_turns=False)
-        ids = torch.tensor([self.tokenizer.encode_pieces(pieces).input_ids], device=self.llm.device)
-        cache = new_cache(self.llm)
+        sequence = TokenSequence(tuple(self.tokenizer.encode_pieces(pieces).input_ids), (), ())
+        reused, cache = self.prefix_cache.lookup(sequence, self.llm.config) if self.prefix_cache else (0, None)
+        cache = cache if cache is not None else new_cache(self.llm)
+        ids = torch.tensor([sequence.ids[reused:]], device=self.llm.device)
         logits = self.llm(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        return heard, decode(self.llm, logits, cache, options, self.tokenizer.stop_ids, seed)
+        return heard, remember(self.prefix_cache, sequence, lambda on_done: self._decode(
+            logits, cache, options, seed, on_done))
+
+    def _decode(self, logits, cache, options: GenerationOptions, seed: int, on_done) -> Iterator[int]:
+        yield from decode(self.llm, logits, cache, options, self.tokenizer.stop_ids, seed)
+        if on_done is not None:
+            on_done(cache)

@@ -1,0 +1,480 @@
+"""`python -m blsp_emo bench`: latency and memory of every system on the same clips, in one run.
+
+For each system and clip length: time to the first reply token, total reply time, time inside the
+speech encoder(s), real-time factor and peak memory, as medians over repeated runs after a warm-up.
+Every reply is decoded greedily to the same fixed length, so `total_s` compares the same work (a
+system that happens to stop early is not "faster"). Ratios of `blsp-emo` to `cascade` are measured
+side by side in the same process, on the same clips, so machine load affects both alike.
+
+`--scale full --random-weights` builds the released architecture (Whisper-large-v2 encoder, Qwen-7B
+shapes) with random weights, where no download is possible; see `fullscale.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .audio import SAMPLE_RATE, load_audio
+from .generation import GenerationOptions
+from .prompts import Turn
+from .systems import SpokenDialogueSystem
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
+CLIP_SECONDS = (1.0, 5.0, 15.0, 30.0)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    clip_seconds: tuple[float, ...] = CLIP_SECONDS
+    repeats: int = 5  # measured runs per (system, clip); medians are reported
+    warmup: int = 1  # unmeasured runs first (lazy init, allocator, caches)
+    new_tokens: int = 32  # every reply is exactly this long
+    turns: int = 3  # conversation length for the KV-reuse measurement; 0 skips it
+
+    def __post_init__(self):
+        if self.repeats < 1 or self.warmup < 0 or self.new_tokens < 1 or self.turns < 0:
+            raise ValueError(f"repeats and new_tokens must be >= 1, warmup and turns >= 0; got {self}")
+        if not self.clip_seconds or min(self.clip_seconds) <= 0:
+            raise ValueError(f"clip lengths must be positive seconds, got {self.clip_seconds}")
+
+    @property
+    def generation(self) -> GenerationOptions:
+        return GenerationOptions(max_new_tokens=self.new_tokens, min_new_tokens=self.new_tokens, greedy=True, seed=0)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One row of `--json` `results` (medians); `peak_gpu_mb` only where there is a GPU."""
+
+    system: str
+    clip_s: float
+    first_token_s: float
+    total_s: float
+    encoder_s: float
+    rtf: float
+    peak_rss_mb: float
+    peak_gpu_mb: float | None = None
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        if out["peak_gpu_mb"] is None:
+            del out["peak_gpu_mb"]
+        return out
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    """Time to first token of the last turn of a conversation, with and without KV-cache reuse."""
+
+    system: str
+    turns: int
+    clip_s: float
+    first_token_s_recompute: float
+    first_token_s_reuse: float
+    total_s_recompute: float
+    total_s_reuse: float
+    same_tokens: bool  # the reused cache gave the same greedy reply
+
+
+@dataclass
+class Report:
+    machine: dict
+    settings: dict
+    results: list[Result] = field(default_factory=list)
+    turns: list[TurnResult] = field(default_factory=list)
+    decode: dict = field(default_factory=dict)
+
+    def ratios(self, numerator: str = "blsp-emo", denominator: str = "cascade") -> list[dict]:
+        rows = {(r.system, r.clip_s): r for r in self.results}
+        out = []
+        for (system, clip), r in rows.items():
+            base = rows.get((denominator, clip))
+            if system == numerator and base is not None:
+                out.append({"clip_s": clip, "of": f"{numerator}/{denominator}",
+                            "first_token": r.first_token_s / base.first_token_s, "total": r.total_s / base.total_s})
+        return out
+
+    def to_json(self) -> dict:
+        return {"machine": self.machine, "results": [r.to_json() for r in self.results], "ratios": self.ratios(),
+                "turns": [asdict(t) for t in self.turns], "decode": self.decode, "settings": self.settings}
+
+
+# --- what is measured ---------------------------------------------------------------------------
+
+
+def machine_info(device: str | None = None) -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor() or "unknown")
+    info = {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device or "cpu",
+    }
+    if torch.cuda.is_available() and (device or "").startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
+
+
+class PeakMemory:
+    """Peak resident memory of this process (and GPU memory) over a block of work.
+
+    Linux keeps the peak RSS in VmHWM; writing 5 to /proc/self/clear_refs resets it to the current
+    RSS, so each block gets its own peak instead of the process's lifetime maximum.
+    """
+
+    def __enter__(self):
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass  # not Linux or not allowed: the peak is the process's so far
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc):
+        status = {k: v for k, _, v in (line.partition(":") for line in _read_lines("/proc/self/status"))}
+        kb = status.get("VmHWM", "").split()
+        self.rss_mb = int(kb[0]) / 1024 if kb else float("nan")
+        self.gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+        return False
+
+
+class EncoderTimer:
+    """Wall time spent inside every Whisper encoder a system holds, from its first conv to its final norm.
+
+    Hooks on `conv1` and `layer_norm` catch both the full-window forward and the clip-length path
+    (`encoder.py`), which runs the same submodules without `WhisperEncoder.forward`.
+    """
+
+    def __init__(self, system: SpokenDialogueSystem):
+        self.seconds = 0.0
+        self._start = None
+        self._handles = []
+        for encoder in _whisper_encoders(system):
+            self._handles.append(encoder.conv1.register_forward_pre_hook(self._begin))
+            self._handles.append(encoder.layer_norm.register_forward_hook(self._end))
+
+    def _sync(self, module: nn.Module) -> None:
+        if next(module.parameters()).is_cuda:
+            torch.cuda.synchronize()
+
+    def _begin(self, module, args):
+        self._sync(module)
+        self._start = time.perf_counter()
+
+    def _end(self, module, args, output):
+        self._sync(module)
+        if self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _whisper_encoders(system) -> list[nn.Module]:
+    """Whisper encoders among the modules a system holds (its own, an ASR's, a classifier's), once each."""
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    found: dict[int, nn.Module] = {}
+    for value in vars(system).values():
+        if isinstance(value, nn.Module):
+            for module in value.modules():
+                if isinstance(module, WhisperEncoder):
+                    found[id(module)] = module
+    return list(found.values())
+
+
+# --- the clips ----------------------------------------------------------------------------------
+
+
+def bench_clips(seconds: Sequence[float], examples: Path = EXAMPLES) -> tuple[dict[float, np.ndarray], str]:
+    """One clip per length, cut from the bundled example speech played back to back (a tone if none)."""
+    files = sorted(examples.glob("*.wav")) if examples.is_dir() else []
+    if files:
+        speech = np.concatenate([load_audio(f) for f in files])
+        source = f"{examples.name}/*.wav back to back ({len(files)} clips)"
+    else:
+        t = np.arange(int(max(seconds) * SAMPLE_RATE)) / SAMPLE_RATE
+        speech = (0.3 * np.sin(2 * np.pi * (180 + 40 * np.sin(t)) * t)).astype(np.float32)
+        source = "a gliding tone (no example clips found)"
+    reps = int(np.ceil(max(seconds) * SAMPLE_RATE / speech.size))
+    speech = np.tile(speech, reps)
+    return {s: speech[: int(round(s * SAMPLE_RATE))].copy() for s in seconds}, source
+
+
+# --- running ------------------------------------------------------------------------------------
+
+
+def _timed_reply(system: SpokenDialogueSystem, clip: np.ndarray, options: GenerationOptions, history=()):
+    timer = EncoderTimer(system)
+    try:
+        reply = system.respond(clip, history=history, options=options)
+    finally:
+        timer.close()
+    return reply, timer.seconds
+
+
+def measure(system: SpokenDialogueSystem, clip_s: float, clip: np.ndarray, options: BenchOptions) -> Result:
+    """Medians over `options.repeats` replies to `clip` after `options.warmup` unmeasured ones."""
+    gen = options.generation
+    for _ in range(options.warmup):
+        _cold(system)
+        system.respond(clip, options=gen)
+    firsts, totals, encoders = [], [], []
+    with PeakMemory() as peak:
+        for _ in range(options.repeats):
+            _cold(system)  # a first turn: nothing of this prompt is cached yet
+            reply, encoder_s = _timed_reply(system, clip, gen)
+            if len(reply.token_ids) != options.new_tokens:
+                raise RuntimeError(f"{system.name} replied with {len(reply.token_ids)} tokens, not {options.new_tokens}")
+            firsts.append(reply.timings.first_token_s)
+            totals.append(reply.timings.total_s)
+            encoders.append(encoder_s)
+    total = statistics.median(totals)
+    return Result(system.name, clip_s, statistics.median(firsts), total, statistics.median(encoders),
+                  total / clip_s, round(peak.rss_mb, 1), None if peak.gpu_mb is None else round(peak.gpu_mb, 1))
+
+
+def measure_turns(system: SpokenDialogueSystem, clip_s: float, clip: np.ndarray, options: BenchOptions) -> TurnResult:
+    """The last turn of an `options.turns`-turn spoken conversation, re-encoding the history vs reusing its cache."""
+    gen = options.generation
+    history: list[Turn] = []
+    for _ in range(options.turns - 1):
+        reply = system.respond(clip, history=history, options=gen)
+        history.extend(reply.turns(clip))
+    without = _without_prefix_cache(system)
+    runs = {}
+    for label, sys_ in (("recompute", without), ("reuse", system)):
+        firsts, totals, tokens = [], [], None
+        for i in range(options.warmup + options.repeats):
+            _cold(system)
+            if label == "reuse":  # as in a conversation: only the turn before has left its cache
+                system.respond(clip, history=history[:-2], options=gen)
+            reply = sys_.respond(clip, history=history, options=gen)
+            if i >= options.warmup:
+                firsts.append(reply.timings.first_token_s)
+                totals.append(reply.timings.total_s)
+            tokens = reply.token_ids
+        runs[label] = (statistics.median(firsts), statistics.median(totals), tokens)
+    return TurnResult(system.name, options.turns, clip_s, runs["recompute"][0], runs["reuse"][0],
+                      runs["recompute"][1], runs["reuse"][1], runs["recompute"][2] == runs["reuse"][2])
+
+
+def _without_prefix_cache(system: SpokenDialogueSystem) -> SpokenDialogueSystem:
+    """A shallow copy of `system` that re-encodes the whole history every turn (the behaviour before reuse)."""
+    other = copy.copy(system)
+    if hasattr(other, "prefix_cache"):
+        other.prefix_cache = None
+    return other
+
+
+def has_prefix_cache(system: SpokenDialogueSystem) -> bool:
+    return getattr(system, "prefix_cache", None) is not None
+
+
+def _cold(system: SpokenDialogueSystem) -> None:
+    if has_prefix_cache(system):
+        system.prefix_cache.clear()
+
+
+def run(
+    systems: Sequence[SpokenDialogueSystem],
+    options: BenchOptions,
+    machine: dict,
+    settings: dict,
+    progress: Callable[[str], None] = lambda line: None,
+) -> Report:
+    clips, source = bench_clips(options.clip_seconds)
+    report = Report(machine, {**settings, **asdict(options), "clips": source})
+    for seconds in options.clip_seconds:
+        for system in systems:  # systems interleaved per clip: a load change hits every system alike
+            if seconds > system.window_seconds:
+                progress(f"skip {system.name} {seconds:g} s: longer than its {system.window_seconds:g} s window")
+                continue
+            result = measure(system, seconds, clips[seconds], options)
+            progress(f"{result.system:12s} {seconds:5.1f} s  first {result.first_token_s * 1e3:8.1f} ms  "
+                     f"total {result.total_s * 1e3:8.1f} ms  encoder {result.encoder_s * 1e3:7.1f} ms")
+            report.results.append(result)
+    if options.turns > 1:
+        seconds = 5.0 if 5.0 in clips else options.clip_seconds[0]
+        for system in systems:
+            if has_prefix_cache(system):
+                report.turns.append(measure_turns(system, seconds, clips[seconds], options))
+    report.machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    return report
+
+
+# --- decode speed against the memory-bandwidth bound --------------------------------------------
+
+
+def copy_bandwidth(device: str = "cpu", megabytes: int = 512, repeats: int = 5) -> float:
+    """Measured memory bandwidth in bytes/s: the median of copying a buffer (read + write bytes)."""
+    src = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(repeats + 1):
+        if src.is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        dst.copy_(src)
+        if src.is_cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 2 * src.numel() * src.element_size() / statistics.median(times[1:])
+
+
+def decode_bound(llm: nn.Module, result: Result, new_tokens: int, bandwidth: float) -> dict:
+    """Per-token decode time measured vs the bound of reading every LLM weight once per token."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in llm.parameters())
+    measured = (result.total_s - result.first_token_s) / max(new_tokens - 1, 1)
+    bound = weight_bytes / bandwidth
+    return {"system": result.system, "clip_s": result.clip_s, "llm_weight_mb": round(weight_bytes / 2**20, 1),
+            "bandwidth_gb_s": round(bandwidth / 1e9, 2), "bound_ms_per_token": round(bound * 1e3, 3),
+            "measured_ms_per_token": round(measured * 1e3, 3), "fraction_of_bound": round(bound / measured, 3)}
+
+
+# --- printing -----------------------------------------------------------------------------------
+
+
+def format_report(report: Report) -> Iterator[str]:
+    m = report.machine
+    yield (f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} thread(s)), "
+           f"device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}; load average {m['load_average']} -> "
+           f"{m.get('load_average_end')}")
+    s = report.settings
+    yield (f"clips: {s['clips']}; {s['new_tokens']} greedy tokens per reply; median of {s['repeats']} after "
+           f"{s['warmup']} warm-up; scale {s.get('scale')}")
+    yield ""
+    yield "| system | clip s | first token ms | total ms | encoder ms | RTF | peak RSS MB |"
+    yield "|---|---|---|---|---|---|---|"
+    for r in report.results:
+        yield (f"| `{r.system}` | {r.clip_s:g} | {r.first_token_s * 1e3:.1f} | {r.total_s * 1e3:.1f} | "
+               f"{r.encoder_s * 1e3:.1f} | {r.rtf:.4f} | {r.peak_rss_mb:.0f} |")
+    ratios = report.ratios()
+    if ratios:
+        yield ""
+        yield "| clip s | first token blsp-emo/cascade | total blsp-emo/cascade |"
+        yield "|---|---|---|"
+        for q in ratios:
+            yield f"| {q['clip_s']:g} | {q['first_token']:.2f} | {q['total']:.2f} |"
+    if report.turns:
+        yield ""
+        yield "| system | turn | first token ms, re-encode history | with KV reuse | total ms, re-encode | with reuse | same reply |"
+        yield "|---|---|---|---|---|---|---|"
+        for t in report.turns:
+            yield (f"| `{t.system}` | {t.turns} ({t.clip_s:g} s clips) | {t.first_token_s_recompute * 1e3:.1f} | "
+                   f"{t.first_token_s_reuse * 1e3:.1f} | {t.total_s_recompute * 1e3:.1f} | {t.total_s_reuse * 1e3:.1f} | "
+                   f"{'yes' if t.same_tokens else 'no'} |")
+    if report.decode:
+        d = report.decode
+        yield ""
+        yield (f"decode ({d['system']}, {d['clip_s']:g} s clip): {d['measured_ms_per_token']} ms/token measured; "
+               f"bound {d['bound_ms_per_token']} ms/token = {d['llm_weight_mb']} MB of LLM weights / "
+               f"{d['bandwidth_gb_s']} GB/s measured copy bandwidth ({d['fraction_of_bound']:.1%} of the bound)")
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def _device_and_dtype(args) -> tuple[str, torch.dtype]:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    default = torch.bfloat16 if device.startswith("cuda") and args.random_weights else torch.float32
+    return device, names[args.dtype] if args.dtype else default
+
+
+def _systems(args, device: str, dtype: torch.dtype) -> list[SpokenDialogueSystem]:
+    names = [n.strip() for n in args.systems.split(",") if n.strip()]
+    if args.scale == "demo":
+        if args.random_weights:
+            raise ValueError("--random-weights builds --scale medium or full; demo scale uses the bundled models")
+        from .systems import load_system
+
+        dtype_name = {torch.float32: None, torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+        return [load_system(n, model=args.model, device=args.device, dtype=dtype_name) for n in names]
+    if not args.random_weights:
+        raise ValueError(f"--scale {args.scale} has no weights here: add --random-weights (or load real ones with "
+                         "--scale demo --model DIR)")
+    if args.scale == "full" and not device.startswith("cuda") and args.device is None:
+        raise ValueError("--scale full builds 8.5 B parameters: run it on a GPU machine (--device cuda); "
+                         "--device cpu forces it (about 34 GB of RAM in float32, minutes per reply)")
+    from .fullscale import random_systems, scale_config
+
+    built = random_systems(scale_config(args.scale), device, dtype)
+    return [s for s in built if s.name in names] or built
+
+
+def _print(lines: Iterator[str]) -> None:
+    for line in lines:
+        print(line, flush=True)
+
+
+def main(args) -> int:
+    import json
+    import sys
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clip_seconds = tuple(float(x) for x in args.clips.split(",") if x.strip())
+    options = BenchOptions(clip_seconds, args.repeats, args.warmup, args.new_tokens, args.turns)
+    device, dtype = _device_and_dtype(args)
+    if args.encoder_window:
+        return _encoder_window(args, options, device, dtype)
+    systems = _systems(args, device, dtype)
+    settings = {"scale": args.scale, "random_weights": args.random_weights, "dtype": str(dtype).removeprefix("torch."),
+                "model": args.model or ("bundled demo models" if args.scale == "demo" else "random")}
+    progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    report = run(systems, options, machine_info(device), settings, progress)
+    llm = next((getattr(s, "model", None) for s in systems if getattr(s, "model", None) is not None), None)
+    row = next((r for r in report.results if r.system == "blsp-emo" and r.clip_s == 5.0), None) or report.results[0]
+    if llm is not None:
+        report.decode = decode_bound(llm.llm, row, options.new_tokens, copy_bandwidth(device))
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        print()
+        _print(format_report(report))
+    return 0
+
+
+def _encoder_window(args, options: BenchOptions, device: str, dtype: torch.dtype) -> int:
+    """`bench --encoder-window`: a random-weights model of `--scale` at the released (full-window) setting."""
+    import json
+
+    from .encoder_window import compare, format_results
+    from .fullscale import random_model, scale_config, word_tokenizer
+
+    config = scale_config("medium" if args.scale == "demo" else args.scale, encode_full_window=True)
+    model = random_model(config, device, dtype)
+    clips, _ = bench_clips([s for s in options.clip_seconds if s <= config.window_seconds])
+    results = compare(model, word_tokenizer(config.llm_config.vocab_size), clips, options.new_tokens, options.repeats)
+    label = f"scale {'medium' if args.scale == 'demo' else args.scale}, {str(dtype).removeprefix('torch.')}, {device}"
+    if args.json:
+        print(json.dumps({"machine": machine_info(device), "scale": label, "results": [asdict(r) for r in results]}))
+    else:
+        _print(format_results(results, label))
+    return 0
