@@ -29,6 +29,7 @@ from blsp_emo import GenerationOptions, ModelNotFoundError, Reply, SpokenDialogu
 from blsp_emo import available_systems, load_audio, load_system  # noqa: E402
 from blsp_emo.audio import AudioError  # noqa: E402
 from blsp_emo.checkpoint import resolve  # noqa: E402
+import study_ui  # noqa: E402
 from blsp_emo.tts import (  # noqa: E402
     DEFAULT_SYNTHESIZER, STYLES, NullSynthesizer, SpeechSynthesizer, SynthesizerUnavailableError,
     available_synthesizers, load_synthesizer, style_for,
@@ -368,6 +369,7 @@ def build_demo(
     examples_dir: Path = EXAMPLES_DIR,
     concurrency: int = 2,
     max_queue: int = 16,
+    study: "study_ui.StudyRunner | None" = None,
 ) -> gr.Blocks:
     """The page for already-loaded `systems` (may be empty: the page then says how to get a model).
 
@@ -378,6 +380,7 @@ def build_demo(
         options: the default generation settings (also those of the `/respond` API).
         concurrency: model calls run at once, shared by Talk, Compare and the API.
         max_queue: requests waiting beyond which visitors are told the app is busy.
+        study: the blind rating study of the Rate and Results tabs; None for no such tabs.
     """
     synthesizer = synthesizer or NullSynthesizer()
     cb = Callbacks(dict(systems), synthesizer, model_label, options)
@@ -397,6 +400,7 @@ def build_demo(
                 _api_tab(cb, systems)
             with gr.Tab("🔊 Voices"):
                 _voices_tab(cb)
+            study_ui.build_tabs(study)
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
     return demo
 
@@ -435,6 +439,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--concurrency", type=int, default=2, help="model calls at once (default: 2)")
     p.add_argument("--max-queue", type=int, default=16, help="waiting requests before 'busy' (default: 16)")
+    study_ui.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -444,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = sorted(set(names) - set(available_systems()))
     if unknown:
         sys.exit(f"error: unknown system(s) {unknown}; available: {available_systems()}")
+    study_config = study_ui.config_from_args(args)  # a bad study file stops here, before any model loads
     if args.device is None:
         import torch
 
@@ -461,8 +467,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         synthesizer, notes = NullSynthesizer(), [*notes, f"spoken replies off: {e}"]
     for note in notes:
         print(f"app: {note}", file=sys.stderr)
+    study = study_ui.runner_from_args(args, study_config, systems, synthesizer)
     demo = build_demo(systems, synthesizer, model_label=label, notes=notes, concurrency=args.concurrency,
-                      max_queue=args.max_queue)
+                      max_queue=args.max_queue, study=study)
     launch(demo, args.host, args.port)
 
 

@@ -1,4 +1,4 @@
-"""`python -m blsp_emo <command>`: systems, respond, evaluate, convert, bench, loadtest (DESIGN.md's command line)."""
+"""`python -m blsp_emo <command>`: systems, respond, evaluate, convert, bench, loadtest, study (DESIGN.md's command line)."""
 
 from __future__ import annotations
 
@@ -202,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="DIR", help="where to keep reply audio when there is no speaker")
     p.set_defaults(func=cmd_chat)
     _add_bench_parser(sub)  # bench | loadtest
+    from .study.cli import add_commands as add_study_commands
+
+    add_study_commands(sub)  # study check | export | report | loadtest
     return parser
 
 

@@ -1,0 +1,25 @@
+"""Blind rating studies: configuration, balanced assignment, storage that loses nothing, analysis.
+
+    config = StudyConfig.load("assets/studies/example.json")
+    runner = StudyRunner(config, systems, StudyStore.from_env())   # what the Rate tab calls
+    write_report(StudyStore("ratings.sqlite").ratings(), "report/")  # what `study report` writes
+
+Modules, in the order data flows: config (the study file), assign (who compares what), session
+(consent, trials, submissions), store (SQLite), analysis and report (numbers and plots), access
+(the admin token), upload (optional hub copy), loadtest and cli (`python -m blsp_emo study`).
+"""
+
+from .access import ADMIN_TOKEN_ENV, AdminTokenError, check_admin
+from .assign import OWN_RECORDING, Trial, balance, plan_trials
+from .config import DEFAULT_STUDY, StudyConfig, StudyConfigError
+from .report import Report, write_report
+from .session import ReplyCache, StudyRunner, Submitted, TrialView, revision
+from .store import DB_ENV, DEFAULT_DB, SCHEMA_VERSION, Rating, StudyStore, StudyStoreError
+from .upload import UploadSettings, start_upload
+
+__all__ = [
+    "ADMIN_TOKEN_ENV", "AdminTokenError", "DB_ENV", "DEFAULT_DB", "DEFAULT_STUDY", "OWN_RECORDING", "Rating",
+    "ReplyCache", "Report", "SCHEMA_VERSION", "StudyConfig", "StudyConfigError", "StudyRunner", "StudyStore",
+    "StudyStoreError", "Submitted", "Trial", "TrialView", "UploadSettings", "balance", "check_admin", "plan_trials",
+    "revision", "start_upload", "write_report",
+]

@@ -1,0 +1,193 @@
+"""Running a study: consent, a rater's plan, each trial's two blind replies, and the submission.
+
+`StudyRunner` is what the Rate tab and its API call; it holds read-only models, the config and
+the store, and no rater state of its own: a rater is an unguessable id whose plan is in the
+database, so a rater survives a server restart. Replies to configured clips are decoded greedily,
+so each (clip, system) reply is computed once per process and shared by every rater.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from ..audio import SAMPLE_RATE, load_audio
+from ..systems import Reply, SpokenDialogueSystem
+from ..tts import NullSynthesizer, SpeechSynthesizer, style_for
+from .assign import OWN_RECORDING, Trial
+from .config import StudyConfig
+from .store import Rating, StudyStore
+
+Speech = tuple[int, np.ndarray]  # (sample rate, (T,) float32)
+
+
+@dataclass(frozen=True)
+class TrialView:
+    """What a rater sees for one trial: no system names until the ratings are in."""
+
+    rater_id: str
+    index: int
+    total: int
+    stimulus: str
+    stimulus_audio: str | None  # the configured clip's path; None for the rater's own recording
+    reply_a: str
+    reply_b: str
+    speech_a: Speech | None
+    speech_b: Speech | None
+    shown_at: float
+    key: str  # the idempotency key this trial's submission carries
+
+    def to_json(self) -> dict:
+        return {"trial": self.index, "of": self.total, "stimulus": self.stimulus, "reply_a": self.reply_a,
+                "reply_b": self.reply_b, "shown_at": self.shown_at, "key": self.key}
+
+
+@dataclass(frozen=True)
+class Submitted:
+    stored: bool  # False: this trial was already recorded (a double click or a retry)
+    system_a: str
+    system_b: str
+    next_trial: int | None  # None when the study is finished
+
+    def to_json(self) -> dict:
+        return {"status": "stored" if self.stored else "duplicate", "a": self.system_a, "b": self.system_b,
+                "next_trial": self.next_trial}
+
+
+class ReplyCache:
+    """One greedy reply per (clip, system), computed on first use; concurrent first uses wait for it."""
+
+    def __init__(self):
+        self._replies: dict[tuple[str, str], tuple[Reply, Speech | None]] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, key: tuple[str, str], make):
+        if key in self._replies:
+            return self._replies[key]
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._replies:
+                self._replies[key] = make()
+            return self._replies[key]
+
+
+def revision(system: SpokenDialogueSystem) -> str:
+    """A short fingerprint of a system's weights (where they came from + a hash of a sample of each tensor).
+
+    Cheap even for a 7B model: only the first values of every parameter tensor are hashed.
+    """
+    import torch
+
+    digest, sources = hashlib.sha256(), []
+    for attr, part in sorted(vars(system).items()):
+        if not isinstance(part, torch.nn.Module):
+            continue
+        sources.append(Path(str(getattr(getattr(part, "config", None), "_name_or_path", "") or attr)).name or attr)
+        for name, tensor in part.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return f"{'+'.join(dict.fromkeys(sources))}@{digest.hexdigest()[:12]}"
+
+
+class StudyRunner:
+    """Consent → plan → trials → submissions for one study, over loaded `systems` and a `store`."""
+
+    def __init__(self, config: StudyConfig, systems: Mapping[str, SpokenDialogueSystem], store: StudyStore,
+                 synthesizer: SpeechSynthesizer | None = None):
+        config.require_systems(systems)
+        self.config, self.store = config, store
+        self.systems = {name: systems[name] for name in config.systems}
+        self.synthesizer = synthesizer if config.spoken_replies and synthesizer else NullSynthesizer()
+        self.revisions = {name: revision(s) for name, s in self.systems.items()}
+        self.cache = ReplyCache()
+        self._clips = {s.id: load_audio(s.audio, max_seconds=min(x.window_seconds for x in self.systems.values()),
+                                        name=f"study clip {s.id} ({s.audio.name})") for s in config.stimuli}
+
+    @property
+    def speaks(self) -> bool:
+        return not isinstance(self.synthesizer, NullSynthesizer)
+
+    def begin(self, consent: bool, keep_audio: bool = False, rng: random.Random | None = None) -> tuple[str, list[Trial]]:
+        """A new anonymous rater and their plan; refused without consent."""
+        if not consent:
+            raise PermissionError("please read what is stored and tick 'I agree' to take part")
+        rater_id = secrets.token_urlsafe(12)  # random: it names nobody, and cannot be guessed by other raters
+        keep = bool(keep_audio and self.config.allow_own_recording)
+        return rater_id, self.store.begin_rater(self.config, rater_id, keep, rng)
+
+    def trial(self, rater_id: str, index: int) -> Trial:
+        plan = self.store.plan(rater_id)
+        if not plan:
+            raise LookupError(f"unknown rater {rater_id!r}: start the study (consent) first")
+        if not 0 <= index < len(plan):
+            raise LookupError(f"trial {index} is outside this rater's plan (0–{len(plan) - 1})")
+        return plan[index]
+
+    def view(self, rater_id: str, index: int, own_audio=None) -> TrialView:
+        """Trial `index` of a rater: the two replies as A and B (on the rater's recording when given)."""
+        trial = self.trial(rater_id, index)
+        if own_audio is not None:
+            if not self.config.allow_own_recording:
+                raise PermissionError(f"study {self.config.id!r} does not take own recordings")
+            wave = load_audio(own_audio, max_seconds=min(s.window_seconds for s in self.systems.values()),
+                              name="your recording")
+            a, b = (self._answer(trial.system(side), wave) for side in "AB")
+            stimulus, shown = OWN_RECORDING, None
+        else:
+            a, b = (self.cache.get((trial.stimulus, trial.system(side)),
+                                   lambda side=side: self._answer(trial.system(side), self._clips[trial.stimulus]))
+                    for side in "AB")
+            stimulus, shown = trial.stimulus, str(self.config.stimulus(trial.stimulus).audio)
+        total = len(self.store.plan(rater_id))
+        return TrialView(rater_id, index, total, stimulus, shown, a[0].text, b[0].text, a[1], b[1], time.time(),
+                         secrets.token_hex(16))
+
+    def _answer(self, name: str, wave: np.ndarray) -> tuple[Reply, Speech | None]:
+        reply = self.systems[name].respond(audio=wave, options=self.config.options)
+        speech = self.synthesizer.synthesize(reply.text, style_for(reply.emotion)) if reply.text else None
+        return reply, speech
+
+    def submit(self, view: TrialView, scores: Mapping[str, int], preference: str, reason: str = "",
+               listened: bool = True, own_audio=None) -> Submitted:
+        """Store one trial's ratings (`scores`: empathy_a, quality_a, empathy_b, quality_b) and reveal A and B."""
+        trial = self.trial(view.rater_id, view.index)
+        audio_path = None
+        if view.stimulus == OWN_RECORDING and own_audio is not None and self.store.consented_audio(view.rater_id):
+            audio_path = self._keep(view, own_audio)
+        rating = Rating(
+            view.key, self.config.id, view.rater_id, view.index, view.stimulus, trial.system_a, trial.system_b,
+            trial.swapped, *(_score(scores, k) for k in ("empathy_a", "quality_a", "empathy_b", "quality_b")),
+            preference, (reason or "").strip()[:2000], view.reply_a, view.reply_b, self.revisions[trial.system_a],
+            self.revisions[trial.system_b], float(view.shown_at), time.time(), bool(listened), audio_path,
+        )
+        stored = self.store.submit(rating)
+        done = self.store.submitted_trials(view.rater_id)
+        later = [t.index for t in self.store.plan(view.rater_id) if t.index not in done]
+        return Submitted(stored, trial.system_a, trial.system_b, later[0] if later else None)
+
+    def _keep(self, view: TrialView, own_audio) -> str:
+        folder = self.store.path.parent / "audio"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{view.rater_id}-{view.index}.wav"
+        sf.write(path, load_audio(own_audio, max_seconds=600, name="your recording"), SAMPLE_RATE)
+        return str(path)
+
+
+def _score(scores: Mapping[str, int], key: str) -> int:
+    value = scores.get(key)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{key} must be a whole number 0–10, got {value!r}")
+    return value
