@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -62,8 +62,8 @@ class _Rater:
                 if self.client is None:
                     self.client = _client(self.url)
                 return self.client.predict(*args, api_name=api_name)
-            except (OSError, ValueError, QueueError, httpx.TransportError, httpx.HTTPStatusError) as e:
-                # refused, reset or 'could not fetch config' while the server restarts, or 'queue full'
+            except (OSError, ValueError, QueueError, CancelledError, httpx.TransportError, httpx.HTTPStatusError) as e:
+                # refused, reset, cancelled or 'could not fetch config' while the server restarts, or 'queue full'
                 # (the app's busy signal, as a person would press again); not an app's answer
                 if isinstance(e, AppError) or time.monotonic() + delay > self.deadline:
                     raise
