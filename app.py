@@ -13,7 +13,8 @@ import argparse
 import html
 import os
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -118,6 +119,20 @@ def _messages(chat: Chat, pending: tuple[object, Reply] | None = None) -> list[d
     return out
 
 
+def _paced(replies: Iterator[Reply], interval: float) -> Iterator[Reply]:
+    """The growing reply at most once per `interval` seconds, and always its first token and the end.
+
+    Every UI update costs the server a few ms of CPU (about 8 ms per update on 2 cores, more than a
+    demo-scale token), so per-token updates halve how many visitors it can serve (README, Speed).
+    """
+    last = None
+    for reply in replies:
+        now = time.monotonic()
+        if reply.done or last is None or now - last >= interval:
+            last = now
+            yield reply
+
+
 def _history(chat: Chat) -> list:
     """The turns the system hears again: the latest few, as the released demo drops the oldest to fit."""
     return [turn for ex in chat[-HEARD_EXCHANGES:] for turn in ex.reply.turns(ex.audio, ex.text)]
@@ -126,8 +141,9 @@ def _history(chat: Chat) -> list:
 class Callbacks:
     """Every event handler: models are read, never written; per-visitor state comes in and goes out."""
 
-    def __init__(self, systems, synthesizer, model_label: str, options: GenerationOptions):
+    def __init__(self, systems, synthesizer, model_label: str, options: GenerationOptions, stream_interval: float = 0.0):
         self.systems, self.synthesizer, self.model_label, self.options = systems, synthesizer, model_label, options
+        self.stream_interval = stream_interval
         self.ui = SimpleNamespace()  # the components handlers write to, filled in while the page is built
 
     def system(self, name: str | None) -> SpokenDialogueSystem:
@@ -185,7 +201,8 @@ class Callbacks:
 
     def _turn(self, system, chat: Chat, user: Exchange, options: GenerationOptions):
         ui, reply = self.ui, None
-        for reply in system.stream(audio=user.audio, history=_history(chat), options=options, text=user.text):
+        replies = system.stream(audio=user.audio, history=_history(chat), options=options, text=user.text)
+        for reply in _paced(replies, self.stream_interval):
             yield {ui.chatbot: _messages(chat, (user.shown, reply)), ui.emotion: _label(reply, user.audio is None),
                    ui.transcript: gr.Textbox(reply.transcript, visible=reply.transcript is not None)}
         chat = (*chat, replace(user, reply=reply))
@@ -208,7 +225,7 @@ class Callbacks:
         system = self.system(name)
         options = replace(_options(*settings), seed=seed)
         reply = None
-        for reply in system.stream(audio=self.load(audio, system), options=options):
+        for reply in _paced(system.stream(audio=self.load(audio, system), options=options), self.stream_interval):
             yield (_label(reply), gr.Textbox(reply.transcript, visible=reply.transcript is not None),
                    reply.text, _timings(reply) + f" · seed `{reply.seed}`", reply if reply.done else None)
 
@@ -370,6 +387,7 @@ def build_demo(
     concurrency: int = 2,
     max_queue: int = 16,
     study: "study_ui.StudyRunner | None" = None,
+    stream_interval: float = 0.0,
 ) -> gr.Blocks:
     """The page for already-loaded `systems` (may be empty: the page then says how to get a model).
 
@@ -380,10 +398,11 @@ def build_demo(
         options: the default generation settings (also those of the `/respond` API).
         concurrency: model calls run at once, shared by Talk, Compare and the API.
         max_queue: requests waiting beyond which visitors are told the app is busy.
+        stream_interval: seconds between updates of a streaming reply (0: every token).
         study: the blind rating study of the Rate and Results tabs; None for no such tabs.
     """
     synthesizer = synthesizer or NullSynthesizer()
-    cb = Callbacks(dict(systems), synthesizer, model_label, options)
+    cb = Callbacks(dict(systems), synthesizer, model_label, options, stream_interval)
     with gr.Blocks(title="BLSP-Emo: empathetic speech chat") as demo:
         gr.Markdown("# 🎙️ BLSP-Emo · empathetic speech chat\nSpeak to it and see the emotion it hears in your "
                     "voice, read and hear a reply that takes your tone into account, and compare with systems "
@@ -439,8 +458,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--concurrency", type=int, default=2, help="model calls at once (default: 2)")
     p.add_argument("--max-queue", type=int, default=16, help="waiting requests before 'busy' (default: 16)")
+    p.add_argument("--stream-interval", type=float, default=0.05,
+                   help="seconds between updates of a streaming reply; 0 updates every token (default: 0.05)")
     study_ui.add_arguments(p)
     return p.parse_args(argv)
+
+
+def _share_cores(concurrency: int) -> None:
+    """Split the cores between the model calls that run at once (unless OMP_NUM_THREADS says otherwise):
+    torch's default gives every call all cores, and two calls then fight over them (10x slower on 2 cores)."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // max(concurrency, 1)))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -450,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if unknown:
         sys.exit(f"error: unknown system(s) {unknown}; available: {available_systems()}")
     study_config = study_ui.config_from_args(args)  # a bad study file stops here, before any model loads
+    _share_cores(args.concurrency)
     if args.device is None:
         import torch
 
@@ -469,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"app: {note}", file=sys.stderr)
     study = study_ui.runner_from_args(args, study_config, systems, synthesizer)
     demo = build_demo(systems, synthesizer, model_label=label, notes=notes, concurrency=args.concurrency,
-                      max_queue=args.max_queue, study=study)
+                      max_queue=args.max_queue, study=study, stream_interval=args.stream_interval)
     launch(demo, args.host, args.port)
 
 

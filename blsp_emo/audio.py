@@ -21,6 +21,8 @@ FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
 MAX_SECONDS = 30.0  # Whisper's window; the released demo cut longer audio silently, we refuse it
 MIN_SECONDS = 0.1
 SILENCE_PEAK = 1e-4  # -80 dBFS: quieter than any real microphone's noise floor
+# 30 s of MP3 or AAC at the highest bitrates is under 2 MB; this bounds what the fallback decoders read.
+MAX_OTHER_FORMAT_BYTES = 32 * 2**20
 
 
 class AudioError(ValueError):
@@ -89,6 +91,12 @@ def _decode_file(path: Path, max_seconds: float, name: str) -> tuple[np.ndarray,
     try:
         info = sf.info(str(path))
     except Exception:  # libsndfile cannot read it: try librosa's decoders before giving up
+        size = path.stat().st_size
+        if size > MAX_OTHER_FORMAT_BYTES:  # librosa's fallback reads the whole file into memory first
+            raise NotAudioError(
+                f"{name}: {size / 2**20:.0f} MB in a format libsndfile cannot read is not a clip of at most "
+                f"{max_seconds:g} s; use a WAV, FLAC, OGG or MP3 clip"
+            ) from None
         return _decode_with_librosa(path, name)
     # Refuse long files before reading them, so a 2-hour upload costs no memory.
     if info.frames / info.samplerate > max_seconds:

@@ -1,0 +1,345 @@
+"""`python -m blsp_emo loadtest`: simulated visitors talking to a running app at once, through gradio_client.
+
+Each visitor holds its own session and keeps having short conversations (a spoken turn with its own
+clip, then typed turns naming the visitor), greedy so that a conversation replayed gives the same
+replies. After every turn it checks that the conversation the server returns is exactly its own:
+its clip, its words, in order, one reply per turn. Anything else counts as cross-talk. First one
+visitor alone, then all of them together, against the same server in the same run: the latencies
+compare like with like. Loopback addresses only; visitors, time and requests are bounded.
+
+`--spawn` starts `python app.py` itself on a free loopback port, times it from process start until
+`/` answers 200, samples its resident memory while the visitors talk, and stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+import numpy as np
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+MAX_USERS, MAX_SECONDS = 64, 600.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    users: int = 8
+    seconds: float = 30.0  # per phase
+    think: float = 0.0  # mean pause between a visitor's turns (uniform in 0.5x..1.5x; first turn within [0, think])
+    turns: int = 3  # per conversation, then a fresh session
+    max_tokens: int = 48  # per reply; the app's slider accepts 8..1024
+
+    def __post_init__(self):
+        if not 1 <= self.users <= MAX_USERS or not 0 < self.seconds <= MAX_SECONDS:
+            raise ValueError(f"--users must be 1..{MAX_USERS} and --seconds in (0, {MAX_SECONDS:g}]; "
+                             f"got {self.users} and {self.seconds:g}")
+        if self.think < 0 or self.turns < 1:
+            raise ValueError(f"--think must be >= 0 and --turns >= 1; got {self.think:g} and {self.turns}")
+
+
+@dataclass
+class Phase:
+    """What one phase (N visitors for S seconds) saw."""
+
+    users: int
+    latencies: list[float] = field(default_factory=list)  # seconds per turn, submit to final output
+    errors: list[str] = field(default_factory=list)
+    cross_talk: list[str] = field(default_factory=list)
+    replays: int = 0  # conversations replayed by the same visitor
+    replay_mismatches: int = 0  # ... whose replies differed from the first time (greedy: they should not)
+
+    def summary(self) -> dict:
+        lat = sorted(self.latencies)
+        return {"users": self.users, "turns": len(lat), "errors": len(self.errors), "cross_talk": len(self.cross_talk),
+                "p50_s": _percentile(lat, 50), "p95_s": _percentile(lat, 95), "max_s": lat[-1] if lat else None,
+                "replays": self.replays, "replay_mismatches": self.replay_mismatches,
+                "error_examples": self.errors[:3], "cross_talk_examples": self.cross_talk[:3]}
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return float(np.percentile(values, q, method="nearest"))
+
+
+def check_loopback(url: str) -> str:
+    host = urlparse(url).hostname
+    if host not in LOOPBACK:
+        raise ValueError(f"loadtest only targets this machine; {url!r} is not a loopback address (use 127.0.0.1)")
+    return url
+
+
+# --- one visitor --------------------------------------------------------------------------------
+
+
+class Visitor:
+    """A session that talks in turns and checks that what comes back is its own conversation."""
+
+    def __init__(self, url: str, index: int, clip: Path, options: LoadOptions, phase: Phase, lock: threading.Lock):
+        from gradio_client import Client
+
+        self.index, self.clip, self.options, self.phase, self.lock = index, clip, options, phase, lock
+        self.rng = random.Random(index)  # reproducible pauses, different per visitor
+        self.client = Client(url, verbose=False, download_files=False, httpx_kwargs={"timeout": 120})
+        self.first_replies: list[str] | None = None
+
+    def script(self) -> list[tuple[str | None, str]]:
+        """(audio, text) per turn: the visitor's own clip first, then typed turns naming it."""
+        return [(str(self.clip), "")] + [(None, f"visitor {self.index} turn {t}") for t in range(1, self.options.turns)]
+
+    def converse(self, deadline: float) -> None:
+        from gradio_client import handle_file
+
+        self.client.reset_session()  # a fresh conversation
+        sent, replies = [], []
+        for audio, text in self.script():
+            if time.monotonic() >= deadline:
+                return
+            start = time.monotonic()
+            try:
+                job = self.client.submit(handle_file(audio) if audio else None, text, None, 0.5, 0.5,
+                                         self.options.max_tokens, True, 0, api_name="/talk")
+                chatbot = job.result()[0]
+            except Exception as e:  # a visitor sees an error message; count it and keep going
+                self._record(error=f"visitor {self.index}: {type(e).__name__}: {str(e)[:200]}")
+                time.sleep(0.5)  # and tries again a little later, as a person would
+                return
+            sent.append((audio, text))
+            problem = self._foreign(chatbot, sent)
+            self._record(latency=time.monotonic() - start, cross_talk=problem)
+            if problem:
+                return
+            replies.append(_text(chatbot[-1]))
+            self._pause(0.5, 1.5)
+        self._compare_replay(replies)
+
+    def _pause(self, low: float, high: float) -> None:
+        """Think time: people record, type and read at their own pace, so visitors do not move in lockstep."""
+        if self.options.think:
+            time.sleep(self.rng.uniform(low, high) * self.options.think)
+
+    def _foreign(self, chatbot: list[dict], sent: list[tuple[str | None, str]]) -> str | None:
+        """Why `chatbot` is not this visitor's conversation, or None."""
+        if len(chatbot) != 2 * len(sent):
+            return f"visitor {self.index}: {len(chatbot)} messages after {len(sent)} turns"
+        for (audio, text), message in zip(sent, chatbot[::2]):
+            parts = message["content"] if isinstance(message["content"], list) else [message["content"]]
+            if audio is not None:
+                files = [p for p in parts if isinstance(p, dict) and p.get("type") == "file"]
+                name = Path(str(files[0]["file"].get("path", ""))).name if files else None
+                if name != self.clip.name:
+                    return f"visitor {self.index}: its clip came back as {name!r}"
+            elif _text(message) != text:
+                return f"visitor {self.index}: sent {text!r}, the conversation shows {_text(message)!r}"
+        return None
+
+    def _compare_replay(self, replies: list[str]) -> None:
+        if len(replies) != self.options.turns:
+            return
+        with self.lock:
+            if self.first_replies is None:
+                self.first_replies = replies
+            else:
+                self.phase.replays += 1
+                self.phase.replay_mismatches += replies != self.first_replies
+
+    def _record(self, latency: float | None = None, error: str | None = None, cross_talk: str | None = None):
+        with self.lock:
+            if latency is not None:
+                self.phase.latencies.append(latency)
+            if error:
+                self.phase.errors.append(error)
+            if cross_talk:
+                self.phase.cross_talk.append(cross_talk)
+
+    def run(self, deadline: float) -> None:
+        self._pause(0.0, 1.0)  # visitors arrive at different moments
+        while time.monotonic() < deadline:
+            self.converse(deadline)
+        self.client.close()
+
+
+def _text(message: dict) -> str:
+    content = message["content"]
+    parts = content if isinstance(content, list) else [content]
+    return " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in parts).strip()
+
+
+def visitor_clips(folder: Path, users: int, examples: Path = ROOT / "assets" / "examples") -> list[Path]:
+    """One distinct clip per visitor (an example clip, slightly rescaled so no two are the same file)."""
+    import soundfile as sf
+
+    from .audio import load_audio
+
+    sources = sorted(examples.glob("*.wav")) if examples.is_dir() else []
+    paths = []
+    for i in range(users):
+        if sources:
+            wave = load_audio(sources[i % len(sources)])
+        else:
+            t = np.arange(32000) / 16000
+            wave = (0.3 * np.sin(2 * np.pi * (160 + 15 * i) * t)).astype(np.float32)
+        path = folder / f"visitor{i}.wav"
+        sf.write(path, wave * (1.0 - 0.01 * i), 16000)
+        paths.append(path)
+    return paths
+
+
+def run_phase(url: str, users: int, options: LoadOptions, clips: list[Path]) -> Phase:
+    phase, lock = Phase(users), threading.Lock()
+    visitors = [Visitor(url, i, clips[i], options, phase, lock) for i in range(users)]
+    deadline = time.monotonic() + options.seconds
+    threads = [threading.Thread(target=v.run, args=(deadline,), daemon=True) for v in visitors]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=options.seconds + 180)  # a turn already sent may finish after the deadline
+    return phase
+
+
+# --- a server started for the test --------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    url: str
+    startup_s: float
+    peak_rss_mb: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def sample_memory(self, every: float = 0.2) -> None:
+        def loop():
+            while not self._stop.is_set():
+                self.peak_rss_mb = max(self.peak_rss_mb, process_rss_mb(self.process.pid))
+                time.sleep(every)
+
+        threading.Thread(target=loop, daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def process_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(url: str, process: subprocess.Popen | None = None, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the app exited with status {process.returncode} before serving {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout:g} s")
+
+
+def spawn_app(args: tuple[str, ...] = (), log: Path | None = None) -> Server:
+    """`python app.py` on a free loopback port; `startup_s` runs from process start to HTTP 200 on /."""
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    out = open(log, "w") if log else subprocess.DEVNULL
+    start = time.monotonic()
+    process = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), *args],
+                               cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(url, process)
+    except Exception:
+        process.kill()
+        raise
+    return Server(process, url, time.monotonic() - start)
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def loadtest(url: str, options: LoadOptions) -> dict:
+    """One visitor alone, then `options.users` at once; their latencies and the ratio the issue asks for."""
+    check_loopback(url)
+    with tempfile.TemporaryDirectory() as tmp:
+        clips = visitor_clips(Path(tmp), options.users)
+        alone = run_phase(url, 1, options, clips).summary()
+        together = run_phase(url, options.users, options, clips).summary()
+    ratio = together["p95_s"] / alone["p50_s"] if alone["p50_s"] and together["p95_s"] else None
+    return {"url": url, "options": asdict(options), "single": alone, "concurrent": together,
+            "p95_over_single_p50": ratio}
+
+
+def format_report(report: dict) -> Iterator[str]:
+    if "startup_s" in report:
+        yield f"app ready (HTTP 200 on /) {report['startup_s']:.2f} s after process start; peak server RSS " \
+              f"{report['server_peak_rss_mb']:.0f} MB"
+    o = report["options"]
+    yield f"{report['url']}: {o['seconds']:g} s per phase, {o['turns']} turns per conversation, think {o['think']:g} s"
+    for name in ("single", "concurrent"):
+        p = report[name]
+        yield (f"  {p['users']} visitor(s): {p['turns']} turns, p50 {p['p50_s'] or 0:.3f} s, p95 {p['p95_s'] or 0:.3f} s, "
+               f"errors {p['errors']}, cross-talk {p['cross_talk']}, replays {p['replays']} "
+               f"({p['replay_mismatches']} differed)")
+        for example in p["error_examples"] + p["cross_talk_examples"]:
+            yield f"    {example}"
+    if report["p95_over_single_p50"] is not None:
+        yield f"  concurrent p95 / single p50 = {report['p95_over_single_p50']:.2f}"
+
+
+def main(args) -> int:
+    options = LoadOptions(args.users, args.seconds, args.think, args.turns)
+    if bool(args.url) == bool(args.spawn):
+        raise ValueError("give --url URL of a running app (loopback) or --spawn to start one")
+    server = None
+    if args.spawn:
+        server = spawn_app(("--tts", "none") if args.no_tts else ())
+        server.sample_memory()
+    try:
+        report = loadtest(server.url if server else args.url, options)
+    finally:
+        if server:
+            server.stop()
+    if server:
+        report.update(startup_s=server.startup_s, server_peak_rss_mb=server.peak_rss_mb)
+    failed = report["single"]["errors"] + report["concurrent"]["errors"] + report["concurrent"]["cross_talk"]
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for line in format_report(report):
+            print(line)
+    return 1 if failed else 0

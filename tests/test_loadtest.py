@@ -1,0 +1,77 @@
+"""`python -m blsp_emo loadtest`: concurrent visitors on a real app process, loopback only, bounded."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from blsp_emo.loadtest import LoadOptions, Phase, Visitor, check_loopback, loadtest, spawn_app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def server(bundle_dir):
+    app = spawn_app(("--model", str(bundle_dir), "--tts", "none", "--systems", "blsp-emo"))
+    yield app
+    app.stop()
+
+
+def test_visitors_see_only_their_own_conversations(server):
+    report = loadtest(server.url, LoadOptions(users=3, seconds=6.0, turns=2, max_tokens=8))
+    for phase in ("single", "concurrent"):
+        p = report[phase]
+        assert p["errors"] == 0 and p["cross_talk"] == 0, p
+        assert p["turns"] >= 2 and 0 < p["p50_s"] <= p["p95_s"] <= p["max_s"]
+    assert report["concurrent"]["users"] == 3 and report["p95_over_single_p50"] > 0
+    assert report["single"]["replays"] >= 1 and report["single"]["replay_mismatches"] == 0  # greedy replays agree
+
+
+def test_the_cross_talk_check_can_fail(server, tmp_path):
+    clip = tmp_path / "visitor0.wav"
+    visitor = Visitor(server.url, 0, clip, LoadOptions(users=1, seconds=1), Phase(1), threading.Lock())
+    mine = [{"role": "user", "content": [{"type": "file", "file": {"path": f"/tmp/x/{clip.name}"}}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "hello"}]},
+            {"role": "user", "content": [{"type": "text", "text": "visitor 0 turn 1"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "yes"}]}]
+    sent = [(str(clip), ""), (None, "visitor 0 turn 1")]
+    assert visitor._foreign(mine, sent) is None
+    other_clip = [{**mine[0], "content": [{"type": "file", "file": {"path": "/tmp/x/visitor5.wav"}}]}, *mine[1:]]
+    assert "visitor5.wav" in visitor._foreign(other_clip, sent)
+    other_words = [*mine[:2], {"role": "user", "content": [{"type": "text", "text": "visitor 3 turn 1"}]}, mine[3]]
+    assert "visitor 3 turn 1" in visitor._foreign(other_words, sent)
+    assert "messages" in visitor._foreign(mine + mine[:2], sent)
+    visitor.client.close()
+
+
+def test_only_loopback_and_bounded_runs():
+    assert check_loopback("http://127.0.0.1:7860/")
+    for url in ("http://example.com/", "http://10.0.0.2:7860/", "https://huggingface.co/spaces/x"):
+        with pytest.raises(ValueError, match="loopback"):
+            check_loopback(url)
+    with pytest.raises(ValueError):
+        LoadOptions(users=1000)
+    with pytest.raises(ValueError):
+        LoadOptions(seconds=3600)
+
+
+def test_command_line_refuses_a_remote_url():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "blsp_emo", "loadtest", "--url", "http://example.com/", "--users", "2",
+                          "--seconds", "1"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert out.returncode == 2 and "loopback" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_command_line_json_against_a_running_app(server):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    out = subprocess.run([sys.executable, "-m", "blsp_emo", "loadtest", "--url", server.url, "--users", "2",
+                          "--seconds", "3", "--turns", "2", "--json"],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["concurrent"]["users"] == 2 and report["concurrent"]["cross_talk"] == 0
+    assert set(report) >= {"url", "options", "single", "concurrent", "p95_over_single_p50"}
