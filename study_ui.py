@@ -27,6 +27,13 @@ PREFERENCE_CHOICES = [("A is better", "A"), ("B is better", "B"), ("Tie", "tie")
 # Study calls are small database writes (a reply is computed once per clip and system): they get
 # their own, wider lane of the queue so that raters do not wait behind model calls.
 STUDY_QUEUE = {"concurrency_id": "study", "concurrency_limit": 8}
+# The 0–10 scale on one line in a half-width column; the lock note stands out until it is lifted.
+CSS = """
+.study-scale .wrap { flex-wrap: nowrap !important; gap: 4px !important; }
+.study-scale label { padding: 6px 8px !important; min-width: 0 !important; flex: 1 1 0; justify-content: center; }
+#study-lock p { background: #fff8e1; border-left: 4px solid #ffb300; padding: 6px 10px; margin: 0; }
+"""
+EMPTY = "(this system gave an empty reply)"
 LOCKED = "🔒 Listen to the speaker's clip to the end{} to unlock the ratings."
 
 
@@ -54,6 +61,12 @@ def _stored_text(runner: StudyRunner) -> str:
             "reply from a system for a clip.")
 
 
+def _notice(message: str):
+    """A message to the rater that changes nothing on the page (an error would cover the inputs)."""
+    gr.Warning(html.escape(message, quote=False))
+    return gr.skip()
+
+
 def _speech(speech):
     return None if speech is None else (speech[0], (np.clip(speech[1], -1, 1) * 32767).astype(np.int16))
 
@@ -74,6 +87,7 @@ class RateTab:
 
     def build(self) -> None:
         cfg = self.runner.config
+        gr.HTML(f"<style>{CSS}</style>", padding=False)
         with gr.Column(visible=True, elem_id="study-consent") as self.consent_box:
             gr.Markdown(f"## {html.escape(cfg.title)}\n{cfg.instructions}\n\n{_stored_text(self.runner)}")
             self.agree = gr.Checkbox(label="I agree to take part and to the storage described above")
@@ -84,6 +98,7 @@ class RateTab:
             self.progress = gr.Markdown(elem_id="study-progress")
             self.stimulus = gr.Audio(label="1 · Listen to the speaker", type="filepath", interactive=False,
                                      elem_id="study-stimulus")
+            self.lock = gr.Markdown(elem_id="study-lock")
             if cfg.allow_own_recording:
                 with gr.Accordion("…or answer your own recording instead", open=False):
                     self.own = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Your voice")
@@ -101,11 +116,11 @@ class RateTab:
                         for q in cfg.questions:
                             self.scores.append(gr.Radio(list(range(11)), label=f"{q.label} — reply {side}",
                                                         info=q.help or None, interactive=False,
-                                                        elem_id=f"study-{q.id}-{side}"))
+                                                        elem_id=f"study-{q.id}-{side}",
+                                                        elem_classes=["study-scale"]))
             self.preference = gr.Radio(PREFERENCE_CHOICES, label="3 · Which reply is better?", interactive=False,
                                        elem_id="study-preference")
             self.reason = gr.Textbox(label="Why? (optional)", lines=2, interactive=False)
-            self.lock = gr.Markdown(elem_classes=["note"], elem_id="study-lock")
             self.submit = gr.Button("Submit ratings", variant="primary", interactive=False, elem_id="study-submit")
             self.reveal = gr.Markdown(elem_id="study-reveal")
             self.next = gr.Button("Next trial →", visible=False, elem_id="study-next")
@@ -122,7 +137,7 @@ class RateTab:
 
     def _show(self, state: RaterState) -> dict:
         view = state.view
-        order = {self.replies[i]: getattr(view, f"reply_{s.lower()}") for i, s in enumerate(SIDES)}
+        order = {self.replies[i]: getattr(view, f"reply_{s.lower()}") or EMPTY for i, s in enumerate(SIDES)}
         speech = {self.speeches[i]: _speech(getattr(view, f"speech_{s.lower()}")) for i, s in enumerate(SIDES)}
         fresh = {c: gr.update(value=None, interactive=False) for c in self.scores + [self.preference]}
         return {self.state: state, self.consent_box: gr.Column(visible=False), self.trial_box: gr.Column(visible=True),
@@ -142,7 +157,7 @@ class RateTab:
         try:
             rater_id, _ = self.runner.begin(agree, keep)
         except PermissionError as e:
-            raise _fail(str(e)) from e
+            return _notice(str(e))
         return self._show(RaterState(self.runner.view(rater_id, 0)))
 
     def heard(self, what: str, state: RaterState | None):
@@ -155,25 +170,27 @@ class RateTab:
         if state is None or state.submitted:
             return gr.skip()
         if audio is None:
-            raise _fail("record or upload a clip first, then press the button")
+            return _notice("record or upload a clip first, then press the button")
         try:
             view = self.runner.view(state.view.rater_id, state.view.index, own_audio=audio)
         except (ValueError, PermissionError) as e:
-            raise _fail(str(e)) from e
+            return _notice(str(e))
         return self._show(RaterState(view, frozenset({"stimulus"}), own_audio=audio))  # they made the clip
 
     def send(self, state: RaterState | None, *answers):
         if state is None:
-            raise _fail("start the study first (tick 'I agree', then Start)")
+            return _notice("start the study first (tick 'I agree', then Start)")
+        if state.submitted:  # a second click while the first was saving
+            return gr.skip()
         *scores, preference, reason = answers
         names = [c.label for c in self.scores]
         for label, value in zip(names, scores):
             if value is None:
-                raise _fail(f"please rate “{label}” (0–10) before submitting")
+                return _notice(f"Please rate “{label}” (0–10) before submitting.")
         if preference is None:
-            raise _fail("please choose which reply is better (or tie / both bad)")
+            return _notice("Please choose which reply is better (or tie / both bad).")
         if not self.needed <= state.heard:
-            raise _fail(LOCKED.format(""))
+            return _notice(LOCKED.format(""))
         keys = [f"{q.id}_{s.lower()}" for s in SIDES for q in self.runner.config.questions]
         result = self.runner.submit(state.view, dict(zip(keys, scores)), preference, reason, listened=True,
                                     own_audio=state.own_audio)
@@ -198,19 +215,17 @@ class RateTab:
     def _wire(self) -> None:
         shown = [self.state, self.consent_box, self.trial_box, self.progress, self.stimulus, *self.replies,
                  *self.speeches, *self.inputs, self.submit, self.lock, self.reveal, self.next]
-        self.start.click(self.begin, [self.agree, self.keep], shown, api_visibility="private",
-                         **STUDY_QUEUE)
+        quiet = {"api_visibility": "private", "show_progress": "hidden", **STUDY_QUEUE}
+        self.start.click(self.begin, [self.agree, self.keep], shown, **quiet)
         unlock = [self.state, *self.inputs, self.submit, self.lock]
-        self.stimulus.stop(lambda s: self.heard("stimulus", s), [self.state], unlock, api_visibility="private", **STUDY_QUEUE)
+        self.stimulus.stop(lambda s: self.heard("stimulus", s), [self.state], unlock, **quiet)
         for side, speech in zip(SIDES, self.speeches):
-            speech.stop(lambda s, side=side: self.heard(side, s), [self.state], unlock, api_visibility="private", **STUDY_QUEUE)
+            speech.stop(lambda s, side=side: self.heard(side, s), [self.state], unlock, **quiet)
         if self.runner.config.allow_own_recording:
             self.use_own.click(self.answer_own, [self.own, self.state], shown, api_visibility="private",
                                concurrency_id="model")
-        self.submit.click(self.send, [self.state, *self.inputs], [*unlock, self.reveal, self.next],
-                          api_visibility="private", **STUDY_QUEUE)
-        self.next.click(self.advance, [self.state], [*shown, self.done_box, self.done], api_visibility="private",
-                        **STUDY_QUEUE)
+        self.submit.click(self.send, [self.state, *self.inputs], [*unlock, self.reveal, self.next], **quiet)
+        self.next.click(self.advance, [self.state], [*shown, self.done_box, self.done], **quiet)
 
 
 def api(runner: StudyRunner) -> None:
@@ -267,7 +282,7 @@ class ResultsTab:
             token = gr.Textbox(type="password", label="Admin token", scale=3, elem_id="admin-token")
             show = gr.Button("Show results", variant="primary", scale=1)
         summary = gr.Markdown(elem_id="study-results")
-        plots = gr.Gallery(label="Plots", columns=3, height="auto", visible=False)
+        plots = gr.Gallery(label="Plots", columns=2, height="auto", object_fit="contain", visible=False)
         export = gr.File(label="ratings.csv (every rating)", visible=False)
         show.click(self.show, [token], [summary, plots, export], api_visibility="private")
 

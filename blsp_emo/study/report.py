@@ -74,8 +74,12 @@ def _f(v, digits=2) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def to_markdown(summary: dict, plots: list[str] = ()) -> str:
-    lines = [f"**{summary['ratings']} ratings from {summary['raters']} raters** "
+    lines = [f"**{_n(summary['ratings'], 'rating')} from {_n(summary['raters'], 'rater')}** "
              f"(study {', '.join(summary['studies']) or '–'}); intervals: 95 % bootstrap over raters, "
              f"{summary['bootstrap']['resamples']} resamples.", "",
              "| system | replies rated | empathy (0–10) | quality (0–10) |", "|---|---|---|---|"]

@@ -1,0 +1,135 @@
+"""The Rate and Results tabs in the app: the JSON API through gradio_client, and a rater in a real browser."""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+gr = pytest.importorskip("gradio")
+from gradio_client import Client  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+import app  # noqa: E402
+import study_ui  # noqa: E402
+from blsp_emo.study import StudyConfig, StudyRunner, StudyStore  # noqa: E402
+from blsp_emo.tts import NullSynthesizer  # noqa: E402
+from study_fixtures import SYSTEMS, write_study  # noqa: E402
+
+TOKEN = "tab-test-admin-token"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def runner(bundle_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("study-app")
+    systems, notes = app.load_systems(SYSTEMS, model=str(bundle_dir))
+    assert notes == []
+    return StudyRunner(StudyConfig.load(write_study(root / "study", trials=2)), systems, StudyStore(root / "r.sqlite"))
+
+
+@pytest.fixture(scope="module")
+def server(runner):
+    os.environ["BLSP_EMO_ADMIN_TOKEN"] = TOKEN
+    demo = app.build_demo(runner.systems, NullSynthesizer(), model_label="tiny bundle", study=runner)
+    app.launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
+    yield demo.local_url
+    demo.close()
+    os.environ.pop("BLSP_EMO_ADMIN_TOKEN", None)
+
+
+def _client(url):
+    return Client(url, verbose=False, download_files=False, httpx_kwargs={"timeout": 120})
+
+
+def test_without_a_study_the_app_has_no_rate_tab(runner):
+    demo = app.build_demo(runner.systems, NullSynthesizer())
+    assert not any(getattr(fn, "api_name", None) == "study_begin" for fn in demo.fns.values())
+
+
+def test_api_rater_sees_blind_replies_then_the_reveal(server, runner):
+    client = _client(server)
+    with pytest.raises(AppError, match="I agree"):
+        client.predict(False, False, api_name="/study_begin")
+    begin = client.predict(True, False, api_name="/study_begin")
+    assert begin["trials"] == 2
+    plan = runner.store.plan(begin["rater_id"])
+    for trial in plan:
+        view = client.predict(begin["rater_id"], trial.index, api_name="/study_trial")
+        assert not any(name in str(view) for name in SYSTEMS)
+        answer = client.predict(begin["rater_id"], trial.index, view["key"], view["shown_at"], 9, 8, 2, 3, "A",
+                                "warmer", api_name="/study_submit")
+        assert answer["status"] == "stored" and (answer["a"], answer["b"]) == (trial.system_a, trial.system_b)
+    again = client.predict(begin["rater_id"], 0, "another-key", 0.0, 1, 1, 1, 1, "B", "", api_name="/study_submit")
+    assert again["status"] == "duplicate" and again["next_trial"] is None
+    rows = [r for r in runner.store.ratings() if r["rater_id"] == begin["rater_id"]]
+    assert [r["preference"] for r in rows] == ["A", "A"] and rows[0]["reason"] == "warmer"
+    with pytest.raises(AppError, match="no trial|outside"):
+        client.predict(begin["rater_id"], 7, api_name="/study_trial")
+
+
+def test_results_and_audit_refuse_without_the_admin_token(server, runner):
+    with pytest.raises(AppError, match="wrong or missing admin token"):
+        _client(server).predict("not-the-token", api_name="/study_audit")
+    tab = study_ui.ResultsTab(runner)
+    for wrong in ("", None, "nope-nope-nope"):
+        with pytest.raises(gr.Error, match="admin token"):
+            tab.show(wrong)
+    summary, gallery, export = tab.show(TOKEN)
+    assert "Bradley–Terry" in summary and "ratings from" in summary
+    assert len(gallery.value) == 3 and export.value is not None
+
+
+@pytest.mark.browser
+def test_browser_rater_consents_listens_rates_and_sees_the_reveal(server, runner, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright; never `playwright install`")
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required"]
+    outside = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=flags)
+        page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+        page.on("request", lambda r: None if r.url.startswith((server, "data:", "blob:")) else outside.append(r.url))
+        page.goto(server)
+        page.get_by_role("tab", name="Rate").click()
+        page.get_by_text("What is stored").wait_for()
+        page.get_by_role("button", name="Start the study").click()  # no consent yet: a notice, nothing starts
+        page.get_by_text("tick 'I agree'").wait_for(timeout=10_000)
+        assert not page.locator("#study-trial").is_visible()
+        page.get_by_label("I agree").check()
+        page.get_by_role("button", name="Start the study").click()
+        page.locator("#study-trial").wait_for(state="visible", timeout=60_000)
+        page.get_by_text("Trial 1 of 2").wait_for()
+        page.get_by_text("still to hear").wait_for()
+        assert page.locator("#study-submit").is_disabled()  # listen first
+        assert page.locator("#study-empathy-A input").first.is_disabled()
+        page.screenshot(path=str(tmp_path / "rate-locked.png"), full_page=True)
+        page.locator("#study-stimulus button[aria-label='Play']").click()
+        page.wait_for_function("!document.querySelector('#study-submit').disabled", timeout=30_000)
+        for q in ("empathy", "quality"):
+            page.locator(f"#study-{q}-A label").filter(has_text="8").click()
+            page.locator(f"#study-{q}-B label").filter(has_text="3").click()
+        page.locator("#study-preference label").filter(has_text="A is better").click()
+        page.get_by_label("Why? (optional)").fill("A noticed the tone")
+        page.locator("#study-submit").click()
+        page.get_by_text("Saved").wait_for(timeout=30_000)
+        reveal = page.locator("#study-reveal").inner_text()
+        page.screenshot(path=str(tmp_path / "rate-revealed.png"), full_page=True)
+        page.get_by_role("tab", name="Results").click()
+        page.locator("#admin-token input").fill("a-guess-at-the-token")
+        page.get_by_role("button", name="Show results").click()
+        page.get_by_text("wrong or missing admin token").first.wait_for(timeout=30_000)
+        assert "Bradley" not in page.locator("#study-results").inner_text()
+        page.locator("#admin-token input").fill(TOKEN)
+        page.get_by_role("button", name="Show results").click()
+        page.locator("#study-results").get_by_text("Bradley–Terry").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(1500)  # let the plots load for the screenshot
+        page.screenshot(path=str(tmp_path / "results.png"), full_page=True)
+        browser.close()
+    print(f"screenshots: {tmp_path}")
+    rater = [r for r in runner.store.ratings() if r["reason"] == "A noticed the tone"]
+    assert len(rater) == 1 and rater[0]["listened"] == 1 and rater[0]["empathy_a"] == 8 and rater[0]["quality_b"] == 3
+    assert rater[0]["system_a"] in reveal and rater[0]["system_b"] in reveal
+    assert outside == []  # offline: no CDN, fonts or analytics
