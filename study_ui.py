@@ -56,7 +56,8 @@ def _stored_text(runner: StudyRunner) -> str:
            "tick the box below; otherwise it is discarded.") if runner.config.allow_own_recording else ""
     return ("**What is stored:** a random rater id (it names nobody), your ratings and optional reasons, which "
             "two systems you compared and in which order, the replies' text, timings, and the model versions. "
-            "No name, e-mail, IP address or audio of yours is stored." + own +
+            "No name, e-mail, IP address or audio of yours is stored (if you are signed in, only a one-way hash of "
+            "your user name, so that you can come back to your place)." + own +
             " Replies to the study's clips are decoded deterministically (greedy), so every rater hears the same "
             "reply from a system for a clip.")
 
@@ -153,12 +154,18 @@ class RateTab:
         return {**{c: gr.update(interactive=open_) for c in self.inputs},
                 self.submit: gr.Button(interactive=open_, visible=not state.submitted), self.lock: lock}
 
-    def begin(self, agree: bool, keep: bool):
+    def begin(self, agree: bool, keep: bool, profile: gr.OAuthProfile | None = None):
+        # Gradio passes the signed-in user on a Space with `hf_oauth: true`, None elsewhere.
+        login = profile.get("preferred_username") if profile else None
         try:
-            rater_id, _ = self.runner.begin(agree, keep)
+            rater_id, plan = self.runner.begin(agree, keep, login=login)
         except PermissionError as e:
             return _notice(str(e))
-        return self._show(RaterState(self.runner.view(rater_id, 0)))
+        done = self.runner.store.submitted_trials(rater_id)
+        left = [t.index for t in plan if t.index not in done]
+        if not left:  # a signed-in rater who already finished
+            return _notice("You have already rated every trial of this study with this account. Thank you!")
+        return self._show(RaterState(self.runner.view(rater_id, left[0])))
 
     def heard(self, what: str, state: RaterState | None):
         if state is None:

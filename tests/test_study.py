@@ -179,6 +179,16 @@ def test_runner_hides_identities_until_submission(study, systems, tmp_path):
     assert row["revision_a"] == runner.revisions[plan[0].system_a] and "@" in row["revision_a"]
 
 
+def test_a_signed_in_rater_resumes_their_plan_under_a_hashed_id(study, systems, tmp_path):
+    runner = StudyRunner(study, systems, StudyStore(tmp_path / "r.sqlite"))
+    first, plan = runner.begin(consent=True, login="alice")
+    again, plan_again = runner.begin(consent=True, login="alice")
+    other, _ = runner.begin(consent=True, login="bob")
+    assert first == again and plan == plan_again and other != first
+    assert "alice" not in first and len(runner.store.assignment_counts(study.id)) <= 6
+    assert sum(runner.store.assignment_counts(study.id).values()) == 2 * study.trials_per_rater
+
+
 @pytest.mark.parametrize("consent_audio", [False, True])
 def test_own_recordings_are_kept_only_with_consent(study, systems, tmp_path, clip_path, consent_audio):
     runner = StudyRunner(study, systems, StudyStore(tmp_path / "db" / "r.sqlite"))

@@ -133,3 +133,17 @@ def test_browser_rater_consents_listens_rates_and_sees_the_reveal(server, runner
     assert len(rater) == 1 and rater[0]["listened"] == 1 and rater[0]["empathy_a"] == 8 and rater[0]["quality_b"] == 3
     assert rater[0]["system_a"] in reveal and rater[0]["system_b"] in reveal
     assert outside == []  # offline: no CDN, fonts or analytics
+
+
+def test_a_signed_in_rater_comes_back_to_their_place(runner):
+    profile = gr.OAuthProfile({"name": "Carol", "preferred_username": "carol", "profile": "", "picture": ""})
+    with gr.Blocks():
+        tab = study_ui.RateTab(runner)
+        tab.build()
+    first = tab.begin(True, False, profile)[tab.state]
+    runner.submit(first.view, {"empathy_a": 5, "quality_a": 5, "empathy_b": 5, "quality_b": 5}, "tie")
+    again = tab.begin(True, False, profile)[tab.state]
+    assert again.view.rater_id == first.view.rater_id and again.view.index == 1  # the next unrated trial
+    assert "carol" not in again.view.rater_id
+    anonymous = tab.begin(True, False, None)[tab.state]
+    assert anonymous.view.rater_id != first.view.rater_id

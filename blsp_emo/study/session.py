@@ -118,11 +118,20 @@ class StudyRunner:
     def speaks(self) -> bool:
         return not isinstance(self.synthesizer, NullSynthesizer)
 
-    def begin(self, consent: bool, keep_audio: bool = False, rng: random.Random | None = None) -> tuple[str, list[Trial]]:
-        """A new anonymous rater and their plan; refused without consent."""
+    def begin(self, consent: bool, keep_audio: bool = False, rng: random.Random | None = None,
+              login: str | None = None) -> tuple[str, list[Trial]]:
+        """A rater and their plan; refused without consent.
+
+        Anonymous raters get a random id. With a `login` (the Space's sign-in) the id is a hash of it
+        and the study, so the same person resumes their own plan instead of taking the study twice,
+        and the name itself is not stored.
+        """
         if not consent:
             raise PermissionError("please read what is stored and tick 'I agree' to take part")
-        rater_id = secrets.token_urlsafe(12)  # random: it names nobody, and cannot be guessed by other raters
+        if login:
+            rater_id = "login-" + hashlib.sha256(f"{self.config.id}\n{login}".encode()).hexdigest()[:20]
+        else:
+            rater_id = secrets.token_urlsafe(12)  # random: it names nobody, and cannot be guessed by other raters
         keep = bool(keep_audio and self.config.allow_own_recording)
         return rater_id, self.store.begin_rater(self.config, rater_id, keep, rng)
 
