@@ -137,8 +137,8 @@ def cmd_loadtest(args) -> int:
 def _add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="latency and memory of each system on the same 1, 5, 15, 30 s clips")
     p.add_argument("--systems", default="blsp-emo,blsp,cascade,cascade-ser", help="comma-separated system names")
-    p.add_argument("--scale", default="demo", choices=["demo", "medium", "full"],
-                   help="demo: the bundled (or --model) models; medium/full: random weights (needs --random-weights)")
+    p.add_argument("--scale", default="demo", choices=["demo", "tiny", "medium", "full"],
+                   help="demo: the bundled (or --model) models; tiny/medium/full: random weights (with --random-weights)")
     p.add_argument("--random-weights", action="store_true", help="build --scale medium/full with random weights")
     p.add_argument("--model", help="bundle or model folder for --scale demo (default: the bundled demo models)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")

@@ -95,14 +95,16 @@ class Report:
     turns: list[TurnResult] = field(default_factory=list)
     decode: dict = field(default_factory=dict)
 
-    def ratios(self, numerator: str = "blsp-emo", denominator: str = "cascade") -> list[dict]:
+    def ratios(self, numerator: str = "blsp-emo", denominators: Sequence[str] = ("cascade", "cascade-ser")) -> list[dict]:
+        """`numerator`'s times over each denominator's, per clip (cascade-ser: the pipeline that also hears tone)."""
         rows = {(r.system, r.clip_s): r for r in self.results}
         out = []
-        for (system, clip), r in rows.items():
-            base = rows.get((denominator, clip))
-            if system == numerator and base is not None:
-                out.append({"clip_s": clip, "of": f"{numerator}/{denominator}",
-                            "first_token": r.first_token_s / base.first_token_s, "total": r.total_s / base.total_s})
+        for denominator in denominators:
+            for (system, clip), r in rows.items():
+                base = rows.get((denominator, clip))
+                if system == numerator and base is not None:
+                    out.append({"clip_s": clip, "of": f"{numerator}/{denominator}",
+                                "first_token": r.first_token_s / base.first_token_s, "total": r.total_s / base.total_s})
         return out
 
     def to_json(self) -> dict:
@@ -328,75 +330,6 @@ def run(
     return report
 
 
-# --- decode speed against the memory-bandwidth bound --------------------------------------------
-
-
-def copy_bandwidth(device: str = "cpu", megabytes: int = 512, repeats: int = 5) -> float:
-    """Measured memory bandwidth in bytes/s: the median of copying a buffer (read + write bytes)."""
-    src = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32, device=device).fill_(1.0)
-    dst = torch.empty_like(src)
-    times = []
-    for _ in range(repeats + 1):
-        if src.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        dst.copy_(src)
-        if src.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 2 * src.numel() * src.element_size() / statistics.median(times[1:])
-
-
-def decode_bound(llm: nn.Module, result: Result, new_tokens: int, bandwidth: float) -> dict:
-    """Per-token decode time measured vs the bound of reading every LLM weight once per token."""
-    weight_bytes = sum(p.numel() * p.element_size() for p in llm.parameters())
-    measured = (result.total_s - result.first_token_s) / max(new_tokens - 1, 1)
-    bound = weight_bytes / bandwidth
-    return {"system": result.system, "clip_s": result.clip_s, "llm_weight_mb": round(weight_bytes / 2**20, 1),
-            "bandwidth_gb_s": round(bandwidth / 1e9, 2), "bound_ms_per_token": round(bound * 1e3, 3),
-            "measured_ms_per_token": round(measured * 1e3, 3), "fraction_of_bound": round(bound / measured, 3)}
-
-
-# --- printing -----------------------------------------------------------------------------------
-
-
-def format_report(report: Report) -> Iterator[str]:
-    m = report.machine
-    yield (f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} thread(s)), "
-           f"device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}; load average {m['load_average']} -> "
-           f"{m.get('load_average_end')}")
-    s = report.settings
-    yield (f"clips: {s['clips']}; {s['new_tokens']} greedy tokens per reply; median of {s['repeats']} after "
-           f"{s['warmup']} warm-up; scale {s.get('scale')}")
-    yield ""
-    yield "| system | clip s | first token ms | total ms | encoder ms | RTF | peak RSS MB |"
-    yield "|---|---|---|---|---|---|---|"
-    for r in report.results:
-        yield (f"| `{r.system}` | {r.clip_s:g} | {r.first_token_s * 1e3:.1f} | {r.total_s * 1e3:.1f} | "
-               f"{r.encoder_s * 1e3:.1f} | {r.rtf:.4f} | {r.peak_rss_mb:.0f} |")
-    ratios = report.ratios()
-    if ratios:
-        yield ""
-        yield "| clip s | first token blsp-emo/cascade | total blsp-emo/cascade |"
-        yield "|---|---|---|"
-        for q in ratios:
-            yield f"| {q['clip_s']:g} | {q['first_token']:.2f} | {q['total']:.2f} |"
-    if report.turns:
-        yield ""
-        yield "| system | turn | first token ms, re-encode history | with KV reuse | total ms, re-encode | with reuse | same reply |"
-        yield "|---|---|---|---|---|---|---|"
-        for t in report.turns:
-            yield (f"| `{t.system}` | {t.turns} ({t.clip_s:g} s clips) | {t.first_token_s_recompute * 1e3:.1f} | "
-                   f"{t.first_token_s_reuse * 1e3:.1f} | {t.total_s_recompute * 1e3:.1f} | {t.total_s_reuse * 1e3:.1f} | "
-                   f"{'yes' if t.same_tokens else 'no'} |")
-    if report.decode:
-        d = report.decode
-        yield ""
-        yield (f"decode ({d['system']}, {d['clip_s']:g} s clip): {d['measured_ms_per_token']} ms/token measured; "
-               f"bound {d['bound_ms_per_token']} ms/token = {d['llm_weight_mb']} MB of LLM weights / "
-               f"{d['bandwidth_gb_s']} GB/s measured copy bandwidth ({d['fraction_of_bound']:.1%} of the bound)")
-
-
 # --- the command --------------------------------------------------------------------------------
 
 
@@ -419,13 +352,17 @@ def _systems(args, device: str, dtype: torch.dtype) -> list[SpokenDialogueSystem
     if not args.random_weights:
         raise ValueError(f"--scale {args.scale} has no weights here: add --random-weights (or load real ones with "
                          "--scale demo --model DIR)")
-    if args.scale == "full" and not device.startswith("cuda") and args.device is None:
-        raise ValueError("--scale full builds 8.5 B parameters: run it on a GPU machine (--device cuda); "
-                         "--device cpu forces it (about 34 GB of RAM in float32, minutes per reply)")
+    _refuse_full_on_cpu(args, device)
     from .fullscale import random_systems, scale_config
 
     built = random_systems(scale_config(args.scale), device, dtype)
     return [s for s in built if s.name in names] or built
+
+
+def _refuse_full_on_cpu(args, device: str) -> None:
+    if args.scale == "full" and not device.startswith("cuda") and args.device is None:
+        raise ValueError("--scale full builds 8.5 B parameters: run it on a GPU machine (--device cuda); "
+                         "--device cpu forces it (about 34 GB of RAM in float32, minutes per reply)")
 
 
 def _print(lines: Iterator[str]) -> None:
@@ -449,6 +386,8 @@ def main(args) -> int:
                 "model": args.model or ("bundled demo models" if args.scale == "demo" else "random")}
     progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     report = run(systems, options, machine_info(device), settings, progress)
+    from .bench_report import copy_bandwidth, decode_bound, format_report
+
     llm = next((getattr(s, "model", None) for s in systems if getattr(s, "model", None) is not None), None)
     row = next((r for r in report.results if r.system == "blsp-emo" and r.clip_s == 5.0), None) or report.results[0]
     if llm is not None:
@@ -468,11 +407,13 @@ def _encoder_window(args, options: BenchOptions, device: str, dtype: torch.dtype
     from .encoder_window import compare, format_results
     from .fullscale import random_model, scale_config, word_tokenizer
 
-    config = scale_config("medium" if args.scale == "demo" else args.scale, encode_full_window=True)
+    _refuse_full_on_cpu(args, device)
+    scale = "tiny" if args.scale == "demo" else args.scale  # the demo models' shapes, random weights
+    config = scale_config(scale, encode_full_window=True)
     model = random_model(config, device, dtype)
     clips, _ = bench_clips([s for s in options.clip_seconds if s <= config.window_seconds])
     results = compare(model, word_tokenizer(config.llm_config.vocab_size), clips, options.new_tokens, options.repeats)
-    label = f"scale {'medium' if args.scale == 'demo' else args.scale}, {str(dtype).removeprefix('torch.')}, {device}"
+    label = f"scale {scale}, {str(dtype).removeprefix('torch.')}, {device}"
     if args.json:
         print(json.dumps({"machine": machine_info(device), "scale": label, "results": [asdict(r) for r in results]}))
     else:

@@ -1,7 +1,8 @@
 """Random-weights systems of a given architecture, to measure speed where no weights can be downloaded.
 
 `full` is the released architecture (`BlspEmoConfig()`: Whisper-large-v2 encoder, Qwen-7B-Chat as
-Qwen2, subsampler adapter, r=16 LoRA); `medium` a CPU-affordable size in between. Random weights
+Qwen2, subsampler adapter, r=16 LoRA); `tiny` has the bundled demo models' shapes; `medium` is a
+CPU-affordable size in between (a Whisper-base-sized encoder). Random weights
 cost what trained ones cost per token. The tokenizer is a word-level vocabulary of the LLM's full
 size (the real Qwen vocabulary is a download away), so every id a random LLM emits decodes, and
 prompts split into about as many tokens as with a subword tokenizer.
@@ -24,10 +25,17 @@ from .systems.blsp import BlspSystem
 from .systems.cascade import CascadeSystem
 from .tokenizer import ChatTokenizer
 
-SCALES = ("medium", "full")
+SCALES = ("tiny", "medium", "full")
 
 
 def scale_config(scale: str, encode_full_window: bool = True) -> BlspEmoConfig:
+    if scale == "tiny":  # the bundled demo models' shapes (README, The demo-scale world)
+        encoder = WhisperConfig(d_model=128, encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=512,
+                                num_mel_bins=80, max_source_positions=1500)
+        llm = Qwen2Config(vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=3,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                          tie_word_embeddings=True, rope_theta=10000.0)
+        return BlspEmoConfig(encoder, llm, adapter_inner_dim=256, encode_full_window=encode_full_window)
     if scale == "full":
         return BlspEmoConfig(encode_full_window=encode_full_window)
     if scale == "medium":  # Whisper-base-sized encoder (30 s window), a 0.1 B-parameter Qwen2
