@@ -72,6 +72,11 @@ def _speech(speech):
     return None if speech is None else (speech[0], (np.clip(speech[1], -1, 1) * 32767).astype(np.int16))
 
 
+def _needed(view: TrialView) -> frozenset:
+    """The clips to hear to the end before rating: the speaker's, and each reply that is spoken."""
+    return frozenset({"stimulus", *(s for s in SIDES if getattr(view, f"speech_{s.lower()}") is not None)})
+
+
 def _progress(view: TrialView) -> str:
     done = int(100 * view.index / view.total)
     return (f"**Trial {view.index + 1} of {view.total}**"
@@ -84,7 +89,6 @@ class RateTab:
 
     def __init__(self, runner: StudyRunner):
         self.runner = runner
-        self.needed = frozenset({"stimulus", *(SIDES if runner.speaks else ())})
 
     def build(self) -> None:
         cfg = self.runner.config
@@ -147,9 +151,10 @@ class RateTab:
                 self.reveal: "", self.next: gr.Button(visible=False)}
 
     def _unlock(self, state: RaterState) -> dict:
-        open_ = self.needed <= state.heard and not state.submitted
-        missing = sorted(self.needed - state.heard)
-        extra = " and both spoken replies" if len(self.needed) > 1 else ""
+        needed = _needed(state.view)
+        open_ = needed <= state.heard and not state.submitted
+        missing = sorted(needed - state.heard)
+        extra = " and the spoken replies" if len(needed) > 1 else ""
         lock = "" if open_ or state.submitted else LOCKED.format(extra) + f" (still to hear: {', '.join(missing)})"
         return {**{c: gr.update(interactive=open_) for c in self.inputs},
                 self.submit: gr.Button(interactive=open_, visible=not state.submitted), self.lock: lock}
@@ -196,7 +201,7 @@ class RateTab:
                 return _notice(f"Please rate “{label}” (0–10) before submitting.")
         if preference is None:
             return _notice("Please choose which reply is better (or tie / both bad).")
-        if not self.needed <= state.heard:
+        if not _needed(state.view) <= state.heard:
             return _notice(LOCKED.format(""))
         keys = [f"{q.id}_{s.lower()}" for s in SIDES for q in self.runner.config.questions]
         result = self.runner.submit(state.view, dict(zip(keys, scores)), preference, reason, listened=True,

@@ -145,14 +145,16 @@ class StudyStore:
         return cls(path or os.environ.get(DB_ENV) or DEFAULT_DB)
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
         # A connection per transaction: safe from any thread, and nothing half-written survives an error.
+        # Writers take the lock up front (IMMEDIATE), so a plan is computed from counts no one else is
+        # changing; readers do not wait for writers in WAL mode.
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # acknowledged means on disk
             db.execute("PRAGMA foreign_keys=ON")
-            db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield db
             except BaseException:
@@ -174,7 +176,7 @@ class StudyStore:
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def schema_version(self) -> int:
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             return db.execute("PRAGMA user_version").fetchone()[0]
 
     # --- raters and their plans ------------------------------------------------------------------
@@ -194,11 +196,11 @@ class StudyStore:
         return trials
 
     def plan(self, rater_id: str) -> list[Trial]:
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             return self._plan(db, rater_id)
 
     def consented_audio(self, rater_id: str) -> bool:
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             row = db.execute("SELECT consent_audio FROM raters WHERE rater_id=?", (rater_id,)).fetchone()
         return bool(row and row[0])
 
@@ -219,7 +221,7 @@ class StudyStore:
         return conditions, stimuli
 
     def assignment_counts(self, study_id: str) -> dict[Condition, int]:
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             return self._usage(db, study_id)[0]
 
     # --- ratings ---------------------------------------------------------------------------------
@@ -240,12 +242,12 @@ class StudyStore:
             return cursor.rowcount == 1
 
     def submitted_trials(self, rater_id: str) -> set[int]:
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             return {t for (t,) in db.execute("SELECT trial FROM ratings WHERE rater_id=?", (rater_id,))}
 
     def ratings(self, study_id: str | None = None) -> list[dict]:
         """Every stored rating (of one study, or all), oldest first, as export rows."""
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             db.row_factory = sqlite3.Row
             where, args = ("WHERE study_id=?", (study_id,)) if study_id else ("", ())
             rows = db.execute(f"SELECT {', '.join(EXPORT_COLUMNS)} FROM ratings {where} ORDER BY id", args).fetchall()
@@ -253,7 +255,7 @@ class StudyStore:
 
     def key_counts(self) -> dict[str, int]:
         """How many rows each idempotency key has (1 each, by the unique constraint)."""
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             return dict(db.execute("SELECT idempotency_key, COUNT(*) FROM ratings GROUP BY idempotency_key"))
 
     def export_csv(self, out: str | Path, study_id: str | None = None) -> int:
