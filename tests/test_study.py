@@ -237,7 +237,8 @@ def test_hub_upload_is_off_by_default_and_configured_for_a_private_dataset(tmp_p
     from huggingface_hub import CommitScheduler
 
     assert UploadSettings.from_env({}) is None
-    settings = UploadSettings.from_env({"BLSP_EMO_STUDY_UPLOAD_REPO": "lab/ratings", "BLSP_EMO_STUDY_UPLOAD_EVERY": "5"})
+    env = {"BLSP_EMO_STUDY_UPLOAD_REPO": "lab/ratings", "BLSP_EMO_STUDY_UPLOAD_EVERY": "5"}
+    settings = UploadSettings.from_env(env)
     kwargs = settings.scheduler_kwargs(tmp_path)
     inspect.signature(CommitScheduler).bind(**kwargs)  # every argument is one CommitScheduler takes
     assert kwargs["repo_type"] == "dataset" and kwargs["private"] and kwargs["every"] == 5.0

@@ -1,7 +1,6 @@
 """The Rate and Results tabs in the app: the JSON API through gradio_client, and a rater in a real browser."""
 
 import os
-import time
 from pathlib import Path
 
 import pytest

@@ -153,17 +153,20 @@ def agreement(rows: Rows) -> dict:
         units = defaultdict(dict)
         for r in shared:
             for side in "ab":
-                units[(r["stimulus"], r[f"system_{side}"])].setdefault(r["rater_id"], []).append(float(r[f"{q}_{side}"]))
-        out[q] = _alpha(krippendorff, units, raters, "interval", float)
+                unit = units[(r["stimulus"], r[f"system_{side}"])]
+                unit.setdefault(r["rater_id"], []).append(float(r[f"{q}_{side}"]))
+        out[q] = _alpha(krippendorff, units, raters, "interval")
     units, labels = defaultdict(dict), {}
     for r in shared:
         unit = (r["stimulus"], *sorted((r["system_a"], r["system_b"])))
         units[unit].setdefault(r["rater_id"], []).append(labels.setdefault(r["winner"], len(labels)))
-    out["preference"] = _alpha(krippendorff, units, raters, "nominal", None)
+    out["preference"] = _alpha(krippendorff, units, raters, "nominal")
     return out
 
 
-def _alpha(krippendorff, units: dict, raters: list[str], level: str, reduce) -> dict:
+def _alpha(krippendorff, units: dict, raters: list[str], level: str) -> dict:
+    """Alpha over the items two or more raters judged; a rater's repeated scores of an item are averaged
+    (interval) or their first answer taken (nominal)."""
     shared = {u: v for u, v in units.items() if len(v) >= 2}  # only items two or more raters judged
     result = {"alpha": None, "items": len(shared), "level": level}
     if not shared:
@@ -172,7 +175,7 @@ def _alpha(krippendorff, units: dict, raters: list[str], level: str, reduce) -> 
     data = np.full((len(raters), len(shared)), np.nan)
     for j, by_rater in enumerate(shared.values()):
         for rater, values in by_rater.items():
-            data[column[rater], j] = np.mean(values) if reduce else values[0]
+            data[column[rater], j] = np.mean(values) if level == "interval" else values[0]
     try:
         result["alpha"] = float(krippendorff.alpha(reliability_data=data, level_of_measurement=level))
     except ValueError as e:  # e.g. every rating identical: alpha is undefined, say why

@@ -84,8 +84,8 @@ def to_markdown(summary: dict, plots: list[str] = ()) -> str:
              f"{summary['bootstrap']['resamples']} resamples.", "",
              "| system | replies rated | empathy (0–10) | quality (0–10) |", "|---|---|---|---|"]
     for r in summary["scores"]:
-        lines.append(f"| {r['system']} | {r['n']} | {_f(r['empathy_mean'])} [{_f(r['empathy_lo'])}, "
-                     f"{_f(r['empathy_hi'])}] | {_f(r['quality_mean'])} [{_f(r['quality_lo'])}, {_f(r['quality_hi'])}] |")
+        cells = [f"{_f(r[q + '_mean'])} [{_f(r[q + '_lo'])}, {_f(r[q + '_hi'])}]" for q in ("empathy", "quality")]
+        lines.append(f"| {r['system']} | {r['n']} | {cells[0]} | {cells[1]} |")
     lines += ["", "| rank | system | Bradley–Terry strength (Elo scale) | 95 % interval | comparisons |",
               "|---|---|---|---|---|"]
     lines += [f"| {r['rank']} | {r['system']} | {r['strength']:.0f} | [{_f(r['lo'], 0)}, {_f(r['hi'], 0)}] | "
