@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, replace
 
 import gradio as gr
@@ -347,6 +348,7 @@ def runner_from_args(args, config: StudyConfig | None, systems, synthesizer) -> 
     settings = UploadSettings.from_env()
     if settings is not None:
         start_upload(runner.store, settings)
+    threading.Thread(target=runner.warm, name="study-warm", daemon=True).start()  # replies ready for rater one
     print(f"study {config.id!r}: ratings in {runner.store.path}", file=sys.stderr)
     return runner
 

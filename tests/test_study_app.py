@@ -1,6 +1,7 @@
 """The Rate and Results tabs in the app: the JSON API through gradio_client, and a rater in a real browser."""
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,18 @@ def test_a_signed_in_rater_comes_back_to_their_place(runner):
     assert "carol" not in again.view.rater_id
     anonymous = tab.begin(True, False, None)[tab.state]
     assert anonymous.view.rater_id != first.view.rater_id
+
+
+def test_spoken_replies_must_be_heard_too_but_only_those_that_exist(runner):
+    import numpy as np
+
+    view = runner.view(runner.begin(True)[0], 0)
+    speech = (16000, np.zeros(1600, np.float32))
+    assert study_ui._needed(view) == {"stimulus"}
+    assert study_ui._needed(replace(view, speech_a=speech)) == {"stimulus", "A"}
+    assert study_ui._needed(replace(view, speech_a=speech, speech_b=speech)) == {"stimulus", "A", "B"}
+
+
+def test_warming_computes_every_reply_once(runner):
+    runner.warm()
+    assert set(runner.cache._replies) == {(s.id, n) for s in runner.config.stimuli for n in runner.config.systems}

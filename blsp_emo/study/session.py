@@ -114,6 +114,12 @@ class StudyRunner:
         self._clips = {s.id: load_audio(s.audio, max_seconds=min(x.window_seconds for x in self.systems.values()),
                                         name=f"study clip {s.id} ({s.audio.name})") for s in config.stimuli}
 
+    def warm(self) -> None:
+        """Compute every (clip, system) reply now, so that the first raters do not wait for them."""
+        for stimulus in self.config.stimuli:
+            for name in self.config.systems:
+                self.cache.get((stimulus.id, name), lambda s=stimulus.id, n=name: self._answer(n, self._clips[s]))
+
     @property
     def speaks(self) -> bool:
         return not isinstance(self.synthesizer, NullSynthesizer)
