@@ -28,6 +28,7 @@ from train import loop
 from train.__main__ import main
 from train.clean import RULES, clean
 from train.data import Collator, DataLimits, ManifestDataset
+from train.loop import RunConfig
 from train.schedule import lr_factor
 from train.stages import STAGES, Stage, apply_stage, init_model, with_encoder
 from train.teacher import Shard, generate_teacher_outputs
@@ -265,6 +266,22 @@ def test_dataset_drops_and_counts_what_cannot_train(bad_clips, tokenizer):
     batch = Collator(STAGES["stage1"], tokenizer, tiny.model(lora_rank=0, tok=tokenizer)[0].config)(examples)
     assert batch.training.text is not None and batch.training.speech.labels.shape[0] == 2
     assert int((batch.training.speech.labels != -100).sum()) == int((batch.training.text.labels != -100).sum())
+
+
+def test_warp_augments_each_clip_reproducibly(bad_clips, tokenizer):
+    rows = [_teacher_row(bad_clips / "good.wav", emotion="sad"), _teacher_row(bad_clips / "good.wav", emotion="happy")]
+    manifest = _write_manifest(bad_clips / "warp.jsonl", rows)
+    examples = list(ManifestDataset([manifest], STAGES["stage2"], tokenizer, DataLimits(), shuffle_buffer=1))
+    config = tiny.model(tok=tokenizer)[0].config
+    plain = Collator(STAGES["stage2"], tokenizer, config)(examples).training.speech
+    warped = Collator(STAGES["stage2"], tokenizer, config, warp=0.2)(examples).training.speech
+    again = Collator(STAGES["stage2"], tokenizer, config, warp=0.2)(examples).training.speech
+    assert torch.equal(warped.input_features, again.input_features)  # resumable: drawn from the position
+    assert not torch.equal(warped.input_features[0], plain.input_features[0])
+    assert not torch.equal(warped.input_features[0], warped.input_features[1])  # same audio, another speaker
+    assert torch.equal(warped.input_ids, plain.input_ids) and torch.equal(warped.labels, plain.labels)
+    with pytest.raises(ValueError, match="warp must be in"):
+        RunConfig(("m",), "i", "o", warp=0.7)
 
 
 def test_a_manifest_with_a_missing_a_corrupt_and_a_45s_clip_trains_and_reports_them(work, bad_clips, capsys):

@@ -54,7 +54,7 @@ def cmd_stage(args) -> int:
         max_steps=args.max_steps, log_steps=args.log_steps, save_total_limit=args.save_total_limit,
         resume=args.resume, mixed_precision=args.mixed_precision, warmup_type=args.warmup_type,
         limits=DataLimits(args.min_seconds, args.max_seconds, args.max_length),
-        shuffle_buffer=args.shuffle_buffer,
+        shuffle_buffer=args.shuffle_buffer, warp=args.warp,
     )
     train(stage, run)
     return 0
@@ -114,6 +114,8 @@ def _add_stage(sub, stage: Stage) -> None:
     numbers.add_argument("--epochs", type=int, help=f"default {stage.epochs}")
     numbers.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (replaces --epochs)")
     numbers.add_argument("--seed", type=int, help=f"default {stage.seed}")
+    numbers.add_argument("--warp", type=float, default=0.0,
+                         help="speaker augmentation (not in the paper): scale each clip's mel axis by up to 1 +- WARP")
     if "lora" in stage.trainable:
         numbers.add_argument("--lora-rank", type=int, default=16, help="rank of the LoRA added to a model without one (released: 16)")
         numbers.add_argument(

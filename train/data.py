@@ -191,11 +191,13 @@ class Collator:
     """Examples -> a `TrainingBatch`: the speech prompt (student) and, for `response_kl`, the text
     prompt (teacher), both through blsp_emo.processor so training and inference build prompts alike."""
 
-    def __init__(self, stage: Stage, tokenizer: ChatTokenizer, config: BlspEmoConfig):
-        self.stage, self.tokenizer, self.config = stage, tokenizer, config
+    def __init__(self, stage: Stage, tokenizer: ChatTokenizer, config: BlspEmoConfig, warp: float = 0.0):
+        self.stage, self.tokenizer, self.config, self.warp = stage, tokenizer, config, warp
 
     def __call__(self, examples: list[Example]) -> Batch:
         features, counts = clip_features([e.audio for e in examples], self.config)
+        if self.warp:
+            features = self._warped(features, examples)
         lengths = speech_lengths(counts, self.config)
         rows = [
             self.tokenizer.encode_pieces(
@@ -211,3 +213,14 @@ class Collator:
             text = SpeechPrompt(ids, speech_mask, attention, labels=labels)
         emotions = torch.tensor([e.emotion for e in examples], dtype=torch.long)
         return Batch(TrainingBatch(speech, text, emotions), max(e.position for e in examples) + 1)
+
+    def _warped(self, features: torch.Tensor, examples: list[Example]) -> torch.Tensor:
+        """Each clip as another speaker might say it: formants and pitch moved together by a factor
+        drawn from the clip's shuffled position and the stage seed, so a resumed run draws the same."""
+        from .pretrain_speech import warp_frequency
+
+        out = features.clone()
+        for i, e in enumerate(examples):
+            alpha = 1 + self.warp * random.Random(f"{self.stage.seed}:{e.position}").uniform(-1, 1)
+            out[i] = warp_frequency(features[i].float(), alpha).to(features.dtype)
+        return out

@@ -55,8 +55,11 @@ class RunConfig:
     warmup_type: str = "log"  # see schedule.py
     limits: DataLimits = field(default_factory=DataLimits)
     shuffle_buffer: int = 10_000
+    warp: float = 0.0  # speaker augmentation: each clip's mel axis scaled by 1 +- up to `warp` (VTLP)
 
     def __post_init__(self):
+        if not 0.0 <= self.warp < 0.5:
+            raise ValueError(f"warp must be in [0, 0.5) (0.1 scales formants and pitch by up to 10 %), got {self.warp}")
         if self.log_steps < 1 or self.save_total_limit < 1 or (self.max_steps is not None and self.max_steps < 1):
             raise ValueError(
                 f"log_steps, save_total_limit and max_steps must be >= 1, got {self.log_steps}, "
@@ -107,7 +110,7 @@ def train(stage: Stage, run: RunConfig) -> Path:
     )
     # No workers: rows are decoded here so the data report sees them all. The loader gets its own
     # generator so that iterating it never draws from the global RNG that checkpoints restore.
-    loader = DataLoader(dataset, stage.batch_size, collate_fn=Collator(stage, tokenizer, model.config), generator=torch.Generator())
+    loader = DataLoader(dataset, stage.batch_size, collate_fn=Collator(stage, tokenizer, model.config, run.warp), generator=torch.Generator())
     total = run.max_steps or _epoch_steps(rows, stage, accelerator.num_processes)
     optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=BETAS, eps=EPS, weight_decay=stage.weight_decay)
     if accelerator.state.deepspeed_plugin is not None:  # the loader is not prepared, so say it here
