@@ -107,7 +107,8 @@ class RateTab:
             self.lock = gr.Markdown(elem_id="study-lock")
             if cfg.allow_own_recording:
                 with gr.Accordion("…or answer your own recording instead", open=False):
-                    self.own = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Your voice")
+                    self.own = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Your voice",
+                                        elem_id="study-own")
                     self.use_own = gr.Button("Use my recording for this trial")
             self.replies, self.speeches, self.scores = [], [], []
             with gr.Row(equal_height=True):
@@ -145,11 +146,12 @@ class RateTab:
         view = state.view
         order = {self.replies[i]: getattr(view, f"reply_{s.lower()}") or EMPTY for i, s in enumerate(SIDES)}
         speech = {self.speeches[i]: _speech(getattr(view, f"speech_{s.lower()}")) for i, s in enumerate(SIDES)}
-        fresh = {c: gr.update(value=None, interactive=False) for c in self.scores + [self.preference]}
+        unlock = self._unlock(state)
+        cleared = {c: gr.update(value="" if c is self.reason else None, interactive=unlock[c]["interactive"])
+                   for c in self.inputs}  # a new trial starts with no answers
         return {self.state: state, self.consent_box: gr.Column(visible=False), self.trial_box: gr.Column(visible=True),
                 self.progress: _progress(view), self.stimulus: view.stimulus_audio or state.own_audio, **order,
-                **speech, **fresh, self.reason: gr.update(value="", interactive=False), **self._unlock(state),
-                self.reveal: "", self.next: gr.Button(visible=False)}
+                **speech, **unlock, **cleared, self.reveal: "", self.next: gr.Button(visible=False)}
 
     def _unlock(self, state: RaterState) -> dict:
         needed = _needed(state.view)

@@ -81,7 +81,7 @@ def test_results_and_audit_refuse_without_the_admin_token(server, runner):
 
 
 @pytest.mark.browser
-def test_browser_rater_consents_listens_rates_and_sees_the_reveal(server, runner, tmp_path):
+def test_browser_rater_consents_listens_rates_and_sees_the_reveal(server, runner, tmp_path, clip_path):
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright; never `playwright install`")
@@ -117,6 +117,24 @@ def test_browser_rater_consents_listens_rates_and_sees_the_reveal(server, runner
         page.get_by_text("Saved").wait_for(timeout=30_000)
         reveal = page.locator("#study-reveal").inner_text()
         page.screenshot(path=str(tmp_path / "rate-revealed.png"), full_page=True)
+        page.locator("#study-next").click()  # trial 2: answered on the rater's own (uploaded) recording
+        page.get_by_text("Trial 2 of 2").wait_for(timeout=30_000)
+        assert page.locator("#study-trial input:checked").count() == 0  # no answers carried over
+        assert page.get_by_label("Why? (optional)").input_value() == ""
+        page.get_by_text("…or answer your own recording instead").click()
+        page.locator("#study-own").get_by_role("button", name="Upload file").click()
+        with page.expect_response(lambda r: "/upload" in r.url):
+            page.locator("#study-own input[type=file]").set_input_files(str(clip_path))
+        page.get_by_role("button", name="Use my recording for this trial").click()
+        page.wait_for_function("!document.querySelector('#study-submit').disabled", timeout=60_000)
+        for q in ("empathy", "quality"):
+            for side in "AB":
+                page.locator(f"#study-{q}-{side} label").filter(has_text="5").click()
+        page.locator("#study-preference label").filter(has_text="Both are bad").click()
+        page.locator("#study-submit").click()
+        page.get_by_text("That was the last trial").wait_for(timeout=30_000)
+        page.locator("#study-next").click()
+        page.get_by_text("Thank you!").wait_for(timeout=30_000)
         page.get_by_role("tab", name="Results").click()
         page.locator("#admin-token input").fill("a-guess-at-the-token")
         page.get_by_role("button", name="Show results").click()
@@ -132,6 +150,9 @@ def test_browser_rater_consents_listens_rates_and_sees_the_reveal(server, runner
     rater = [r for r in runner.store.ratings() if r["reason"] == "A noticed the tone"]
     assert len(rater) == 1 and rater[0]["listened"] == 1 and rater[0]["empathy_a"] == 8 and rater[0]["quality_b"] == 3
     assert rater[0]["system_a"] in reveal and rater[0]["system_b"] in reveal
+    own = [r for r in runner.store.ratings() if r["rater_id"] == rater[0]["rater_id"] and r["trial"] == 1]
+    assert len(own) == 1 and own[0]["stimulus"] == "own-recording" and own[0]["preference"] == "both-bad"
+    assert own[0]["audio_path"] is None  # the box to keep recordings was not ticked
     assert outside == []  # offline: no CDN, fonts or analytics
 
 
