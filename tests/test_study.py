@@ -143,6 +143,18 @@ def test_a_double_click_records_once(study, tmp_path):
             "shown_at", "submitted_at"} <= set(rows[0])
 
 
+def test_export_keeps_a_typed_formula_from_running_in_a_spreadsheet(study, tmp_path):
+    import csv
+
+    store = StudyStore(tmp_path / "r.sqlite")
+    plan = store.begin_rater(study, "rater", False)
+    store.submit(_rating(plan[0], "rater", reason='=HYPERLINK("http://x","click")'))
+    store.export_csv(tmp_path / "out.csv")
+    row = next(csv.DictReader(open(tmp_path / "out.csv", encoding="utf-8")))
+    assert row["reason"] == "'=HYPERLINK(\"http://x\",\"click\")" and row["empathy_a"] == "7"
+    assert store.ratings()[0]["reason"].startswith("=")  # the database keeps what was typed
+
+
 def test_a_rating_outside_the_plan_or_scale_is_refused(study, tmp_path):
     store = StudyStore(tmp_path / "r.sqlite")
     plan = store.begin_rater(study, "rater", False)

@@ -267,9 +267,16 @@ class StudyStore:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, EXPORT_COLUMNS)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
         os.replace(tmp, out)  # readers (and an uploader) never see half a file
         return len(rows)
+
+
+def _cell(value):
+    """A CSV cell that a spreadsheet will not run as a formula (OWASP CSV injection): raters type the reasons."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def _sql(value):
