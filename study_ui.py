@@ -347,9 +347,13 @@ def runner_from_args(args, config: StudyConfig | None, systems, synthesizer) -> 
         runner = StudyRunner(config, systems, StudyStore.from_env(args.study_db), synthesizer)
     except (StudyConfigError, StudyStoreError, AudioError) as e:
         sys.exit(f"error: study: {e}")
-    settings = UploadSettings.from_env()
-    if settings is not None:
-        start_upload(runner.store, settings)
+    try:
+        settings = UploadSettings.from_env()
+        if settings is not None:
+            start_upload(runner.store, settings)
+    except Exception as e:  # noqa: BLE001 - hub errors come in many types; the researcher asked for this upload
+        sys.exit(f"error: study upload: {type(e).__name__}: {e} — it needs the hub (HF_HUB_OFFLINE=0) and a write "
+                 "token (HF_TOKEN); or unset BLSP_EMO_STUDY_UPLOAD_REPO")
     threading.Thread(target=runner.warm, name="study-warm", daemon=True).start()  # replies ready for rater one
     print(f"study {config.id!r}: ratings in {runner.store.path}", file=sys.stderr)
     return runner

@@ -258,6 +258,15 @@ def test_hub_upload_is_off_by_default_and_configured_for_a_private_dataset(tmp_p
         UploadSettings.from_env({"BLSP_EMO_STUDY_UPLOAD_REPO": "lab/ratings", "BLSP_EMO_STUDY_UPLOAD_EVERY": "soon"})
 
 
+def test_an_upload_that_cannot_reach_the_hub_stops_the_app_saying_why(tmp_path, bundle_dir):
+    env = {**__import__("os").environ, "BLSP_EMO_STUDY_UPLOAD_REPO": "lab/ratings", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "app.py", "--model", str(bundle_dir), "--systems", ",".join(SYSTEMS),
+                          "--tts", "none", "--study", str(write_study(tmp_path)), "--study-db",
+                          str(tmp_path / "r.sqlite"), "--port", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+    assert run.returncode != 0 and "study upload" in run.stderr and "BLSP_EMO_STUDY_UPLOAD_REPO" in run.stderr
+
+
 # --- analysis ------------------------------------------------------------------------------------
 
 def _synthetic_rows(strengths: dict, n: int, seed: int, raters: int = 40, tie_rate: float = 0.15) -> list[dict]:
