@@ -197,16 +197,27 @@ class EncoderTimer:
             h.remove()
 
 
-def _whisper_encoders(system) -> list[nn.Module]:
-    """Whisper encoders among the modules a system holds (its own, an ASR's, a classifier's), once each."""
+def _whisper_encoders(system, depth: int = 3) -> list[nn.Module]:
+    """Whisper encoders among the modules a system holds (its own, an ASR's, a classifier's), once each.
+
+    Looks through plain objects too (e.g. a recogniser that wraps a CTC model with a word LM).
+    """
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     found: dict[int, nn.Module] = {}
-    for value in vars(system).values():
-        if isinstance(value, nn.Module):
-            for module in value.modules():
-                if isinstance(module, WhisperEncoder):
-                    found[id(module)] = module
+    seen: set[int] = set()
+
+    def visit(obj, level: int) -> None:
+        if id(obj) in seen or level > depth:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, nn.Module):
+            found.update((id(m), m) for m in obj.modules() if isinstance(m, WhisperEncoder))
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+            for value in vars(obj).values():
+                visit(value, level + 1)
+
+    visit(system, 0)
     return list(found.values())
 
 

@@ -149,6 +149,16 @@ def test_encoder_timer_sees_every_encoder_in_both_modes(bundle_dir, clip_path):
     assert len(timer._handles) == 4
 
 
+def test_encoders_inside_plain_wrappers_are_found():
+    from types import SimpleNamespace
+
+    from blsp_emo.bench import _whisper_encoders
+
+    asr = tiny.asr()
+    system = SimpleNamespace(asr=SimpleNamespace(model=asr, decoder=object()), llm=torch.nn.Linear(2, 2))
+    assert _whisper_encoders(system) == [asr.encoder]
+
+
 def test_peak_memory_sees_an_allocation_inside_the_block():
     with PeakMemory() as before:
         pass
