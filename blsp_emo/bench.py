@@ -403,8 +403,10 @@ def main(args) -> int:
     row = next((r for r in report.results if r.system == "blsp-emo" and r.clip_s == 5.0), None) or report.results[0]
     if llm is not None:
         report.decode = decode_bound(llm.llm, row, options.new_tokens, copy_bandwidth(device))
-    if args.json:
+    if args.json:  # the JSON on stdout, the same tables for people on stderr
         print(json.dumps(report.to_json()))
+        print(file=sys.stderr)
+        print("\n".join(format_report(report)), file=sys.stderr)
     else:
         print()
         _print(format_report(report))
