@@ -122,8 +122,8 @@ def _messages(chat: Chat, pending: tuple[object, Reply] | None = None) -> list[d
 def _paced(replies: Iterator[Reply], interval: float) -> Iterator[Reply]:
     """The growing reply at most once per `interval` seconds, and always its first token and the end.
 
-    Every UI update costs the server a few ms of CPU (about 8 ms per update on 2 cores, more than a
-    demo-scale token), so per-token updates halve how many visitors it can serve (README, Speed).
+    Every update makes the server postprocess and send the whole conversation, which costs more CPU
+    than a demo-scale token; per-token updates cut how many visitors it can serve (README, Speed).
     """
     last = None
     for reply in replies:

@@ -176,6 +176,7 @@ def test_a_500_mb_upload_is_refused_with_bounded_server_memory(server, tmp_path)
         done.set()
         sampler.join()
         big.unlink()
+    print(f"500 MB upload: HTTP {status}; server RSS {before:.0f} MB before, peak {peak[0]:.0f} MB during")
     assert status in (413, None), (status, text)
     if status == 413:
         assert "maximum allowed size" in text
