@@ -35,6 +35,8 @@ class Scale:
     train_sentences: int
     eval_sentences: int
     voices_per_sentence: int
+    speakers: int  # generated training speakers beside espeak-ng's own variants (train/speakers.py)
+    accents: int  # generated training accents, recombined from the training accents' parts
     asr_args: tuple[str, ...]
     ser_args: tuple[str, ...]
     lm: LmOptions
@@ -47,14 +49,14 @@ class Scale:
 
 SCALES = {
     "full": Scale(
-        train_sentences=800, eval_sentences=60, voices_per_sentence=1,
+        train_sentences=800, eval_sentences=60, voices_per_sentence=1, speakers=200, accents=24,
         asr_args=("--threads", "1"), ser_args=("--threads", "1"),
         lm=LmOptions(epochs=3, vocab_size=2048, hidden_size=128, layers=3, intermediate_size=384,
                      batch_tokens=1536, lr=3e-3, threads=1),
-        stage1_epochs=2, stage2_epochs=3, stage2_max_steps=560, batch_size=16, eval_clips=None,
+        stage1_epochs=2, stage2_epochs=3, stage2_max_steps=1000, batch_size=16, eval_clips=None,
     ),
     "ci": Scale(
-        train_sentences=12, eval_sentences=4, voices_per_sentence=1,
+        train_sentences=12, eval_sentences=4, voices_per_sentence=1, speakers=3, accents=2,
         asr_args=("--epochs", "1", "--d-model", "32", "--layers", "1", "--heads", "2", "--ffn", "64"),
         ser_args=("--epochs", "1"),
         lm=LmOptions(epochs=12, vocab_size=400, hidden_size=48, layers=1, heads=2, kv_heads=1,
@@ -97,15 +99,28 @@ class Build:
         return self.step(f"sentences-{split}", self.work / f"sentences_{split}.jsonl",
                          lambda out: write_sentences(generate(n, self.seed, split), out))
 
+    def generated_speakers(self) -> Path:
+        from .speakers import write_speakers
+
+        return self.step("speakers", self.work / "speakers",
+                         lambda out: write_speakers(out, self.scale.speakers, self.seed, self.scale.accents))
+
     def corpus(self, split: str, sentences: Path) -> Path:
         from . import synth
+        from .speakers import espeak_data, generated_accents, read_speakers, speaker_voices
+
+        specs, data = list(synth.EVAL_VOICES), None
+        if split == "train":
+            data = self.generated_speakers()
+            accents = (*synth.TRAIN_ACCENTS, *generated_accents(data))
+            specs = [*synth.TRAIN_VOICES, *speaker_voices(read_speakers(data), accents, self.seed)]
 
         def make(out: Path) -> None:
-            voices = synth.check_voices(list(synth.EVAL_VOICES if split == "eval" else synth.TRAIN_VOICES),
-                                        evaluation=split == "eval")
-            clips = synth.plan(synth.read_sentences(sentences), voices, seed=self.seed,
-                               voices_per_sentence=self.scale.voices_per_sentence)
-            synth.synthesize(clips, out, workers=2, verbose=False)
+            with espeak_data(data):
+                voices = synth.check_voices(specs, evaluation=split == "eval")
+                clips = synth.plan(synth.read_sentences(sentences), voices, seed=self.seed,
+                                   voices_per_sentence=self.scale.voices_per_sentence)
+                synth.synthesize(clips, out, workers=2, verbose=False)
 
         return self.step(f"synth-{split}", self.work / f"corpus_{split}", make) / "manifest.jsonl"
 

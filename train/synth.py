@@ -42,6 +42,7 @@ import numpy as np
 from blsp_emo.audio import SAMPLE_RATE
 from blsp_emo.emotion import EMOTIONS
 
+from . import speakers
 from .sentences import Sentence, read_sentences
 
 
@@ -79,21 +80,28 @@ LIMITS = {"pitch": (-60, 120), "pitch_range": (-100, 100), "rate": (-50, 100), "
 # Evaluation voices (issue 5): never used for training.
 RESERVED_ACCENTS = frozenset({"en-029", "en-gb-x-gbcwmd"})
 RESERVED_VARIANTS = frozenset({"f5", "m8", "annie", "edward"})  # compared lower-cased
-# Training voices span the f0 of every reserved voice (76-358 Hz at neutral against m8's 87 and
-# Annie's 255, measured with `measure`) and the variants' own pitch ranges (4-34 semitones): with
-# the first 12 alone (94-216 Hz) the held-out voices below or above them were heard by pitch level.
-TRAIN_VOICES = (
-    "en-us+m3", "en-us+f3", "en-gb+m2", "en-gb+f4", "en-gb-scotland+m4", "en-gb-scotland+f1",
-    "en-gb-x-rp+m5", "en-gb-x-rp+f2", "en-us-nyc+m6", "en-gb-x-gbclan+m7", "en-gb-x-gbclan+f2",
-    "en-us+klatt2",
-    "en-us+david", "en-us+Mike", "en-us+Lee", "en-us+ed", "en-us+shelby", "en-us+Andrea", "en-us+zac",
-    "en-gb+paul", "en-gb+Gene", "en-gb+Michael", "en-gb+aunty", "en-gb+linda", "en-gb+anika",
-    "en-gb-scotland+Storm", "en-gb-scotland+Denis", "en-gb-scotland+Hugo", "en-gb-scotland+steph",
-    "en-gb-scotland+Alicia", "en-gb-x-rp+quincy", "en-gb-x-rp+travis", "en-gb-x-rp+antonio",
-    "en-gb-x-rp+grandma", "en-gb-x-rp+belinda", "en-us-nyc+Andy", "en-us-nyc+boris", "en-us-nyc+Jacky",
-    "en-gb-x-gbclan+robert", "en-gb-x-gbclan+grandpa", "en-gb-x-gbclan+Mario", "en-gb-x-gbclan+rob",
-    "en-gb-x-gbclan+Marco",
+# Training voices: every training accent crossed with every espeak-ng variant that speaks with a
+# human pitch contour. Speaker count, not hours, is what carries emotion to unseen voices: with 43
+# voices (one accent per variant) the held-out `en-029` and `f5` voices were heard one step "up" in
+# arousal (neutral as surprise, happy as angry) for an intonation and timbre of their own. The
+# variants span 66-333 Hz at neutral (`measure`) and their own pitch ranges (2-37 semitones), so
+# no held-out voice is out of range on pitch level. Left out: the reserved ones and `edward2`
+# (a sibling of the reserved `edward`), those without a normal voice source (whisper, whisperf,
+# croak), the robot and echo effects (robosoft*, UniRobot, anikaRobot, Demonic, RicishayMax*),
+# `fast` (speaks as no variant), names with a space, and renders identical to a kept variant
+# (caleb and klatt6 are klatt; iven2-4 and steph3 differ from iven and steph2 in loudness only).
+TRAIN_ACCENTS = ("en-gb", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan")
+TRAIN_VARIANTS = (
+    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4",
+    "klatt", "klatt2", "klatt3", "klatt4", "klatt5",
+    "Alex", "Alicia", "Andrea", "Andy", "AnxiousAndy", "Denis", "Diogo", "Gene", "Gene2", "Henrique",
+    "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "Storm", "Tweaky",
+    "adam", "anika", "announcer", "antonio", "aunty", "belinda", "benjamin", "boris", "david", "ed",
+    "grandma", "grandpa", "gustave", "iven", "john", "kaukovalta", "linda", "marcelo", "max", "michel",
+    "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert", "sandro", "shelby",
+    "steph", "steph2", "travis", "victor", "zac",
 )
+TRAIN_VOICES = tuple(f"{accent}+{variant}" for variant in TRAIN_VARIANTS for accent in TRAIN_ACCENTS)
 EVAL_VOICES = (
     "en-029+m3", "en-gb-x-gbcwmd+f2", "en-us+f5", "en-gb+m8", "en-us-nyc+Annie", "en-gb-x-rp+edward",
 )
@@ -147,9 +155,18 @@ def is_reserved(voice: str | Voice) -> bool:
     return voice.accent in RESERVED_ACCENTS or (voice.variant or "").lower() in RESERVED_VARIANTS
 
 
-@cache
+def _data_path() -> str | None:
+    """espeak-ng's own ESPEAK_DATA_PATH (generated speakers live there, `train/speakers.py`)."""
+    return os.environ.get("ESPEAK_DATA_PATH")
+
+
 def espeak_accents() -> dict[str, str]:
     """English accents espeak-ng can speak -> voice file (mbrola voices excluded: they need MBROLA)."""
+    return _accents(_data_path())
+
+
+@cache
+def _accents(data_path: str | None) -> dict[str, str]:
     accents = {}
     for row in _espeak_listing("--voices=en"):
         path = next((word for word in row.split() if word.startswith("gmw/")), None)
@@ -159,9 +176,13 @@ def espeak_accents() -> dict[str, str]:
     return accents
 
 
-@cache
 def espeak_variants() -> frozenset[str]:
     """Variant names usable after `+` (the file names under `!v/`, case-sensitive)."""
+    return _variants(_data_path())
+
+
+@cache
+def _variants(data_path: str | None) -> frozenset[str]:
     rows = _espeak_listing("--voices=variant")
     return frozenset(row.split("!v/", 1)[1].split(" (")[0].strip() for row in rows if "!v/" in row)
 
@@ -244,9 +265,13 @@ def sample_setting(emotion: str, rng: random.Random, amplitude: int, jitter: flo
     return Setting(**values, amplitude=amplitude)
 
 
-@cache
 def voice_amplitude(espeak_voice: str) -> int:
     """espeak `-a` that gives `espeak_voice` the neutral loudness TARGET_RMS (variants differ ~2x)."""
+    return _amplitude(espeak_voice, _data_path())
+
+
+@cache
+def _amplitude(espeak_voice: str, data_path: str | None) -> int:
     neutral = Setting(0, 0, 0, 0, amplitude=100)
     rms = measure(render(CALIBRATION_TEXT, espeak_voice, neutral)).rms
     return int(round(min(max(100 * TARGET_RMS / rms, 10), 200)))  # -a is linear in amplitude
@@ -343,7 +368,6 @@ def plan(
     """
     if voices_per_sentence is not None and not 1 <= voices_per_sentence <= len(voices):
         raise ValueError(f"voices_per_sentence must be in 1..{len(voices)}, got {voices_per_sentence}")
-    amplitudes = {voice: voice_amplitude(voice.espeak) for voice in voices}
     clips = []
     for sentence in sentences:
         chosen = voices
@@ -352,7 +376,8 @@ def plan(
         for voice in chosen:
             for emotion in _emotions_for(sentence, voice, emotions, seed, cue_match):
                 rng = random.Random(f"{seed}|{sentence.id}|{voice.spec}|{emotion}")
-                clips.append(Clip(sentence, voice, emotion, sample_setting(emotion, rng, amplitudes[voice], jitter)))
+                amplitude = voice_amplitude(voice.espeak)  # cached; only the voices drawn are calibrated
+                clips.append(Clip(sentence, voice, emotion, sample_setting(emotion, rng, amplitude, jitter)))
     return clips
 
 
@@ -462,8 +487,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `python -m train synth`."""
     add = parser.add_argument
     add("--sentences", help="from `python -m train sentences` (JSON lines), or plain text one per line")
-    add("--voices", help=f"comma-separated accent+variant (default: {','.join(TRAIN_VOICES)}; "
-                         f"with --eval: {','.join(EVAL_VOICES)})")
+    add("--voices", help=f"comma-separated accent+variant (default: the {len(TRAIN_VOICES)} voices of "
+                         f"TRAIN_ACCENTS x TRAIN_VARIANTS; with --eval: {','.join(EVAL_VOICES)})")
+    add("--speakers", type=int, default=0, metavar="N",
+        help="add N generated speakers (train/speakers.py), written under OUT/espeak-speakers")
+    add("--accents", type=int, default=0, metavar="N",
+        help="with --speakers: also N generated accents, recombined from the training accents' parts")
     add("--out", help="folder for manifest.jsonl and wav/")
     add("--eval", action="store_true",
         help="make a test set: only reserved voices (accent en-029, en-gb-x-gbcwmd; variant f5, m8, Annie, edward)")
@@ -480,8 +509,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Make the corpus (or print the prosody measurements) and print a one-line JSON summary."""
-    specs = args.voices.split(",") if args.voices else (EVAL_VOICES if args.eval else TRAIN_VOICES)
-    voices = check_voices(specs, evaluation=args.eval)
+    specs = args.voices.split(",") if args.voices else list(EVAL_VOICES if args.eval else TRAIN_VOICES)
+    data_path = None
+    if args.speakers:
+        if args.eval or not args.out:
+            raise ValueError("--speakers adds training speakers: it needs --out DIR and cannot go with --eval")
+        data_path = Path(args.out) / "espeak-speakers"
+        names = speakers.write_speakers(data_path, args.speakers, args.seed, args.accents)
+        specs += speakers.speaker_voices(names, (*TRAIN_ACCENTS, *speakers.generated_accents(data_path)), args.seed)
+    with speakers.espeak_data(data_path):
+        return _run(args, check_voices(specs, evaluation=args.eval))
+
+
+def _run(args: argparse.Namespace, voices: list[Voice]) -> int:
     if args.measure:
         _print_table(measure_table(voices))
         return 0

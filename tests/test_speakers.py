@@ -1,0 +1,90 @@
+"""Generated training speakers and accents (`train/speakers.py`) and their use by `train synth`."""
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from train import sentences as sent
+from train import speakers, synth
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)")
+
+TEXT = "The letter is at the front desk."
+NEUTRAL = synth.Setting(0, 0, 0, 0, amplitude=60)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("speakers")
+    names = speakers.write_speakers(out, 6, seed=0, accents=3)
+    return out, names
+
+
+def _files(out):
+    folder = out / speakers.DATA_FOLDER
+    paths = sorted([*(folder / "voices" / "!v").glob("spk*"), *(folder / "lang" / "gmw").glob("en-x-acc*")])
+    return {p.name: p.read_text() for p in paths}
+
+
+def test_the_same_seed_writes_the_same_speakers_and_another_seed_others(generated, tmp_path):
+    out, names = generated
+    assert names == speakers.read_speakers(out) == [f"spk{i:04d}" for i in range(6)]
+    assert speakers.generated_accents(out) == ["en-x-acc00", "en-x-acc01", "en-x-acc02"]
+    speakers.write_speakers(tmp_path / "again", 6, seed=0, accents=3)
+    speakers.write_speakers(tmp_path / "other", 6, seed=1, accents=3)
+    assert _files(tmp_path / "again") == _files(out)
+    assert _files(tmp_path / "other") != _files(out)
+
+
+def test_generated_voices_render_as_themselves_and_only_inside_their_data_folder(generated):
+    out, names = generated
+    specs = speakers.speaker_voices(names, (*synth.TRAIN_ACCENTS, *speakers.generated_accents(out)))
+    with pytest.raises(synth.VoiceError, match="unknown variant 'spk"):
+        synth.check_voices(specs)
+    digests = set()
+    with speakers.espeak_data(out):
+        voices = synth.check_voices(specs)
+        assert not any(map(synth.is_reserved, voices))
+        for voice in voices:
+            audio = synth.render(TEXT, voice.espeak, NEUTRAL)
+            assert synth.measure(audio).f0_hz > 50  # a voiced, pitched speaker
+            assert not np.array_equal(audio, synth.render(TEXT, synth.Voice(voice.accent, None).espeak, NEUTRAL))
+            digests.add(hashlib.md5(audio.tobytes()).hexdigest())
+    assert len(digests) == len(voices)
+    assert synth.check_voices(["en-us+m3"])  # the system's voices again once the block ends
+
+
+def test_generated_accents_take_no_part_from_a_reserved_accent(generated):
+    out, _ = generated
+    lang = out / speakers.DATA_FOLDER / "lang" / "gmw"
+    reserved = {line.strip() for name in ("en-029", "en-GB-x-gbcwmd") for line in (lang / name).read_text().splitlines()
+                if line.startswith(("replace", "stressLength", "phonemes", "intonation", "stressAdd"))}
+    training = {line.strip() for name in speakers.TRAIN_ACCENT_FILES for line in (lang / name).read_text().splitlines()}
+    for name in speakers.generated_accents(out):
+        lines = (lang / name).read_text().splitlines()
+        borrowed = [line for line in lines[2:] if " ".join(line.split()) not in {" ".join(t.split()) for t in training}]
+        assert not borrowed, f"{name}: {borrowed} is in no training accent"
+        assert not (set(lines) & reserved - training), name
+
+
+def test_too_many_speakers_for_espeak_are_refused_naming_the_limit(tmp_path):
+    with pytest.raises(ValueError, match="at most 349 voices"):
+        speakers.write_speakers(tmp_path, 400)
+
+
+def test_synth_command_adds_generated_speakers_and_refuses_them_for_evaluation(tmp_path, capsys):
+    sentences = tmp_path / "s.jsonl"
+    sent.write_sentences([sent.Sentence("train00000", TEXT)], sentences)
+    out = tmp_path / "corpus"
+    code = synth.main(["--sentences", str(sentences), "--out", str(out), "--voices", "en-us+m3", "--speakers", "2",
+                       "--accents", "1", "--voices-per-sentence", "3", "--quiet"])
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {r["voice"].split("+")[1] for r in rows} == {"m3", "spk0000", "spk0001"}
+    assert len(rows) == 3 * 5
+    capsys.readouterr()
+    code = synth.main(["--sentences", str(sentences), "--out", str(tmp_path / "e"), "--eval", "--speakers", "2"])
+    assert code == 2 and "cannot go with --eval" in capsys.readouterr().err
