@@ -7,8 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
+from blsp_emo.emotion import EMOTIONS
+from train import ablate, speakers, synth
 from train import sentences as sent
-from train import speakers, synth
+from train.__main__ import main
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)")
 
@@ -88,3 +90,41 @@ def test_synth_command_adds_generated_speakers_and_refuses_them_for_evaluation(t
     capsys.readouterr()
     code = synth.main(["--sentences", str(sentences), "--out", str(tmp_path / "e"), "--eval", "--speakers", "2"])
     assert code == 2 and "cannot go with --eval" in capsys.readouterr().err
+
+
+# --- python -m train ablate ------------------------------------------------------------------------
+
+def test_ablate_drop_names_the_form_it_wants():
+    assert ablate.Drop.parse("variant:breath,echo") == ablate.Drop("variant", ("breath", "echo"))
+    for bad in ("breath", "accent:", "voice:breath"):
+        with pytest.raises(ValueError, match="accent:KEY"):
+            ablate.Drop.parse(bad)
+
+
+def test_an_ablated_voice_lacks_exactly_the_dropped_settings(tmp_path):
+    speakers.write_speakers(tmp_path, 0)
+    voice = synth.Voice.parse("en-us+f5")
+    with speakers.espeak_data(tmp_path):
+        plain = synth.render(TEXT, voice.espeak, NEUTRAL)
+        espeak = ablate.ablated_voice(tmp_path, voice, ablate.Drop("variant", ("breath", "echo")), 0)
+        variant = (tmp_path / speakers.DATA_FOLDER / "voices" / "!v" / espeak.split("+")[1]).read_text()
+        assert "breath " not in variant and "echo " not in variant and "formant 0" in variant
+        assert not np.array_equal(synth.render(TEXT, espeak, NEUTRAL), plain)
+        accent = ablate.ablated_voice(tmp_path, voice, ablate.Drop("accent", ("replace",)), 1)
+        lines = (tmp_path / speakers.DATA_FOLDER / "lang" / accent.split("+")[0]).read_text()
+        assert "replace" not in lines and "phonemes en-us" in lines
+        assert accent.endswith("+f5") and synth.render(TEXT, accent, NEUTRAL).size
+
+
+def test_ablate_command_scores_each_version_for_a_system_that_hears_emotion(bundle_dir, tmp_path, capsys):
+    sentences = tmp_path / "s.jsonl"
+    sent.write_sentences([sent.Sentence("eval00000", TEXT)], sentences)
+    code = main(["ablate", "--voice", "en-us+f5", "--drop", "variant:breath", "--sentences", str(sentences),
+                 "--clips", "1", "--model", str(bundle_dir), "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["version"] for r in out["rows"]] == ["as is", "without variant breath"]
+    assert all(set(r) == {"voice", "version", *EMOTIONS} for r in out["rows"])
+    code = main(["ablate", "--voice", "en-us+f5", "--sentences", str(sentences), "--system", "cascade",
+                 "--model", str(bundle_dir)])
+    assert code == 2 and "reports no emotion" in capsys.readouterr().err

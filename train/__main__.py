@@ -137,7 +137,7 @@ def _add_stage(sub, stage: Stage) -> None:
 
 def _add_demo_scale(sub) -> None:
     """The demo-scale world (issue 5): corpus, stage-0 pretraining, assembly."""
-    from . import demo, pretrain_lm, pretrain_speech, sentences, synth
+    from . import ablate, demo, pretrain_lm, pretrain_speech, sentences, synth
 
     commands = (
         ("sentences", "sentence files for the synthetic corpus", sentences.__doc__, sentences.add_arguments, sentences.run),
@@ -152,6 +152,8 @@ def _add_demo_scale(sub) -> None:
          pretrain_lm.add_assemble_arguments, pretrain_lm.run_assemble),
         ("demo", "build every bundled demo model from nothing, with a results table", demo.__doc__,
          demo.add_arguments, demo.run),
+        ("ablate", "which part of a voice a system takes for emotion: scores with espeak-ng settings removed",
+         ablate.__doc__, ablate.add_arguments, ablate.run),
     )
     for name, help_, doc, add_arguments, run in commands:
         p = sub.add_parser(name, help=help_, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
