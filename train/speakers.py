@@ -1,13 +1,15 @@
 """Generated speakers: espeak-ng voice variants drawn at random, so the corpus has hundreds of voices.
 
 espeak-ng ships about 70 usable variants. A model trained on them alone learned their quirks as
-emotion: the held-out `f5` (louder consonants, breath, its own stress pattern) and `en-029`
-(syllable-timed stress lengths) were heard one step "up" in arousal, neutral as surprise and happy
-as angry. These are properties of a speaker, not of an emotion, so the training corpus varies them
-per speaker. Each generated speaker is a variant file (`voices/!v/spkNNNN`) in a copy of espeak-ng's
-data folder, used through espeak-ng's own `ESPEAK_DATA_PATH`. The values are drawn within the
-span of espeak-ng's shipped non-reserved variants and training accents (`RANGES`); nothing is fitted
-to the evaluation voices, which stay unheard.
+emotion: the held-out `f5` and `en-029` voices were heard one step "up" in arousal, neutral as
+surprise and happy as angry, and `python -m train ablate` traced it to f5's breath, echo and voicing
+and to en-029's phoneme replacements. These are properties of a speaker, not of an emotion, so the
+training corpus varies them per speaker, and per accent (`_write_accents`).
+
+Each generated speaker is a variant file (`voices/!v/spkNNNN`) in a copy of espeak-ng's data folder,
+used through espeak-ng's own `ESPEAK_DATA_PATH`. The values are drawn from the table below, inside
+the span of espeak-ng's shipped non-reserved variants (a build with the bounds widened to all of that
+span did no better); nothing is fitted to the evaluation voices, which stay unheard.
 
 | setting | drawn | what it changes |
 |---|---|---|
