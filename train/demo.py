@@ -1,8 +1,8 @@
 """`python -m train demo`: build the demo-scale world from nothing and bundle it under assets/.
 
-    sentences -> synth (training voices | reserved voices) -> stage 0: CTC ASR encoder, emotion
-    classifier, BPE + chat LM -> assemble -> teacher (stage 1) -> stage 1 -> teacher (stage 2)
-    -> stage 2 -> tone judge -> evaluation on held-out voices and sentences -> bundle
+    sentences -> generated speakers -> synth (training voices | reserved voices) -> stage 0: CTC
+    ASR encoder, emotion classifier, BPE + chat LM -> assemble -> teacher (stage 1) -> stage 1 ->
+    teacher (stage 2) -> stage 2 -> tone judge -> evaluation on held-out voices and sentences -> bundle
 
 Every step writes into `--work` and is skipped when its output exists, so a stopped build
 resumes. The result is the bundle `--out` (blsp-emo/, blsp/, asr/, ser/) that the app and the CLI

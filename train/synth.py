@@ -81,10 +81,8 @@ LIMITS = {"pitch": (-60, 120), "pitch_range": (-100, 100), "rate": (-50, 100), "
 RESERVED_ACCENTS = frozenset({"en-029", "en-gb-x-gbcwmd"})
 RESERVED_VARIANTS = frozenset({"f5", "m8", "annie", "edward"})  # compared lower-cased
 # Training voices: every training accent crossed with every espeak-ng variant that speaks with a
-# human pitch contour. Speaker count, not hours, is what carries emotion to unseen voices: with 43
-# voices (one accent per variant) the held-out `en-029` and `f5` voices were heard one step "up" in
-# arousal (neutral as surprise, happy as angry) for an intonation and timbre of their own. The
-# variants span 66-333 Hz at neutral (`measure`) and their own pitch ranges (2-37 semitones), so
+# human pitch contour (426 voices; `train/speakers.py` adds generated speakers and accents). The
+# variants span 66-347 Hz at neutral and their own pitch ranges up to 35 semitones (`--measure`), so
 # no held-out voice is out of range on pitch level. Left out: the reserved ones and `edward2`
 # (a sibling of the reserved `edward`), those without a normal voice source (whisper, whisperf,
 # croak), the robot and echo effects (robosoft*, UniRobot, anikaRobot, Demonic, RicishayMax*),
