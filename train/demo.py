@@ -53,7 +53,7 @@ SCALES = {
         asr_args=("--threads", "1"), ser_args=("--threads", "1"),
         lm=LmOptions(epochs=3, vocab_size=2048, hidden_size=128, layers=3, intermediate_size=384,
                      batch_tokens=1536, lr=3e-3, threads=1),
-        stage1_epochs=2, stage2_epochs=3, stage2_max_steps=1000, batch_size=16, eval_clips=None,
+        stage1_epochs=2, stage2_epochs=3, stage2_max_steps=1600, batch_size=16, eval_clips=None,
     ),
     "ci": Scale(
         train_sentences=12, eval_sentences=4, voices_per_sentence=1, speakers=3, accents=2,
