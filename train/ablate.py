@@ -90,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
     voice = synth.Voice.parse(args.voice)
     synth.check_voices([voice.spec], evaluation=synth.is_reserved(voice))
+    if args.clips < 1:
+        raise ValueError(f"--clips must be >= 1 sentence per emotion, got {args.clips}")
     drops = [Drop.parse(text) for text in args.drop]
     texts = [s.text for s in read_sentences(args.sentences)][: args.clips]
     if not texts:

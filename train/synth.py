@@ -509,6 +509,8 @@ def run(args: argparse.Namespace) -> int:
     """Make the corpus (or print the prosody measurements) and print a one-line JSON summary."""
     specs = args.voices.split(",") if args.voices else list(EVAL_VOICES if args.eval else TRAIN_VOICES)
     data_path = None
+    if args.accents and not args.speakers:
+        raise ValueError("--accents needs --speakers: generated accents are spoken only by generated speakers")
     if args.speakers:
         if args.eval or not args.out:
             raise ValueError("--speakers adds training speakers: it needs --out DIR and cannot go with --eval")
