@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Iterator
+from functools import partial
+from typing import Iterator, Protocol
 
 import torch
 from transformers import DynamicCache
@@ -21,6 +22,8 @@ from transformers.generation.logits_process import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+
+from .decode_step import decode_step
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,41 @@ def new_cache(llm) -> DynamicCache:
     return DynamicCache(config=llm.config)
 
 
+class TokenSampler:
+    """Picks one reply's tokens from the logits that follow each: its own processors, history and RNG.
+
+    `pick` returns the next token as a (1, 1) tensor, or None once the reply is over (a stop token,
+    which is not returned, or `options.max_new_tokens` tokens). Both `decode` and `DecodeBatcher`
+    (batching.py) use it, so a reply's tokens do not depend on how its decoding was scheduled.
+    """
+
+    def __init__(self, options: GenerationOptions, stop_ids: frozenset[int], seed: int, device: torch.device):
+        self.options, self.stop_ids = options, stop_ids
+        self.processors = _processors(options, stop_ids)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.history = torch.empty((1, 0), dtype=torch.long, device=device)
+
+    def pick(self, logits: torch.Tensor) -> torch.Tensor | None:
+        if self.history.shape[1] >= self.options.max_new_tokens:
+            return None
+        scores = self.processors(self.history, logits.float())
+        if self.options.greedy:
+            token = scores.argmax(-1, keepdim=True)
+        else:
+            token = torch.multinomial(scores.softmax(-1), 1, generator=self.generator)
+        if int(token) in self.stop_ids:
+            return None
+        self.history = torch.cat([self.history, token], dim=1)
+        return token
+
+
+class Decoder(Protocol):
+    """What continues a reply after the prefill: `decode` bound to an LLM, or `DecodeBatcher.decode`."""
+
+    def __call__(self, logits: torch.Tensor, cache: DynamicCache, options: GenerationOptions,
+                 stop_ids: frozenset[int], seed: int) -> Iterator[int]: ...
+
+
 @torch.inference_mode()
 def decode(
     llm,
@@ -83,21 +121,15 @@ def decode(
 ) -> Iterator[int]:
     """Yield reply token ids one at a time, starting from the prefill's last logits (1, V).
 
-    Stops after a stop token (not yielded) or `options.max_new_tokens` tokens.
+    Stops after a stop token (not yielded) or `options.max_new_tokens` tokens. Once exhausted,
+    `cache` holds the keys and values of every yielded token too.
     """
-    procs = _processors(options, stop_ids)
-    generator = torch.Generator(device=logits.device).manual_seed(seed)
-    history = torch.empty((1, 0), dtype=torch.long, device=logits.device)
-    for _ in range(options.max_new_tokens):
-        scores = procs(history, logits.float())
-        if options.greedy:
-            token = scores.argmax(-1, keepdim=True)
-        else:
-            token = torch.multinomial(scores.softmax(-1), 1, generator=generator)
-        token_id = int(token)
-        if token_id in stop_ids:
-            return
-        yield token_id
-        history = torch.cat([history, token], dim=1)
-        out = llm(input_ids=token, past_key_values=cache, use_cache=True)
-        logits = out.logits[:, -1]
+    sampler, step = TokenSampler(options, stop_ids, seed, logits.device), decode_step(llm)
+    while (token := sampler.pick(logits)) is not None:
+        yield int(token)
+        logits = step(token, cache)
+
+
+def single_decoder(llm) -> Decoder:
+    """`decode` on `llm`, in the caller's thread: one reply at a time."""
+    return partial(decode, llm)

@@ -1,0 +1,72 @@
+"""The lean decode step computes what transformers' Qwen2 forward computes, on the same weights."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2ForCausalLM
+
+import tiny
+from blsp_emo.decode_step import Qwen2DecodeStep, decode_step
+from blsp_emo.generation import new_cache
+
+
+@pytest.fixture(scope="module")
+def llm():
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(tiny.llm_config(64)).eval()
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # GQA is exercised
+    return model
+
+
+def _prefilled(llm, rows, mask=None, positions=None):
+    cache = new_cache(llm)
+    with torch.inference_mode():
+        llm(input_ids=torch.tensor(rows), attention_mask=mask, position_ids=positions, past_key_values=cache,
+            use_cache=True)
+    return cache
+
+
+@torch.inference_mode()
+def test_steps_give_transformers_logits_and_cache(llm):
+    ours, theirs = _prefilled(llm, [[3, 1, 4, 1, 5]]), _prefilled(llm, [[3, 1, 4, 1, 5]])
+    step = decode_step(llm)
+    assert isinstance(step, Qwen2DecodeStep)
+    token = torch.tensor([[9]])
+    for _ in range(6):
+        got = step(token, ours)
+        want = llm(input_ids=token, past_key_values=theirs, use_cache=True).logits[:, -1]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        token = want.argmax(-1, keepdim=True)
+    for a, b in zip(ours.layers, theirs.layers):
+        torch.testing.assert_close(a.keys, b.keys, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.values, b.values, rtol=1e-5, atol=1e-6)
+
+
+@torch.inference_mode()
+def test_left_padded_rows_with_their_own_positions_match_transformers(llm):
+    rows = [[0, 0, 7, 8], [5, 6, 7, 8]]  # the first row is left-padded by two
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    positions = torch.tensor([[2], [4]])
+    tokens = torch.tensor([[11], [12]])
+    prefill = (mask[:, :-1], torch.tensor([[0, 0, 0, 1], [0, 1, 2, 3]]))
+    ours, theirs = _prefilled(llm, rows, *prefill), _prefilled(llm, rows, *prefill)
+    got = decode_step(llm)(tokens, ours, positions, mask)
+    want = llm(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=theirs,
+               use_cache=True).logits[:, -1]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # The padded row predicts exactly what it predicts unpadded: padding is invisible.
+    alone = _prefilled(llm, [[7, 8]])
+    torch.testing.assert_close(decode_step(llm)(tokens[:1], alone), got[:1], rtol=1e-5, atol=1e-6)
+
+
+@torch.inference_mode()
+def test_other_models_keep_transformers_forward():
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    llama = LlamaForCausalLM(config).eval()
+    assert not Qwen2DecodeStep.supports(llama)
+    cache = _prefilled(llama, [[1, 2, 3]])
+    logits = decode_step(llama)(torch.tensor([[4]]), cache)
+    assert logits.shape == (1, 64) and cache.get_seq_length() == 4
+    windowed = Qwen2ForCausalLM(tiny.llm_config(64))
+    windowed.config.use_sliding_window = True
+    assert not Qwen2DecodeStep.supports(windowed)
