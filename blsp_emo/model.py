@@ -20,7 +20,7 @@ from .adapter import Adapter
 from .config import BlspEmoConfig
 from .emotion import masked_mean
 from .encoder import encode
-from .generation import GenerationOptions, decode, new_cache
+from .generation import Decoder, GenerationOptions, new_cache, single_decoder
 from .lora import ScopedLoRA
 from .tokenizer import IGNORE_INDEX
 
@@ -177,16 +177,20 @@ class BlspEmoModel(PreTrainedModel):
         seed: int,
         cache: DynamicCache | None = None,
         on_done: Callable[[DynamicCache], None] | None = None,
+        decoder: Decoder | None = None,
     ) -> Iterator[int]:
         """Reply token ids for one prompt row: LoRA in the prefill only, base weights after it.
 
         `cache` holds the keys and values of positions before `prompt` (a reused conversation
         prefix; see `prefix_cache.py`), so `prompt` is only the rest. `on_done(cache)` gets the cache
         of prompt + every yielded token once the reply is complete (not when abandoned midway).
+        `decoder` continues after the prefill (default: `decode` in this thread; a `DecodeBatcher`
+        steps concurrent replies together).
         """
         cache = cache if cache is not None else new_cache(self.llm)
         out = self.speech_forward(prompt, speech, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        yield from decode(self.llm, out.logits[:, -1], cache, options, stop_ids, seed)
+        decoder = decoder or single_decoder(self.llm)
+        yield from decoder(out.logits[:, -1], cache, options, stop_ids, seed)
         if on_done is not None:
             on_done(cache)
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Callable
 
 from .. import checkpoint
+from ..batching import DecodeBatcher
+from ..generation import Decoder, single_decoder
 from ..prefix_cache import PrefixCache
 from ..prompts import SYSTEM_EMPATHETIC
 from .base import Heard, Reply, SpokenDialogueSystem, Timings
@@ -24,6 +26,7 @@ class Components:
     ser: str | None = None
     device: str | None = None
     dtype: str | None = None
+    max_batch: int = 0  # replies decoded together on one LLM (0: each in its caller's thread)
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,8 @@ def _end_to_end(perceives_emotion: bool):
                 f"system {spec.name!r} is the stage-1 model, but {parts.model} has the stage-2 LoRA; "
                 "pass a stage-1 folder or a bundle folder with blsp/"
             )
-        return BlspSystem(
-            spec.name, spec.description, model, tokenizer, SYSTEM_EMPATHETIC, perceives_emotion, PrefixCache()
-        )
+        return BlspSystem(spec.name, spec.description, model, tokenizer, SYSTEM_EMPATHETIC, perceives_emotion,
+                          PrefixCache(), _decoder(model.llm, parts.max_batch))
 
     return build
 
@@ -56,8 +58,15 @@ def _cascade(spec: SystemSpec, parts: Components) -> SpokenDialogueSystem:
     ser = _load_ser(parts.ser, parts.device) if parts.ser else None
     return CascadeSystem(
         spec.name, spec.description, _load_asr(parts.asr, parts.device), model.llm, tokenizer,
-        SYSTEM_EMPATHETIC, ser, model.config.window_seconds, PrefixCache(),
+        SYSTEM_EMPATHETIC, ser, model.config.window_seconds, PrefixCache(), _decoder(model.llm, parts.max_batch),
     )
+
+
+@lru_cache(maxsize=8)
+def _decoder(llm, max_batch: int) -> Decoder:
+    """With `max_batch`, one decoding worker per loaded LLM, shared by the systems on it (blsp-emo
+    and the cascades), so concurrent visitors' replies are stepped together."""
+    return DecodeBatcher(llm, max_batch) if max_batch > 0 else single_decoder(llm)
 
 
 @lru_cache(maxsize=4)
@@ -97,11 +106,14 @@ def load_system(
     ser: str | Path | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    max_batch: int = 0,
 ) -> SpokenDialogueSystem:
     """Build system `name` from its parts; models are loaded once per process and shared.
 
     `model` is a BLSP-Emo model folder or hub id, or a bundle folder holding one sub-folder per
-    component (`blsp-emo`, `blsp`, `asr`, `ser`); None means the bundled demo models.
+    component (`blsp-emo`, `blsp`, `asr`, `ser`); None means the bundled demo models. `max_batch` > 0
+    decodes the replies of concurrent callers together (batching.py), as a server wants; 0 decodes
+    each in its caller's thread, as one-at-a-time use wants.
     """
     if name not in SYSTEMS:
         raise ValueError(f"unknown system {name!r}; available: {available_systems()}")
@@ -114,6 +126,7 @@ def load_system(
         ser=_part(ser, bundle if is_bundle else None, "ser") if "ser" in spec.needs else None,
         device=device,
         dtype=dtype,
+        max_batch=max_batch,
     )
     if parts.model is None:
         raise checkpoint.ModelNotFoundError(

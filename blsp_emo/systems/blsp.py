@@ -7,7 +7,7 @@ from typing import Iterator
 import torch
 
 from ..emotion import scores_by_label
-from ..generation import GenerationOptions
+from ..generation import Decoder, GenerationOptions
 from ..model import BlspEmoModel, SpeechEmbeddings, SpeechPrompt
 from ..prefix_cache import PrefixCache, TokenSequence, remember
 from ..processor import clip_features, frame_counts, speech_lengths
@@ -35,6 +35,7 @@ class BlspSystem(SpokenDialogueSystem):
         system_prompt: str,
         perceives_emotion: bool,
         prefix_cache: PrefixCache | None = None,
+        decoder: Decoder | None = None,
     ):
         self.name, self.description = name, description
         self.model, self.tokenizer = model, tokenizer
@@ -43,6 +44,7 @@ class BlspSystem(SpokenDialogueSystem):
         self.emotion_source = "emotion head" if perceives_emotion else None
         self.window_seconds = model.config.window_seconds
         self.prefix_cache = prefix_cache  # None: every turn re-encodes the whole history
+        self.decoder = decoder  # None: `decode` in the caller's thread
 
     @torch.inference_mode()
     def _answer(
@@ -72,7 +74,7 @@ class BlspSystem(SpokenDialogueSystem):
         )
         rows = _speech_after(speech, needed, sequence.spans, reused)
         return heard, remember(self.prefix_cache, sequence, lambda on_done: self.model.generate_stream(
-            prompt, rows, options, self.tokenizer.stop_ids, seed, cache, on_done))
+            prompt, rows, options, self.tokenizer.stop_ids, seed, cache, on_done, self.decoder))
 
 
 def _speech_after(

@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 
 from ..asr import SpeechRecognizer
-from ..generation import GenerationOptions, decode, new_cache
+from ..generation import Decoder, GenerationOptions, new_cache, single_decoder
 from ..prefix_cache import PrefixCache, TokenSequence, remember
 from ..prompts import CASCADE_SER_USER, Turn, chat_pieces
 from ..ser import EmotionClassifier
@@ -32,6 +32,7 @@ class CascadeSystem(SpokenDialogueSystem):
         ser: EmotionClassifier | None = None,
         window_seconds: float = 30.0,
         prefix_cache: PrefixCache | None = None,
+        decoder: Decoder | None = None,
     ):
         self.name, self.description = name, description
         self.asr, self.ser, self.llm, self.tokenizer = asr, ser, llm, tokenizer
@@ -39,6 +40,7 @@ class CascadeSystem(SpokenDialogueSystem):
         self.window_seconds = window_seconds
         self.emotion_source = "separate classifier" if ser is not None else None
         self.prefix_cache = prefix_cache  # as BlspSystem's: earlier turns' keys and values
+        self.decoder = decoder or single_decoder(llm)
 
     def _hear(self, turn: Turn) -> Heard:
         if turn.audio is None:
@@ -68,6 +70,6 @@ class CascadeSystem(SpokenDialogueSystem):
             logits, cache, options, seed, on_done))
 
     def _decode(self, logits, cache, options: GenerationOptions, seed: int, on_done) -> Iterator[int]:
-        yield from decode(self.llm, logits, cache, options, self.tokenizer.stop_ids, seed)
+        yield from self.decoder(logits, cache, options, self.tokenizer.stop_ids, seed)
         if on_done is not None:
             on_done(cache)

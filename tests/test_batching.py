@@ -1,0 +1,119 @@
+"""Replies decoded together by `DecodeBatcher` are the replies `decode` gives each alone."""
+
+import threading
+
+import pytest
+import torch
+from transformers import Qwen2ForCausalLM
+
+import tiny
+from blsp_emo.batching import DecodeBatcher
+from blsp_emo.generation import GenerationOptions, decode, new_cache
+
+STOP = frozenset({0})
+
+
+@pytest.fixture(scope="module")
+def llm():
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(tiny.llm_config(64)).eval()
+
+
+def _prefill(llm, ids):
+    cache = new_cache(llm)
+    with torch.inference_mode():
+        logits = llm(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True).logits[:, -1]
+    return logits, cache
+
+
+PROMPTS = [[5, 9, 3], [7] * 11, [2, 4, 6, 8, 10, 12, 14], [33, 1]]
+OPTIONS = [GenerationOptions(greedy=True, max_new_tokens=12, min_new_tokens=12),
+           GenerationOptions(max_new_tokens=9, temperature=1.0, top_p=0.9),
+           GenerationOptions(greedy=True, max_new_tokens=5),
+           GenerationOptions(max_new_tokens=20, temperature=0.7, top_p=1.0, min_new_tokens=20)]
+
+
+def _alone(llm, ids, options, seed):
+    logits, cache = _prefill(llm, ids)
+    tokens = list(decode(llm, logits, cache, options, STOP, seed))
+    return tokens, cache
+
+
+def _together(batcher, llm, runs):
+    """Start every reply, then read them in lockstep from their own threads."""
+    out = [None] * len(runs)
+    start = threading.Barrier(len(runs))
+
+    def run(i, ids, options, seed):
+        logits, cache = _prefill(llm, ids)
+        start.wait()
+        out[i] = (list(batcher.decode(logits, cache, options, STOP, seed)), cache)
+
+    threads = [threading.Thread(target=run, args=(i, *r)) for i, r in enumerate(runs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_replies_decoded_together_equal_each_alone_and_leave_the_same_cache(llm):
+    runs = [(ids, options, seed) for seed, (ids, options) in enumerate(zip(PROMPTS, OPTIONS))]
+    batcher = DecodeBatcher(llm)
+    together = _together(batcher, llm, runs)
+    assert batcher.largest_batch > 1  # they really shared forwards
+    for (ids, options, seed), (tokens, cache) in zip(runs, together):
+        want, want_cache = _alone(llm, ids, options, seed)
+        assert tokens == want
+        assert cache.get_seq_length() == len(ids) + len(want) == want_cache.get_seq_length()
+        for got, ref in zip(cache.layers, want_cache.layers):
+            torch.testing.assert_close(got.keys, ref.keys, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(got.values, ref.values, rtol=1e-4, atol=1e-5)
+    batcher.close()
+
+
+def test_a_reply_alone_is_exactly_decode(llm):
+    batcher = DecodeBatcher(llm)
+    options = GenerationOptions(max_new_tokens=15, temperature=1.0, top_p=1.0)
+    logits, cache = _prefill(llm, PROMPTS[1])
+    got = list(batcher.decode(logits, cache, options, STOP, 3))
+    want, want_cache = _alone(llm, PROMPTS[1], options, 3)
+    assert got == want and batcher.largest_batch == 1
+    assert all(torch.equal(a.keys, b.keys) for a, b in zip(cache.layers, want_cache.layers))
+    batcher.close()
+
+
+def test_an_abandoned_reply_leaves_and_the_others_go_on(llm):
+    batcher = DecodeBatcher(llm)
+    long = GenerationOptions(greedy=True, max_new_tokens=30, min_new_tokens=30)
+    stream = batcher.decode(*_prefill(llm, PROMPTS[0]), long, STOP, 0)
+    assert isinstance(next(stream), int)
+    stream.close()  # a visitor who left: the worker drops the reply at its next step
+    tokens, _ = _together(batcher, llm, [(PROMPTS[2], long, 1)])[0]
+    assert tokens == _alone(llm, PROMPTS[2], long, 1)[0]
+    batcher.close()
+
+
+def test_a_failing_forward_reaches_the_waiting_reply_and_the_worker_survives(llm):
+    batcher = DecodeBatcher(llm)
+    options = GenerationOptions(greedy=True, max_new_tokens=4, min_new_tokens=4)
+    _, cache = _prefill(llm, PROMPTS[0])
+    beyond = torch.zeros((1, 80))
+    beyond[0, 70] = 1.0  # picks token 70, which the 64-token LLM has no embedding for
+    with pytest.raises(RuntimeError, match="decoding failed"):
+        list(batcher.decode(beyond, cache, options, STOP, 0))
+    tokens, _ = _together(batcher, llm, [(PROMPTS[3], options, 2)])[0]
+    assert tokens == _alone(llm, PROMPTS[3], options, 2)[0]
+    batcher.close()
+
+
+def test_at_most_max_batch_replies_share_a_forward(llm):
+    batcher = DecodeBatcher(llm, max_batch=2)
+    options = GenerationOptions(greedy=True, max_new_tokens=6, min_new_tokens=6)
+    runs = [(PROMPTS[i % 4], options, i) for i in range(5)]
+    together = _together(batcher, llm, runs)
+    assert batcher.largest_batch == 2
+    assert [t for t, _ in together] == [_alone(llm, *r)[0] for r in runs]
+    batcher.close()
+    with pytest.raises(ValueError, match="max_batch"):
+        DecodeBatcher(llm, max_batch=0)
