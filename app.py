@@ -85,6 +85,16 @@ def _label(reply: Reply | None, typed: bool = False) -> gr.Label:
     return gr.Label({f"{EMOJI.get(k, '')} {k}": v for k, v in reply.emotion_scores.items()}, label="Detected emotion")
 
 
+def _transcript(reply: Reply) -> gr.Textbox:
+    return gr.Textbox(reply.transcript, visible=reply.transcript is not None)
+
+
+def _heard_outputs(ui: SimpleNamespace, reply: Reply, typed: bool) -> dict:
+    """The emotion and transcript outputs of a turn. Streaming sends them with the first update only:
+    a component in an update costs the server more than the token it goes with (README, Speed)."""
+    return {ui.emotion: _label(reply, typed), ui.transcript: _transcript(reply)}
+
+
 def _timings(reply: Reply) -> str:
     first = "" if reply.timings.first_token_s is None else f"first token {reply.timings.first_token_s:.2f} s · "
     return f"{first}total {reply.timings.total_s:.2f} s · {len(reply.token_ids)} tokens"
@@ -202,9 +212,11 @@ class Callbacks:
     def _turn(self, system, chat: Chat, user: Exchange, options: GenerationOptions):
         ui, reply = self.ui, None
         replies = system.stream(audio=user.audio, history=_history(chat), options=options, text=user.text)
-        for reply in _paced(replies, self.stream_interval):
-            yield {ui.chatbot: _messages(chat, (user.shown, reply)), ui.emotion: _label(reply, user.audio is None),
-                   ui.transcript: gr.Textbox(reply.transcript, visible=reply.transcript is not None)}
+        for i, reply in enumerate(_paced(replies, self.stream_interval)):
+            update = {ui.chatbot: _messages(chat, (user.shown, reply))}
+            if i == 0:  # what was heard is known before the first token: set it once
+                update |= _heard_outputs(ui, reply, user.audio is None)
+            yield update
         chat = (*chat, replace(user, reply=reply))
         used = {ui.audio_in: None} if user.audio is not None else {ui.text_in: ""}  # keep an input not sent
         yield {ui.chatbot: _messages(chat), ui.chat: chat, ui.last: reply, **used,
@@ -224,10 +236,10 @@ class Callbacks:
         """One callback for every Compare column: which system answers is data, never a branch."""
         system = self.system(name)
         options = replace(_options(*settings), seed=seed)
-        reply = None
-        for reply in _paced(system.stream(audio=self.load(audio, system), options=options), self.stream_interval):
-            yield (_label(reply), gr.Textbox(reply.transcript, visible=reply.transcript is not None),
-                   reply.text, _timings(reply) + f" · seed `{reply.seed}`", reply if reply.done else None)
+        replies = _paced(system.stream(audio=self.load(audio, system), options=options), self.stream_interval)
+        for i, reply in enumerate(replies):
+            heard = (_label(reply), _transcript(reply)) if i == 0 else (gr.skip(), gr.skip())
+            yield (*heard, reply.text, _timings(reply) + f" · seed `{reply.seed}`", reply if reply.done else None)
 
     def speak(self, reply: Reply | None, enabled: bool = True):
         return (None, "") if reply is None else self.voice(reply.text, reply.emotion, enabled)
@@ -458,6 +470,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--concurrency", type=int, default=2, help="model calls at once (default: 2)")
     p.add_argument("--max-queue", type=int, default=16, help="waiting requests before 'busy' (default: 16)")
+    p.add_argument("--max-batch", type=int, default=16,
+                   help="replies decoded together, one forward per token for all (default: 16; "
+                        "0 decodes each in its own call, one forward per reply and token)")
     p.add_argument("--stream-interval", type=float, default=0.05,
                    help="seconds between updates of a streaming reply; 0 updates every token (default: 0.05)")
     study_ui.add_arguments(p)
@@ -480,6 +495,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = sorted(set(names) - set(available_systems()))
     if unknown:
         sys.exit(f"error: unknown system(s) {unknown}; available: {available_systems()}")
+    if args.max_batch < 0:
+        sys.exit(f"error: --max-batch must be >= 0, got {args.max_batch}")
     study_config = study_ui.config_from_args(args)  # a bad study file stops here, before any model loads
     _share_cores(args.concurrency)
     if args.device is None:
@@ -492,7 +509,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             model, label = str(resolve(args.model or "", args.revision)), f"{args.model}@{args.revision}"
         except ModelNotFoundError as e:
             sys.exit(f"error: --revision {args.revision}: {e}")
-    systems, notes = load_systems(names, model=model, asr=args.asr, ser=args.ser, device=args.device, dtype=args.dtype)
+    systems, notes = load_systems(names, model=model, asr=args.asr, ser=args.ser, device=args.device, dtype=args.dtype,
+                                  max_batch=args.max_batch)
     try:
         synthesizer = load_synthesizer(args.tts)
     except SynthesizerUnavailableError as e:

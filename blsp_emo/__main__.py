@@ -163,6 +163,7 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--think", type=float, default=0.0, help="seconds each visitor waits between turns")
     p.add_argument("--turns", type=int, default=3, help="turns per conversation before a visitor starts a new one")
     p.add_argument("--no-tts", action="store_true", help="with --spawn: start the app with --tts none")
+    p.add_argument("--app-args", default="", help="with --spawn: more arguments for app.py, e.g. '--max-batch 0'")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_loadtest)
 

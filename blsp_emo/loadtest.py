@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import socket
 import statistics
 import subprocess
@@ -345,9 +346,11 @@ def main(args) -> int:
     options = LoadOptions(args.users, args.seconds, args.think, args.turns)
     if bool(args.url) == bool(args.spawn):
         raise ValueError("give --url URL of a running app (loopback) or --spawn to start one")
+    if args.app_args and not args.spawn:
+        raise ValueError("--app-args is for the app that --spawn starts")
     server = None
     if args.spawn:
-        server = spawn_app(("--tts", "none") if args.no_tts else ())
+        server = spawn_app((*(("--tts", "none") if args.no_tts else ()), *shlex.split(args.app_args)))
         server.sample_memory()
     try:
         report = loadtest(server.url if server else args.url, options)
