@@ -150,6 +150,8 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--new-tokens", type=int, default=32, help="every reply is exactly this many greedy tokens")
     p.add_argument("--turns", type=int, default=3, help="conversation length for the KV-reuse measurement (0: skip)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    p.add_argument("--concurrent", type=int, default=0,
+                   help="also N blsp-emo replies at once, decoded per thread vs batched (default: 0, skip)")
     p.add_argument("--encoder-window", action="store_true",
                    help="instead: what clip-length encoding changes vs the released 30 s window (random weights)")
     p.add_argument("--json", action="store_true")

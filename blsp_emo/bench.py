@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import bench_serving
 from .audio import SAMPLE_RATE, load_audio
 from .generation import GenerationOptions
 from .prompts import Turn
@@ -94,6 +95,7 @@ class Report:
     results: list[Result] = field(default_factory=list)
     turns: list[TurnResult] = field(default_factory=list)
     decode: dict = field(default_factory=dict)
+    serving: dict = field(default_factory=dict)  # bench_serving.to_json: decode step, concurrent replies
 
     def ratios(self, numerator: str = "blsp-emo", denominators: Sequence[str] = ("cascade", "cascade-ser")) -> list[dict]:
         """`numerator`'s times over each denominator's, per clip (cascade-ser: the pipeline that also hears tone)."""
@@ -109,7 +111,8 @@ class Report:
 
     def to_json(self) -> dict:
         return {"machine": self.machine, "results": [r.to_json() for r in self.results], "ratios": self.ratios(),
-                "turns": [asdict(t) for t in self.turns], "decode": self.decode, "settings": self.settings}
+                "turns": [asdict(t) for t in self.turns], "decode": self.decode, "serving": self.serving,
+                "settings": self.settings}
 
 
 # --- what is measured ---------------------------------------------------------------------------
@@ -403,14 +406,32 @@ def main(args) -> int:
     row = next((r for r in report.results if r.system == "blsp-emo" and r.clip_s == 5.0), None) or report.results[0]
     if llm is not None:
         report.decode = decode_bound(llm.llm, row, options.new_tokens, copy_bandwidth(device))
+    serving = _serving(args, systems, options, llm, progress)
+    report.serving = bench_serving.to_json(*serving)
+    lines = [*format_report(report), *bench_serving.format_serving(*serving)]
     if args.json:  # the JSON on stdout, the same tables for people on stderr
         print(json.dumps(report.to_json()))
         print(file=sys.stderr)
-        print("\n".join(format_report(report)), file=sys.stderr)
+        print("\n".join(lines), file=sys.stderr)
     else:
         print()
-        _print(format_report(report))
+        _print(iter(lines))
     return 0
+
+
+def _serving(args, systems, options: BenchOptions, llm, progress):
+    """The lean decode step against transformers' forward; with `--concurrent N`, N replies at once."""
+    step = bench_serving.measure_step(llm.llm, repeats=options.repeats) if llm is not None else None
+    concurrent = None
+    first = next((s for s in systems if s.name == "blsp-emo"), systems[0])
+    if args.concurrent > 0:
+        seconds = 5.0 if 5.0 in options.clip_seconds else options.clip_seconds[0]
+        clip = bench_clips([seconds])[0][seconds]
+        clips = [np.roll(clip, i * SAMPLE_RATE // 3) for i in range(args.concurrent)]  # N different visitors
+        concurrent = bench_serving.measure_concurrent(first, clips, seconds, options.generation, options.repeats)
+        progress(f"{args.concurrent} replies at once: threads {concurrent.threads_wall_s * 1e3:.1f} ms, "
+                 f"batched {concurrent.batched_wall_s * 1e3:.1f} ms")
+    return step, concurrent
 
 
 def _encoder_window(args, options: BenchOptions, device: str, dtype: torch.dtype) -> int:

@@ -186,7 +186,7 @@ def test_bench_json_schema_from_the_command_line(bundle_dir):
     out = subprocess.run(
         [sys.executable, "-m", "blsp_emo", "bench", "--json", "--model", str(bundle_dir), "--clips", "1,5",
          "--repeats", "1", "--warmup", "0", "--new-tokens", "3", "--turns", "2", "--threads", "1",
-         "--systems", "blsp-emo,cascade"],
+         "--systems", "blsp-emo,cascade", "--concurrent", "3"],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
     )
     assert out.returncode == 0, out.stderr
@@ -202,6 +202,10 @@ def test_bench_json_schema_from_the_command_line(bundle_dir):
     assert {t["system"] for t in report["turns"]} == {"blsp-emo", "cascade"}
     assert all(t["same_tokens"] for t in report["turns"])
     assert report["decode"]["bound_ms_per_token"] > 0
+    step, concurrent = report["serving"]["decode_step"], report["serving"]["concurrent"]
+    assert step["transformers_ms"] > 0 and step["lean_ms"] > 0
+    assert concurrent["replies"] == 3 and concurrent["same_tokens"] and 1 <= concurrent["largest_batch"] <= 3
+    assert "one DecodeBatcher" in out.stderr and "Qwen2DecodeStep" in out.stderr
 
 
 def test_bench_refuses_impossible_settings(bundle_dir):
