@@ -59,18 +59,37 @@ def test_generated_voices_render_as_themselves_and_only_inside_their_data_folder
     assert synth.check_voices(["en-us+m3"])  # the system's voices again once the block ends
 
 
+def _lines(path):
+    return {" ".join(line.split()) for line in path.read_text().splitlines()}
+
+
 def test_generated_accents_take_no_part_from_a_reserved_accent(generated):
     """Every line after name and language is a line of a training accent (a rule that a training
-    accent shares with a reserved one, such as RP's `replace 03 @ a#`, is the training accent's)."""
+    accent shares with a reserved one, such as RP's `replace 03 @ a#`, is the training accent's)
+    or a blind consonant swap that no reserved accent makes."""
     out, _ = generated
     lang = out / speakers.DATA_FOLDER / "lang" / "gmw"
-    training = {" ".join(line.split()) for name in speakers.TRAIN_ACCENT_FILES
-                for line in (lang / name).read_text().splitlines()}
+    training = set().union(*(_lines(lang / name) for name in speakers.TRAIN_ACCENT_FILES))
+    reserved = set().union(*(_lines(lang / name) for name in speakers.RESERVED_ACCENT_FILES)) - training
+    assert "replace 00 D d" in reserved  # en-029's th-stopping: the kind of rule that must not leak
     for name in speakers.generated_accents(out):
         lines = (lang / name).read_text().splitlines()
         assert lines[:2] == [f"name {name}", f"language {name}"]
-        borrowed = [line for line in lines[2:] if " ".join(line.split()) not in training]
-        assert not borrowed, f"{name}: {borrowed} is in no training accent"
+        for line in lines[2:]:
+            words = line.split()
+            swap = words[:2] == ["replace", "00"] and len(words) == 4 and set(words[2:]) <= set(speakers.CONSONANTS)
+            assert " ".join(words) in training or swap, f"{name}: {line!r} is in no training accent"
+            assert " ".join(words) not in reserved, f"{name}: {line!r} is a reserved accent's rule"
+
+
+def test_consonant_swaps_are_drawn_blind_but_never_a_reserved_rule():
+    import random
+
+    excluded = {"replace 00 D d"}
+    drawn = [r for i in range(400) for r in speakers.random_substitutions(random.Random(i), excluded)]
+    assert "replace 00 D d" not in drawn
+    assert len(set(drawn)) > 200  # spread over the consonant pairs, not a fixed list
+    assert {len(speakers.random_substitutions(random.Random(i), set())) for i in range(50)} == {0, 1, 2, 3}
 
 
 def test_too_many_speakers_for_espeak_are_refused_naming_the_limit(tmp_path):

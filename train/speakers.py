@@ -41,6 +41,10 @@ ACCENT_PREFIX = "en-x-acc"
 # The training accents' files (synth.TRAIN_ACCENTS), whose parts generated accents recombine.
 TRAIN_ACCENT_FILES = ("en", "en-US", "en-GB-scotland", "en-GB-x-rp", "en-US-nyc", "en-GB-x-gbclan")
 DATA_FOLDER = "espeak-ng-data"  # the name espeak-ng expects inside ESPEAK_DATA_PATH
+RESERVED_ACCENT_FILES = ("en-029", "en-GB-x-gbcwmd")  # synth.RESERVED_ACCENTS
+# espeak-ng's English consonants, by its phoneme mnemonics (`espeak-ng -x` writes them).
+CONSONANTS = ("p", "b", "t", "d", "k", "g", "f", "v", "T", "D", "s", "z", "S", "Z", "tS", "dZ",
+              "m", "n", "N", "l", "r", "w", "j", "h")
 MAX_VOICES = 349  # espeak-ng's N_VOICES_LIST - 1: "maximum number 349 of (N_VOICES_LIST = 350 - 1) reached"
 
 
@@ -122,17 +126,36 @@ def read_speakers(out: Path) -> list[str]:
 
 def _write_accents(data: Path, n: int, seed: int) -> None:
     """`n` accent files recombined from the training accents' parts: the phoneme table and
-    dictionary rules of one, the stress lengths of another, and each phoneme replacement that any of
-    them makes with probability 1/3. No part comes from a reserved accent."""
+    dictionary rules of one, the stress lengths of another, each phoneme replacement that any of
+    them makes with probability 1/3, and `random_substitutions` consonant swaps. No part comes from
+    a reserved accent."""
     parts = [_accent_parts(data / "lang" / "gmw" / name) for name in TRAIN_ACCENT_FILES]
     rules = sorted({rule for part in parts for rule in part["replace"]})
+    reserved = {rule for name in RESERVED_ACCENT_FILES for rule in _accent_parts(data / "lang" / "gmw" / name)["replace"]}
     for i in range(n):
         rng = random.Random(f"{seed}|accent|{i}")
         base, rhythm = rng.choice(parts), rng.choice(parts)
         name = f"{ACCENT_PREFIX}{i:02d}"
         lines = [f"name {name}", f"language {name}", *base["table"], *rhythm["stress"],
-                 *(rule for rule in rules if rng.random() < 1 / 3)]
+                 *(rule for rule in rules if rng.random() < 1 / 3), *random_substitutions(rng, reserved)]
         (data / "lang" / "gmw" / name).write_text("\n".join(lines) + "\n")
+
+
+def random_substitutions(rng: random.Random, excluded: set[str]) -> list[str]:
+    """0-3 `replace 00 X Y` rules, X and Y consonants drawn uniformly, none of them in `excluded`.
+
+    Accents differ most in which sounds they substitute, and the training accents' rules are only a
+    handful of vowel changes, so a model trained on them alone can take a consonant change for an
+    emotion. The swaps are drawn blind (not chosen from any accent), and rules a reserved accent
+    makes are excluded, so no held-out accent is heard in training, even in part.
+    """
+    out: list[str] = []
+    count = rng.randrange(4)
+    while len(out) < count:
+        rule = "replace 00 " + " ".join(rng.sample(CONSONANTS, 2))
+        if rule not in excluded and rule not in out:
+            out.append(rule)
+    return out
 
 
 def _accent_parts(path: Path) -> dict[str, list[str]]:
