@@ -4,7 +4,8 @@ For each system and clip length: time to the first reply token, total reply time
 speech encoder(s), real-time factor and peak memory, as medians over repeated runs after a warm-up.
 Every reply is decoded greedily to the same fixed length, so `total_s` compares the same work (a
 system that happens to stop early is not "faster"). Ratios of `blsp-emo` to `cascade` are measured
-side by side in the same process, on the same clips, so machine load affects both alike.
+side by side in the same process, on the same clips, the systems taking turns reply by reply, so
+machine load affects both alike.
 
 `--scale full --random-weights` builds the released architecture (Whisper-large-v2 encoder, Qwen-7B
 shapes) with random weights, where no download is possible; see `fullscale.py`.
@@ -254,25 +255,37 @@ def _timed_reply(system: SpokenDialogueSystem, clip: np.ndarray, options: Genera
     return reply, timer.seconds
 
 
-def measure(system: SpokenDialogueSystem, clip_s: float, clip: np.ndarray, options: BenchOptions) -> Result:
-    """Medians over `options.repeats` replies to `clip` after `options.warmup` unmeasured ones."""
+def measure_clip(systems: Sequence[SpokenDialogueSystem], clip_s: float, clip: np.ndarray,
+                 options: BenchOptions) -> list[Result]:
+    """Medians over `options.repeats` replies of each system to `clip`, after `options.warmup` unmeasured
+    ones. The systems take turns reply by reply, so a burst of load on the machine hits them alike."""
     gen = options.generation
     for _ in range(options.warmup):
-        _cold(system)
-        system.respond(clip, options=gen)
-    firsts, totals, encoders = [], [], []
-    with PeakMemory() as peak:
-        for _ in range(options.repeats):
+        for system in systems:
+            _cold(system)
+            system.respond(clip, options=gen)
+    runs: dict[str, dict[str, list[float]]] = {s.name: {"first": [], "total": [], "encoder": [], "rss": [], "gpu": []}
+                                               for s in systems}
+    for _ in range(options.repeats):
+        for system in systems:
             _cold(system)  # a first turn: nothing of this prompt is cached yet
-            reply, encoder_s = _timed_reply(system, clip, gen)
+            with PeakMemory() as peak:
+                reply, encoder_s = _timed_reply(system, clip, gen)
             if len(reply.token_ids) != options.new_tokens:
                 raise RuntimeError(f"{system.name} replied with {len(reply.token_ids)} tokens, not {options.new_tokens}")
-            firsts.append(reply.timings.first_token_s)
-            totals.append(reply.timings.total_s)
-            encoders.append(encoder_s)
-    total = statistics.median(totals)
-    return Result(system.name, clip_s, statistics.median(firsts), total, statistics.median(encoders),
-                  total / clip_s, round(peak.rss_mb, 1), None if peak.gpu_mb is None else round(peak.gpu_mb, 1))
+            run = runs[system.name]
+            run["first"].append(reply.timings.first_token_s)
+            run["total"].append(reply.timings.total_s)
+            run["encoder"].append(encoder_s)
+            run["rss"].append(peak.rss_mb)
+            if peak.gpu_mb is not None:
+                run["gpu"].append(peak.gpu_mb)
+    out = []
+    for name, run in runs.items():
+        total = statistics.median(run["total"])
+        out.append(Result(name, clip_s, statistics.median(run["first"]), total, statistics.median(run["encoder"]),
+                          total / clip_s, round(max(run["rss"]), 1), round(max(run["gpu"]), 1) if run["gpu"] else None))
+    return out
 
 
 def measure_turns(system: SpokenDialogueSystem, clip_s: float, clip: np.ndarray, options: BenchOptions) -> TurnResult:
@@ -327,11 +340,11 @@ def run(
     clips, source = bench_clips(options.clip_seconds)
     report = Report(machine, {**settings, **asdict(options), "clips": source})
     for seconds in options.clip_seconds:
-        for system in systems:  # systems interleaved per clip: a load change hits every system alike
-            if seconds > system.window_seconds:
+        fitting = [s for s in systems if seconds <= s.window_seconds]
+        for system in systems:
+            if system not in fitting:
                 progress(f"skip {system.name} {seconds:g} s: longer than its {system.window_seconds:g} s window")
-                continue
-            result = measure(system, seconds, clips[seconds], options)
+        for result in measure_clip(fitting, seconds, clips[seconds], options) if fitting else []:
             progress(f"{result.system:12s} {seconds:5.1f} s  first {result.first_token_s * 1e3:8.1f} ms  "
                      f"total {result.total_s * 1e3:8.1f} ms  encoder {result.encoder_s * 1e3:7.1f} ms")
             report.results.append(result)
