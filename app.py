@@ -78,21 +78,37 @@ def _options(temperature, top_p, max_tokens, greedy, seed) -> GenerationOptions:
         raise _fail(str(e)) from e
 
 
-def _label(reply: Reply | None, typed: bool = False) -> gr.Label:
+def _label_title(reply: Reply | None, typed: bool = False) -> str:
     if reply is None or not reply.emotion_scores:
-        why = "" if reply is None else " — a typed message has no tone" if typed else " — this system hears no tone"
-        return gr.Label(value=None, label=f"Detected emotion{why}")
-    return gr.Label({f"{EMOJI.get(k, '')} {k}": v for k, v in reply.emotion_scores.items()}, label="Detected emotion")
+        return "Detected emotion" + ("" if reply is None else " — a typed message has no tone" if typed
+                                     else " — this system hears no tone")
+    return "Detected emotion"
+
+
+def _scores(reply: Reply | None) -> dict | None:
+    return {f"{EMOJI.get(k, '')} {k}": v for k, v in reply.emotion_scores.items()} or None if reply else None
+
+
+def _label(reply: Reply | None, typed: bool = False) -> gr.Label:
+    return gr.Label(_scores(reply), label=_label_title(reply, typed))
 
 
 def _transcript(reply: Reply) -> gr.Textbox:
     return gr.Textbox(reply.transcript, visible=reply.transcript is not None)
 
 
-def _heard_outputs(ui: SimpleNamespace, reply: Reply, typed: bool) -> dict:
-    """The emotion and transcript outputs of a turn. Streaming sends them with the first update only:
-    a component in an update costs the server more than the token it goes with (README, Speed)."""
-    return {ui.emotion: _label(reply, typed), ui.transcript: _transcript(reply)}
+def _heard_outputs(ui: SimpleNamespace, reply: Reply, typed: bool, before: Exchange | None) -> dict:
+    """The emotion and transcript outputs of a turn, where the page shows `before`'s (None: a new chat).
+
+    A component in an update makes Gradio rebuild that component's config (its API schema
+    included), which costs the server more than a whole demo-scale reply; so a turn that leaves the
+    label's title and the transcript's visibility as they were sends plain values (README, Speed).
+    """
+    shown_title = _label_title(before.reply if before else None, before is not None and before.audio is None)
+    shown_visible = before is not None and before.reply.transcript is not None
+    same_title, same_visibility = _label_title(reply, typed) == shown_title, (reply.transcript is not None) == shown_visible
+    return {ui.emotion: _scores(reply) if same_title else _label(reply, typed),
+            ui.transcript: reply.transcript if same_visibility else _transcript(reply)}
 
 
 def _timings(reply: Reply) -> str:
@@ -199,7 +215,7 @@ class Callbacks:
             wave, typed, shown = self.load(audio, system), None, {"path": audio}
         else:
             wave, typed, shown = None, text, text
-        yield from self._turn(system, chat, Exchange(shown, wave, typed, None), options)
+        yield from self._turn(system, chat, Exchange(shown, wave, typed, None), options, chat[-1] if chat else None)
 
     @_gpu
     def regenerate(self, chat: Chat, system_name, *settings):
@@ -207,15 +223,16 @@ class Callbacks:
             gr.Warning("Nothing to regenerate yet: say something first.")
             yield gr.skip()
             return
-        yield from self._turn(self.system(system_name), chat[:-1], chat[-1], _options(*settings))
+        yield from self._turn(self.system(system_name), chat[:-1], chat[-1], _options(*settings), chat[-1])
 
-    def _turn(self, system, chat: Chat, user: Exchange, options: GenerationOptions):
+    def _turn(self, system, chat: Chat, user: Exchange, options: GenerationOptions, shown: Exchange | None):
+        """Answer `user` after `chat`; `shown` is the exchange whose emotion and transcript the page shows."""
         ui, reply = self.ui, None
         replies = system.stream(audio=user.audio, history=_history(chat), options=options, text=user.text)
         for i, reply in enumerate(_paced(replies, self.stream_interval)):
             update = {ui.chatbot: _messages(chat, (user.shown, reply))}
             if i == 0:  # what was heard is known before the first token: set it once
-                update |= _heard_outputs(ui, reply, user.audio is None)
+                update |= _heard_outputs(ui, reply, user.audio is None, shown)
             yield update
         chat = (*chat, replace(user, reply=reply))
         used = {ui.audio_in: None} if user.audio is not None else {ui.text_in: ""}  # keep an input not sent

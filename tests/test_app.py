@@ -89,6 +89,30 @@ def test_compare_columns_share_one_callback_and_one_seed(systems, clip_path):
         assert later and all(update[:2] == (gr.skip(), gr.skip()) for update in later)
 
 
+def test_a_turn_sends_components_only_when_the_label_or_transcript_box_changes(systems, clip_path):
+    """Plain values keep Gradio from rebuilding a component's config at every turn (README, Speed)."""
+    demo = app.build_demo(systems, NullSynthesizer(), options=OPTIONS)
+    cb = next(fn.fn for fn in demo.fns.values() if fn.api_name == "talk").__self__
+    ui, settings = cb.ui, (0.5, 0.5, 8, True, 0)
+
+    def turn(audio, text, chat, system):
+        updates = list(cb.talk(audio, text, chat, system, *settings))
+        return updates[0], updates[-1][ui.chat]
+
+    first, chat = turn(str(clip_path), "", (), "blsp-emo")  # a new chat shows "Detected emotion", no transcript
+    assert isinstance(first[ui.emotion], dict) and first[ui.transcript] is None
+    again, chat = turn(str(clip_path), "", chat, "blsp-emo")
+    assert isinstance(again[ui.emotion], dict) and again[ui.transcript] is None
+    typed, chat = turn(None, "hello there", chat, "blsp-emo")  # the title changes: a component
+    assert isinstance(typed[ui.emotion], gr.Label) and "typed message has no tone" in typed[ui.emotion].label
+    spoken, chat = turn(str(clip_path), "", chat, "blsp-emo")  # ... and back
+    assert isinstance(spoken[ui.emotion], gr.Label) and spoken[ui.emotion].label == "Detected emotion"
+    heard, chat = turn(str(clip_path), "", (), "cascade")  # a transcript to show: the box appears once
+    assert isinstance(heard[ui.transcript], gr.Textbox) and heard[ui.transcript].visible
+    heard_again, _ = turn(str(clip_path), "", chat, "cascade")
+    assert isinstance(heard_again[ui.transcript], str)
+
+
 def test_without_models_the_page_starts_and_says_how_to_get_one(tmp_path):
     systems, notes = app.load_systems(available_systems(), model=str(tmp_path / "missing"))
     assert systems == {} and "blsp-emo, blsp not loaded: model folder" in notes[0] and "does not exist" in notes[0]
@@ -231,3 +255,8 @@ def test_browser_upload_and_microphone_get_an_emotion_and_a_reply(server, clip_p
     # Both turns got a reply bubble; the tiny random model may answer one with only whitespace.
     assert len(replies) == 2 and any(r.strip() for r in replies)
     assert outside == []  # offline: no CDN, fonts or analytics
+
+
+def test_a_negative_max_batch_is_refused_before_any_model_loads():
+    with pytest.raises(SystemExit, match="--max-batch must be >= 0, got -1"):
+        app.main(["--max-batch", "-1", "--model", "/nonexistent"])

@@ -66,6 +66,13 @@ def test_command_line_refuses_a_remote_url():
     assert out.returncode == 2 and "loopback" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_app_arguments_are_only_for_a_spawned_app():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "blsp_emo", "loadtest", "--url", "http://127.0.0.1:9/",
+                          "--app-args", "--max-batch 0"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert out.returncode == 2 and "--app-args is for the app that --spawn starts" in out.stderr
+
+
 def test_command_line_json_against_a_running_app(server):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
     out = subprocess.run([sys.executable, "-m", "blsp_emo", "loadtest", "--url", server.url, "--users", "2",
