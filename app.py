@@ -111,6 +111,13 @@ def _heard_outputs(ui: SimpleNamespace, reply: Reply, typed: bool, before: Excha
             ui.transcript: reply.transcript if same_visibility else _transcript(reply)}
 
 
+def _shown_outputs(ui: SimpleNamespace, shown: Exchange | None) -> dict:
+    """The emotion and transcript outputs as `shown` left them (None: as a new chat shows them)."""
+    if shown is None:
+        return {ui.emotion: _label(None), ui.transcript: gr.Textbox(None, visible=False)}
+    return {ui.emotion: _label(shown.reply, shown.audio is None), ui.transcript: _transcript(shown.reply)}
+
+
 def _timings(reply: Reply) -> str:
     first = "" if reply.timings.first_token_s is None else f"first token {reply.timings.first_token_s:.2f} s · "
     return f"{first}total {reply.timings.total_s:.2f} s · {len(reply.token_ids)} tokens"
@@ -227,13 +234,19 @@ class Callbacks:
 
     def _turn(self, system, chat: Chat, user: Exchange, options: GenerationOptions, shown: Exchange | None):
         """Answer `user` after `chat`; `shown` is the exchange whose emotion and transcript the page shows."""
-        ui, reply = self.ui, None
+        ui, reply, sent = self.ui, None, False
         replies = system.stream(audio=user.audio, history=_history(chat), options=options, text=user.text)
-        for i, reply in enumerate(_paced(replies, self.stream_interval)):
-            update = {ui.chatbot: _messages(chat, (user.shown, reply))}
-            if i == 0:  # what was heard is known before the first token: set it once
-                update |= _heard_outputs(ui, reply, user.audio is None, shown)
-            yield update
+        try:
+            for i, reply in enumerate(_paced(replies, self.stream_interval)):
+                update = {ui.chatbot: _messages(chat, (user.shown, reply))}
+                if i == 0:  # what was heard is known before the first token: set it once
+                    update |= _heard_outputs(ui, reply, user.audio is None, shown)
+                sent = True
+                yield update
+        except Exception:
+            if sent:  # the page shows the failed turn: put back what `chat` (and the next turn) says it shows
+                yield {ui.chatbot: _messages(chat), **_shown_outputs(ui, shown)}
+            raise
         chat = (*chat, replace(user, reply=reply))
         used = {ui.audio_in: None} if user.audio is not None else {ui.text_in: ""}  # keep an input not sent
         yield {ui.chatbot: _messages(chat), ui.chat: chat, ui.last: reply, **used,
@@ -241,8 +254,8 @@ class Callbacks:
 
     def clear(self):
         ui = self.ui
-        return {ui.chatbot: [], ui.chat: (), ui.last: None, ui.emotion: _label(None), ui.card: "",
-                ui.transcript: gr.Textbox(None, visible=False), ui.reply_audio: None, ui.style: ""}
+        return {ui.chatbot: [], ui.chat: (), ui.last: None, ui.card: "", ui.reply_audio: None, ui.style: "",
+                **_shown_outputs(ui, None)}
 
     def start_compare(self, audio, seed):
         """Fix one seed for every column, so the columns differ only by system (the clip is validated)."""
@@ -488,8 +501,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=2, help="model calls at once (default: 2)")
     p.add_argument("--max-queue", type=int, default=16, help="waiting requests before 'busy' (default: 16)")
     p.add_argument("--max-batch", type=int, default=16,
-                   help="replies decoded together, one forward per token for all (default: 16; "
-                        "0 decodes each in its own call, one forward per reply and token)")
+                   help="replies decoded together, one forward per token for all (default: 16; at most "
+                        "--concurrency replies decode at once; 0 decodes each in its own call)")
     p.add_argument("--stream-interval", type=float, default=0.05,
                    help="seconds between updates of a streaming reply; 0 updates every token (default: 0.05)")
     study_ui.add_arguments(p)

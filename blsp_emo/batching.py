@@ -113,8 +113,7 @@ class DecodeBatcher:
     def decode(self, logits: torch.Tensor, cache: DynamicCache, options: GenerationOptions,
                stop_ids: frozenset[int], seed: int) -> Iterator[int]:
         reply = _Reply(logits, cache, TokenSampler(options, stop_ids, seed, logits.device))
-        self._start()
-        self._incoming.put(reply)
+        self._start().put(reply)
         try:
             while (item := reply.out.get()) is not _END:
                 if isinstance(item, BaseException):
@@ -128,24 +127,29 @@ class DecodeBatcher:
     def close(self) -> None:
         """Stop the worker once the replies in flight are done (a later `decode` starts a new one)."""
         with self._lock:
-            worker, self._worker = self._worker, None
+            worker, incoming = self._worker, self._incoming
+            self._worker, self._incoming = None, queue.Queue()  # a new worker gets a queue of its own
         if worker is not None:
-            self._incoming.put(None)
+            incoming.put(None)
             worker.join()
 
-    def _start(self) -> None:
+    def _start(self) -> queue.Queue:
+        """The running worker's queue (starting a worker if none is alive)."""
         with self._lock:
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._run, name="decode-batcher", daemon=True)
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._run, args=(self._incoming,), name="decode-batcher",
+                                                daemon=True)
                 self._worker.start()
+            return self._incoming
 
-    def _run(self) -> None:
+    def _run(self, incoming: queue.Queue) -> None:
         active: list[_Reply] = []
         batch: _Batch | None = None
         closing = False
         with torch.inference_mode():
-            while active or not closing:
-                closing |= self._take(active, block=not active)
+            # After `close`, replies that got this queue just before it was swapped are still served.
+            while active or not closing or not incoming.empty():
+                closing |= self._take(incoming, active, block=not active and not closing)
                 try:
                     batch = self._step(active, batch)
                 except Exception as e:  # noqa: BLE001 - every waiting reply must hear of it
@@ -154,11 +158,11 @@ class DecodeBatcher:
                     active, batch = [], None
                 active[:] = batch.rows if batch is not None else []
 
-    def _take(self, active: list[_Reply], block: bool) -> bool:
+    def _take(self, incoming: queue.Queue, active: list[_Reply], block: bool) -> bool:
         """Move waiting replies into `active`; True when `close` asked the worker to stop."""
         while len(active) < self.max_batch:
             try:
-                reply = self._incoming.get(block=block)
+                reply = incoming.get(block=block)
             except queue.Empty:
                 return False
             if reply is None:

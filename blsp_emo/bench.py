@@ -440,7 +440,8 @@ def _serving(args, systems, options: BenchOptions, llm, progress):
     if args.concurrent > 0:
         seconds = 5.0 if 5.0 in options.clip_seconds else options.clip_seconds[0]
         clip = bench_clips([seconds])[0][seconds]
-        clips = [np.roll(clip, i * SAMPLE_RATE // 3) for i in range(args.concurrent)]  # N different visitors
+        # N visitors: different audio of different lengths, so the batch holds rows of different lengths
+        clips = [np.roll(clip, i * SAMPLE_RATE // 3)[: clip.size - i * SAMPLE_RATE // 8] for i in range(args.concurrent)]
         concurrent = bench_serving.measure_concurrent(first, clips, seconds, options.generation, options.repeats)
         progress(f"{args.concurrent} replies at once: threads {concurrent.threads_wall_s * 1e3:.1f} ms, "
                  f"batched {concurrent.batched_wall_s * 1e3:.1f} ms")

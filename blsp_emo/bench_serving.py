@@ -89,14 +89,16 @@ def measure_concurrent(system: SpokenDialogueSystem, clips: list[np.ndarray], cl
     walls: dict[str, list[float]] = {name: [] for name in variants}
     replies: dict[str, list[float]] = {name: [] for name in variants}
     tokens: dict[str, list] = {}
-    for i in range(repeats + 1):  # the first round warms up
-        for name, variant in variants.items():
-            wall, done = _at_once(variant, clips, options)
-            tokens[name] = [r.token_ids for r in done]
-            if i:
-                walls[name].append(wall)
-                replies[name].extend(r.timings.total_s for r in done)
-    batcher.close()
+    try:
+        for i in range(repeats + 1):  # the first round warms up
+            for name, variant in variants.items():
+                wall, done = _at_once(variant, clips, options)
+                tokens[name] = [r.token_ids for r in done]
+                if i:
+                    walls[name].append(wall)
+                    replies[name].extend(r.timings.total_s for r in done)
+    finally:
+        batcher.close()
     med = {name: statistics.median(v) for name, v in walls.items()}
     reply = {name: statistics.median(v) for name, v in replies.items()}
     return ConcurrentResult(system.name, len(clips), clip_s, med["threads"], med["batched"], reply["threads"],

@@ -113,6 +113,36 @@ def test_a_turn_sends_components_only_when_the_label_or_transcript_box_changes(s
     assert isinstance(heard_again[ui.transcript], str)
 
 
+class _FailsAfterFirstToken:
+    """A system whose decoding fails after its first update (what a worker error looks like)."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def stream(self, **kwargs):
+        replies = self.real.stream(**kwargs)
+        yield next(replies)
+        raise gr.Error("decoding failed")
+
+
+def test_a_failed_turn_puts_back_the_label_and_transcript_the_chat_says_are_shown(systems, clip_path):
+    demo = app.build_demo(systems, NullSynthesizer(), options=OPTIONS)
+    cb = next(fn.fn for fn in demo.fns.values() if fn.api_name == "talk").__self__
+    ui, options = cb.ui, GenerationOptions(greedy=True, max_new_tokens=8)
+    typed = app.Exchange("hello", None, "hello", None)
+    *_, last = cb._turn(systems["blsp-emo"], (), typed, options, None)
+    chat = last[ui.chat]  # the page now shows the typed turn's title
+    spoken = app.Exchange({"path": str(clip_path)}, tiny.tone(1.0), None, None)
+    updates = []
+    with pytest.raises(gr.Error, match="decoding failed"):
+        for update in cb._turn(_FailsAfterFirstToken(systems["blsp-emo"]), chat, spoken, options, chat[-1]):
+            updates.append(update)
+    assert updates[0][ui.emotion].label == "Detected emotion"  # the failed turn changed the title ...
+    restored = updates[-1][ui.emotion]
+    assert isinstance(restored, gr.Label) and "typed message has no tone" in restored.label  # ... and it is back
+    assert len(updates[-1][ui.chatbot]) == 2  # the failed turn's bubbles are gone
+
+
 def test_without_models_the_page_starts_and_says_how_to_get_one(tmp_path):
     systems, notes = app.load_systems(available_systems(), model=str(tmp_path / "missing"))
     assert systems == {} and "blsp-emo, blsp not loaded: model folder" in notes[0] and "does not exist" in notes[0]

@@ -1,6 +1,7 @@
 """Replies decoded together by `DecodeBatcher` are the replies `decode` gives each alone."""
 
 import threading
+import time
 
 import pytest
 import torch
@@ -86,12 +87,27 @@ def test_a_reply_alone_is_exactly_decode(llm):
 def test_an_abandoned_reply_leaves_and_the_others_go_on(llm):
     batcher = DecodeBatcher(llm)
     long = GenerationOptions(greedy=True, max_new_tokens=30, min_new_tokens=30)
-    stream = batcher.decode(*_prefill(llm, PROMPTS[0]), long, STOP, 0)
+    logits, cache = _prefill(llm, PROMPTS[0])
+    stream = batcher.decode(logits, cache, long, STOP, 0)
     assert isinstance(next(stream), int)
     stream.close()  # a visitor who left: the worker drops the reply at its next step
+    time.sleep(0.3)  # the 30 tokens would take a few milliseconds
+    assert cache.get_seq_length() < len(PROMPTS[0]) + 5  # it stopped growing
     tokens, _ = _together(batcher, llm, [(PROMPTS[2], long, 1)])[0]
     assert tokens == _alone(llm, PROMPTS[2], long, 1)[0]
+    assert batcher.largest_batch == 1  # the abandoned reply was gone before the next one came
     batcher.close()
+
+
+def test_a_closed_batcher_serves_again_with_a_new_worker(llm):
+    batcher = DecodeBatcher(llm)
+    options = GenerationOptions(greedy=True, max_new_tokens=3, min_new_tokens=3)
+    first = list(batcher.decode(*_prefill(llm, PROMPTS[0]), options, STOP, 0))
+    batcher.close()
+    again = list(batcher.decode(*_prefill(llm, PROMPTS[0]), options, STOP, 0))
+    assert first == again == _alone(llm, PROMPTS[0], options, 0)[0]
+    batcher.close()
+    batcher.close()  # closing twice is harmless
 
 
 def test_a_failing_forward_reaches_the_waiting_reply_and_the_worker_survives(llm):

@@ -11,9 +11,17 @@ from blsp_emo.generation import new_cache
 
 @pytest.fixture(scope="module")
 def llm():
+    """Every weight random, biases and norms included, and an untied head: a step that drops or swaps
+    any of them gives other logits."""
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(tiny.llm_config(64)).eval()
+    config = tiny.llm_config(64)
+    config.tie_word_embeddings = False
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(1 + 0.3 * torch.randn_like(param) if "norm" in name else 0.3 * torch.randn_like(param))
     assert model.config.num_key_value_heads < model.config.num_attention_heads  # GQA is exercised
+    assert model.model.layers[0].self_attn.q_proj.bias.abs().sum() > 0
     return model
 
 
@@ -70,3 +78,16 @@ def test_other_models_keep_transformers_forward():
     windowed = Qwen2ForCausalLM(tiny.llm_config(64))
     windowed.config.use_sliding_window = True
     assert not Qwen2DecodeStep.supports(windowed)
+
+
+@torch.inference_mode()
+def test_bfloat16_steps_match_transformers_in_bfloat16(llm):
+    half = Qwen2ForCausalLM(llm.config).eval()
+    half.load_state_dict(llm.state_dict())
+    half = half.to(torch.bfloat16)
+    ours, theirs = _prefilled(half, [[3, 1, 4, 1, 5]]), _prefilled(half, [[3, 1, 4, 1, 5]])
+    token = torch.tensor([[9]])
+    got = decode_step(half)(token, ours)
+    want = half(input_ids=token, past_key_values=theirs, use_cache=True).logits[:, -1]
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
