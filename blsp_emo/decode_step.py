@@ -43,7 +43,10 @@ class Qwen2DecodeStep:
     @classmethod
     def supports(cls, llm) -> bool:
         config = getattr(llm, "config", None)
-        return (isinstance(llm, Qwen2ForCausalLM) and not getattr(config, "use_sliding_window", False)
+        # Split or offloaded by accelerate (several devices in its map): its hooks move weights at call
+        # time, which reading the weights directly would bypass.
+        placed_once = len(set((getattr(llm, "hf_device_map", None) or {}).values())) <= 1
+        return (isinstance(llm, Qwen2ForCausalLM) and placed_once and not getattr(config, "use_sliding_window", False)
                 and all(t == "full_attention" for t in getattr(config, "layer_types", None) or ["full_attention"]))
 
     def __call__(self, tokens: torch.Tensor, cache: DynamicCache, positions: torch.Tensor | None = None,

@@ -78,6 +78,11 @@ def test_other_models_keep_transformers_forward():
     windowed = Qwen2ForCausalLM(tiny.llm_config(64))
     windowed.config.use_sliding_window = True
     assert not Qwen2DecodeStep.supports(windowed)
+    offloaded = Qwen2ForCausalLM(tiny.llm_config(64))
+    offloaded.hf_device_map = {"model.embed_tokens": 0, "model.layers": "cpu"}  # as accelerate marks a split model
+    assert not Qwen2DecodeStep.supports(offloaded)
+    offloaded.hf_device_map = {"": 0}  # one device: nothing moves at call time
+    assert Qwen2DecodeStep.supports(offloaded)
 
 
 @torch.inference_mode()
