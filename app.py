@@ -244,8 +244,9 @@ class Callbacks:
                 sent = True
                 yield update
         except Exception:
-            if sent:  # the page shows the failed turn: put back what `chat` (and the next turn) says it shows
-                yield {ui.chatbot: _messages(chat), **_shown_outputs(ui, shown)}
+            if sent:  # the page shows the failed turn: put back what it showed before (as the next turn assumes)
+                before = (*chat, user) if user is shown else chat  # a regenerated turn keeps its old reply
+                yield {ui.chatbot: _messages(before), **_shown_outputs(ui, shown)}
             raise
         chat = (*chat, replace(user, reply=reply))
         used = {ui.audio_in: None} if user.audio is not None else {ui.text_in: ""}  # keep an input not sent

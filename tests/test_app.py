@@ -141,6 +141,11 @@ def test_a_failed_turn_puts_back_the_label_and_transcript_the_chat_says_are_show
     restored = updates[-1][ui.emotion]
     assert isinstance(restored, gr.Label) and "typed message has no tone" in restored.label  # ... and it is back
     assert len(updates[-1][ui.chatbot]) == 2  # the failed turn's bubbles are gone
+    updates = []
+    with pytest.raises(gr.Error, match="decoding failed"):  # a failed regenerate keeps the old reply
+        for update in cb._turn(_FailsAfterFirstToken(systems["blsp-emo"]), (), chat[-1], options, chat[-1]):
+            updates.append(update)
+    assert len(updates[-1][ui.chatbot]) == 2 and updates[-1][ui.chatbot][1]["content"] == chat[-1].reply.text
 
 
 def test_without_models_the_page_starts_and_says_how_to_get_one(tmp_path):
