@@ -80,7 +80,9 @@ class TokenSampler:
 
     `pick` returns the next token as a (1, 1) tensor, or None once the reply is over (a stop token,
     which is not returned, or `options.max_new_tokens` tokens). Both `decode` and `DecodeBatcher`
-    (batching.py) use it, so a reply's tokens do not depend on how its decoding was scheduled.
+    (batching.py) use it, so the sampling rules and the seed's draws are the same however a reply is
+    scheduled; a batched row's logits can differ from its logits alone by rounding (other matmul
+    shapes), which in bfloat16 can flip a near tie.
     """
 
     def __init__(self, options: GenerationOptions, stop_ids: frozenset[int], seed: int, device: torch.device):

@@ -147,7 +147,8 @@ def random_substitutions(rng: random.Random, excluded: set[str]) -> list[str]:
     Accents differ most in which sounds they substitute, and the training accents' rules are only a
     handful of vowel changes, so a model trained on them alone can take a consonant change for an
     emotion. The swaps are drawn blind (not chosen from any accent), and rules a reserved accent
-    makes are excluded, so no held-out accent is heard in training, even in part.
+    makes are excluded, so none of a held-out accent's own rules is heard in training (a draw can
+    still resemble one, e.g. `T` as `t` beside en-029's dental `t[`; the README says which did).
     """
     out: list[str] = []
     count = rng.randrange(4)
