@@ -92,6 +92,19 @@ def test_consonant_swaps_are_drawn_blind_but_never_a_reserved_rule():
     assert {len(speakers.random_substitutions(random.Random(i), set())) for i in range(50)} == {0, 1, 2, 3}
 
 
+def test_each_speaker_gets_its_own_distinct_accents_the_same_on_every_call():
+    names, accents = ["spk0000", "spk0001", "spk0002"], ("en-us", "en-gb", "en-x-acc00", "en-x-acc01")
+    pairs = speakers.speaker_voices(names, accents, seed=0, per_speaker=2)
+    assert pairs == speakers.speaker_voices(names, accents, seed=0, per_speaker=2)
+    assert [spec.split("+")[1] for spec in pairs] == [n for n in names for _ in range(2)]
+    for name in names:
+        mine = [spec.split("+")[0] for spec in pairs if spec.endswith(name)]
+        assert len(set(mine)) == 2 and set(mine) <= set(accents)
+    assert len(set(pairs)) == 6
+    with pytest.raises(ValueError, match=r"per_speaker must be in 1..4"):
+        speakers.speaker_voices(names, accents, per_speaker=5)
+
+
 def test_too_many_speakers_for_espeak_are_refused_naming_the_limit(tmp_path):
     with pytest.raises(ValueError, match="at most 349 voices"):
         speakers.write_speakers(tmp_path, 400)
@@ -102,11 +115,11 @@ def test_synth_command_adds_generated_speakers_and_refuses_them_for_evaluation(t
     sent.write_sentences([sent.Sentence("train00000", TEXT)], sentences)
     out = tmp_path / "corpus"
     code = synth.main(["--sentences", str(sentences), "--out", str(out), "--voices", "en-us+m3", "--speakers", "2",
-                       "--accents", "1", "--voices-per-sentence", "3", "--quiet"])
+                       "--accents", "1", "--accents-per-speaker", "2", "--voices-per-sentence", "5", "--quiet"])
     assert code == 0
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    assert {r["voice"].split("+")[1] for r in rows} == {"m3", "spk0000", "spk0001"}
-    assert len(rows) == 3 * 5
+    assert sorted(r["voice"].split("+")[1] for r in rows[::5]) == ["m3", "spk0000", "spk0000", "spk0001", "spk0001"]
+    assert len({r["voice"] for r in rows}) == 5 and len(rows) == 5 * 5
     capsys.readouterr()
     code = synth.main(["--sentences", str(sentences), "--out", str(tmp_path / "e"), "--eval", "--speakers", "2"])
     assert code == 2 and "cannot go with --eval" in capsys.readouterr().err

@@ -34,9 +34,11 @@ from .pretrain_lm import LmOptions
 class Scale:
     train_sentences: int
     eval_sentences: int
-    voices_per_sentence: int
+    voices_per_sentence: int  # training voices per training sentence (each says all its tones)
+    eval_voices_per_sentence: int  # held-out voices per held-out sentence
     speakers: int  # generated training speakers beside espeak-ng's own variants (train/speakers.py)
     accents: int  # generated training accents, recombined from the training accents' parts
+    accents_per_speaker: int  # accents each generated speaker speaks with
     asr_args: tuple[str, ...]
     ser_args: tuple[str, ...]
     lm: LmOptions
@@ -49,14 +51,20 @@ class Scale:
 
 SCALES = {
     "full": Scale(
-        train_sentences=800, eval_sentences=60, voices_per_sentence=1, speakers=200, accents=24,
-        asr_args=("--threads", "1"), ser_args=("--threads", "1"),
+        # Two voices per sentence and two accents per generated speaker: the build of one and one
+        # (3520 clips, 626 voices) fitted its training clips (emotion loss 0.05) yet heard 82.6 % of
+        # the held-out voices; the training steps stay as they were (ASR, SER and stage 1 take
+        # half the epochs over twice the clips; stage 2 is capped in steps).
+        train_sentences=800, eval_sentences=60, voices_per_sentence=2, eval_voices_per_sentence=1,
+        speakers=200, accents=24, accents_per_speaker=2,
+        asr_args=("--threads", "1", "--epochs", "2"), ser_args=("--threads", "1", "--epochs", "2"),
         lm=LmOptions(epochs=3, vocab_size=2048, hidden_size=128, layers=3, intermediate_size=384,
                      batch_tokens=1536, lr=3e-3, threads=1),
-        stage1_epochs=2, stage2_epochs=3, stage2_max_steps=1600, batch_size=16, eval_clips=None,
+        stage1_epochs=1, stage2_epochs=3, stage2_max_steps=1600, batch_size=16, eval_clips=None,
     ),
     "ci": Scale(
-        train_sentences=12, eval_sentences=4, voices_per_sentence=1, speakers=3, accents=2,
+        train_sentences=12, eval_sentences=4, voices_per_sentence=1, eval_voices_per_sentence=1,
+        speakers=3, accents=2, accents_per_speaker=2,
         asr_args=("--epochs", "1", "--d-model", "32", "--layers", "1", "--heads", "2", "--ffn", "64"),
         ser_args=("--epochs", "1"),
         lm=LmOptions(epochs=12, vocab_size=400, hidden_size=48, layers=1, heads=2, kv_heads=1,
@@ -113,13 +121,15 @@ class Build:
         if split == "train":
             data = self.generated_speakers()
             accents = (*synth.TRAIN_ACCENTS, *generated_accents(data))
-            specs = [*synth.TRAIN_VOICES, *speaker_voices(read_speakers(data), accents, self.seed)]
+            specs = [*synth.TRAIN_VOICES,
+                     *speaker_voices(read_speakers(data), accents, self.seed, self.scale.accents_per_speaker)]
+        per_sentence = self.scale.voices_per_sentence if split == "train" else self.scale.eval_voices_per_sentence
 
         def make(out: Path) -> None:
             with espeak_data(data):
                 voices = synth.check_voices(specs, evaluation=split == "eval")
                 clips = synth.plan(synth.read_sentences(sentences), voices, seed=self.seed,
-                                   voices_per_sentence=self.scale.voices_per_sentence)
+                                   voices_per_sentence=per_sentence)
                 synth.synthesize(clips, out, workers=2, verbose=False)
 
         return self.step(f"synth-{split}", self.work / f"corpus_{split}", make) / "manifest.jsonl"

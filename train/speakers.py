@@ -185,9 +185,15 @@ def _keep_english_only(data: Path) -> None:
             language.unlink()
 
 
-def speaker_voices(names: list[str], accents: tuple[str, ...], seed: int = 0) -> list[str]:
-    """Voice specs `accent+spkNNNN`, each generated variant on an accent drawn for it."""
-    return [f"{random.Random(f'{seed}|accent|{name}').choice(accents)}+{name}" for name in names]
+def speaker_voices(names: list[str], accents: tuple[str, ...], seed: int = 0, per_speaker: int = 1) -> list[str]:
+    """Voice specs `accent+spkNNNN`: each generated variant on `per_speaker` distinct accents drawn
+    for it. More than one accent per speaker lets the corpus hear the same timbre with different
+    phonetics, so neither can stand in for the other (espeak-ng's voice-list limit caps the
+    variants, not the pairs)."""
+    if not 1 <= per_speaker <= len(accents):
+        raise ValueError(f"per_speaker must be in 1..{len(accents)} (the accents given), got {per_speaker}")
+    return [f"{accent}+{name}" for name in names
+            for accent in random.Random(f"{seed}|accent|{name}").sample(list(accents), per_speaker)]
 
 
 @contextmanager

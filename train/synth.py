@@ -491,6 +491,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="add N generated speakers (train/speakers.py), written under OUT/espeak-speakers")
     add("--accents", type=int, default=0, metavar="N",
         help="with --speakers: also N generated accents, recombined from the training accents' parts")
+    add("--accents-per-speaker", type=int, default=1, metavar="K",
+        help="with --speakers: each generated speaker speaks with K accents drawn for it (default 1)")
     add("--out", help="folder for manifest.jsonl and wav/")
     add("--eval", action="store_true",
         help="make a test set: only reserved voices (accent en-029, en-gb-x-gbcwmd; variant f5, m8, Annie, edward)")
@@ -516,7 +518,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--speakers adds training speakers: it needs --out DIR and cannot go with --eval")
         data_path = Path(args.out) / "espeak-speakers"
         names = speakers.write_speakers(data_path, args.speakers, args.seed, args.accents)
-        specs += speakers.speaker_voices(names, (*TRAIN_ACCENTS, *speakers.generated_accents(data_path)), args.seed)
+        specs += speakers.speaker_voices(names, (*TRAIN_ACCENTS, *speakers.generated_accents(data_path)), args.seed,
+                                         args.accents_per_speaker)
     with speakers.espeak_data(data_path):
         return _run(args, check_voices(specs, evaluation=args.eval))
 
