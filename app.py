@@ -61,6 +61,7 @@ class Exchange:
     audio: np.ndarray | None  # (T,) 16 kHz, a spoken turn
     text: str | None  # a typed turn
     reply: Reply | None  # None until answered
+    card: str = ""  # the turn's card as the page showed it (put back when a later turn fails)
 
 
 Chat = tuple  # of Exchange: a visitor's conversation, immutable, kept in gr.State
@@ -111,11 +112,17 @@ def _heard_outputs(ui: SimpleNamespace, reply: Reply, typed: bool, before: Excha
             ui.transcript: reply.transcript if same_visibility else _transcript(reply)}
 
 
+def _heard_values(ui: SimpleNamespace, reply: Reply) -> dict:
+    """The emotion and transcript as plain values, for the updates after a turn's first."""
+    return {ui.emotion: _scores(reply), ui.transcript: reply.transcript}
+
+
 def _shown_outputs(ui: SimpleNamespace, shown: Exchange | None) -> dict:
-    """The emotion and transcript outputs as `shown` left them (None: as a new chat shows them)."""
+    """The emotion, transcript and card outputs as `shown` left them (None: as a new chat shows them)."""
     if shown is None:
-        return {ui.emotion: _label(None), ui.transcript: gr.Textbox(None, visible=False)}
-    return {ui.emotion: _label(shown.reply, shown.audio is None), ui.transcript: _transcript(shown.reply)}
+        return {ui.emotion: _label(None), ui.transcript: gr.Textbox(None, visible=False), ui.card: ""}
+    return {ui.emotion: _label(shown.reply, shown.audio is None), ui.transcript: _transcript(shown.reply),
+            ui.card: shown.card}
 
 
 def _timings(reply: Reply) -> str:
@@ -233,30 +240,41 @@ class Callbacks:
         yield from self._turn(self.system(system_name), chat[:-1], chat[-1], _options(*settings), chat[-1])
 
     def _turn(self, system, chat: Chat, user: Exchange, options: GenerationOptions, shown: Exchange | None):
-        """Answer `user` after `chat`; `shown` is the exchange whose emotion and transcript the page shows."""
+        """Answer `user` after `chat`; `shown` is the exchange whose emotion, transcript and card the page shows.
+
+        Every update gives every output a value: Gradio turns an output left out of an update into an
+        empty component update, which rebuilds that component and its API schema (1-3 ms each, more
+        than a demo-scale token; README, Serving). The card shows the reply's timings as it grows.
+        """
         ui, reply, sent = self.ui, None, False
+        before = (*chat, user) if user is shown else chat  # the state as it stands (a regenerated turn is in it)
         replies = system.stream(audio=user.audio, history=_history(chat), options=options, text=user.text)
         try:
             for i, reply in enumerate(_paced(replies, self.stream_interval)):
-                update = {ui.chatbot: _messages(chat, (user.shown, reply))}
-                if i == 0:  # what was heard is known before the first token: set it once
-                    update |= _heard_outputs(ui, reply, user.audio is None, shown)
+                # what was heard is known before the first token: only the first update may change the boxes
+                heard = _heard_outputs(ui, reply, user.audio is None, shown) if i == 0 else _heard_values(ui, reply)
+                update = {ui.chatbot: _messages(chat, (user.shown, reply)), ui.chat: before, **heard,
+                          ui.card: _card(system, reply, options, self.model_label)}
                 sent = True
-                yield update
+                if not reply.done:
+                    yield update
         except Exception:
             if sent:  # the page shows the failed turn: put back what it showed before (as the next turn assumes)
-                before = (*chat, user) if user is shown else chat  # a regenerated turn keeps its old reply
-                yield {ui.chatbot: _messages(before), **_shown_outputs(ui, shown)}
+                yield {ui.chatbot: _messages(before), ui.chat: before, **_shown_outputs(ui, shown)}
             raise
-        chat = (*chat, replace(user, reply=reply))
-        used = {ui.audio_in: None} if user.audio is not None else {ui.text_in: ""}  # keep an input not sent
-        yield {ui.chatbot: _messages(chat), ui.chat: chat, ui.last: reply, **used,
-               ui.card: _card(system, reply, options, self.model_label)}
+        if reply is None:
+            raise RuntimeError(f"{system.name} streamed no reply")
+        answered = replace(user, reply=reply, card=update[ui.card])
+        yield {**update, ui.chatbot: _messages((*chat, answered)), ui.chat: (*chat, answered)}
+
+    def clear_sent(self, chat: Chat):
+        """After a turn: empty the input it used, keep the other (a clip beside typed text was not sent)."""
+        spoken = bool(chat) and chat[-1].audio is not None
+        return (None, gr.skip()) if spoken else (gr.skip(), "")
 
     def clear(self):
         ui = self.ui
-        return {ui.chatbot: [], ui.chat: (), ui.last: None, ui.card: "", ui.reply_audio: None, ui.style: "",
-                **_shown_outputs(ui, None)}
+        return {ui.chatbot: [], ui.chat: (), ui.reply_audio: None, ui.style: "", **_shown_outputs(ui, None)}
 
     def start_compare(self, audio, seed):
         """Fix one seed for every column, so the columns differ only by system (the clip is validated)."""
@@ -268,12 +286,15 @@ class Callbacks:
         system = self.system(name)
         options = replace(_options(*settings), seed=seed)
         replies = _paced(system.stream(audio=self.load(audio, system), options=options), self.stream_interval)
-        for i, reply in enumerate(replies):
-            heard = (_label(reply), _transcript(reply)) if i == 0 else (gr.skip(), gr.skip())
+        for i, reply in enumerate(replies):  # every output each time, as in Callbacks._turn
+            heard = (_label(reply), _transcript(reply)) if i == 0 else (_scores(reply), reply.transcript)
             yield (*heard, reply.text, _timings(reply) + f" · seed `{reply.seed}`", reply if reply.done else None)
 
     def speak(self, reply: Reply | None, enabled: bool = True):
         return (None, "") if reply is None else self.voice(reply.text, reply.emotion, enabled)
+
+    def speak_last(self, chat: Chat, enabled: bool = True):
+        return self.speak(chat[-1].reply if chat else None, enabled)
 
     def voice(self, text: str, emotion: str | None, enabled: bool = True):
         """`text` spoken in the style for a user heard as `emotion`, and a line naming the style and why."""
@@ -345,13 +366,16 @@ def _talk_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
             ui.style = gr.Markdown(elem_classes=["note"])
             ui.card = gr.Markdown(elem_classes=["card"])
             _settings(ui, systems, cb.options)
-    ui.chat, ui.last = gr.State((), time_to_live=3600), gr.State(None)  # per visitor; dropped after 1 h idle
+    ui.chat = gr.State((), time_to_live=3600)  # per visitor; dropped after 1 h idle
     gen = [ui.system, *ui.generation]
-    outputs = [ui.chatbot, ui.chat, ui.last, ui.emotion, ui.transcript, ui.card, ui.audio_in, ui.text_in]
-    spoken = {"fn": cb.speak, "inputs": [ui.last, ui.tts_on], "outputs": [ui.reply_audio, ui.style],
+    # The inputs are not outputs of the streaming turn (it would have to send them at every update);
+    # a quick follow-up empties the one sent.
+    outputs = [ui.chatbot, ui.chat, ui.emotion, ui.transcript, ui.card]
+    spoken = {"fn": cb.speak_last, "inputs": [ui.chat, ui.tts_on], "outputs": [ui.reply_audio, ui.style],
               "api_visibility": "private"}
     talk = gr.on([send.click, ui.text_in.submit], cb.talk, [ui.audio_in, ui.text_in, ui.chat, *gen], outputs,
                  api_name="talk", api_visibility="undocumented", concurrency_id="model", validator=cb.check_turn)
+    talk.success(cb.clear_sent, [ui.chat], [ui.audio_in, ui.text_in], queue=False, api_visibility="private")
     talk.success(**spoken)
     again = regen.click(cb.regenerate, [ui.chat, *gen], outputs, api_name="regenerate",
                         api_visibility="undocumented", concurrency_id="model")

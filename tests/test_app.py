@@ -85,14 +85,44 @@ def test_compare_columns_share_one_callback_and_one_seed(systems, clip_path):
         *_, timings, reply = later[-1]
         assert reply.system == name and reply.seed == seed and f"seed `{seed}`" in timings
         assert (not label.value) == (not reply.emotion_scores) and transcript.visible == (reply.transcript is not None)
-        # What was heard goes with the first update only: later ones leave those outputs alone.
-        assert later and all(update[:2] == (gr.skip(), gr.skip()) for update in later)
+        # Components go with the first update only; later ones repeat plain values, never leave an
+        # output out (Gradio would rebuild a left-out component at every update).
+        assert later and all(isinstance(update[0], dict) == bool(reply.emotion_scores) for update in later)
+        assert all(update[1] == reply.transcript and not _skips(update) for update in later)
+
+
+def _skips(values) -> bool:
+    return any(isinstance(v, dict) and v.get("__type__") == "update" for v in values)
+
+
+def _talk_fn(demo):
+    return next(fn for fn in demo.fns.values() if fn.api_name == "talk")
+
+
+def test_every_update_of_a_turn_gives_every_output_a_value(systems, clip_path):
+    demo = app.build_demo(systems, NullSynthesizer(), options=OPTIONS)
+    talk = _talk_fn(demo)
+    cb, outputs = talk.fn.__self__, set(talk.outputs)
+    assert cb.ui.audio_in not in outputs and cb.ui.text_in not in outputs  # a follow-up empties them
+    chat = ()
+    for audio, text in [(str(clip_path), ""), (None, "and then?"), (str(clip_path), "")]:
+        updates = list(cb.talk(audio, text, chat, "blsp-emo", 0.5, 0.5, 16, True, 0))
+        assert len(updates) >= 2  # at least a first token and the end
+        for i, update in enumerate(updates):
+            assert set(update) == outputs and not _skips(update.values())
+            if i:  # components (a new title, a box shown) only in the first
+                assert not any(isinstance(v, gr.components.Component) for v in update.values())
+        chat = updates[-1][cb.ui.chat]
+        assert chat[-1].card == updates[-1][cb.ui.card] and f"seed `{chat[-1].reply.seed}`" in chat[-1].card
+        assert all(update[cb.ui.chat] == chat[:-1] for update in updates[:-1])  # the state only grows at the end
+    spoken, typed = cb.clear_sent(chat), cb.clear_sent(chat[:2])
+    assert spoken == (None, gr.skip()) and typed == (gr.skip(), "")  # the input sent is emptied, the other kept
 
 
 def test_a_turn_sends_components_only_when_the_label_or_transcript_box_changes(systems, clip_path):
     """Plain values keep Gradio from rebuilding a component's config at every turn (README, Speed)."""
     demo = app.build_demo(systems, NullSynthesizer(), options=OPTIONS)
-    cb = next(fn.fn for fn in demo.fns.values() if fn.api_name == "talk").__self__
+    cb = _talk_fn(demo).fn.__self__
     ui, settings = cb.ui, (0.5, 0.5, 8, True, 0)
 
     def turn(audio, text, chat, system):
@@ -117,7 +147,7 @@ class _FailsAfterFirstToken:
     """A system whose decoding fails after its first update (what a worker error looks like)."""
 
     def __init__(self, real):
-        self.real = real
+        self.real, self.name, self.description = real, real.name, real.description
 
     def stream(self, **kwargs):
         replies = self.real.stream(**kwargs)
@@ -127,7 +157,7 @@ class _FailsAfterFirstToken:
 
 def test_a_failed_turn_puts_back_the_label_and_transcript_the_chat_says_are_shown(systems, clip_path):
     demo = app.build_demo(systems, NullSynthesizer(), options=OPTIONS)
-    cb = next(fn.fn for fn in demo.fns.values() if fn.api_name == "talk").__self__
+    cb = _talk_fn(demo).fn.__self__
     ui, options = cb.ui, GenerationOptions(greedy=True, max_new_tokens=8)
     typed = app.Exchange("hello", None, "hello", None)
     *_, last = cb._turn(systems["blsp-emo"], (), typed, options, None)
@@ -141,6 +171,7 @@ def test_a_failed_turn_puts_back_the_label_and_transcript_the_chat_says_are_show
     restored = updates[-1][ui.emotion]
     assert isinstance(restored, gr.Label) and "typed message has no tone" in restored.label  # ... and it is back
     assert len(updates[-1][ui.chatbot]) == 2  # the failed turn's bubbles are gone
+    assert updates[-1][ui.chat] == chat and updates[-1][ui.card] == chat[-1].card  # and its card
     updates = []
     with pytest.raises(gr.Error, match="decoding failed"):  # a failed regenerate keeps the old reply
         for update in cb._turn(_FailsAfterFirstToken(systems["blsp-emo"]), (), chat[-1], options, chat[-1]):
