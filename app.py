@@ -494,6 +494,9 @@ def build_demo(
 def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, **kwargs):
     """`demo.launch` with the page's theme and CSS (Gradio 6 takes them here, not in Blocks)."""
     theme = gr.themes.Default(primary_hue="indigo", secondary_hue="rose")  # local fonts only: no CDN
+    # Gradio asks matplotlib for its backend around every call; left to choose one, matplotlib
+    # imports pyplot and probes GUI toolkits, and the first visitor's turn waits 0.5 s for it.
+    os.environ.setdefault("MPLBACKEND", "agg")
     return demo.launch(server_name=host, server_port=port, theme=theme, css_paths=[ASSETS / "style.css"],
                        max_file_size="20mb", **kwargs)
 
