@@ -164,6 +164,9 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="how long the visitors keep talking")
     p.add_argument("--think", type=float, default=0.0, help="seconds each visitor waits between turns")
     p.add_argument("--turns", type=int, default=3, help="turns per conversation before a visitor starts a new one")
+    p.add_argument("--client", choices=["gradio_client", "page"], default="gradio_client",
+                   help="visitors talk through gradio_client, or make the page's own requests (upload, queue, "
+                        "server-sent events read as they arrive; gradio_client polls its messages every 50 ms)")
     p.add_argument("--no-tts", action="store_true", help="with --spawn: start the app with --tts none")
     p.add_argument("--app-args", default="", help="with --spawn: more arguments for app.py, e.g. '--max-batch 0'")
     p.add_argument("--json", action="store_true")

@@ -9,6 +9,12 @@ compare like with like. Loopback addresses only; visitors, time and requests are
 
 `--spawn` starts `python app.py` itself on a free loopback port, times it from process start until
 `/` answers 200, samples its resident memory while the visitors talk, and stops it.
+
+`--client` picks how a visitor talks to the app: `gradio_client` (its Python client), or `page`:
+the requests the page's own JavaScript makes (upload the clip, join the queue, read the
+server-sent events as they arrive). gradio_client hands each server message to the waiting caller
+from a queue it polls every 50 ms, which adds about 0.1 s to a turn that a page does not wait for;
+`page` measures what the browser sees.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
@@ -34,6 +41,7 @@ import numpy as np
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_USERS, MAX_SECONDS = 64, 600.0
+CLIENTS = ("gradio_client", "page")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -44,8 +52,11 @@ class LoadOptions:
     think: float = 0.0  # mean pause between a visitor's turns (uniform in 0.5x..1.5x; first turn within [0, think])
     turns: int = 3  # per conversation, then a fresh session
     max_tokens: int = 48  # per reply; the app's slider accepts 8..1024
+    client: str = "gradio_client"  # how visitors talk to the app: one of CLIENTS
 
     def __post_init__(self):
+        if self.client not in CLIENTS:
+            raise ValueError(f"--client must be one of {CLIENTS}, got {self.client!r}")
         if not 1 <= self.users <= MAX_USERS or not 0 < self.seconds <= MAX_SECONDS:
             raise ValueError(f"--users must be 1..{MAX_USERS} and --seconds in (0, {MAX_SECONDS:g}]; "
                              f"got {self.users} and {self.seconds:g}")
@@ -88,6 +99,78 @@ def check_loopback(url: str) -> str:
     return url
 
 
+# --- how a visitor reaches the app ----------------------------------------------------------------
+
+
+class GradioClientLine:
+    """Turns through gradio_client, as a Python caller of the app's API makes them."""
+
+    def __init__(self, url: str):
+        from gradio_client import Client
+
+        self.client = Client(url, verbose=False, download_files=False, httpx_kwargs={"timeout": 120})
+
+    def new_session(self) -> None:
+        self.client.reset_session()
+
+    def talk(self, audio: str | None, text: str, max_tokens: int) -> list[dict]:
+        """The conversation the app returns after this turn (greedy, the default system)."""
+        from gradio_client import handle_file
+
+        job = self.client.submit(handle_file(audio) if audio else None, text, None, 0.5, 0.5, max_tokens, True, 0,
+                                 api_name="/talk")
+        return job.result()[0]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class PageLine:
+    """Turns as the page's JavaScript makes them: upload, join the queue, read the events as they arrive."""
+
+    def __init__(self, url: str):
+        import httpx
+
+        self.url, self.http = url, httpx.Client(timeout=120)
+        config = self.http.get(url + "config").raise_for_status().json()
+        talk = next((d for d in config["dependencies"] if d.get("api_name") == "talk"), None)
+        if talk is None:
+            raise ValueError(f"{url} has no /talk endpoint: is it this project's app.py?")
+        kinds = {c["id"]: c["type"] for c in config["components"]}
+        self.fn_index, self.stateful = talk["id"], [kinds.get(i) == "state" for i in talk["inputs"]]
+        self.new_session()
+
+    def new_session(self) -> None:
+        self.session = uuid.uuid4().hex[:12]  # what the page draws when it loads
+
+    def talk(self, audio: str | None, text: str, max_tokens: int) -> list[dict]:
+        values = iter([self._upload(audio) if audio else None, text, None, 0.5, 0.5, max_tokens, True, 0])
+        data = [None if state else next(values) for state in self.stateful]  # the server fills in the state
+        joined = self.http.post(self.url + "gradio_api/queue/join", json={
+            "data": data, "fn_index": self.fn_index, "session_hash": self.session, "event_data": None,
+            "trigger_id": None})
+        if joined.status_code != 200:
+            raise RuntimeError(f"queue/join answered {joined.status_code}: {joined.text[:200]}")
+        event = joined.json()["event_id"]
+        with self.http.stream("GET", self.url + "gradio_api/queue/data", params={"session_hash": self.session}) as s:
+            for line in s.iter_lines():
+                message = json.loads(line[5:]) if line.startswith("data:") else {}
+                if message.get("event_id") == event and message.get("msg") == "process_completed":
+                    if not message.get("success"):
+                        raise RuntimeError(str(message.get("output", {}).get("error")))
+                    return message["output"]["data"][0]
+        raise RuntimeError("the server closed the event stream before the turn completed")
+
+    def _upload(self, path: str) -> dict:
+        with open(path, "rb") as f:
+            answer = self.http.post(self.url + "gradio_api/upload", files={"files": (Path(path).name, f, "audio/wav")})
+        return {"path": answer.raise_for_status().json()[0], "orig_name": Path(path).name,
+                "meta": {"_type": "gradio.FileData"}}
+
+    def close(self) -> None:
+        self.http.close()
+
+
 # --- one visitor --------------------------------------------------------------------------------
 
 
@@ -95,11 +178,9 @@ class Visitor:
     """A session that talks in turns and checks that what comes back is its own conversation."""
 
     def __init__(self, url: str, index: int, clip: Path, options: LoadOptions, phase: Phase, lock: threading.Lock):
-        from gradio_client import Client
-
         self.index, self.clip, self.options, self.phase, self.lock = index, clip, options, phase, lock
         self.rng = random.Random(index)  # reproducible pauses, different per visitor
-        self.client = Client(url, verbose=False, download_files=False, httpx_kwargs={"timeout": 120})
+        self.line = GradioClientLine(url) if options.client == "gradio_client" else PageLine(url)
         self.first_replies: list[str] | None = None
 
     def script(self) -> list[tuple[str | None, str]]:
@@ -107,18 +188,14 @@ class Visitor:
         return [(str(self.clip), "")] + [(None, f"visitor {self.index} turn {t}") for t in range(1, self.options.turns)]
 
     def converse(self, deadline: float) -> None:
-        from gradio_client import handle_file
-
-        self.client.reset_session()  # a fresh conversation
+        self.line.new_session()  # a fresh conversation
         sent, replies = [], []
         for audio, text in self.script():
             if time.monotonic() >= deadline:
                 return
             start = time.monotonic()
             try:
-                job = self.client.submit(handle_file(audio) if audio else None, text, None, 0.5, 0.5,
-                                         self.options.max_tokens, True, 0, api_name="/talk")
-                chatbot = job.result()[0]
+                chatbot = self.line.talk(audio, text, self.options.max_tokens)
             except Exception as e:  # a visitor sees an error message; count it and keep going
                 self._record(error=f"visitor {self.index}: {type(e).__name__}: {str(e)[:200]}")
                 time.sleep(0.5)  # and tries again a little later, as a person would
@@ -178,7 +255,7 @@ class Visitor:
         self._pause(0.0, 1.0)  # visitors arrive at different moments
         while time.monotonic() < deadline:
             self.converse(deadline)
-        self.client.close()
+        self.line.close()
 
 
 def _text(message: dict) -> str:
@@ -211,7 +288,7 @@ def warm_up(url: str, options: LoadOptions, clip: Path) -> None:
     """One unmeasured conversation: a server's first spoken turn pays for lazy set-up (about 1 s here)."""
     visitor = Visitor(url, 0, clip, replace(options, think=0.0), Phase(1), threading.Lock())
     visitor.converse(time.monotonic() + 120)
-    visitor.client.close()
+    visitor.line.close()
 
 
 def run_phase(url: str, users: int, options: LoadOptions, clips: list[Path]) -> Phase:
@@ -328,7 +405,8 @@ def format_report(report: dict) -> Iterator[str]:
         yield f"app ready (HTTP 200 on /) {report['startup_s']:.2f} s after process start; peak server RSS " \
               f"{report['server_peak_rss_mb']:.0f} MB"
     o = report["options"]
-    yield f"{report['url']}: {o['seconds']:g} s per phase, {o['turns']} turns per conversation, think {o['think']:g} s"
+    yield (f"{report['url']}: {o['seconds']:g} s per phase, {o['turns']} turns per conversation, think {o['think']:g} s, "
+           f"visitors through {o['client']}")
     for name in ("single", "concurrent"):
         p = report[name]
         yield (f"  {p['users']} visitor(s): {p['turns']} turns, p50 {p['p50_s'] or 0:.3f} s, p95 {p['p95_s'] or 0:.3f} s, "
@@ -343,7 +421,7 @@ def format_report(report: dict) -> Iterator[str]:
 
 
 def main(args) -> int:
-    options = LoadOptions(args.users, args.seconds, args.think, args.turns)
+    options = LoadOptions(args.users, args.seconds, args.think, args.turns, client=args.client)
     if bool(args.url) == bool(args.spawn):
         raise ValueError("give --url URL of a running app (loopback) or --spawn to start one")
     if args.app_args and not args.spawn:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from blsp_emo.loadtest import LoadOptions, Phase, Visitor, check_loopback, loadtest, spawn_app
+from blsp_emo.loadtest import LoadOptions, PageLine, Phase, Visitor, check_loopback, loadtest, spawn_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,8 +21,9 @@ def server(bundle_dir):
     app.stop()
 
 
-def test_visitors_see_only_their_own_conversations(server):
-    report = loadtest(server.url, LoadOptions(users=3, seconds=6.0, turns=2, max_tokens=8))
+@pytest.mark.parametrize("client", ["gradio_client", "page"])
+def test_visitors_see_only_their_own_conversations(server, client):
+    report = loadtest(server.url, LoadOptions(users=3, seconds=6.0, turns=2, max_tokens=8, client=client))
     for phase in ("single", "concurrent"):
         p = report[phase]
         assert p["errors"] == 0 and p["cross_talk"] == 0, p
@@ -45,7 +46,26 @@ def test_the_cross_talk_check_can_fail(server, tmp_path):
     other_words = [*mine[:2], {"role": "user", "content": [{"type": "text", "text": "visitor 3 turn 1"}]}, mine[3]]
     assert "visitor 3 turn 1" in visitor._foreign(other_words, sent)
     assert "messages" in visitor._foreign(mine + mine[:2], sent)
-    visitor.client.close()
+    visitor.line.close()
+
+
+def test_the_page_line_makes_the_pages_requests_and_reports_a_refused_clip(server, tmp_path):
+    import soundfile as sf
+
+    import tiny
+
+    line, clip, picture = PageLine(server.url), tmp_path / "voice.wav", tmp_path / "picture.wav"
+    sf.write(clip, tiny.tone(1.0, 200.0), 16000)
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    first = line.talk(str(clip), "", 8)
+    assert first[0]["content"][0]["type"] == "file" and first[0]["content"][0]["file"]["path"].endswith("voice.wav")
+    chat = line.talk(None, "and then?", 8)  # the same session: the server kept the conversation
+    assert len(chat) == 4 and chat[:1] == first[:1] and chat[2]["content"][0]["text"] == "and then?"
+    with pytest.raises(RuntimeError, match="not a readable audio file"):
+        line.talk(str(picture), "", 8)
+    line.new_session()
+    assert len(line.talk(None, "hello", 8)) == 2  # a new session starts a new conversation
+    line.close()
 
 
 def test_only_loopback_and_bounded_runs():
