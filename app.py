@@ -255,8 +255,8 @@ class Callbacks:
                 heard = _heard_outputs(ui, reply, user.audio is None, shown) if i == 0 else _heard_values(ui, reply)
                 update = {ui.chatbot: _messages(chat, (user.shown, reply)), ui.chat: before, **heard,
                           ui.card: _card(system, reply, options, self.model_label)}
-                sent = True
-                if not reply.done:
+                if not reply.done:  # the end goes out below, with the answered turn in the state
+                    sent = True
                     yield update
         except Exception:
             if sent:  # the page shows the failed turn: put back what it showed before (as the next turn assumes)
