@@ -76,8 +76,8 @@ def score(truth: Sequence[str], predicted: Sequence[str | None], labels: Sequenc
     )
 
 
-def read_ser_manifest(path: str | Path) -> Iterator[tuple[str, str]]:
-    """(audio path, emotion) per line; relative audio paths are relative to the manifest."""
+def read_ser_manifest(path: str | Path) -> Iterator[tuple[str, str, str | None]]:
+    """(audio path, emotion, voice or None) per line; relative audio paths are relative to the manifest."""
     path = Path(path)
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -90,7 +90,8 @@ def read_ser_manifest(path: str | Path) -> Iterator[tuple[str, str]]:
                 raise ValueError(f"{path}:{number}: expected a JSON object with `audio` and `emotion` ({e})") from e
             if emotion not in EMOTIONS:
                 raise ValueError(f"{path}:{number}: emotion {emotion!r} is not one of {EMOTIONS}; an SER manifest labels every clip")
-            yield str(path.parent / Path(audio).expanduser()), emotion
+            voice = row.get("voice")  # `train synth` names the speaker; other manifests may not
+            yield str(path.parent / Path(audio).expanduser()), emotion, voice if isinstance(voice, str) else None
 
 
 def answer_instruction(
@@ -121,6 +122,7 @@ def answer_instruction(
 @dataclass
 class _Collected:
     truth: list[str] = field(default_factory=list)
+    voices: list[str | None] = field(default_factory=list)
     head: list[str | None] = field(default_factory=list)
     answers: list[str | None] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -133,13 +135,14 @@ def evaluate_ser(
 
     Returns the headline scores of `scorer` at the top level, both scorers under `head` and
     `instruction` (None where the system cannot be read that way), and the clips skipped as
-    unreadable.
+    unreadable. Where the manifest names each clip's `voice`, `by_voice` is the headline scorer's
+    accuracy per voice (held-out voices differ most in how well they are heard).
     """
     if scorer not in SCORERS:
         raise ValueError(f"scorer must be one of {SCORERS}, got {scorer!r}")
     options = GenerationOptions(greedy=True, max_new_tokens=max_new_tokens, seed=0)
     got = _Collected()
-    for path, emotion in read_ser_manifest(manifest):
+    for path, emotion, voice in read_ser_manifest(manifest):
         try:
             audio = load_audio(path, max_seconds=system.window_seconds)
         except AudioError as e:
@@ -149,6 +152,7 @@ def evaluate_ser(
         reply = system.respond(audio, options=GenerationOptions(greedy=True, max_new_tokens=1, seed=0))
         heard_as = Turn("user", reply.transcript or "", None, reply.emotion)
         got.truth.append(emotion)
+        got.voices.append(voice)
         got.head.append(reply.emotion)
         got.answers.append(answer_instruction(system, audio, SER_INSTRUCTION, heard_as, options))
     return _summary(system.name, manifest, scorer, got)
@@ -168,7 +172,19 @@ def _summary(name: str, manifest, scorer: str, got: _Collected) -> dict:
         headline, scorer = asdict(score(got.truth, [None] * len(got.truth))), "none"
     top = {k: headline[k] for k in ("accuracy", "macro_f1", "n", "confusion")}
     skipped = {"count": len(got.skipped), "first": got.skipped[:MAX_SKIPPED_SHOWN]}
-    return {"task": "ser", "system": name, "manifest": str(manifest), "scorer": scorer, **top, **scores, "skipped": skipped}
+    predicted = got.head if scorer == "head" else [parse_emotion(a) for a in got.answers] if scorer == "instruction" else None
+    return {"task": "ser", "system": name, "manifest": str(manifest), "scorer": scorer, **top, **scores,
+            "by_voice": _by_voice(got.truth, predicted, got.voices), "skipped": skipped}
+
+
+def _by_voice(truth: list[str], predicted: list[str | None] | None, voices: list[str | None]) -> dict | None:
+    """{voice: {"accuracy", "n"}} in voice order, or None when the clips name no voice (or nothing was read)."""
+    if predicted is None or not any(voices):
+        return None
+    groups: dict[str, list[bool]] = {}
+    for t, p, v in zip(truth, predicted, voices):
+        groups.setdefault(v or "(unnamed)", []).append(t == p)
+    return {v: {"accuracy": sum(hits) / len(hits), "n": len(hits)} for v, hits in sorted(groups.items())}
 
 
 def plot_confusion(confusion: dict[str, dict[str, int]], path: str | Path) -> bool:
