@@ -164,6 +164,9 @@ def _add_bench_parser(sub) -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="how long the visitors keep talking")
     p.add_argument("--think", type=float, default=0.0, help="seconds each visitor waits between turns")
     p.add_argument("--turns", type=int, default=3, help="turns per conversation before a visitor starts a new one")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="split each phase's --seconds into this many slices, alone and together in turn, so a "
+                        "shared machine's drift hits both phases alike (default 1: alone, then together)")
     p.add_argument("--client", choices=["gradio_client", "page"], default="gradio_client",
                    help="visitors talk through gradio_client, or make the page's own requests (upload, queue, "
                         "server-sent events read as they arrive; gradio_client polls its messages every 50 ms)")

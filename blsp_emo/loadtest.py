@@ -3,9 +3,11 @@
 Each visitor holds its own session and keeps having short conversations (a spoken turn with its own
 clip, then typed turns naming the visitor), greedy so that a conversation replayed gives the same
 replies. After every turn it checks that the conversation the server returns is exactly its own:
-its clip, its words, in order, one reply per turn. Anything else counts as cross-talk. First one
-visitor alone, then all of them together, against the same server in the same run: the latencies
-compare like with like. Loopback addresses only; visitors, time and requests are bounded.
+its clip, its words, in order, one reply per turn. Anything else counts as cross-talk. One visitor
+alone and all of them together take turns against the same server, in `--rounds` alternating slices
+of each phase's time: a shared machine's speed drifts by more than the load changes it (the
+single-visitor median moved from 0.07 to 0.13 s between runs a few minutes apart), so the two
+phases are measured side by side. Loopback addresses only; visitors, time and requests are bounded.
 
 `--spawn` starts `python app.py` itself on a free loopback port, times it from process start until
 `/` answers 200, samples its resident memory while the visitors talk, and stops it.
@@ -48,13 +50,16 @@ ROOT = Path(__file__).resolve().parent.parent
 @dataclass(frozen=True)
 class LoadOptions:
     users: int = 8
-    seconds: float = 30.0  # per phase
+    seconds: float = 30.0  # per phase, over all rounds
     think: float = 0.0  # mean pause between a visitor's turns (uniform in 0.5x..1.5x; first turn within [0, think])
     turns: int = 3  # per conversation, then a fresh session
     max_tokens: int = 48  # per reply; the app's slider accepts 8..1024
     client: str = "gradio_client"  # how visitors talk to the app: one of CLIENTS
+    rounds: int = 1  # alternating slices: alone, together, alone, together, ...
 
     def __post_init__(self):
+        if not 1 <= self.rounds <= self.seconds:
+            raise ValueError(f"--rounds must be 1..{self.seconds:g} (a slice lasts at least a second), got {self.rounds}")
         if self.client not in CLIENTS:
             raise ValueError(f"--client must be one of {CLIENTS}, got {self.client!r}")
         if not 1 <= self.users <= MAX_USERS or not 0 < self.seconds <= MAX_SECONDS:
@@ -252,10 +257,10 @@ class Visitor:
                 self.phase.cross_talk.append(cross_talk)
 
     def run(self, deadline: float) -> None:
+        """Converse until `deadline` (a turn already sent finishes); the next slice starts a new conversation."""
         self._pause(0.0, 1.0)  # visitors arrive at different moments
         while time.monotonic() < deadline:
             self.converse(deadline)
-        self.line.close()
 
 
 def _text(message: dict) -> str:
@@ -291,16 +296,19 @@ def warm_up(url: str, options: LoadOptions, clip: Path) -> None:
     visitor.line.close()
 
 
-def run_phase(url: str, users: int, options: LoadOptions, clips: list[Path]) -> Phase:
+def visitors(url: str, users: int, options: LoadOptions, clips: list[Path]) -> list[Visitor]:
     phase, lock = Phase(users), threading.Lock()
-    visitors = [Visitor(url, i, clips[i], options, phase, lock) for i in range(users)]
-    deadline = time.monotonic() + options.seconds
-    threads = [threading.Thread(target=v.run, args=(deadline,), daemon=True) for v in visitors]
+    return [Visitor(url, i, clips[i], options, phase, lock) for i in range(users)]
+
+
+def run_slice(crowd: list[Visitor], seconds: float) -> None:
+    """Every visitor of `crowd` talks for `seconds`, each in its own thread."""
+    deadline = time.monotonic() + seconds
+    threads = [threading.Thread(target=v.run, args=(deadline,), daemon=True) for v in crowd]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=options.seconds + 180)  # a turn already sent may finish after the deadline
-    return phase
+        t.join(timeout=seconds + 180)  # a turn already sent may finish after the deadline
 
 
 # --- a server started for the test --------------------------------------------------------------
@@ -384,13 +392,21 @@ def spawn_app(args: tuple[str, ...] = (), log: Path | None = None) -> Server:
 
 
 def loadtest(url: str, options: LoadOptions) -> dict:
-    """One visitor alone, then `options.users` at once; their latencies and the ratio the issue asks for."""
+    """One visitor alone and `options.users` at once, in alternating slices; their latencies and the
+    ratio the issue asks for (concurrent p95 over single p50)."""
     check_loopback(url)
     with tempfile.TemporaryDirectory() as tmp:
         clips = visitor_clips(Path(tmp), options.users)
         warm_up(url, options, clips[0])
-        alone = run_phase(url, 1, options, clips).summary()
-        together = run_phase(url, options.users, options, clips).summary()
+        phases = [visitors(url, 1, options, clips), visitors(url, options.users, options, clips)]
+        try:
+            for _ in range(options.rounds):
+                for crowd in phases:
+                    run_slice(crowd, options.seconds / options.rounds)
+        finally:
+            for visitor in (v for crowd in phases for v in crowd):
+                visitor.line.close()
+        alone, together = (crowd[0].phase.summary() for crowd in phases)
     return {"url": url, "options": asdict(options), "single": alone, "concurrent": together,
             "p95_over_single_p50": _ratio(together["p95_s"], alone["p50_s"]),
             "spoken_p95_over_single_p50": _ratio(together["spoken_p95_s"], alone["spoken_p50_s"])}
@@ -405,8 +421,8 @@ def format_report(report: dict) -> Iterator[str]:
         yield f"app ready (HTTP 200 on /) {report['startup_s']:.2f} s after process start; peak server RSS " \
               f"{report['server_peak_rss_mb']:.0f} MB"
     o = report["options"]
-    yield (f"{report['url']}: {o['seconds']:g} s per phase, {o['turns']} turns per conversation, think {o['think']:g} s, "
-           f"visitors through {o['client']}")
+    yield (f"{report['url']}: {o['seconds']:g} s per phase in {o['rounds']} alternating round(s), {o['turns']} turns "
+           f"per conversation, think {o['think']:g} s, visitors through {o['client']}")
     for name in ("single", "concurrent"):
         p = report[name]
         yield (f"  {p['users']} visitor(s): {p['turns']} turns, p50 {p['p50_s'] or 0:.3f} s, p95 {p['p95_s'] or 0:.3f} s, "
@@ -421,7 +437,7 @@ def format_report(report: dict) -> Iterator[str]:
 
 
 def main(args) -> int:
-    options = LoadOptions(args.users, args.seconds, args.think, args.turns, client=args.client)
+    options = LoadOptions(args.users, args.seconds, args.think, args.turns, client=args.client, rounds=args.rounds)
     if bool(args.url) == bool(args.spawn):
         raise ValueError("give --url URL of a running app (loopback) or --spawn to start one")
     if args.app_args and not args.spawn:

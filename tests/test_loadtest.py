@@ -23,7 +23,7 @@ def server(bundle_dir):
 
 @pytest.mark.parametrize("client", ["gradio_client", "page"])
 def test_visitors_see_only_their_own_conversations(server, client):
-    report = loadtest(server.url, LoadOptions(users=3, seconds=6.0, turns=2, max_tokens=8, client=client))
+    report = loadtest(server.url, LoadOptions(users=3, seconds=6.0, turns=2, max_tokens=8, client=client, rounds=2))
     for phase in ("single", "concurrent"):
         p = report[phase]
         assert p["errors"] == 0 and p["cross_talk"] == 0, p
@@ -77,6 +77,8 @@ def test_only_loopback_and_bounded_runs():
         LoadOptions(users=1000)
     with pytest.raises(ValueError):
         LoadOptions(seconds=3600)
+    with pytest.raises(ValueError, match="--rounds must be 1..10"):
+        LoadOptions(seconds=10, rounds=20)
 
 
 def test_command_line_refuses_a_remote_url():
