@@ -243,8 +243,8 @@ class Callbacks:
         """Answer `user` after `chat`; `shown` is the exchange whose emotion, transcript and card the page shows.
 
         Every update gives every output a value: Gradio turns an output left out of an update into an
-        empty component update, which rebuilds that component and its API schema (1-3 ms each, more
-        than a demo-scale token; README, Serving). The card shows the reply's timings as it grows.
+        empty component update, which rebuilds that component and its API schema (more than a
+        demo-scale token costs; README, Serving). The card shows the reply's timings as it grows.
         """
         ui, reply, sent = self.ui, None, False
         before = (*chat, user) if user is shown else chat  # the state as it stands (a regenerated turn is in it)
@@ -495,7 +495,7 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, **
     """`demo.launch` with the page's theme and CSS (Gradio 6 takes them here, not in Blocks)."""
     theme = gr.themes.Default(primary_hue="indigo", secondary_hue="rose")  # local fonts only: no CDN
     # Gradio asks matplotlib for its backend around every call; left to choose one, matplotlib
-    # imports pyplot and probes GUI toolkits, and the first visitor's turn waits 0.5 s for it.
+    # imports pyplot and probes GUI toolkits, and the first visitor's turn waits for it.
     os.environ.setdefault("MPLBACKEND", "agg")
     return demo.launch(server_name=host, server_port=port, theme=theme, css_paths=[ASSETS / "style.css"],
                        max_file_size="20mb", **kwargs)

@@ -6,7 +6,7 @@ replies. After every turn it checks that the conversation the server returns is 
 its clip, its words, in order, one reply per turn. Anything else counts as cross-talk. One visitor
 alone and all of them together take turns against the same server, in `--rounds` alternating slices
 of each phase's time: a shared machine's speed drifts by more than the load changes it (the
-single-visitor median moved from 0.07 to 0.13 s between runs a few minutes apart), so the two
+single-visitor median moved between 0.07 and 0.11 s from one run to the next), so the two
 phases are measured side by side. Loopback addresses only; visitors, time and requests are bounded.
 
 `--spawn` starts `python app.py` itself on a free loopback port, times it from process start until
