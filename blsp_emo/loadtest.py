@@ -107,6 +107,12 @@ def check_loopback(url: str) -> str:
 # --- how a visitor reaches the app ----------------------------------------------------------------
 
 
+def talk_settings(max_tokens: int) -> tuple:
+    """The /talk inputs after the clip and the text: default system, temperature, top-p, max
+    tokens, greedy, seed (greedy, so a replayed conversation gets the same replies)."""
+    return None, 0.5, 0.5, max_tokens, True, 0
+
+
 class GradioClientLine:
     """Turns through gradio_client, as a Python caller of the app's API makes them."""
 
@@ -122,7 +128,7 @@ class GradioClientLine:
         """The conversation the app returns after this turn (greedy, the default system)."""
         from gradio_client import handle_file
 
-        job = self.client.submit(handle_file(audio) if audio else None, text, None, 0.5, 0.5, max_tokens, True, 0,
+        job = self.client.submit(handle_file(audio) if audio else None, text, *talk_settings(max_tokens),
                                  api_name="/talk")
         return job.result()[0]
 
@@ -149,7 +155,7 @@ class PageLine:
         self.session = uuid.uuid4().hex[:12]  # what the page draws when it loads
 
     def talk(self, audio: str | None, text: str, max_tokens: int) -> list[dict]:
-        values = iter([self._upload(audio) if audio else None, text, None, 0.5, 0.5, max_tokens, True, 0])
+        values = iter([self._upload(audio) if audio else None, text, *talk_settings(max_tokens)])
         data = [None if state else next(values) for state in self.stateful]  # the server fills in the state
         joined = self.http.post(self.url + "gradio_api/queue/join", json={
             "data": data, "fn_index": self.fn_index, "session_hash": self.session, "event_data": None,
