@@ -26,10 +26,11 @@ for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"),
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
-from blsp_emo import GenerationOptions, ModelNotFoundError, Reply, SpokenDialogueSystem  # noqa: E402
-from blsp_emo import available_systems, load_audio, load_system  # noqa: E402
+from blsp_emo import GenerationOptions, Reply, SpokenDialogueSystem  # noqa: E402
+from blsp_emo import available_systems, load_audio  # noqa: E402
+from blsp_emo.systems import load_systems  # noqa: E402
+from blsp_emo.workers import WorkerError, WorkerPool, WorkerSpec, apply_threads, default_device  # noqa: E402
 from blsp_emo.audio import AudioError  # noqa: E402
-from blsp_emo.checkpoint import resolve  # noqa: E402
 import study_ui  # noqa: E402
 from blsp_emo.tts import (  # noqa: E402
     DEFAULT_SYNTHESIZER, STYLES, NullSynthesizer, SpeechSynthesizer, SynthesizerUnavailableError,
@@ -501,17 +502,6 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, **
                        max_file_size="20mb", **kwargs)
 
 
-def load_systems(names: Sequence[str], **parts) -> tuple[dict[str, SpokenDialogueSystem], list[str]]:
-    """The systems whose models load, and one line per system that did not (the page shows them)."""
-    systems, failed = {}, {}
-    for name in names:
-        try:
-            systems[name] = load_system(name, **parts)
-        except (ModelNotFoundError, OSError, ValueError, RuntimeError) as e:  # e.g. a checkpoint of another shape
-            failed.setdefault(str(e), []).append(name)
-    return systems, [f"{', '.join(who)} not loaded: {why}" for why, who in failed.items()]
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--host", help="address to serve on (default: 127.0.0.1, or $GRADIO_SERVER_NAME)")
@@ -527,6 +517,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--concurrency", type=int, default=2, help="model calls at once (default: 2)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="model worker processes: the systems run there, beside the page's own work (default: 1; "
+                        "0 runs them in this process, as a ZeroGPU Space needs)")
     p.add_argument("--max-queue", type=int, default=16, help="waiting requests before 'busy' (default: 16)")
     p.add_argument("--max-batch", type=int, default=16,
                    help="replies decoded together, one forward per token for all (default: 16; at most "
@@ -537,14 +530,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _share_cores(concurrency: int) -> None:
-    """Split the cores between the model calls that run at once (unless OMP_NUM_THREADS says otherwise):
-    torch's default gives every call all cores, and two calls then fight over them (10x slower on 2 cores)."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        import torch
+def _threads_per_call(concurrency: int) -> int:
+    """Torch threads for each model call: the cores split between the calls that run at once (0: leave
+    torch's default, as OMP_NUM_THREADS asks). Torch's default gives every call all cores, and two
+    calls then fight over them (10x slower on 2 cores)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(concurrency, 1))
 
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, cores // max(concurrency, 1)))
+
+def start_systems(names: Sequence[str], parts: dict, workers: int, threads: int, slots: int):
+    """The systems, the notes on those that did not load, and the worker pool they run in (None: here).
+
+    With workers, this process never imports torch: the workers load the models."""
+    if workers == 0:
+        apply_threads(threads)
+        return (*load_systems(names, **{**parts, "device": parts.get("device") or default_device()}), None)
+    pool = WorkerPool.start(WorkerSpec(tuple(names), **parts, threads=threads, slots=slots), workers)
+    return pool.systems, pool.notes, pool
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -555,20 +559,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"error: unknown system(s) {unknown}; available: {available_systems()}")
     if args.max_batch < 0:
         sys.exit(f"error: --max-batch must be >= 0, got {args.max_batch}")
+    if args.workers < 0:
+        sys.exit(f"error: --workers must be >= 0, got {args.workers}")
     study_config = study_ui.config_from_args(args)  # a bad study file stops here, before any model loads
-    _share_cores(args.concurrency)
-    if args.device is None:
-        import torch
-
-        args.device = "cuda" if torch.cuda.is_available() else None
     model, label = args.model, args.model or "assets/models (bundled demo models)"
     if args.revision:  # pin a hub revision: load that snapshot
+        from blsp_emo.checkpoint import ModelNotFoundError, resolve
+
         try:
             model, label = str(resolve(args.model or "", args.revision)), f"{args.model}@{args.revision}"
         except ModelNotFoundError as e:
             sys.exit(f"error: --revision {args.revision}: {e}")
-    systems, notes = load_systems(names, model=model, asr=args.asr, ser=args.ser, device=args.device, dtype=args.dtype,
-                                  max_batch=args.max_batch)
+    parts = dict(model=model, asr=args.asr, ser=args.ser, device=args.device, dtype=args.dtype, max_batch=args.max_batch)
+    try:
+        systems, notes, pool = start_systems(names, parts, args.workers, _threads_per_call(args.concurrency),
+                                             args.concurrency)
+    except WorkerError as e:
+        sys.exit(f"error: {e}")
     try:
         synthesizer = load_synthesizer(args.tts)
     except SynthesizerUnavailableError as e:
@@ -578,7 +585,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     study = study_ui.runner_from_args(args, study_config, systems, synthesizer)
     demo = build_demo(systems, synthesizer, model_label=label, notes=notes, concurrency=args.concurrency,
                       max_queue=args.max_queue, study=study, stream_interval=args.stream_interval)
-    launch(demo, args.host, args.port)
+    try:
+        launch(demo, args.host, args.port)
+    finally:
+        if pool is not None:
+            pool.close()
 
 
 if __name__ == "__main__":

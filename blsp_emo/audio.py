@@ -10,10 +10,12 @@ import io
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # the server of a worker pool decodes audio without importing torch
+    import torch
 
 SAMPLE_RATE = 16_000
 HOP_LENGTH = 160

@@ -15,7 +15,7 @@ from typing import Callable, Sequence, TextIO
 import numpy as np
 
 from .audio import AudioError, load_audio
-from .generation import GenerationOptions
+from .options import GenerationOptions
 from .microphone import MicrophoneError, check_input, play, record
 from .prompts import Turn
 from .systems import SpokenDialogueSystem

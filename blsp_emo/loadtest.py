@@ -76,6 +76,7 @@ class Phase:
     users: int
     latencies: list[float] = field(default_factory=list)  # seconds per turn, submit to final output
     spoken: list[float] = field(default_factory=list)  # ... of the turns that uploaded a clip
+    typed: list[float] = field(default_factory=list)  # ... of the others
     errors: list[str] = field(default_factory=list)
     cross_talk: list[str] = field(default_factory=list)
     replays: int = 0  # conversations replayed by the same visitor
@@ -86,7 +87,8 @@ class Phase:
         return {"users": self.users, "turns": len(lat), "errors": len(self.errors), "cross_talk": len(self.cross_talk),
                 "p50_s": _percentile(lat, 50), "p95_s": _percentile(lat, 95), "max_s": lat[-1] if lat else None,
                 "spoken_turns": len(self.spoken), "spoken_p50_s": _percentile(self.spoken, 50),
-                "spoken_p95_s": _percentile(self.spoken, 95),
+                "spoken_p95_s": _percentile(self.spoken, 95), "typed_p50_s": _percentile(self.typed, 50),
+                "typed_p95_s": _percentile(self.typed, 95),
                 "replays": self.replays, "replay_mismatches": self.replay_mismatches,
                 "error_examples": self.errors[:3], "cross_talk_examples": self.cross_talk[:3]}
 
@@ -255,8 +257,7 @@ class Visitor:
         with self.lock:
             if latency is not None:
                 self.phase.latencies.append(latency)
-                if spoken:
-                    self.phase.spoken.append(latency)
+                (self.phase.spoken if spoken else self.phase.typed).append(latency)
             if error:
                 self.phase.errors.append(error)
             if cross_talk:
@@ -331,7 +332,7 @@ class Server:
     def sample_memory(self, every: float = 0.2) -> None:
         def loop():
             while not self._stop.is_set():
-                self.peak_rss_mb = max(self.peak_rss_mb, process_rss_mb(self.process.pid))
+                self.peak_rss_mb = max(self.peak_rss_mb, tree_rss_mb(self.process.pid))
                 time.sleep(every)
 
         threading.Thread(target=loop, daemon=True).start()
@@ -354,6 +355,23 @@ def process_rss_mb(pid: int) -> float:
     except (OSError, ValueError):
         pass
     return 0.0
+
+
+def tree_rss_mb(pid: int) -> float:
+    """The resident memory of `pid` and of every process under it (the app's model workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        except OSError:  # it ended while we looked
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += process_rss_mb(current)
+        todo.extend(children.get(current, []))
+    return total
 
 
 def free_port() -> int:
@@ -415,7 +433,8 @@ def loadtest(url: str, options: LoadOptions) -> dict:
         alone, together = (crowd[0].phase.summary() for crowd in phases)
     return {"url": url, "options": asdict(options), "single": alone, "concurrent": together,
             "p95_over_single_p50": _ratio(together["p95_s"], alone["p50_s"]),
-            "spoken_p95_over_single_p50": _ratio(together["spoken_p95_s"], alone["spoken_p50_s"])}
+            "spoken_p95_over_single_p50": _ratio(together["spoken_p95_s"], alone["spoken_p50_s"]),
+            "typed_p95_over_single_p50": _ratio(together["typed_p95_s"], alone["typed_p50_s"])}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -424,8 +443,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def format_report(report: dict) -> Iterator[str]:
     if "startup_s" in report:
-        yield f"app ready (HTTP 200 on /) {report['startup_s']:.2f} s after process start; peak server RSS " \
-              f"{report['server_peak_rss_mb']:.0f} MB"
+        yield (f"app ready (HTTP 200 on /) {report['startup_s']:.2f} s after process start; peak RSS of the server "
+               f"and its workers {report['server_peak_rss_mb']:.0f} MB")
     o = report["options"]
     yield (f"{report['url']}: {o['seconds']:g} s per phase in {o['rounds']} alternating round(s), {o['turns']} turns "
            f"per conversation, think {o['think']:g} s, visitors through {o['client']}")
@@ -434,12 +453,14 @@ def format_report(report: dict) -> Iterator[str]:
         yield (f"  {p['users']} visitor(s): {p['turns']} turns, p50 {p['p50_s'] or 0:.3f} s, p95 {p['p95_s'] or 0:.3f} s, "
                f"errors {p['errors']}, cross-talk {p['cross_talk']}, replays {p['replays']} "
                f"({p['replay_mismatches']} differed); spoken turns {p['spoken_turns']}: p50 "
-               f"{p['spoken_p50_s'] or 0:.3f} s, p95 {p['spoken_p95_s'] or 0:.3f} s")
+               f"{p['spoken_p50_s'] or 0:.3f} s, p95 {p['spoken_p95_s'] or 0:.3f} s; typed: p50 "
+               f"{p['typed_p50_s'] or 0:.3f} s, p95 {p['typed_p95_s'] or 0:.3f} s")
         for example in p["error_examples"] + p["cross_talk_examples"]:
             yield f"    {example}"
     if report["p95_over_single_p50"] is not None:
         yield (f"  concurrent p95 / single p50 = {report['p95_over_single_p50']:.2f} (all turns), "
-               f"{report['spoken_p95_over_single_p50'] or float('nan'):.2f} (spoken turns)")
+               f"{report['spoken_p95_over_single_p50'] or float('nan'):.2f} (spoken turns against spoken), "
+               f"{report['typed_p95_over_single_p50'] or float('nan'):.2f} (typed against typed)")
 
 
 def main(args) -> int:

@@ -16,7 +16,7 @@ from blsp_emo.audio import SAMPLE_RATE
 from blsp_emo.emotion import EMOTIONS
 from blsp_emo.evaluate import evaluate_ser, plot_confusion, score
 from blsp_emo.prompts import Turn
-from blsp_emo.systems.base import Heard, SpokenDialogueSystem
+from blsp_emo.systems.base import Heard, LocalSystem
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,7 +41,7 @@ def ser_manifest(tmp_path_factory) -> Path:
     return root / "m.jsonl"
 
 
-class DurationOracle(SpokenDialogueSystem):
+class DurationOracle(LocalSystem):
     """Reports the emotion the fixture encoded in each clip's length: a perfect emotion head."""
 
     name, description, window_seconds = "oracle", "knows the answer", 30.0

@@ -13,7 +13,7 @@ from .access import ADMIN_TOKEN_ENV, AdminTokenError, check_admin
 from .assign import OWN_RECORDING, Trial, balance, plan_trials
 from .config import DEFAULT_STUDY, StudyConfig, StudyConfigError
 from .report import Report, write_report
-from .session import ReplyCache, StudyRunner, Submitted, TrialView, revision
+from .session import ReplyCache, StudyRunner, Submitted, TrialView
 from .store import DB_ENV, DEFAULT_DB, SCHEMA_VERSION, Rating, StudyStore, StudyStoreError
 from .upload import UploadSettings, start_upload
 
@@ -21,5 +21,5 @@ __all__ = [
     "ADMIN_TOKEN_ENV", "AdminTokenError", "DB_ENV", "DEFAULT_DB", "DEFAULT_STUDY", "OWN_RECORDING", "Rating",
     "ReplyCache", "Report", "SCHEMA_VERSION", "StudyConfig", "StudyConfigError", "StudyRunner", "StudyStore",
     "StudyStoreError", "Submitted", "Trial", "TrialView", "UploadSettings", "balance", "check_admin", "plan_trials",
-    "revision", "start_upload", "write_report",
+    "start_upload", "write_report",
 ]

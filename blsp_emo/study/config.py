@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from ..generation import GenerationOptions
+from ..options import GenerationOptions
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT_STUDY = ASSETS / "studies" / "example.json"

@@ -82,23 +82,6 @@ class ReplyCache:
             return self._replies[key]
 
 
-def revision(system: SpokenDialogueSystem) -> str:
-    """A short fingerprint of a system's weights (where they came from + a hash of a sample of each tensor).
-
-    Cheap even for a 7B model: only the first values of every parameter tensor are hashed.
-    """
-    import torch
-
-    digest, sources = hashlib.sha256(), []
-    for attr, part in sorted(vars(system).items()):
-        if not isinstance(part, torch.nn.Module):
-            continue
-        sources.append(Path(str(getattr(getattr(part, "config", None), "_name_or_path", "") or attr)).name or attr)
-        for name, tensor in part.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().flatten()[:64].float().cpu().numpy().tobytes())
-    return f"{'+'.join(dict.fromkeys(sources))}@{digest.hexdigest()[:12]}"
-
 
 class StudyRunner:
     """Consent → plan → trials → submissions for one study, over loaded `systems` and a `store`."""
@@ -109,7 +92,7 @@ class StudyRunner:
         self.config, self.store = config, store
         self.systems = {name: systems[name] for name in config.systems}
         self.synthesizer = synthesizer if config.spoken_replies and synthesizer else NullSynthesizer()
-        self.revisions = {name: revision(s) for name, s in self.systems.items()}
+        self.revisions = {name: s.revision() for name, s in self.systems.items()}
         self.cache = ReplyCache()
         self._clips = {s.id: load_audio(s.audio, max_seconds=min(x.window_seconds for x in self.systems.values()),
                                         name=f"study clip {s.id} ({s.audio.name})") for s in config.stimuli}

@@ -1,20 +1,23 @@
-"""The registry of spoken-dialogue systems: every system is built from a spec, none by name checks."""
+"""The registry of spoken-dialogue systems: every system is built from a spec, none by name checks.
+
+The model code (torch, transformers) is imported when a system is built, not with the registry:
+a server whose systems run in worker processes (workers.py) lists and serves them without it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
-from .. import checkpoint
-from ..batching import DecodeBatcher
-from ..generation import Decoder, single_decoder
-from ..prefix_cache import PrefixCache
+from typing import TYPE_CHECKING
+
 from ..prompts import SYSTEM_EMPATHETIC
-from .base import Heard, Reply, SpokenDialogueSystem, Timings
-from .blsp import BlspSystem
-from .cascade import CascadeSystem
+from .base import Heard, LocalSystem, Reply, SpokenDialogueSystem, Timings
+
+if TYPE_CHECKING:
+    from ..generation import Decoder
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,10 @@ class SystemSpec:
 
 def _end_to_end(perceives_emotion: bool):
     def build(spec: SystemSpec, parts: Components) -> SpokenDialogueSystem:
+        from .. import checkpoint
+        from ..prefix_cache import PrefixCache
+        from .blsp import BlspSystem
+
         model, tokenizer = checkpoint.load_model(parts.model, parts.device, parts.dtype)
         if not perceives_emotion and model.lora is not None:
             # A stage-2 model served as the semantic-only baseline would mislabel a comparison.
@@ -54,6 +61,10 @@ def _end_to_end(perceives_emotion: bool):
 
 
 def _cascade(spec: SystemSpec, parts: Components) -> SpokenDialogueSystem:
+    from .. import checkpoint
+    from ..prefix_cache import PrefixCache
+    from .cascade import CascadeSystem
+
     model, tokenizer = checkpoint.load_model(parts.model, parts.device, parts.dtype)
     ser = _load_ser(parts.ser, parts.device) if parts.ser else None
     return CascadeSystem(
@@ -66,11 +77,15 @@ def _cascade(spec: SystemSpec, parts: Components) -> SpokenDialogueSystem:
 def _decoder(llm, max_batch: int) -> Decoder:
     """With `max_batch`, one decoding worker per loaded LLM, shared by the systems on it (blsp-emo
     and the cascades), so concurrent visitors' replies are stepped together."""
+    from ..batching import DecodeBatcher
+    from ..generation import single_decoder
+
     return DecodeBatcher(llm, max_batch) if max_batch > 0 else single_decoder(llm)
 
 
 @lru_cache(maxsize=4)
 def _load_asr(path: str, device: str | None):
+    from .. import checkpoint
     from ..asr import CtcRecognizer, with_word_lm
 
     folder = checkpoint.resolve(path)
@@ -79,6 +94,7 @@ def _load_asr(path: str, device: str | None):
 
 @lru_cache(maxsize=4)
 def _load_ser(path: str, device: str | None):
+    from .. import checkpoint
     from ..ser import WhisperEmotionClassifier
 
     return checkpoint.load_pretrained(WhisperEmotionClassifier, checkpoint.resolve(path), device)
@@ -115,6 +131,8 @@ def load_system(
     decodes the replies of concurrent callers together (batching.py), as a server wants; 0 decodes
     each in its caller's thread, as one-at-a-time use wants.
     """
+    from .. import checkpoint
+
     if name not in SYSTEMS:
         raise ValueError(f"unknown system {name!r}; available: {available_systems()}")
     spec = SYSTEMS[name]
@@ -149,7 +167,29 @@ def _part(explicit, bundle: Path | None, folder: str) -> str | None:
     return None
 
 
+def load_systems(names: Sequence[str], **parts) -> tuple[dict[str, SpokenDialogueSystem], list[str]]:
+    """The systems whose models load, and one line per reason others did not (a page shows them)."""
+    from ..checkpoint import ModelNotFoundError
+
+    systems, failed = {}, {}
+    for name in names:
+        try:
+            systems[name] = load_system(name, **parts)
+        except (ModelNotFoundError, OSError, ValueError, RuntimeError) as e:  # e.g. another shape
+            failed.setdefault(str(e), []).append(name)
+    return systems, [f"{', '.join(who)} not loaded: {why}" for why, who in failed.items()]
+
+
+def __getattr__(name: str):
+    if name in ("BlspSystem", "CascadeSystem"):  # the model code, imported when first asked for
+        from .blsp import BlspSystem
+        from .cascade import CascadeSystem
+
+        return {"BlspSystem": BlspSystem, "CascadeSystem": CascadeSystem}[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
-    "Heard", "Reply", "SpokenDialogueSystem", "Timings", "SYSTEMS", "SystemSpec",
-    "available_systems", "load_system",
+    "BlspSystem", "CascadeSystem", "Heard", "LocalSystem", "Reply", "SpokenDialogueSystem", "Timings", "SYSTEMS", "SystemSpec",
+    "available_systems", "load_system", "load_systems",
 ]

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, replace
-from typing import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ..audio import AudioSource, load_audio
-from ..generation import GenerationOptions
+from ..options import GenerationOptions
 from ..prompts import Turn
-from ..tokenizer import ChatTokenizer
+
+if TYPE_CHECKING:  # a server of remote systems never loads a tokenizer
+    from ..tokenizer import ChatTokenizer
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,22 @@ class SpokenDialogueSystem(ABC):
             pass
         return reply
 
+    def revision(self) -> str:
+        """A short fingerprint of the system's weights: where they came from, and a hash of the first
+        values of every tensor (cheap even for a 7B model). Ratings record it."""
+        import torch
+
+        digest, sources = hashlib.sha256(), []
+        for attr, part in sorted(vars(self).items()):
+            if not isinstance(part, torch.nn.Module):
+                continue
+            sources.append(Path(str(getattr(getattr(part, "config", None), "_name_or_path", "") or attr)).name or attr)
+            for name, tensor in part.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().flatten()[:64].float().cpu().numpy().tobytes())
+        return f"{'+'.join(dict.fromkeys(sources))}@{digest.hexdigest()[:12]}"
+
+    @abstractmethod
     def stream(
         self,
         audio: AudioSource | None = None,
@@ -100,6 +120,18 @@ class SpokenDialogueSystem(ABC):
         text: str | None = None,
     ) -> Iterator[Reply]:
         """Yield the reply as it grows (`done=False`), then once more complete (`done=True`)."""
+
+
+class LocalSystem(SpokenDialogueSystem):
+    """A system whose models run in this process and produce the reply as token ids."""
+
+    def stream(
+        self,
+        audio: AudioSource | None = None,
+        history: Sequence[Turn] = (),
+        options: GenerationOptions = GenerationOptions(),
+        text: str | None = None,
+    ) -> Iterator[Reply]:
         start = time.perf_counter()
         turn = self._user_turn(audio, text)
         seed = options.resolved_seed()

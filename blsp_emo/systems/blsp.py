@@ -13,10 +13,10 @@ from ..prefix_cache import PrefixCache, TokenSequence, remember
 from ..processor import clip_features, frame_counts, speech_lengths
 from ..prompts import Turn, chat_pieces
 from ..tokenizer import ChatTokenizer
-from .base import Heard, SpokenDialogueSystem
+from .base import Heard, LocalSystem
 
 
-class BlspSystem(SpokenDialogueSystem):
+class BlspSystem(LocalSystem):
     """Speech in, reply out, one model; previous speech turns are heard again from their audio
     (or from the keys and values they left in the prefix cache).
 

@@ -17,10 +17,10 @@ from ..prefix_cache import PrefixCache, TokenSequence, remember
 from ..prompts import CASCADE_SER_USER, Turn, chat_pieces
 from ..ser import EmotionClassifier
 from ..tokenizer import ChatTokenizer
-from .base import Heard, SpokenDialogueSystem
+from .base import Heard, LocalSystem
 
 
-class CascadeSystem(SpokenDialogueSystem):
+class CascadeSystem(LocalSystem):
     def __init__(
         self,
         name: str,

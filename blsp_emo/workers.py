@@ -1,0 +1,372 @@
+"""Model worker processes: the systems run in processes of their own, and a server answers through them.
+
+At demo scale a turn is mostly Python work: the decode loop in the model, and Gradio's queue,
+postprocessing and streaming in the app. In one process all of it takes turns on one GIL, so two
+visitors whose turns overlap wait for each other (README, Serving). `WorkerPool.start` launches
+`python -m blsp_emo.workers` processes that each load the systems; the pool offers one
+`RemoteSystem` per system, with the interface of every other system, whose calls run in a worker
+beside the app's own work instead of between it.
+
+Each worker opens `slots` connections back to the pool (a Unix socket, authenticated with a key
+the worker reads from its stdin, so no other process can talk to it). A call holds one connection
+for its whole reply, so messages never interleave. A call goes to the worker with the fewest calls
+running, ties to the conversation's home worker (picked from its first turn), whose prefix cache
+holds the conversation's earlier turns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import queue
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import zlib
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .audio import AudioSource
+from .options import GenerationOptions
+from .prompts import Turn
+from .systems.base import Reply, SpokenDialogueSystem
+
+_TERMINAL = ("end", "error", "cancelled")  # the messages that end a call
+
+
+class WorkerError(RuntimeError):
+    """A model worker did not start, or stopped."""
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What every worker loads (the arguments of `load_systems`) and how it runs."""
+
+    names: tuple[str, ...]
+    model: str | None = None
+    asr: str | None = None
+    ser: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    max_batch: int = 0
+    threads: int = 0  # torch threads in each worker; 0: torch's default
+    slots: int = 2  # calls one worker answers at once
+
+    def __post_init__(self):
+        if self.slots < 1 or self.threads < 0:
+            raise ValueError(f"slots must be >= 1 and threads >= 0, got {self.slots} and {self.threads}")
+
+    def parts(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("names", "threads", "slots")}
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    """What the server needs of a system that runs elsewhere."""
+
+    name: str
+    description: str
+    window_seconds: float
+    emotion_source: str | None
+    revision: str  # the fingerprint of its weights, taken where they are
+
+    @classmethod
+    def of(cls, system: SpokenDialogueSystem) -> SystemInfo:
+        return cls(system.name, system.description, system.window_seconds, system.emotion_source, system.revision())
+
+
+class RemoteSystem(SpokenDialogueSystem):
+    """A system loaded in the pool's workers; each call runs in one of them."""
+
+    def __init__(self, info: SystemInfo, pool: WorkerPool):
+        self.name, self.description = info.name, info.description
+        self.window_seconds, self.emotion_source = info.window_seconds, info.emotion_source
+        self._revision, self._pool = info.revision, pool
+
+    def revision(self) -> str:
+        return self._revision
+
+    def stream(
+        self,
+        audio: AudioSource | None = None,
+        history: Sequence[Turn] = (),
+        options: GenerationOptions = GenerationOptions(),
+        text: str | None = None,
+    ) -> Iterator[Reply]:
+        return self._pool.stream(self.name, audio, tuple(history), options, text)
+
+
+@dataclass(eq=False)
+class _Worker:
+    index: int
+    process: subprocess.Popen
+    connections: list[Connection] = field(default_factory=list)
+    free: list[Connection] = field(default_factory=list)
+    busy: int = 0
+    alive: bool = True
+
+    def stopped(self) -> str:
+        code = self.process.poll()
+        return f"model worker {self.index} (pid {self.process.pid}) " + (
+            "stopped" if code is None else f"exited with code {code}")
+
+
+class WorkerPool:
+    """Worker processes that each hold every system of a `WorkerSpec`, and the systems they offer."""
+
+    def __init__(self, workers: list[_Worker], infos: Sequence[SystemInfo], notes: Sequence[str]):
+        self._workers = workers
+        self._ready = threading.Condition()
+        self.systems: dict[str, SpokenDialogueSystem] = {i.name: RemoteSystem(i, self) for i in infos}
+        self.notes = list(notes)  # one line per reason a system did not load
+
+    @classmethod
+    def start(cls, spec: WorkerSpec, workers: int = 1, timeout: float = 300.0) -> WorkerPool:
+        """Launch `workers` processes and wait until each has loaded the systems."""
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        folder = tempfile.mkdtemp(prefix="blsp-emo-workers-")
+        key = secrets.token_bytes(32)
+        listener = Listener(os.path.join(folder, "socket"), family="AF_UNIX", authkey=key)
+        procs = []
+        try:
+            for index in range(workers):
+                procs.append(_launch({"address": listener.address, "key": key.hex(), "index": index,
+                                      "spec": asdict(spec)}))
+            return cls._connect(listener, procs, spec.slots, time.monotonic() + timeout)
+        except BaseException:
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+            raise
+        finally:
+            listener.close()
+            shutil.rmtree(folder, ignore_errors=True)
+
+    @classmethod
+    def _connect(cls, listener: Listener, procs: list[subprocess.Popen], slots: int, deadline: float) -> WorkerPool:
+        accepted: queue.Queue = queue.Queue()
+
+        def accept() -> None:
+            for _ in range(len(procs) * slots):
+                try:
+                    accepted.put(listener.accept())
+                except OSError:  # the listener was closed: start-up failed
+                    return
+
+        threading.Thread(target=accept, name="worker-accept", daemon=True).start()
+        workers = [_Worker(i, p) for i, p in enumerate(procs)]
+        infos, notes = (), ()
+        while sum(len(w.connections) for w in workers) < len(procs) * slots:
+            try:
+                conn = accepted.get(timeout=0.1)
+            except queue.Empty:
+                for w in workers:
+                    if w.process.poll() is not None:
+                        raise WorkerError(f"{w.stopped()} while loading the models; its error is in the log above")
+                if time.monotonic() > deadline:
+                    raise WorkerError("the model workers did not load within the time allowed; "
+                                      "the log above shows how far they got")
+                continue
+            _, index, infos, notes = conn.recv()
+            workers[index].connections.append(conn)
+            workers[index].free.append(conn)
+        return cls(workers, infos, notes)
+
+    def stream(self, name: str, audio, history: tuple[Turn, ...], options: GenerationOptions,
+               text: str | None) -> Iterator[Reply]:
+        """Run `name`'s `stream` in a worker; closing the iterator early cancels the reply there."""
+        worker, conn = self._acquire(_home_key(audio, history, text))
+        finished = broken = False
+        try:
+            try:
+                conn.send(("stream", name, audio, history, options, text))
+            except OSError as e:
+                broken = True
+                raise WorkerError(f"{worker.stopped()}; the other workers, if any, go on") from e
+            while True:
+                try:
+                    kind, value = conn.recv()
+                except (EOFError, OSError) as e:
+                    broken = True
+                    raise WorkerError(f"{worker.stopped()} during a reply; the other workers, if any, "
+                                      "go on") from e
+                if kind == "reply":
+                    yield value
+                    continue
+                finished = True
+                if kind == "error":
+                    raise value
+                return
+        finally:
+            if not (finished or broken):
+                broken = not _cancel(conn)
+            self._release(worker, conn, broken)
+
+    def _acquire(self, key: int) -> tuple[_Worker, Connection]:
+        """A free connection of the least busy worker, the home one (`key`) among equals."""
+        with self._ready:
+            while True:
+                alive = [w for w in self._workers if w.alive]
+                if not alive:
+                    raise WorkerError("every model worker has stopped (the log says why); restart the app")
+                free = [w for w in alive if w.free]
+                if free:
+                    least = min(w.busy for w in free)
+                    home = alive[key % len(alive)]
+                    worker = home if home in free and home.busy == least else next(w for w in free if w.busy == least)
+                    worker.busy += 1
+                    return worker, worker.free.pop()
+                self._ready.wait()
+
+    def _release(self, worker: _Worker, conn: Connection, broken: bool) -> None:
+        with self._ready:
+            worker.busy -= 1
+            if broken:
+                worker.alive = False
+            else:
+                worker.free.append(conn)
+            self._ready.notify_all()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """End the workers: each exits when its connections close."""
+        for w in self._workers:
+            for conn in w.connections:
+                conn.close()
+        for w in self._workers:
+            try:
+                w.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                w.process.kill()
+                w.process.wait()
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers]
+
+
+def _launch(config: dict) -> subprocess.Popen:
+    """`python -m blsp_emo.workers`, with its configuration (and the key) on stdin, not in argv."""
+    root = str(Path(__file__).resolve().parents[1])  # the package is importable wherever the server runs
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "blsp_emo.workers"], stdin=subprocess.PIPE, env=env)
+    try:
+        proc.stdin.write(json.dumps(config).encode())
+        proc.stdin.close()
+    except BrokenPipeError:  # it has already exited: the caller reports how
+        pass
+    return proc
+
+
+def _home_key(audio, history: tuple[Turn, ...], text: str | None) -> int:
+    """A number fixed by the conversation's first turn, so its turns go to one worker when they can."""
+    first = history[0] if history else Turn("user", text, audio if isinstance(audio, np.ndarray) else None)
+    if first.audio is not None:
+        return zlib.crc32(np.ascontiguousarray(first.audio).data)
+    return zlib.crc32(str(first.text if first.text is not None else audio).encode())
+
+
+def _cancel(conn: Connection) -> bool:
+    """Stop the reply running on `conn` and read up to its end; False if the connection broke."""
+    try:
+        conn.send(("cancel",))
+        while conn.recv()[0] not in _TERMINAL:
+            pass
+        return True
+    except (EOFError, OSError):
+        return False
+
+
+def default_device() -> str | None:
+    """cuda where there is a GPU, else None (the CPU)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def apply_threads(threads: int) -> None:
+    """Torch's intra-op threads for this process (0: leave its default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+# The worker process.
+
+def serve(config: dict) -> None:
+    """Load the systems, connect `slots` times to the pool and answer calls until it closes them."""
+    from .systems import load_systems
+
+    spec = WorkerSpec(**{**config["spec"], "names": tuple(config["spec"]["names"])})
+    apply_threads(spec.threads)
+    systems, notes = load_systems(spec.names, **{**spec.parts(), "device": spec.device or default_device()})
+    infos = [SystemInfo.of(s) for s in systems.values()]
+    connections = [Client(config["address"], family="AF_UNIX", authkey=bytes.fromhex(config["key"]))
+                   for _ in range(spec.slots)]
+    answering = [threading.Thread(target=_answer_calls, args=(conn, systems), name=f"slot-{i}")
+                 for i, conn in enumerate(connections)]
+    for conn, thread in zip(connections, answering):
+        conn.send(("ready", config["index"], infos, notes))
+        thread.start()
+    for thread in answering:
+        thread.join()
+
+
+def _answer_calls(conn: Connection, systems: dict[str, SpokenDialogueSystem]) -> None:
+    while True:
+        try:
+            request = conn.recv()
+            if request[0] == "stream":  # anything else is a cancel that came after its reply had ended
+                _answer(conn, systems[request[1]], *request[2:])
+        except (EOFError, OSError):  # the pool closed the connection (or its process ended)
+            conn.close()
+            return
+
+
+def _answer(conn: Connection, system: SpokenDialogueSystem, audio, history, options, text) -> None:
+    """Send the reply as it grows; a failure of the call goes back to the caller, one of the connection up."""
+    replies = system.stream(audio, history, options, text)
+    try:
+        while True:
+            try:
+                reply = next(replies)
+            except StopIteration:
+                conn.send(("end", None))
+                return
+            except Exception as e:  # the caller's error (a bad clip, bad options) or a bug: the caller raises it
+                if not isinstance(e, ValueError):
+                    traceback.print_exc()
+                conn.send(("error", _portable(e)))
+                return
+            if conn.poll() and conn.recv()[0] == "cancel":
+                conn.send(("cancelled", None))
+                return
+            conn.send(("reply", reply))
+    finally:
+        replies.close()  # a cancelled reply stops decoding
+
+
+def _portable(error: Exception) -> Exception:
+    """`error`, or a RuntimeError with its message where it does not survive pickling."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+if __name__ == "__main__":  # run as a script, this file is `__main__`: take the classes from the package
+    from blsp_emo.workers import serve as _serve
+
+    _serve(json.loads(sys.stdin.read()))

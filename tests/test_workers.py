@@ -1,0 +1,193 @@
+"""The model worker pool: systems in processes of their own answer exactly as they do in this one."""
+
+import subprocess
+import sys
+import threading
+import zlib
+from pathlib import Path
+
+import pytest
+
+import tiny
+from blsp_emo import GenerationOptions, available_systems
+from blsp_emo import workers as workers_module
+from blsp_emo.audio import AudioError
+from blsp_emo.prompts import Turn
+from blsp_emo.systems import load_systems
+from blsp_emo.workers import RemoteSystem, WorkerError, WorkerPool, WorkerSpec, _home_key, _Worker
+
+GREEDY = GenerationOptions(max_new_tokens=12, greedy=True)
+LONG = GenerationOptions(max_new_tokens=64, min_new_tokens=48, greedy=True)  # long enough to cancel midway
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pool(bundle_dir):
+    spec = WorkerSpec(tuple(available_systems()), model=str(bundle_dir), max_batch=4, threads=1, slots=2)
+    pool = WorkerPool.start(spec, workers=2)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="module")
+def local(bundle_dir):
+    systems, notes = load_systems(available_systems(), model=str(bundle_dir))
+    assert notes == []
+    return systems
+
+
+def _idle(pool: WorkerPool) -> bool:
+    return all(w.alive and w.busy == 0 and len(w.free) == len(w.connections) for w in pool._workers)
+
+
+def test_every_system_answers_as_it_does_in_process(pool, local):
+    clip = tiny.tone(2.0, 180.0)
+    assert list(pool.systems) == list(local) and pool.notes == []
+    for name, remote in pool.systems.items():
+        here = local[name]
+        assert isinstance(remote, RemoteSystem)
+        shown = (remote.description, remote.window_seconds, remote.emotion_source, remote.revision())
+        assert shown == (here.description, here.window_seconds, here.emotion_source, here.revision())
+        streamed = list(remote.stream(clip, options=GREEDY))
+        assert [r.text for r in streamed] == [r.text for r in here.stream(clip, options=GREEDY)]
+        assert [r.done for r in streamed] == [False] * (len(streamed) - 1) + [True]
+        first, reference = streamed[-1], here.respond(clip, options=GREEDY)
+        assert (first.token_ids, dict(first.emotion_scores), first.transcript) == (
+            reference.token_ids, dict(reference.emotion_scores), reference.transcript)
+        history = first.turns(clip)  # a typed turn after the spoken one: the history travels with the call
+        follow = remote.respond(text="and then?", history=history, options=GREEDY)
+        assert follow.token_ids == here.respond(text="and then?", history=history, options=GREEDY).token_ids
+    assert _idle(pool)
+
+
+def test_closing_a_stream_cancels_the_reply_and_frees_its_connection(pool):
+    system = pool.systems["blsp-emo"]
+    for i in range(6):  # more than the pool's 4 connections: one not given back would block the next call
+        replies = system.stream(text=f"tell me a story {i}", options=LONG)
+        assert not next(replies).done
+        replies.close()
+        assert _idle(pool)
+    assert len(system.respond(text="tell me a story", options=LONG).token_ids) >= LONG.min_new_tokens
+
+
+def test_errors_come_back_with_their_type_and_message(pool, tmp_path):
+    system = pool.systems["blsp-emo"]
+    with pytest.raises(ValueError, match="the message is empty"):
+        system.respond(text="   ")
+    with pytest.raises(ValueError, match="exactly one of audio or text"):
+        system.respond(tiny.tone(1.0), text="both")
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVE not really")
+    with pytest.raises(AudioError, match="corrupt.wav"):  # a path is decoded in the worker
+        system.respond(str(corrupt))
+    assert _idle(pool) and system.respond(text="still here?", options=GREEDY).done
+
+
+def test_concurrent_calls_run_in_different_workers(pool, local):
+    """Two calls at once go to the two workers (each the least busy), and neither sees the other's turn."""
+    system, here = pool.systems["cascade"], local["cascade"]
+    texts = ["the first visitor speaks", "the second visitor speaks"]
+    started, replies, used = threading.Barrier(2), {}, []
+
+    def visit(text):
+        stream = system.stream(text=text, options=LONG)
+        first = next(stream)
+        used.append({w.index for w in pool._workers if w.busy})
+        started.wait(timeout=60)  # both calls hold a connection here
+        replies[text] = [first, *stream][-1]
+
+    threads = [threading.Thread(target=visit, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert used and max(len(u) for u in used) == 2
+    for text in texts:
+        assert replies[text].token_ids == here.respond(text=text, options=LONG).token_ids
+    assert _idle(pool)
+
+
+def test_a_conversation_keeps_its_home_worker():
+    clip = tiny.tone(1.0)
+    first = _home_key(clip, (), None)
+    later = (Turn("user", audio=clip), Turn("assistant", "I hear you."), Turn("user", "and?"), Turn("assistant", "ok"))
+    assert _home_key(None, later, "one more") == first == zlib.crc32(clip.data)
+    assert _home_key(None, (), "hello") == _home_key(None, (Turn("user", "hello"), Turn("assistant", "hi")), "x")
+
+
+def test_routing_prefers_the_least_busy_worker_then_home():
+    workers = [_Worker(i, process=None, connections=["a", "b"], free=["a", "b"]) for i in range(2)]
+    pool = WorkerPool(workers, [], [])
+    home, _ = pool._acquire(key=1)
+    assert home is workers[1]  # both idle: home
+    other, conn = pool._acquire(key=1)
+    assert other is workers[0]  # home busy, the other idle: the idle one
+    pool._release(other, conn, broken=True)  # a broken connection: that worker is out
+    again, _ = pool._acquire(key=0)
+    assert again is workers[1] and not workers[0].alive
+    workers[1].alive = False
+    with pytest.raises(WorkerError, match="every model worker has stopped"):
+        pool._acquire(key=0)
+
+
+def test_a_killed_worker_is_named_and_the_others_go_on(bundle_dir):
+    pool = WorkerPool.start(WorkerSpec(("blsp-emo",), model=str(bundle_dir), threads=1, slots=1), workers=2)
+    try:
+        system = pool.systems["blsp-emo"]
+        homed = next(f"hello {i}" for i in range(100) if _home_key(None, (), f"hello {i}") % 2 == 0)
+        victim = pool._workers[0].process
+        victim.kill()
+        victim.wait()
+        with pytest.raises(WorkerError, match=rf"model worker 0 \(pid {victim.pid}\) exited with code -9"):
+            system.respond(text=homed, options=GREEDY)
+        assert system.respond(text=homed, options=GREEDY).done  # worker 1 answers from now on
+        pool._workers[1].process.kill()
+        pool._workers[1].process.wait()
+        with pytest.raises(WorkerError):
+            system.respond(text=homed, options=GREEDY)
+        with pytest.raises(WorkerError, match="every model worker has stopped"):
+            system.respond(text=homed, options=GREEDY)
+    finally:
+        pool.close()
+
+
+def test_missing_models_are_notes_as_in_process(tmp_path):
+    pool = WorkerPool.start(WorkerSpec(("blsp-emo", "cascade"), model=str(tmp_path / "missing"), threads=1), workers=1)
+    try:
+        _, expected = load_systems(["blsp-emo", "cascade"], model=str(tmp_path / "missing"))
+        assert pool.systems == {} and pool.notes == expected and expected
+    finally:
+        pool.close()
+
+
+def test_a_worker_that_cannot_start_is_reported(monkeypatch, bundle_dir):
+    monkeypatch.setattr(workers_module.sys, "executable", "/bin/false")  # exits 1 at once, reading nothing
+    with pytest.raises(WorkerError, match=r"model worker 0 \(pid \d+\) exited with code 1 while loading"):
+        WorkerPool.start(WorkerSpec(("blsp-emo",), model=str(bundle_dir)), workers=1)
+
+
+def test_workers_exit_when_the_server_goes_away(bundle_dir):
+    """A server killed outright leaves no worker behind: each sees its connections close."""
+    script = ("import sys; from blsp_emo.workers import WorkerPool, WorkerSpec; "
+              f"pool = WorkerPool.start(WorkerSpec(('blsp',), model={str(bundle_dir)!r}, threads=1), workers=1); "
+              "print(pool.pids[0], flush=True); sys.stdin.read()")
+    server = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    pid = int(server.stdout.readline())
+    server.kill()
+    server.wait()
+    deadline = 60
+    for _ in range(deadline * 10):
+        if not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+            break
+        threading.Event().wait(0.1)
+    else:
+        pytest.fail(f"worker {pid} still running {deadline} s after its server was killed")
+
+
+def test_a_server_of_workers_never_imports_torch():
+    """The page's process decodes audio and streams replies without the model code (it starts sooner)."""
+    code = "import sys, app; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
