@@ -1,6 +1,6 @@
 """The Rate and Results tabs of the app: a blind empathy-rating study and its analysis (admin only).
 
-Built inside `app.build_demo` from a `StudyRunner` (blsp_emo.study), which does all the work: this
+Built inside `demo_ui.build_demo` from a `StudyRunner` (blsp_emo.study), which does all the work: this
 module only lays out the page and turns its events into runner calls. A rater's progress lives in
 their session's `gr.State`; their plan and ratings live in the database, so the JSON API
 (`/study_begin`, `/study_trial`, `/study_submit`) carries only the rater id and survives a restart.
@@ -19,7 +19,7 @@ import numpy as np
 
 from blsp_emo.audio import AudioError
 from blsp_emo.study import (
-    DB_ENV, DEFAULT_DB, DEFAULT_STUDY, AdminTokenError, StudyConfig, StudyConfigError, StudyRunner,
+    AdminTokenError, StudyConfig, StudyConfigError, StudyRunner,
     StudyStore, StudyStoreError, TrialView, UploadSettings, balance, check_admin, start_upload, write_report,
 )
 
@@ -317,24 +317,6 @@ class ResultsTab:
             gr.File(csv_path, visible=True)
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--study", default=None,
-                        help="study file for the Rate tab (default: the example study, when its systems are loaded); "
-                             "'none' for no Rate tab")
-    parser.add_argument("--study-db", default=None,
-                        help=f"ratings database (default: ${DB_ENV}, else {DEFAULT_DB}); put it on a mounted volume")
-
-
-def config_from_args(args) -> StudyConfig | None:
-    """The study file named by --study, checked before any model loads; exits naming what is wrong."""
-    if (args.study or "").lower() == "none":
-        return None
-    try:
-        return StudyConfig.load(args.study or DEFAULT_STUDY)
-    except StudyConfigError as e:
-        sys.exit(f"error: study: {e}")
-
-
 def runner_from_args(args, config: StudyConfig | None, systems, synthesizer) -> StudyRunner | None:
     """The study over the loaded systems and the database of --study-db; exits naming what is wrong."""
     if config is None:
@@ -370,4 +352,4 @@ def build_tabs(runner: StudyRunner | None) -> None:
         ResultsTab(runner).build()
 
 
-__all__ = ["RaterState", "RateTab", "ResultsTab", "add_arguments", "build_tabs", "config_from_args", "runner_from_args"]
+__all__ = ["RaterState", "RateTab", "ResultsTab", "build_tabs", "runner_from_args"]

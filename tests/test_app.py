@@ -14,6 +14,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import ValidationError  # noqa: E402
 
 import app  # noqa: E402
+from blsp_emo.systems import load_systems  # noqa: E402
 import tiny  # noqa: E402
 from blsp_emo import GenerationOptions, available_systems  # noqa: E402
 from blsp_emo.emotion import EMOTIONS  # noqa: E402
@@ -25,7 +26,7 @@ TALK = {"system_name": "blsp-emo", "temperature": 0.5, "top_p": 0.5, "max_tokens
 
 @pytest.fixture(scope="module")
 def systems(bundle_dir):
-    systems, notes = app.load_systems(available_systems(), model=str(bundle_dir))
+    systems, notes = load_systems(available_systems(), model=str(bundle_dir))
     assert notes == [] and list(systems) == available_systems()
     return systems
 
@@ -180,7 +181,7 @@ def test_a_failed_turn_puts_back_the_label_and_transcript_the_chat_says_are_show
 
 
 def test_without_models_the_page_starts_and_says_how_to_get_one(tmp_path):
-    systems, notes = app.load_systems(available_systems(), model=str(tmp_path / "missing"))
+    systems, notes = load_systems(available_systems(), model=str(tmp_path / "missing"))
     assert systems == {} and "blsp-emo, blsp not loaded: model folder" in notes[0] and "does not exist" in notes[0]
     demo = app.build_demo(systems, None, notes=notes)
     markdown = " ".join(str(b.value) for b in demo.blocks.values() if isinstance(b, gr.Markdown))
@@ -326,3 +327,8 @@ def test_browser_upload_and_microphone_get_an_emotion_and_a_reply(server, clip_p
 def test_a_negative_max_batch_is_refused_before_any_model_loads():
     with pytest.raises(SystemExit, match="--max-batch must be >= 0, got -1"):
         app.main(["--max-batch", "-1", "--model", "/nonexistent"])
+
+
+def test_a_negative_worker_count_is_refused_before_any_model_loads():
+    with pytest.raises(SystemExit, match="--workers must be >= 0, got -1"):
+        app.main(["--workers", "-1", "--model", "/nonexistent"])

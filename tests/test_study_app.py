@@ -11,6 +11,7 @@ from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 import app  # noqa: E402
+from blsp_emo.systems import load_systems  # noqa: E402
 import study_ui  # noqa: E402
 from blsp_emo.study import StudyConfig, StudyRunner, StudyStore  # noqa: E402
 from blsp_emo.tts import NullSynthesizer  # noqa: E402
@@ -23,7 +24,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 @pytest.fixture(scope="module")
 def runner(bundle_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("study-app")
-    systems, notes = app.load_systems(SYSTEMS, model=str(bundle_dir))
+    systems, notes = load_systems(SYSTEMS, model=str(bundle_dir))
     assert notes == []
     return StudyRunner(StudyConfig.load(write_study(root / "study", trials=2)), systems, StudyStore(root / "r.sqlite"))
 

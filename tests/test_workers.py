@@ -187,7 +187,8 @@ def test_workers_exit_when_the_server_goes_away(bundle_dir):
 
 def test_a_server_of_workers_never_imports_torch():
     """The page's process decodes audio and streams replies without the model code (it starts sooner)."""
-    code = "import sys, app; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    code = ("import sys, app, demo_ui, study_ui; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
