@@ -15,6 +15,7 @@ serves it; both come from `demo_ui` when first used, so that importing this file
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -58,9 +59,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--concurrency", type=int, default=2, help="model calls at once (default: 2)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="model worker processes: the systems run there, beside the page's own work (default: 1; "
-                        "0 runs them in this process, as a ZeroGPU Space needs)")
+    p.add_argument("--workers", type=int, default=_default_workers(),
+                   help="model worker processes: the systems run there, beside the page's own work (default: 1; 0 "
+                        "runs them in this process, the default on a ZeroGPU Space, whose GPU only this process gets)")
     p.add_argument("--max-queue", type=int, default=16, help="waiting requests before 'busy' (default: 16)")
     p.add_argument("--max-batch", type=int, default=16,
                    help="replies decoded together, one forward per token for all (default: 16; at most "
@@ -73,6 +74,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--study-db", default=None,
                    help=f"ratings database (default: ${DB_ENV}, else {DEFAULT_DB}); put it on a mounted volume")
     return p.parse_args(argv)
+
+
+def _default_workers() -> int:
+    """1, or 0 where the `spaces` package is (a ZeroGPU Space lends its GPU call by call to this process)."""
+    return 0 if importlib.util.find_spec("spaces") else 1
 
 
 def study_config(args: argparse.Namespace) -> StudyConfig | None:
@@ -126,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             model, label = str(resolve(args.model or "", args.revision)), f"{args.model}@{args.revision}"
         except ModelNotFoundError as e:
             sys.exit(f"error: --revision {args.revision}: {e}")
-    parts = dict(model=model, asr=args.asr, ser=args.ser, device=args.device, dtype=args.dtype, max_batch=args.max_batch)
+    parts = dict(model=model, asr=args.asr, ser=args.ser, device=args.device, dtype=args.dtype,
+                 max_batch=args.max_batch)
     threads = _threads_per_call(args.concurrency)
     with ThreadPoolExecutor(1, thread_name_prefix="start-workers") as background:
         spec = WorkerSpec(tuple(names), **parts, threads=threads, slots=args.concurrency)

@@ -1,8 +1,9 @@
 """`python -m blsp_emo loadtest`: simulated visitors talking to a running app at once, through gradio_client.
 
-Each visitor holds its own session and keeps having short conversations (a spoken turn with its own
-clip, then typed turns naming the visitor), greedy so that a conversation replayed gives the same
-replies. After every turn it checks that the conversation the server returns is exactly its own:
+Each visitor keeps having short conversations (a spoken turn with its own clip, then typed turns
+naming the visitor), greedy so that a conversation replayed gives the same replies. A page visitor
+keeps its one session and presses Clear between conversations, as a person on the page does; a
+gradio_client caller starts a new session for each (its conversation lives in the session). After every turn it checks that the conversation the server returns is exactly its own:
 its clip, its words, in order, one reply per turn. Anything else counts as cross-talk. One visitor
 alone and all of them together take turns against the same server, in `--rounds` alternating slices
 of each phase's time: a shared machine's speed drifts by more than the load changes it (the
@@ -122,7 +123,8 @@ class GradioClientLine:
 
         self.client = Client(url, verbose=False, download_files=False, httpx_kwargs={"timeout": 120})
 
-    def new_session(self) -> None:
+    def new_conversation(self) -> None:
+        """An API caller's new conversation: a new session (its chat lives in the session)."""
         self.client.reset_session()
 
     def talk(self, audio: str | None, text: str, max_tokens: int) -> list[dict]:
@@ -145,21 +147,32 @@ class PageLine:
 
         self.url, self.http = url, httpx.Client(timeout=120)
         config = self.http.get(url + "config").raise_for_status().json()
-        talk = next((d for d in config["dependencies"] if d.get("api_name") == "talk"), None)
-        if talk is None:
-            raise ValueError(f"{url} has no /talk endpoint: is it this project's app.py?")
+        events = {d.get("api_name"): d for d in config["dependencies"]}
+        if "talk" not in events or "clear" not in events:
+            raise ValueError(f"{url} has no /talk and Clear events: is it this project's app.py?")
         kinds = {c["id"]: c["type"] for c in config["components"]}
-        self.fn_index, self.stateful = talk["id"], [kinds.get(i) == "state" for i in talk["inputs"]]
+        self.talk_index, self.clear_index = events["talk"]["id"], events["clear"]["id"]
+        self.stateful = [kinds.get(i) == "state" for i in events["talk"]["inputs"]]
         self.new_session()
 
     def new_session(self) -> None:
-        self.session = uuid.uuid4().hex[:12]  # what the page draws when it loads
+        self.session, self.talked = uuid.uuid4().hex[:12], False  # what the page draws when it loads
+
+    def new_conversation(self) -> None:
+        """A visitor's new conversation: Clear, on the page it already has open (one session)."""
+        if self.talked:
+            self._event(self.clear_index, [])
 
     def talk(self, audio: str | None, text: str, max_tokens: int) -> list[dict]:
         values = iter([self._upload(audio) if audio else None, text, *talk_settings(max_tokens)])
         data = [None if state else next(values) for state in self.stateful]  # the server fills in the state
+        self.talked = True
+        return self._event(self.talk_index, data)[0]
+
+    def _event(self, fn_index: int, data: list) -> list:
+        """Join the queue with one event and read its messages until it completes; its output values."""
         joined = self.http.post(self.url + "gradio_api/queue/join", json={
-            "data": data, "fn_index": self.fn_index, "session_hash": self.session, "event_data": None,
+            "data": data, "fn_index": fn_index, "session_hash": self.session, "event_data": None,
             "trigger_id": None})
         if joined.status_code != 200:
             raise RuntimeError(f"queue/join answered {joined.status_code}: {joined.text[:200]}")
@@ -170,8 +183,8 @@ class PageLine:
                 if message.get("event_id") == event and message.get("msg") == "process_completed":
                     if not message.get("success"):
                         raise RuntimeError(str(message.get("output", {}).get("error")))
-                    return message["output"]["data"][0]
-        raise RuntimeError("the server closed the event stream before the turn completed")
+                    return message["output"]["data"]
+        raise RuntimeError("the server closed the event stream before the event completed")
 
     def _upload(self, path: str) -> dict:
         with open(path, "rb") as f:
@@ -200,7 +213,7 @@ class Visitor:
         return [(str(self.clip), "")] + [(None, f"visitor {self.index} turn {t}") for t in range(1, self.options.turns)]
 
     def converse(self, deadline: float) -> None:
-        self.line.new_session()  # a fresh conversation
+        self.line.new_conversation()
         sent, replies = [], []
         for audio, text in self.script():
             if time.monotonic() >= deadline:

@@ -30,6 +30,7 @@ import time
 import traceback
 import zlib
 from dataclasses import asdict, dataclass, field
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -115,73 +116,135 @@ class _Worker:
     busy: int = 0
     alive: bool = True
 
+    def end(self, timeout: float = 0.0) -> None:
+        """Close its idle connections (it exits when all have closed), wait up to `timeout` s, then kill it."""
+        for conn in list(self.free):
+            conn.close()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
     def stopped(self) -> str:
         code = self.process.poll()
         return f"model worker {self.index} (pid {self.process.pid}) " + (
             "stopped" if code is None else f"exited with code {code}")
 
 
-class WorkerPool:
-    """Worker processes that each hold every system of a `WorkerSpec`, and the systems they offer."""
+class _Door:
+    """The socket the workers connect back to, open while the pool lives (replacements use it too)."""
 
-    def __init__(self, workers: list[_Worker], infos: Sequence[SystemInfo], notes: Sequence[str]):
-        self._workers = workers
+    def __init__(self, spec: WorkerSpec):
+        self.spec = spec
+        self.folder = tempfile.mkdtemp(prefix="blsp-emo-workers-")
+        self.key = secrets.token_bytes(32)
+        self.listener = Listener(os.path.join(self.folder, "socket"), family="AF_UNIX", authkey=self.key)
+        self.closed = False
+        self._accepted: queue.Queue = queue.Queue()
+        self._admitting = threading.Lock()  # one admission at a time: each takes the connections it waits for
+        threading.Thread(target=self._accept, name="worker-door", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self._accepted.put(self.listener.accept())
+            except AuthenticationError:  # not one of ours
+                continue
+            except OSError:  # closed with the pool
+                return
+
+    def launch(self, index: int) -> subprocess.Popen:
+        return _launch({"address": self.listener.address, "key": self.key.hex(), "index": index,
+                        "spec": asdict(self.spec)})
+
+    def admit(self, procs: dict[int, subprocess.Popen], deadline: float) -> tuple[list[_Worker], tuple, tuple]:
+        """Wait for `slots` connections from each process (by worker index); kill them all if one fails."""
+        workers = {proc.pid: _Worker(index, proc) for index, proc in procs.items()}
+        infos, notes = (), ()
+        with self._admitting:
+            try:
+                while any(len(w.connections) < self.spec.slots for w in workers.values()):
+                    try:
+                        conn = self._accepted.get(timeout=0.1)
+                    except queue.Empty:
+                        _check_loading(workers.values(), deadline, self.closed)
+                        continue
+                    try:
+                        _, pid, infos, notes = conn.recv()
+                    except (EOFError, OSError):
+                        continue
+                    if pid not in workers:  # from a worker given up on earlier
+                        conn.close()
+                        continue
+                    workers[pid].connections.append(conn)
+                    workers[pid].free.append(conn)
+            except BaseException:
+                for w in workers.values():
+                    w.end()
+                raise
+        return sorted(workers.values(), key=lambda w: w.index), infos, notes
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _check_loading(workers, deadline: float, closed: bool) -> None:
+    for w in workers:
+        if w.process.poll() is not None:
+            raise WorkerError(f"{w.stopped()} while loading the models; its error is in the log above")
+    if closed:
+        raise WorkerError("the worker pool was closed while a worker was loading")
+    if time.monotonic() > deadline:
+        raise WorkerError("the model workers did not load within the time allowed; the log above shows how far "
+                          "they got")
+
+
+class WorkerPool:
+    """Worker processes that each hold every system of a `WorkerSpec`, and the systems they offer.
+
+    A worker that stops (killed, out of memory) fails the calls it was answering, with its exit
+    code; with `restart`, a new one is started in its place and later calls wait for it if no
+    other worker is left.
+    """
+
+    def __init__(self, door: _Door, workers: list[_Worker], infos: Sequence[SystemInfo], notes: Sequence[str],
+                 restart: bool = True, timeout: float = 300.0):
+        self._door, self._workers, self._restart, self._timeout = door, workers, restart, timeout
         self._ready = threading.Condition()
+        self._restarting = 0  # replacements loading
         self.systems: dict[str, SpokenDialogueSystem] = {i.name: RemoteSystem(i, self) for i in infos}
         self.notes = list(notes)  # one line per reason a system did not load
 
     @classmethod
-    def start(cls, spec: WorkerSpec, workers: int = 1, timeout: float = 300.0) -> WorkerPool:
+    def start(cls, spec: WorkerSpec, workers: int = 1, timeout: float = 300.0, restart: bool = True) -> WorkerPool:
         """Launch `workers` processes and wait until each has loaded the systems."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        folder = tempfile.mkdtemp(prefix="blsp-emo-workers-")
-        key = secrets.token_bytes(32)
-        listener = Listener(os.path.join(folder, "socket"), family="AF_UNIX", authkey=key)
-        procs = []
+        door = _Door(spec)
         try:
-            for index in range(workers):
-                procs.append(_launch({"address": listener.address, "key": key.hex(), "index": index,
-                                      "spec": asdict(spec)}))
-            return cls._connect(listener, procs, spec.slots, time.monotonic() + timeout)
+            admitted, infos, notes = door.admit({i: door.launch(i) for i in range(workers)}, time.monotonic() + timeout)
         except BaseException:
-            for proc in procs:
-                proc.kill()
-                proc.wait()
+            door.close()
             raise
-        finally:
-            listener.close()
-            shutil.rmtree(folder, ignore_errors=True)
+        return cls(door, admitted, infos, notes, restart, timeout)
 
-    @classmethod
-    def _connect(cls, listener: Listener, procs: list[subprocess.Popen], slots: int, deadline: float) -> WorkerPool:
-        accepted: queue.Queue = queue.Queue()
-
-        def accept() -> None:
-            for _ in range(len(procs) * slots):
-                try:
-                    accepted.put(listener.accept())
-                except OSError:  # the listener was closed: start-up failed
-                    return
-
-        threading.Thread(target=accept, name="worker-accept", daemon=True).start()
-        workers = [_Worker(i, p) for i, p in enumerate(procs)]
-        infos, notes = (), ()
-        while sum(len(w.connections) for w in workers) < len(procs) * slots:
-            try:
-                conn = accepted.get(timeout=0.1)
-            except queue.Empty:
-                for w in workers:
-                    if w.process.poll() is not None:
-                        raise WorkerError(f"{w.stopped()} while loading the models; its error is in the log above")
-                if time.monotonic() > deadline:
-                    raise WorkerError("the model workers did not load within the time allowed; "
-                                      "the log above shows how far they got")
-                continue
-            _, index, infos, notes = conn.recv()
-            workers[index].connections.append(conn)
-            workers[index].free.append(conn)
-        return cls(workers, infos, notes)
+    def _replace(self, index: int) -> None:
+        """Start a worker in the place of worker `index`, which stopped."""
+        try:
+            (worker,), _, _ = self._door.admit({index: self._door.launch(index)}, time.monotonic() + self._timeout)
+        except (WorkerError, OSError) as e:
+            print(f"model workers: worker {index} not replaced: {e}", file=sys.stderr)
+            worker = None
+        with self._ready:
+            self._restarting -= 1
+            if worker is not None and self._door.closed:
+                worker.end()
+            elif worker is not None:
+                self._workers[index] = worker
+            self._ready.notify_all()
 
     def stream(self, name: str, audio, history: tuple[Turn, ...], options: GenerationOptions,
                text: str | None) -> Iterator[Reply]:
@@ -193,14 +256,13 @@ class WorkerPool:
                 conn.send(("stream", name, audio, history, options, text))
             except OSError as e:
                 broken = True
-                raise WorkerError(f"{worker.stopped()}; the other workers, if any, go on") from e
+                raise WorkerError(self._lost(worker, "before the call")) from e
             while True:
                 try:
                     kind, value = conn.recv()
                 except (EOFError, OSError) as e:
                     broken = True
-                    raise WorkerError(f"{worker.stopped()} during a reply; the other workers, if any, "
-                                      "go on") from e
+                    raise WorkerError(self._lost(worker, "during a reply")) from e
                 if kind == "reply":
                     yield value
                     continue
@@ -213,12 +275,16 @@ class WorkerPool:
                 broken = not _cancel(conn)
             self._release(worker, conn, broken)
 
+    def _lost(self, worker: _Worker, when: str) -> str:
+        then = "a new one is starting in its place; try again" if self._restart else "the other workers, if any, go on"
+        return f"{worker.stopped()} {when}; {then}"
+
     def _acquire(self, key: int) -> tuple[_Worker, Connection]:
         """A free connection of the least busy worker, the home one (`key`) among equals."""
         with self._ready:
             while True:
                 alive = [w for w in self._workers if w.alive]
-                if not alive:
+                if not alive and not self._restarting:
                     raise WorkerError("every model worker has stopped (the log says why); restart the app")
                 free = [w for w in alive if w.free]
                 if free:
@@ -232,23 +298,25 @@ class WorkerPool:
     def _release(self, worker: _Worker, conn: Connection, broken: bool) -> None:
         with self._ready:
             worker.busy -= 1
-            if broken:
-                worker.alive = False
-            else:
+            if not broken:
                 worker.free.append(conn)
+            else:
+                conn.close()
+            if broken and worker.alive:  # the first call to find it gone: end it for good, start another
+                worker.alive = False
+                # Killed, not just closed: its other calls' connections then end too, and those calls raise.
+                threading.Thread(target=worker.end, name=f"end-worker-{worker.index}", daemon=True).start()
+                if self._restart and not self._door.closed:
+                    self._restarting += 1
+                    threading.Thread(target=self._replace, args=(worker.index,), name=f"replace-worker-{worker.index}",
+                                     daemon=True).start()
             self._ready.notify_all()
 
     def close(self, timeout: float = 10.0) -> None:
         """End the workers: each exits when its connections close."""
+        self._door.close()
         for w in self._workers:
-            for conn in w.connections:
-                conn.close()
-        for w in self._workers:
-            try:
-                w.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                w.process.kill()
-                w.process.wait()
+            w.end(timeout)
 
     @property
     def pids(self) -> list[int]:
@@ -317,7 +385,7 @@ def serve(config: dict) -> None:
     answering = [threading.Thread(target=_answer_calls, args=(conn, systems), name=f"slot-{i}")
                  for i, conn in enumerate(connections)]
     for conn, thread in zip(connections, answering):
-        conn.send(("ready", config["index"], infos, notes))
+        conn.send(("ready", os.getpid(), infos, notes))
         thread.start()
     for thread in answering:
         thread.join()

@@ -63,8 +63,11 @@ def test_the_page_line_makes_the_pages_requests_and_reports_a_refused_clip(serve
     assert len(chat) == 4 and chat[:1] == first[:1] and chat[2]["content"][0]["text"] == "and then?"
     with pytest.raises(RuntimeError, match="not a readable audio file"):
         line.talk(str(picture), "", 8)
+    session = line.session
+    line.new_conversation()  # Clear, as a visitor presses it: the same page, a new conversation
+    assert len(line.talk(None, "hello", 8)) == 2 and line.session == session
     line.new_session()
-    assert len(line.talk(None, "hello", 8)) == 2  # a new session starts a new conversation
+    assert len(line.talk(None, "hello again", 8)) == 2  # a new session starts a new conversation too
     line.close()
 
 

@@ -117,21 +117,23 @@ def test_a_conversation_keeps_its_home_worker():
 
 def test_routing_prefers_the_least_busy_worker_then_home():
     workers = [_Worker(i, process=None, connections=["a", "b"], free=["a", "b"]) for i in range(2)]
-    pool = WorkerPool(workers, [], [])
+    pool = WorkerPool(None, workers, [], [], restart=False)
     home, _ = pool._acquire(key=1)
     assert home is workers[1]  # both idle: home
     other, conn = pool._acquire(key=1)
     assert other is workers[0]  # home busy, the other idle: the idle one
-    pool._release(other, conn, broken=True)  # a broken connection: that worker is out
-    again, _ = pool._acquire(key=0)
-    assert again is workers[1] and not workers[0].alive
+    pool._release(other, conn, broken=False)
+    assert pool._acquire(key=0)[0] is workers[0]  # home again: it has one call, as worker 1 has
+    workers[0].alive = False  # a stopped worker takes no calls
+    assert pool._acquire(key=0)[0] is workers[1]
     workers[1].alive = False
     with pytest.raises(WorkerError, match="every model worker has stopped"):
         pool._acquire(key=0)
 
 
 def test_a_killed_worker_is_named_and_the_others_go_on(bundle_dir):
-    pool = WorkerPool.start(WorkerSpec(("blsp-emo",), model=str(bundle_dir), threads=1, slots=1), workers=2)
+    spec = WorkerSpec(("blsp-emo",), model=str(bundle_dir), threads=1, slots=1)
+    pool = WorkerPool.start(spec, workers=2, restart=False)
     try:
         system = pool.systems["blsp-emo"]
         homed = next(f"hello {i}" for i in range(100) if _home_key(None, (), f"hello {i}") % 2 == 0)
@@ -147,6 +149,21 @@ def test_a_killed_worker_is_named_and_the_others_go_on(bundle_dir):
             system.respond(text=homed, options=GREEDY)
         with pytest.raises(WorkerError, match="every model worker has stopped"):
             system.respond(text=homed, options=GREEDY)
+    finally:
+        pool.close()
+
+
+def test_a_killed_worker_is_replaced_and_later_calls_wait_for_it(bundle_dir):
+    pool = WorkerPool.start(WorkerSpec(("blsp",), model=str(bundle_dir), threads=1, slots=2), workers=1)
+    try:
+        system, (old,) = pool.systems["blsp"], pool.pids
+        pool._workers[0].process.kill()
+        pool._workers[0].process.wait()
+        with pytest.raises(WorkerError, match=rf"pid {old}\) exited with code -9 .*; a new one is starting in its"):
+            system.respond(text="hello?", options=GREEDY)
+        assert system.respond(text="are you back?", options=GREEDY).done  # waits for the new worker
+        (new,) = pool.pids
+        assert new != old and _idle(pool)
     finally:
         pool.close()
 
