@@ -20,6 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 # Offline by default (no analytics, telemetry or hub calls); export HF_HUB_OFFLINE=0 to use the hub.
 for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"), ("GRADIO_ANALYTICS_ENABLED", "False")):
@@ -59,9 +60,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--concurrency", type=int, default=2, help="model calls at once (default: 2)")
-    p.add_argument("--workers", type=int, default=_default_workers(),
-                   help="model worker processes: the systems run there, beside the page's own work (default: 1; 0 "
-                        "runs them in this process, the default on a ZeroGPU Space, whose GPU only this process gets)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="model worker processes, each with its own copy of the models: the systems run there, beside "
+                        "the page's own work (default: one per core up to --concurrency for the bundled demo models, "
+                        "1 for any other model or on a GPU; 0 runs them in this process, the default on a ZeroGPU "
+                        "Space, whose GPU only this process gets)")
     p.add_argument("--max-queue", type=int, default=16, help="waiting requests before 'busy' (default: 16)")
     p.add_argument("--max-batch", type=int, default=16,
                    help="replies decoded together, one forward per token for all (default: 16; at most "
@@ -76,9 +79,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _default_workers() -> int:
-    """1, or 0 where the `spaces` package is (a ZeroGPU Space lends its GPU call by call to this process)."""
-    return 0 if importlib.util.find_spec("spaces") else 1
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_workers(args: argparse.Namespace) -> int:
+    """How many model workers `args` gets without --workers.
+
+    0 where the `spaces` package is: a ZeroGPU Space lends its GPU call by call to this process.
+    1 on a GPU or for a model given by --model: each worker holds a copy (the released one is 17 GB).
+    Otherwise (the 21 MB bundled models on CPU) one per core, up to --concurrency: two turns that
+    overlap then run side by side (README, Serving).
+    """
+    if importlib.util.find_spec("spaces"):
+        return 0
+    gpu = (args.device or "").startswith("cuda") or any(Path("/proc/driver/nvidia/gpus").glob("*"))
+    if gpu or args.model is not None:
+        return 1
+    return max(1, min(_cores(), args.concurrency))
 
 
 def study_config(args: argparse.Namespace) -> StudyConfig | None:
@@ -97,8 +115,7 @@ def _threads_per_call(concurrency: int) -> int:
     calls then fight over them (10x slower on 2 cores)."""
     if "OMP_NUM_THREADS" in os.environ:
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(concurrency, 1))
+    return max(1, _cores() // max(concurrency, 1))
 
 
 def _systems(names: Sequence[str], parts: dict, threads: int, starting: Future | None):
@@ -121,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"error: unknown system(s) {unknown}; available: {available_systems()}")
     if args.max_batch < 0:
         sys.exit(f"error: --max-batch must be >= 0, got {args.max_batch}")
+    if args.workers is None:
+        args.workers = default_workers(args)
     if args.workers < 0:
         sys.exit(f"error: --workers must be >= 0, got {args.workers}")
     study = study_config(args)  # a bad study file stops here, before any model loads

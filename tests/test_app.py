@@ -1,5 +1,7 @@
 """The Gradio app, driven as visitors and clients drive it: gradio_client round trips and one real browser."""
 
+import importlib.util
+import os
 import shutil
 import socket
 import time
@@ -332,3 +334,15 @@ def test_a_negative_max_batch_is_refused_before_any_model_loads():
 def test_a_negative_worker_count_is_refused_before_any_model_loads():
     with pytest.raises(SystemExit, match="--workers must be >= 0, got -1"):
         app.main(["--workers", "-1", "--model", "/nonexistent"])
+
+
+def test_worker_count_follows_the_machine_and_the_model(monkeypatch):
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("BLSP_EMO_MODEL", raising=False)
+    assert app.default_workers(app.parse_args([])) == min(cores, 2)  # the bundled models: one per core
+    assert app.default_workers(app.parse_args(["--concurrency", "1"])) == 1
+    assert app.default_workers(app.parse_args(["--model", "some/model"])) == 1  # each worker holds a copy
+    assert app.default_workers(app.parse_args(["--device", "cuda"])) == 1
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "spaces" else real(name, *a))
+    assert app.default_workers(app.parse_args([])) == 0  # ZeroGPU: the GPU is lent to this process only

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def server(bundle_dir):
-    app = spawn_app(("--model", str(bundle_dir), "--tts", "none", "--systems", "blsp-emo"))
+    app = spawn_app(("--model", str(bundle_dir), "--tts", "none", "--systems", "blsp-emo", "--workers", "2"))
     yield app
     app.stop()
 
