@@ -1,10 +1,11 @@
-"""`python -m blsp_emo loadtest`: simulated visitors talking to a running app at once, through gradio_client.
+"""`python -m blsp_emo loadtest`: simulated visitors talking to a running app at once, as pages or API callers.
 
 Each visitor keeps having short conversations (a spoken turn with its own clip, then typed turns
 naming the visitor), greedy so that a conversation replayed gives the same replies. A page visitor
 keeps its one session and presses Clear between conversations, as a person on the page does; a
-gradio_client caller starts a new session for each (its conversation lives in the session). After every turn it checks that the conversation the server returns is exactly its own:
-its clip, its words, in order, one reply per turn. Anything else counts as cross-talk. One visitor
+gradio_client caller starts a new session for each (its conversation lives in the session). After
+every turn a visitor checks that the conversation the server returns is exactly its own: its clip,
+its words, in order, one reply per turn. Anything else counts as cross-talk. One visitor
 alone and all of them together take turns against the same server, in `--rounds` alternating slices
 of each phase's time: a shared machine's speed drifts by more than the load changes it (the
 single-visitor median moved between 0.07 and 0.11 s from one run to the next), so the two

@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..prompts import SYSTEM_EMPATHETIC
 from .base import Heard, LocalSystem, Reply, SpokenDialogueSystem, Timings
@@ -190,6 +188,6 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "BlspSystem", "CascadeSystem", "Heard", "LocalSystem", "Reply", "SpokenDialogueSystem", "Timings", "SYSTEMS", "SystemSpec",
-    "available_systems", "load_system", "load_systems",
+    "BlspSystem", "CascadeSystem", "Heard", "LocalSystem", "Reply", "SpokenDialogueSystem", "Timings", "SYSTEMS",
+    "SystemSpec", "available_systems", "load_system", "load_systems",
 ]
