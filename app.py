@@ -155,24 +155,24 @@ def main(argv: Sequence[str] | None = None) -> None:
                  max_batch=args.max_batch)
     threads = _threads_per_call(args.concurrency)
     with ThreadPoolExecutor(1, thread_name_prefix="start-workers") as background:
-        spec = WorkerSpec(tuple(names), **parts, threads=threads, slots=args.concurrency)
-        starting = background.submit(WorkerPool.start, spec, args.workers) if args.workers else None
+        spec = WorkerSpec(tuple(names), **parts, threads=threads, slots=args.concurrency) if args.workers else None
+        starting = background.submit(WorkerPool.start, spec, args.workers) if spec else None
         import demo_ui  # Gradio and the page: seconds of imports, done while the workers load the models
         import study_ui
 
         systems, notes, pool = _systems(names, parts, threads, starting)
     try:
-        synthesizer = load_synthesizer(args.tts)
-    except SynthesizerUnavailableError as e:
-        synthesizer, notes = NullSynthesizer(), [*notes, f"spoken replies off: {e}"]
-    for note in notes:
-        print(f"app: {note}", file=sys.stderr)
-    runner = study_ui.runner_from_args(args, study, systems, synthesizer)
-    demo = demo_ui.build_demo(systems, synthesizer, model_label=label, notes=notes, concurrency=args.concurrency,
-                              max_queue=args.max_queue, study=runner, stream_interval=args.stream_interval)
-    try:
+        try:
+            synthesizer = load_synthesizer(args.tts)
+        except SynthesizerUnavailableError as e:
+            synthesizer, notes = NullSynthesizer(), [*notes, f"spoken replies off: {e}"]
+        for note in notes:
+            print(f"app: {note}", file=sys.stderr)
+        runner = study_ui.runner_from_args(args, study, systems, synthesizer)
+        demo = demo_ui.build_demo(systems, synthesizer, model_label=label, notes=notes, concurrency=args.concurrency,
+                                  max_queue=args.max_queue, study=runner, stream_interval=args.stream_interval)
         demo_ui.launch(demo, args.host, args.port)
-    finally:
+    finally:  # also when the study or the page stops the app before it serves
         if pool is not None:
             pool.close()
 

@@ -113,8 +113,12 @@ class _Worker:
     process: subprocess.Popen
     connections: list[Connection] = field(default_factory=list)
     free: list[Connection] = field(default_factory=list)
-    busy: int = 0
     alive: bool = True
+
+    @property
+    def busy(self) -> int:
+        """Calls running: the connections not free (a broken one is never given back; its worker is out)."""
+        return len(self.connections) - len(self.free)
 
     def end(self, timeout: float = 0.0) -> None:
         """Close its idle connections (it exits when all have closed), wait up to `timeout` s, then kill it."""
@@ -291,13 +295,11 @@ class WorkerPool:
                     least = min(w.busy for w in free)
                     home = alive[key % len(alive)]
                     worker = home if home in free and home.busy == least else next(w for w in free if w.busy == least)
-                    worker.busy += 1
                     return worker, worker.free.pop()
                 self._ready.wait()
 
     def _release(self, worker: _Worker, conn: Connection, broken: bool) -> None:
         with self._ready:
-            worker.busy -= 1
             if not broken:
                 worker.free.append(conn)
             else:
