@@ -31,6 +31,7 @@ except ImportError:
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 EXAMPLES_DIR = ASSETS / "examples"
+ANALYTICS_EVERY = 50  # events between recomputations of Gradio's monitoring summary
 HEARD_EXCHANGES = 4  # earlier turns stay on screen; every heard clip is encoded again each turn
 EMOJI = {"neutral": "😐", "happy": "😊", "angry": "😠", "sad": "😢", "surprise": "😮"}
 NO_MODEL = ("No model is loaded, so nothing can answer yet. Build the demo-scale models with `python -m train demo` "
@@ -66,19 +67,17 @@ def _options(temperature, top_p, max_tokens, greedy, seed) -> GenerationOptions:
         raise _fail(str(e)) from e
 
 
-def _label_title(reply: Reply | None, typed: bool = False) -> str:
-    if reply is None or not reply.emotion_scores:
-        return "Detected emotion" + ("" if reply is None else " — a typed message has no tone" if typed
-                                     else " — this system hears no tone")
-    return "Detected emotion"
+def _emotion(reply: Reply | None, typed: bool = False) -> dict | str | None:
+    """The emotion label's value: the scores heard, or why there are none (None: nothing said yet).
 
-
-def _scores(reply: Reply | None) -> dict | None:
-    return {f"{EMOJI.get(k, '')} {k}": v for k, v in reply.emotion_scores.items()} or None if reply else None
-
-
-def _label(reply: Reply | None, typed: bool = False) -> gr.Label:
-    return gr.Label(_scores(reply), label=_label_title(reply, typed))
+    Always a value, never a component: a component in an update makes Gradio rebuild its config and
+    API schema, which costs the server more than a demo-scale reply (README, Serving).
+    """
+    if reply is None:
+        return None
+    if reply.emotion_scores:
+        return {f"{EMOJI.get(k, '')} {k}": v for k, v in reply.emotion_scores.items()}
+    return "⌨️ typed: no tone to hear" if typed else "🔇 this system hears no tone"
 
 
 def _transcript(reply: Reply) -> gr.Textbox:
@@ -88,27 +87,24 @@ def _transcript(reply: Reply) -> gr.Textbox:
 def _heard_outputs(ui: SimpleNamespace, reply: Reply, typed: bool, before: Exchange | None) -> dict:
     """The emotion and transcript outputs of a turn, where the page shows `before`'s (None: a new chat).
 
-    A component in an update makes Gradio rebuild that component's config (its API schema
-    included), which costs the server more than a whole demo-scale reply; so a turn that leaves the
-    label's title and the transcript's visibility as they were sends plain values (README, Speed).
+    The transcript box is a component only when it must appear or hide (a cascade's turn after
+    another system's); otherwise both are plain values, which Gradio sends without rebuilding.
     """
-    shown_title = _label_title(before.reply if before else None, before is not None and before.audio is None)
     shown_visible = before is not None and before.reply.transcript is not None
-    same_title, same_visibility = _label_title(reply, typed) == shown_title, (reply.transcript is not None) == shown_visible
-    return {ui.emotion: _scores(reply) if same_title else _label(reply, typed),
-            ui.transcript: reply.transcript if same_visibility else _transcript(reply)}
+    same_visibility = (reply.transcript is not None) == shown_visible
+    return {ui.emotion: _emotion(reply, typed), ui.transcript: reply.transcript if same_visibility else _transcript(reply)}
 
 
-def _heard_values(ui: SimpleNamespace, reply: Reply) -> dict:
+def _heard_values(ui: SimpleNamespace, reply: Reply, typed: bool) -> dict:
     """The emotion and transcript as plain values, for the updates after a turn's first."""
-    return {ui.emotion: _scores(reply), ui.transcript: reply.transcript}
+    return {ui.emotion: _emotion(reply, typed), ui.transcript: reply.transcript}
 
 
 def _shown_outputs(ui: SimpleNamespace, shown: Exchange | None) -> dict:
     """The emotion, transcript and card outputs as `shown` left them (None: as a new chat shows them)."""
     if shown is None:
-        return {ui.emotion: _label(None), ui.transcript: gr.Textbox(None, visible=False), ui.card: ""}
-    return {ui.emotion: _label(shown.reply, shown.audio is None), ui.transcript: _transcript(shown.reply),
+        return {ui.emotion: None, ui.transcript: gr.Textbox(None, visible=False), ui.card: ""}
+    return {ui.emotion: _emotion(shown.reply, shown.audio is None), ui.transcript: _transcript(shown.reply),
             ui.card: shown.card}
 
 
@@ -233,13 +229,13 @@ class Callbacks:
         empty component update, which rebuilds that component and its API schema (more than a
         demo-scale token costs; README, Serving). The card shows the reply's timings as it grows.
         """
-        ui, reply, sent = self.ui, None, False
+        ui, reply, sent, typed = self.ui, None, False, user.audio is None
         before = (*chat, user) if user is shown else chat  # the state as it stands (a regenerated turn is in it)
         replies = system.stream(audio=user.audio, history=_history(chat), options=options, text=user.text)
         try:
             for i, reply in enumerate(_paced(replies, self.stream_interval)):
                 # what was heard is known before the first token: only the first update may change the boxes
-                heard = _heard_outputs(ui, reply, user.audio is None, shown) if i == 0 else _heard_values(ui, reply)
+                heard = _heard_outputs(ui, reply, typed, shown) if i == 0 else _heard_values(ui, reply, typed)
                 update = {ui.chatbot: _messages(chat, (user.shown, reply)), ui.chat: before, **heard,
                           ui.card: _card(system, reply, options, self.model_label)}
                 if not reply.done:  # the end goes out below, with the answered turn in the state
@@ -274,7 +270,7 @@ class Callbacks:
         options = replace(_options(*settings), seed=seed)
         replies = _paced(system.stream(audio=self.load(audio, system), options=options), self.stream_interval)
         for i, reply in enumerate(replies):  # every output each time, as in Callbacks._turn
-            heard = (_label(reply), _transcript(reply)) if i == 0 else (_scores(reply), reply.transcript)
+            heard = (_emotion(reply), _transcript(reply) if i == 0 else reply.transcript)
             yield (*heard, reply.text, _timings(reply) + f" · seed `{reply.seed}`", reply if reply.done else None)
 
     def speak(self, reply: Reply | None, enabled: bool = True):
@@ -474,6 +470,10 @@ def build_demo(
             with gr.Tab("🔊 Voices"):
                 _voices_tab(cb)
             study_ui.build_tabs(study)
+    # Gradio's queue recomputes its monitoring summary (a pandas table of up to its last 10,000
+    # events) after every event, on the page's process, at a cost that grows with the events
+    # kept; every 50 events keeps the summary fresh and its cost per event small (README, Serving).
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(ANALYTICS_EVERY))
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
     return demo
 

@@ -16,6 +16,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import ValidationError  # noqa: E402
 
 import app  # noqa: E402
+import demo_ui  # noqa: E402
 from blsp_emo.systems import load_systems  # noqa: E402
 import tiny  # noqa: E402
 from blsp_emo import GenerationOptions, available_systems  # noqa: E402
@@ -77,6 +78,14 @@ def test_build_demo_constructs_with_every_part(systems):
     assert len(labels) == 1 + len(systems)  # Talk + one per Compare column
 
 
+def test_the_queue_recomputes_its_monitoring_summary_only_every_so_many_events(monkeypatch):
+    # Gradio reads the setting when the queue is made; were it renamed, the summary would again be
+    # recomputed (a pandas table of up to 10,000 events) after every event on the page's process.
+    monkeypatch.delenv("GRADIO_ANALYTICS_CACHE_FREQUENCY", raising=False)
+    demo = app.build_demo({}, None)
+    assert demo._queue.ANAYLTICS_CACHE_FREQUENCY == demo_ui.ANALYTICS_EVERY > 1
+
+
 def test_compare_columns_share_one_callback_and_one_seed(systems, clip_path):
     demo = app.build_demo(systems, NullSynthesizer(), options=OPTIONS)
     column_fns = [fn.fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "answer"]
@@ -87,7 +96,8 @@ def test_compare_columns_share_one_callback_and_one_seed(systems, clip_path):
         (label, transcript, *_), *later = list(callbacks.answer(name, str(clip_path), seed, 0.5, 0.5, 12, False, None))
         *_, timings, reply = later[-1]
         assert reply.system == name and reply.seed == seed and f"seed `{seed}`" in timings
-        assert (not label.value) == (not reply.emotion_scores) and transcript.visible == (reply.transcript is not None)
+        assert isinstance(label, dict) == bool(reply.emotion_scores) and transcript.visible == (reply.transcript is not None)
+        assert isinstance(label, dict) or "hears no tone" in label
         # Components go with the first update only; later ones repeat plain values, never leave an
         # output out (Gradio would rebuild a left-out component at every update).
         assert later and all(isinstance(update[0], dict) == bool(reply.emotion_scores) for update in later)
@@ -122,7 +132,7 @@ def test_every_update_of_a_turn_gives_every_output_a_value(systems, clip_path):
     assert spoken == (None, gr.skip()) and typed == (gr.skip(), "")  # the input sent is emptied, the other kept
 
 
-def test_a_turn_sends_components_only_when_the_label_or_transcript_box_changes(systems, clip_path):
+def test_a_turn_sends_a_component_only_when_the_transcript_box_appears_or_hides(systems, clip_path):
     """Plain values keep Gradio from rebuilding a component's config at every turn (README, Speed)."""
     demo = app.build_demo(systems, NullSynthesizer(), options=OPTIONS)
     cb = _talk_fn(demo).fn.__self__
@@ -132,14 +142,16 @@ def test_a_turn_sends_components_only_when_the_label_or_transcript_box_changes(s
         updates = list(cb.talk(audio, text, chat, system, *settings))
         return updates[0], updates[-1][ui.chat]
 
-    first, chat = turn(str(clip_path), "", (), "blsp-emo")  # a new chat shows "Detected emotion", no transcript
+    first, chat = turn(str(clip_path), "", (), "blsp-emo")  # a new chat shows no transcript
     assert isinstance(first[ui.emotion], dict) and first[ui.transcript] is None
     again, chat = turn(str(clip_path), "", chat, "blsp-emo")
     assert isinstance(again[ui.emotion], dict) and again[ui.transcript] is None
-    typed, chat = turn(None, "hello there", chat, "blsp-emo")  # the title changes: a component
-    assert isinstance(typed[ui.emotion], gr.Label) and "typed message has no tone" in typed[ui.emotion].label
-    spoken, chat = turn(str(clip_path), "", chat, "blsp-emo")  # ... and back
-    assert isinstance(spoken[ui.emotion], gr.Label) and spoken[ui.emotion].label == "Detected emotion"
+    typed, chat = turn(None, "hello there", chat, "blsp-emo")  # the label says why it has no scores
+    assert typed[ui.emotion] == "⌨️ typed: no tone to hear" and typed[ui.transcript] is None
+    spoken, chat = turn(str(clip_path), "", chat, "blsp-emo")  # ... and has scores again
+    assert isinstance(spoken[ui.emotion], dict)
+    blsp, _ = turn(str(clip_path), "", (), "blsp")
+    assert blsp[ui.emotion] == "🔇 this system hears no tone"
     heard, chat = turn(str(clip_path), "", (), "cascade")  # a transcript to show: the box appears once
     assert isinstance(heard[ui.transcript], gr.Textbox) and heard[ui.transcript].visible
     heard_again, _ = turn(str(clip_path), "", chat, "cascade")
@@ -170,9 +182,8 @@ def test_a_failed_turn_puts_back_the_label_and_transcript_the_chat_says_are_show
     with pytest.raises(gr.Error, match="decoding failed"):
         for update in cb._turn(_FailsAfterFirstToken(systems["blsp-emo"]), chat, spoken, options, chat[-1]):
             updates.append(update)
-    assert updates[0][ui.emotion].label == "Detected emotion"  # the failed turn changed the title ...
-    restored = updates[-1][ui.emotion]
-    assert isinstance(restored, gr.Label) and "typed message has no tone" in restored.label  # ... and it is back
+    assert isinstance(updates[0][ui.emotion], dict)  # the failed turn showed the scores it heard ...
+    assert updates[-1][ui.emotion] == "⌨️ typed: no tone to hear"  # ... and the typed turn's label is back
     assert len(updates[-1][ui.chatbot]) == 2  # the failed turn's bubbles are gone
     assert updates[-1][ui.chat] == chat and updates[-1][ui.card] == chat[-1].card  # and its card
     updates = []
