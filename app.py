@@ -31,7 +31,9 @@ from blsp_emo.systems import available_systems, load_systems  # noqa: E402
 from blsp_emo.tts import (  # noqa: E402
     DEFAULT_SYNTHESIZER, NullSynthesizer, SynthesizerUnavailableError, available_synthesizers, load_synthesizer,
 )
-from blsp_emo.workers import WorkerError, WorkerPool, WorkerSpec, apply_threads, default_device  # noqa: E402
+from blsp_emo.workers import (  # noqa: E402
+    WorkerError, WorkerPool, WorkerSpec, apply_threads, default_device, freeze_loaded,
+)
 
 
 _PAGE = ("build_demo", "launch", "Callbacks", "Exchange")  # demo_ui's names, offered here too
@@ -171,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         runner = study_ui.runner_from_args(args, study, systems, synthesizer)
         demo = demo_ui.build_demo(systems, synthesizer, model_label=label, notes=notes, concurrency=args.concurrency,
                                   max_queue=args.max_queue, study=runner, stream_interval=args.stream_interval)
+        freeze_loaded()
         demo_ui.launch(demo, args.host, args.port)
     finally:  # also when the study or the page stops the app before it serves
         if pool is not None:

@@ -372,19 +372,27 @@ def process_rss_mb(pid: int) -> float:
 
 def tree_rss_mb(pid: int) -> float:
     """The resident memory of `pid` and of every process under it (the app's model workers)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
-        except OSError:  # it ended while we looked
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
     total, todo = 0.0, [pid]
     while todo:
         current = todo.pop()
         total += process_rss_mb(current)
-        todo.extend(children.get(current, []))
+        todo.extend(child_pids(current))
     return total
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started, from the kernel's per-thread lists.
+
+    The sampler runs beside the visitors it times, so it reads the few files of the app's own
+    threads instead of every process's status (3.6 ms a sample, taken five times a second).
+    """
+    children = []
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children.extend(int(child) for child in listing.read_text().split())
+        except OSError:  # the thread ended while we looked
+            continue
+    return children
 
 
 def free_port() -> int:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from blsp_emo.loadtest import LoadOptions, PageLine, Phase, Visitor, check_loopback, loadtest, spawn_app
+from blsp_emo.loadtest import (
+    LoadOptions, PageLine, Phase, Visitor, check_loopback, child_pids, loadtest, process_rss_mb, spawn_app, tree_rss_mb,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,6 +32,13 @@ def test_visitors_see_only_their_own_conversations(server, client):
         assert p["turns"] >= 2 and 0 < p["p50_s"] <= p["p95_s"] <= p["max_s"]
     assert report["concurrent"]["users"] == 3 and report["p95_over_single_p50"] > 0
     assert report["single"]["replays"] >= 1 and report["single"]["replay_mismatches"] == 0  # greedy replays agree
+
+
+def test_the_memory_sampler_counts_the_model_workers(server):
+    workers = child_pids(server.process.pid)
+    assert len(workers) == 2 and all("blsp_emo.workers" in Path(f"/proc/{w}/cmdline").read_text() for w in workers)
+    alone = process_rss_mb(server.process.pid)
+    assert tree_rss_mb(server.process.pid) >= alone + sum(process_rss_mb(w) for w in workers) * 0.9 > alone > 0
 
 
 def test_the_cross_talk_check_can_fail(server, tmp_path):

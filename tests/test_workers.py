@@ -1,8 +1,10 @@
 """The model worker pool: systems in processes of their own answer exactly as they do in this one."""
 
+import gc
 import subprocess
 import sys
 import threading
+import weakref
 import zlib
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from blsp_emo import workers as workers_module
 from blsp_emo.audio import AudioError
 from blsp_emo.prompts import Turn
 from blsp_emo.systems import load_systems
-from blsp_emo.workers import RemoteSystem, WorkerError, WorkerPool, WorkerSpec, _home_key, _Worker
+from blsp_emo.workers import RemoteSystem, WorkerError, WorkerPool, WorkerSpec, _home_key, _Worker, freeze_loaded
 
 GREEDY = GenerationOptions(max_new_tokens=12, greedy=True)
 LONG = GenerationOptions(max_new_tokens=64, min_new_tokens=48, greedy=True)  # long enough to cancel midway
@@ -209,3 +211,23 @@ def test_a_server_of_workers_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_after_the_freeze_loaded_objects_are_left_out_and_new_garbage_is_still_collected():
+    class Node:
+        pass
+
+    loaded = Node()
+    gc.collect()
+    tracked = len(gc.get_objects())
+    freeze_loaded()
+    try:
+        assert gc.get_freeze_count() >= tracked > len(gc.get_objects())  # a full collection walks far less
+        assert not any(o is loaded for o in gc.get_objects())
+        cycle = Node()
+        cycle.me, gone = cycle, weakref.ref(cycle)
+        del cycle
+        gc.collect()
+        assert gone() is None  # a cycle made after the freeze is still collected
+    finally:
+        gc.unfreeze()
