@@ -157,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                  max_batch=args.max_batch)
     threads = _threads_per_call(args.concurrency)
     with ThreadPoolExecutor(1, thread_name_prefix="start-workers") as background:
-        spec = WorkerSpec(tuple(names), **parts, threads=threads, slots=args.concurrency) if args.workers else None
+        spec = WorkerSpec(tuple(names), **parts, threads=threads, slots=args.concurrency,
+                          stream_interval=args.stream_interval) if args.workers else None
         starting = background.submit(WorkerPool.start, spec, args.workers) if spec else None
         import demo_ui  # Gradio and the page: seconds of imports, done while the workers load the models
         import study_ui

@@ -21,6 +21,7 @@ import numpy as np
 import study_ui
 from blsp_emo import GenerationOptions, Reply, SpokenDialogueSystem, load_audio
 from blsp_emo.audio import AudioError
+from blsp_emo.systems import paced
 from blsp_emo.tts import STYLES, NullSynthesizer, SpeechSynthesizer, style_for
 
 try:  # ZeroGPU Spaces lend a GPU per call to functions marked with spaces.GPU; elsewhere a no-op
@@ -142,20 +143,6 @@ def _messages(chat: Chat, pending: tuple[object, Reply] | None = None) -> list[d
     return out
 
 
-def _paced(replies: Iterator[Reply], interval: float) -> Iterator[Reply]:
-    """The growing reply at most once per `interval` seconds, and always its first token and the end.
-
-    Every update makes the server postprocess and send the whole conversation, which costs more CPU
-    than a demo-scale token; per-token updates cut how many visitors it can serve (README, Speed).
-    """
-    last = None
-    for reply in replies:
-        now = time.monotonic()
-        if reply.done or last is None or now - last >= interval:
-            last = now
-            yield reply
-
-
 def _history(chat: Chat) -> list:
     """The turns the system hears again: the latest few, as the released demo drops the oldest to fit."""
     return [turn for ex in chat[-HEARD_EXCHANGES:] for turn in ex.reply.turns(ex.audio, ex.text)]
@@ -233,7 +220,7 @@ class Callbacks:
         before = (*chat, user) if user is shown else chat  # the state as it stands (a regenerated turn is in it)
         replies = system.stream(audio=user.audio, history=_history(chat), options=options, text=user.text)
         try:
-            for i, reply in enumerate(_paced(replies, self.stream_interval)):
+            for i, reply in enumerate(paced(replies, self.stream_interval)):
                 # what was heard is known before the first token: only the first update may change the boxes
                 heard = _heard_outputs(ui, reply, typed, shown) if i == 0 else _heard_values(ui, reply, typed)
                 update = {ui.chatbot: _messages(chat, (user.shown, reply)), ui.chat: before, **heard,
@@ -268,7 +255,7 @@ class Callbacks:
         """One callback for every Compare column: which system answers is data, never a branch."""
         system = self.system(name)
         options = replace(_options(*settings), seed=seed)
-        replies = _paced(system.stream(audio=self.load(audio, system), options=options), self.stream_interval)
+        replies = paced(system.stream(audio=self.load(audio, system), options=options), self.stream_interval)
         for i, reply in enumerate(replies):  # every output each time, as in Callbacks._turn
             heard = (_emotion(reply), _transcript(reply) if i == 0 else reply.transcript)
             yield (*heard, reply.text, _timings(reply) + f" · seed `{reply.seed}`", reply if reply.done else None)

@@ -41,7 +41,7 @@ import numpy as np
 from .audio import AudioSource
 from .options import GenerationOptions
 from .prompts import Turn
-from .systems.base import Reply, SpokenDialogueSystem
+from .systems.base import Reply, SpokenDialogueSystem, paced
 
 _TERMINAL = ("end", "error", "cancelled")  # the messages that end a call
 
@@ -63,13 +63,14 @@ class WorkerSpec:
     max_batch: int = 0
     threads: int = 0  # torch threads in each worker; 0: torch's default
     slots: int = 2  # calls one worker answers at once
+    stream_interval: float = 0.0  # seconds between the growing replies a call sends back (0: every token)
 
     def __post_init__(self):
         if self.slots < 1 or self.threads < 0:
             raise ValueError(f"slots must be >= 1 and threads >= 0, got {self.slots} and {self.threads}")
 
     def parts(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("names", "threads", "slots")}
+        return {k: v for k, v in asdict(self).items() if k not in ("names", "threads", "slots", "stream_interval")}
 
 
 @dataclass(frozen=True)
@@ -398,7 +399,7 @@ def serve(config: dict) -> None:
     freeze_loaded()
     connections = [Client(config["address"], family="AF_UNIX", authkey=bytes.fromhex(config["key"]))
                    for _ in range(spec.slots)]
-    answering = [threading.Thread(target=_answer_calls, args=(conn, systems), name=f"slot-{i}")
+    answering = [threading.Thread(target=_answer_calls, args=(conn, systems, spec.stream_interval), name=f"slot-{i}")
                  for i, conn in enumerate(connections)]
     for conn, thread in zip(connections, answering):
         conn.send(("ready", os.getpid(), infos, notes))
@@ -407,20 +408,25 @@ def serve(config: dict) -> None:
         thread.join()
 
 
-def _answer_calls(conn: Connection, systems: dict[str, SpokenDialogueSystem]) -> None:
+def _answer_calls(conn: Connection, systems: dict[str, SpokenDialogueSystem], interval: float) -> None:
     while True:
         try:
             request = conn.recv()
             if request[0] == "stream":  # anything else is a cancel that came after its reply had ended
-                _answer(conn, systems[request[1]], *request[2:])
+                _answer(conn, systems[request[1]], *request[2:], interval=interval)
         except (EOFError, OSError):  # the pool closed the connection (or its process ended)
             conn.close()
             return
 
 
-def _answer(conn: Connection, system: SpokenDialogueSystem, audio, history, options, text) -> None:
-    """Send the reply as it grows; a failure of the call goes back to the caller, one of the connection up."""
-    replies = system.stream(audio, history, options, text)
+def _answer(conn: Connection, system: SpokenDialogueSystem, audio, history, options, text, interval: float) -> None:
+    """Send the reply as it grows, at most every `interval` s; a failure of the call goes back to the
+    caller, one of the connection up.
+
+    Pacing here rather than in the server: each message is a wake-up, a receive and an unpickling on
+    the server's process, which serves every visitor, for a token the page would not show.
+    """
+    replies = paced(system.stream(audio, history, options, text), interval)
     try:
         while True:
             try:

@@ -15,7 +15,7 @@ from blsp_emo import GenerationOptions, available_systems
 from blsp_emo import workers as workers_module
 from blsp_emo.audio import AudioError
 from blsp_emo.prompts import Turn
-from blsp_emo.systems import load_systems
+from blsp_emo.systems import Reply, Timings, load_systems, paced
 from blsp_emo.workers import RemoteSystem, WorkerError, WorkerPool, WorkerSpec, _home_key, _Worker, freeze_loaded
 
 GREEDY = GenerationOptions(max_new_tokens=12, greedy=True)
@@ -231,3 +231,37 @@ def test_after_the_freeze_loaded_objects_are_left_out_and_new_garbage_is_still_c
         assert gone() is None  # a cycle made after the freeze is still collected
     finally:
         gc.unfreeze()
+
+
+def test_a_paced_worker_sends_the_first_token_and_the_end_and_still_cancels(bundle_dir, local):
+    spec = WorkerSpec(("blsp-emo",), model=str(bundle_dir), threads=1, slots=1, stream_interval=60.0)
+    paced_pool = WorkerPool.start(spec, workers=1)
+    try:
+        system, clip = paced_pool.systems["blsp-emo"], tiny.tone(2.0, 180.0)
+        first, end = list(system.stream(clip, options=GREEDY))  # nothing between: 60 s never passed
+        alone = local["blsp-emo"].respond(clip, options=GREEDY)
+        assert len(first.token_ids) == 1 and not first.done and end.done and end.token_ids == alone.token_ids
+        replies = system.stream(text="tell me a story", options=LONG)
+        next(replies)
+        replies.close()  # cancelled while the worker decodes the tokens it holds back
+        assert _idle(paced_pool)
+        assert len(system.respond(text="tell me a story", options=LONG).token_ids) >= LONG.min_new_tokens
+    finally:
+        paced_pool.close()
+
+
+def test_paced_keeps_the_first_and_last_replies_and_closes_what_it_paces():
+    def replies():
+        try:
+            for i in range(5):
+                yield Reply("s", "x" * i, None, {}, None, Timings(0.0, 0.0), (), None, i == 4)
+        finally:
+            closed.append(True)
+
+    closed = []
+    assert [r.text for r in paced(replies(), 60.0)] == ["", "xxxx"]
+    assert [r.text for r in paced(replies(), 0.0)] == ["", "x", "xx", "xxx", "xxxx"]
+    stream = paced(replies(), 60.0)
+    next(stream)
+    stream.close()
+    assert closed == [True, True, True]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..prompts import SYSTEM_EMPATHETIC
-from .base import Heard, LocalSystem, Reply, SpokenDialogueSystem, Timings
+from .base import Heard, LocalSystem, Reply, SpokenDialogueSystem, Timings, paced
 
 if TYPE_CHECKING:
     from ..generation import Decoder
@@ -189,5 +189,5 @@ def __getattr__(name: str):
 
 __all__ = [
     "BlspSystem", "CascadeSystem", "Heard", "LocalSystem", "Reply", "SpokenDialogueSystem", "Timings", "SYSTEMS",
-    "SystemSpec", "available_systems", "load_system", "load_systems",
+    "SystemSpec", "available_systems", "load_system", "load_systems", "paced",
 ]

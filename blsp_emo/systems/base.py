@@ -72,6 +72,23 @@ class Heard:
         return max(self.emotion_scores, key=self.emotion_scores.get) if self.emotion_scores else None
 
 
+def paced(replies: Iterator[Reply], interval: float) -> Iterator[Reply]:
+    """The growing reply at most once per `interval` seconds, and always its first token and the end.
+
+    Each update a page shows costs its server more than a demo-scale token (postprocessing, sending,
+    and for a model worker a message to receive), so streams to a page are paced (README, Serving).
+    """
+    last = None
+    try:
+        for reply in replies:
+            now = time.monotonic()
+            if reply.done or last is None or now - last >= interval:
+                last = now
+                yield reply
+    finally:  # closed early (a cancelled reply): stop the decoding underneath now, not when collected
+        getattr(replies, "close", lambda: None)()
+
+
 class SpokenDialogueSystem(ABC):
     """A system that hears a user turn (audio or typed text) and streams a reply.
 
