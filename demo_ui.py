@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import html
 import os
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -93,7 +92,8 @@ def _heard_outputs(ui: SimpleNamespace, reply: Reply, typed: bool, before: Excha
     """
     shown_visible = before is not None and before.reply.transcript is not None
     same_visibility = (reply.transcript is not None) == shown_visible
-    return {ui.emotion: _emotion(reply, typed), ui.transcript: reply.transcript if same_visibility else _transcript(reply)}
+    transcript = reply.transcript if same_visibility else _transcript(reply)
+    return {ui.emotion: _emotion(reply, typed), ui.transcript: transcript}
 
 
 def _heard_values(ui: SimpleNamespace, reply: Reply, typed: bool) -> dict:

@@ -96,7 +96,7 @@ class Report:
     results: list[Result] = field(default_factory=list)
     turns: list[TurnResult] = field(default_factory=list)
     decode: dict = field(default_factory=dict)
-    serving: dict = field(default_factory=dict)  # bench_serving.to_json: decode step, concurrent replies
+    serving: dict = field(default_factory=dict)  # bench_serving.to_json: decode step, concurrent replies, collection
 
     def ratios(self, numerator: str = "blsp-emo", denominators: Sequence[str] = ("cascade", "cascade-ser")) -> list[dict]:
         """`numerator`'s times over each denominator's, per clip (cascade-ser: the pipeline that also hears tone)."""
@@ -433,7 +433,10 @@ def main(args) -> int:
 
 
 def _serving(args, systems, options: BenchOptions, llm, progress):
-    """The lean decode step against transformers' forward; with `--concurrent N`, N replies at once."""
+    """The collection pause, the lean decode step against transformers' forward; with `--concurrent N`,
+    N replies at once."""
+    collection = bench_serving.measure_collection(options.repeats)
+    progress(f"full garbage collection {collection.full_ms:.1f} ms, frozen {collection.frozen_full_ms:.1f} ms")
     step = bench_serving.measure_step(llm.llm, repeats=options.repeats) if llm is not None else None
     concurrent = None
     first = next((s for s in systems if s.name == "blsp-emo"), systems[0])
@@ -445,7 +448,7 @@ def _serving(args, systems, options: BenchOptions, llm, progress):
         concurrent = bench_serving.measure_concurrent(first, clips, seconds, options.generation, options.repeats)
         progress(f"{args.concurrent} replies at once: threads {concurrent.threads_wall_s * 1e3:.1f} ms, "
                  f"batched {concurrent.batched_wall_s * 1e3:.1f} ms")
-    return step, concurrent
+    return step, concurrent, collection
 
 
 def _encoder_window(args, options: BenchOptions, device: str, dtype: torch.dtype) -> int:

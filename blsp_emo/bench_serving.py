@@ -5,11 +5,14 @@
 - **Concurrent replies**: N visitors' replies started at once from N threads, each decoded in its
   own thread (one forward per reply and token) or by one `DecodeBatcher` (one forward per token for
   all), interleaved repeat by repeat; the wall time until all N are done and the median reply.
+- **Garbage collection**: a full collection with the systems loaded, as the app's model workers
+  ran it before they froze what they had loaded (`workers.freeze_loaded`), and after.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 import statistics
 import threading
 import time
@@ -23,6 +26,7 @@ from .batching import DecodeBatcher
 from .decode_step import Qwen2DecodeStep
 from .generation import GenerationOptions, new_cache, single_decoder
 from .systems import SpokenDialogueSystem
+from .workers import freeze_loaded
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,33 @@ class ConcurrentResult:
     batched_reply_s: float
     largest_batch: int
     same_tokens: bool  # every batched reply equals its one-at-a-time reply
+
+
+@dataclass(frozen=True)
+class CollectionResult:
+    tracked: int  # objects the cyclic collector tracks once the systems are loaded
+    full_ms: float  # median full collection (a pause: it holds the GIL throughout)
+    frozen_full_ms: float  # ... after freeze_loaded, as in a serving worker
+    frozen_tracked: int
+
+
+def measure_collection(repeats: int = 5) -> CollectionResult:
+    """Median full-collection pause over `repeats`, before and after `freeze_loaded` (undone after)."""
+
+    def pause() -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            gc.collect()
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times)
+
+    tracked, full = len(gc.get_objects()), pause()
+    freeze_loaded()
+    try:
+        return CollectionResult(tracked, full, pause(), len(gc.get_objects()))
+    finally:
+        gc.unfreeze()
 
 
 @torch.inference_mode()
@@ -143,12 +174,17 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def to_json(step: StepResult | None, concurrent: ConcurrentResult | None) -> dict:
+def to_json(step: StepResult | None, concurrent: ConcurrentResult | None, collection: CollectionResult) -> dict:
     return {"decode_step": None if step is None else {**asdict(step), "speedup": step.speedup},
-            "concurrent": None if concurrent is None else asdict(concurrent)}
+            "concurrent": None if concurrent is None else asdict(concurrent), "collection": asdict(collection)}
 
 
-def format_serving(step: StepResult | None, concurrent: ConcurrentResult | None) -> Iterator[str]:
+def format_serving(step: StepResult | None, concurrent: ConcurrentResult | None,
+                   collection: CollectionResult) -> Iterator[str]:
+    yield ""
+    yield (f"full garbage collection, systems loaded: {collection.full_ms:.1f} ms over {collection.tracked:,} tracked "
+           f"objects; after freeze_loaded (as a model worker serves): {collection.frozen_full_ms:.1f} ms over "
+           f"{collection.frozen_tracked:,}")
     if step is not None:
         lean = "n/a (not a Qwen2 it supports)" if step.lean_ms is None else \
             f"{step.lean_ms:.3f} ms with Qwen2DecodeStep ({step.speedup:.2f}x faster)"

@@ -9,7 +9,9 @@ its words, in order, one reply per turn. Anything else counts as cross-talk. One
 alone and all of them together take turns against the same server, in `--rounds` alternating slices
 of each phase's time: a shared machine's speed drifts by more than the load changes it (the
 single-visitor median moved between 0.07 and 0.11 s from one run to the next), so the two
-phases are measured side by side. Loopback addresses only; visitors, time and requests are bounded.
+phases are measured side by side. Each phase also reports how many of its turns ran while another
+did and what those took, and the CPU a turn cost the load test itself, the server and its model
+workers (the last two with `--spawn`). Loopback addresses only; visitors, time and requests are bounded.
 
 `--spawn` starts `python app.py` itself on a free loopback port, times it from process start until
 `/` answers 200, samples its resident memory while the visitors talk, and stops it.
@@ -37,7 +39,7 @@ import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlparse
 
 import numpy as np
@@ -82,16 +84,40 @@ class Phase:
     cross_talk: list[str] = field(default_factory=list)
     replays: int = 0  # conversations replayed by the same visitor
     replay_mismatches: int = 0  # ... whose replies differed from the first time (greedy: they should not)
+    spans: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each timed turn
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds spent during this phase's slices, by process
+
+    def add_cpu(self, before: dict[str, float], after: dict[str, float]) -> None:
+        for name in after.keys() & before.keys():
+            self.cpu_s[name] = self.cpu_s.get(name, 0.0) + after[name] - before[name]
 
     def summary(self) -> dict:
         lat = sorted(self.latencies)
+        overlapped = _overlapping(self.spans)
+        alone = [end - start for i, (start, end) in enumerate(self.spans) if i not in overlapped]
         return {"users": self.users, "turns": len(lat), "errors": len(self.errors), "cross_talk": len(self.cross_talk),
                 "p50_s": _percentile(lat, 50), "p95_s": _percentile(lat, 95), "max_s": lat[-1] if lat else None,
                 "spoken_turns": len(self.spoken), "spoken_p50_s": _percentile(self.spoken, 50),
                 "spoken_p95_s": _percentile(self.spoken, 95), "typed_p50_s": _percentile(self.typed, 50),
                 "typed_p95_s": _percentile(self.typed, 95),
+                "overlapped_turns": len(overlapped), "alone_p50_s": _percentile(alone, 50),
+                "overlapped_p50_s": _percentile([self.spans[i][1] - self.spans[i][0] for i in overlapped], 50),
+                "cpu_ms_per_turn": {k: 1e3 * v / len(lat) for k, v in sorted(self.cpu_s.items())} if lat else {},
                 "replays": self.replays, "replay_mismatches": self.replay_mismatches,
                 "error_examples": self.errors[:3], "cross_talk_examples": self.cross_talk[:3]}
+
+
+def _overlapping(spans: list[tuple[float, float]]) -> set[int]:
+    """The indices of the turns that ran while another turn of the phase ran."""
+    order = sorted(range(len(spans)), key=lambda i: spans[i][0])
+    found, latest_end, latest = set(), float("-inf"), None
+    for i in order:
+        start, end = spans[i]
+        if start < latest_end:  # began before the longest-running earlier turn ended
+            found.update((i, latest))
+        if end > latest_end:
+            latest_end, latest = end, i
+    return found
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -228,7 +254,7 @@ class Visitor:
                 return
             sent.append((audio, text))
             problem = self._foreign(chatbot, sent)
-            self._record(latency=time.monotonic() - start, cross_talk=problem, spoken=audio is not None)
+            self._record(span=(start, time.monotonic()), cross_talk=problem, spoken=audio is not None)
             if problem:
                 return
             replies.append(_text(chatbot[-1]))
@@ -265,11 +291,13 @@ class Visitor:
                 self.phase.replays += 1
                 self.phase.replay_mismatches += replies != self.first_replies
 
-    def _record(self, latency: float | None = None, error: str | None = None, cross_talk: str | None = None,
-                spoken: bool = False):
+    def _record(self, span: tuple[float, float] | None = None, error: str | None = None,
+                cross_talk: str | None = None, spoken: bool = False):
         with self.lock:
-            if latency is not None:
+            if span is not None:
+                latency = span[1] - span[0]
                 self.phase.latencies.append(latency)
+                self.phase.spans.append(span)
                 (self.phase.spoken if spoken else self.phase.typed).append(latency)
             if error:
                 self.phase.errors.append(error)
@@ -350,6 +378,11 @@ class Server:
 
         threading.Thread(target=loop, daemon=True).start()
 
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds so far of the server's process and, together, of its model workers."""
+        return {"server": process_cpu_s(self.process.pid),
+                "workers": sum(process_cpu_s(child) for child in child_pids(self.process.pid))}
+
     def stop(self) -> None:
         self._stop.set()
         self.process.terminate()
@@ -368,6 +401,15 @@ def process_rss_mb(pid: int) -> float:
     except (OSError, ValueError):
         pass
     return 0.0
+
+
+def process_cpu_s(pid: int) -> float:
+    """User and system CPU seconds of `pid` (0 once it has ended)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ...
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -436,10 +478,19 @@ def spawn_app(args: tuple[str, ...] = (), log: Path | None = None) -> Server:
 # --- the command --------------------------------------------------------------------------------
 
 
-def loadtest(url: str, options: LoadOptions) -> dict:
+def loadtest(url: str, options: LoadOptions, server_cpu: Callable[[], dict[str, float]] | None = None) -> dict:
     """One visitor alone and `options.users` at once, in alternating slices; their latencies and the
-    ratio the issue asks for (concurrent p95 over single p50)."""
+    ratio the issue asks for (concurrent p95 over single p50).
+
+    Each phase also reports the CPU its turns cost: this process's (the load test's own, which shares
+    the machine with the app), and with `server_cpu` (a spawned app's `Server.cpu_s`) the server's
+    and its workers'. On a shared machine CPU time per turn moves far less than latency does.
+    """
     check_loopback(url)
+
+    def cpu() -> dict[str, float]:
+        return {"load_test": time.process_time(), **(server_cpu() if server_cpu else {})}
+
     with tempfile.TemporaryDirectory() as tmp:
         clips = visitor_clips(Path(tmp), options.users)
         warm_up(url, options, clips[0])
@@ -447,7 +498,9 @@ def loadtest(url: str, options: LoadOptions) -> dict:
         try:
             for _ in range(options.rounds):
                 for crowd in phases:
+                    before = cpu()
                     run_slice(crowd, options.seconds / options.rounds)
+                    crowd[0].phase.add_cpu(before, cpu())
         finally:
             for visitor in (v for crowd in phases for v in crowd):
                 visitor.line.close()
@@ -476,6 +529,11 @@ def format_report(report: dict) -> Iterator[str]:
                f"({p['replay_mismatches']} differed); spoken turns {p['spoken_turns']}: p50 "
                f"{p['spoken_p50_s'] or 0:.3f} s, p95 {p['spoken_p95_s'] or 0:.3f} s; typed: p50 "
                f"{p['typed_p50_s'] or 0:.3f} s, p95 {p['typed_p95_s'] or 0:.3f} s")
+        if p["overlapped_turns"]:
+            yield (f"    {p['overlapped_turns']} turns ran while another did: p50 {p['overlapped_p50_s']:.3f} s, "
+                   f"against {p['alone_p50_s'] or 0:.3f} s for the others")
+        if p["cpu_ms_per_turn"]:
+            yield "    CPU per turn: " + ", ".join(f"{k} {v:.1f} ms" for k, v in p["cpu_ms_per_turn"].items())
         for example in p["error_examples"] + p["cross_talk_examples"]:
             yield f"    {example}"
     if report["p95_over_single_p50"] is not None:
@@ -495,7 +553,7 @@ def main(args) -> int:
         server = spawn_app((*(("--tts", "none") if args.no_tts else ()), *shlex.split(args.app_args)))
         server.sample_memory()
     try:
-        report = loadtest(server.url if server else args.url, options)
+        report = loadtest(server.url if server else args.url, options, server.cpu_s if server else None)
     finally:
         if server:
             server.stop()

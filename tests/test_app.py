@@ -96,7 +96,8 @@ def test_compare_columns_share_one_callback_and_one_seed(systems, clip_path):
         (label, transcript, *_), *later = list(callbacks.answer(name, str(clip_path), seed, 0.5, 0.5, 12, False, None))
         *_, timings, reply = later[-1]
         assert reply.system == name and reply.seed == seed and f"seed `{seed}`" in timings
-        assert isinstance(label, dict) == bool(reply.emotion_scores) and transcript.visible == (reply.transcript is not None)
+        assert isinstance(label, dict) == bool(reply.emotion_scores)
+        assert transcript.visible == (reply.transcript is not None)
         assert isinstance(label, dict) or "hears no tone" in label
         # Components go with the first update only; later ones repeat plain values, never leave an
         # output out (Gradio would rebuild a left-out component at every update).

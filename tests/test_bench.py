@@ -206,6 +206,9 @@ def test_bench_json_schema_from_the_command_line(bundle_dir):
     assert step["transformers_ms"] > 0 and step["lean_ms"] > 0
     assert concurrent["replies"] == 3 and concurrent["same_tokens"] and 1 <= concurrent["largest_batch"] <= 3
     assert "one DecodeBatcher" in out.stderr and "Qwen2DecodeStep" in out.stderr
+    collection = report["serving"]["collection"]  # freezing leaves the loaded models out of every collection
+    assert collection["frozen_tracked"] < collection["tracked"] // 10 and collection["full_ms"] > 0
+    assert "\nfull garbage collection, systems loaded:" in out.stderr
 
 
 def test_bench_refuses_impossible_settings(bundle_dir):

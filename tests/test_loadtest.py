@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from blsp_emo.loadtest import (
-    LoadOptions, PageLine, Phase, Visitor, check_loopback, child_pids, loadtest, process_rss_mb, spawn_app, tree_rss_mb,
+    LoadOptions, PageLine, Phase, Visitor, _overlapping, check_loopback, child_pids, loadtest, process_rss_mb,
+    spawn_app, tree_rss_mb,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,13 +27,31 @@ def server(bundle_dir):
 
 @pytest.mark.parametrize("client", ["gradio_client", "page"])
 def test_visitors_see_only_their_own_conversations(server, client):
-    report = loadtest(server.url, LoadOptions(users=3, seconds=6.0, turns=2, max_tokens=8, client=client, rounds=2))
+    options = LoadOptions(users=3, seconds=6.0, turns=2, max_tokens=8, client=client, rounds=2)
+    report = loadtest(server.url, options, server.cpu_s)
     for phase in ("single", "concurrent"):
         p = report[phase]
         assert p["errors"] == 0 and p["cross_talk"] == 0, p
         assert p["turns"] >= 2 and 0 < p["p50_s"] <= p["p95_s"] <= p["max_s"]
+        cpu = p["cpu_ms_per_turn"]  # the replies were decoded in the workers, served by the server
+        assert set(cpu) == {"load_test", "server", "workers"} and all(v > 0 for v in cpu.values()), cpu
+    assert report["single"]["overlapped_turns"] == 0  # one visitor waits for each reply
     assert report["concurrent"]["users"] == 3 and report["p95_over_single_p50"] > 0
     assert report["single"]["replays"] >= 1 and report["single"]["replay_mismatches"] == 0  # greedy replays agree
+
+
+def test_overlapping_turns_are_those_that_share_any_moment_with_another():
+    rng = random.Random(0)
+    for _ in range(200):
+        starts = [rng.uniform(0, 10) for _ in range(rng.randint(0, 12))]
+        spans = [(start, start + rng.uniform(0.01, 1.0)) for start in starts]
+        shared = {i for i, a in enumerate(spans) for j, b in enumerate(spans) if i != j and a[0] < b[1] and b[0] < a[1]}
+        assert _overlapping(spans) == shared
+    phase = Phase(2, latencies=[1.0, 1.5, 1.0], spans=[(0.0, 1.0), (0.5, 2.0), (3.0, 4.0)], cpu_s={"server": 0.3})
+    summary = phase.summary()
+    assert (summary["overlapped_turns"], summary["alone_p50_s"]) == (2, 1.0)
+    assert summary["overlapped_p50_s"] in (1.0, 1.5)
+    assert summary["cpu_ms_per_turn"] == {"server": pytest.approx(100.0)}
 
 
 def test_the_memory_sampler_counts_the_model_workers(server):
