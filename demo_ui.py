@@ -22,6 +22,7 @@ from blsp_emo import GenerationOptions, Reply, SpokenDialogueSystem, load_audio
 from blsp_emo.audio import AudioError
 from blsp_emo.systems import paced
 from blsp_emo.tts import STYLES, NullSynthesizer, SpeechSynthesizer, style_for
+from waking_queue import WakingQueue
 
 try:  # ZeroGPU Spaces lend a GPU per call to functions marked with spaces.GPU; elsewhere a no-op
     from spaces import GPU as _gpu
@@ -462,6 +463,7 @@ def build_demo(
     # kept; every 50 events keeps the summary fresh and its cost per event small (README, Serving).
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(ANALYTICS_EVERY))
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
+    demo._queue = WakingQueue.like(demo._queue)  # Gradio's own looks for work every millisecond
     return demo
 
 
