@@ -183,7 +183,7 @@ def format_serving(step: StepResult | None, concurrent: ConcurrentResult | None,
                    collection: CollectionResult) -> Iterator[str]:
     yield ""
     yield (f"full garbage collection, systems loaded: {collection.full_ms:.1f} ms over {collection.tracked:,} tracked "
-           f"objects; after freeze_loaded (as a model worker serves): {collection.frozen_full_ms:.1f} ms over "
+           f"objects; after freeze_loaded (as a model worker serves): {collection.frozen_full_ms:.3f} ms over "
            f"{collection.frozen_tracked:,}")
     if step is not None:
         lean = "n/a (not a Qwen2 it supports)" if step.lean_ms is None else \
