@@ -52,11 +52,9 @@ class WakingQueue(Queue):
         finally:
             self._wake()  # its job slot and concurrency slot are free again
 
-    def close(self):
-        super().close()
-        self._wake()
-
     async def start_processing(self) -> None:
+        # `close` (from any thread) only sets `stopped`: the loop sees it at its next look, within
+        # `idle_look_s`, and a server that shuts down cancels it sooner.
         try:
             while not self.stopped:
                 self._work.clear()  # before looking: a wake-up during the look is not lost
