@@ -218,11 +218,9 @@ def test_after_the_freeze_loaded_objects_are_left_out_and_new_garbage_is_still_c
         pass
 
     loaded = Node()
-    gc.collect()
-    tracked = len(gc.get_objects())
     freeze_loaded()
     try:
-        assert gc.get_freeze_count() >= tracked > len(gc.get_objects())  # a full collection walks far less
+        assert gc.get_freeze_count() > 10 * len(gc.get_objects())  # a full collection walks far less
         assert not any(o is loaded for o in gc.get_objects())
         cycle = Node()
         cycle.me, gone = cycle, weakref.ref(cycle)
