@@ -436,7 +436,7 @@ def _serving(args, systems, options: BenchOptions, llm, progress):
     """The collection pause, the lean decode step against transformers' forward; with `--concurrent N`,
     N replies at once."""
     collection = bench_serving.measure_collection(options.repeats)
-    progress(f"full garbage collection {collection.full_ms:.1f} ms, frozen {collection.frozen_full_ms:.1f} ms")
+    progress(f"full garbage collection {collection.full_ms:.1f} ms, frozen {collection.frozen_full_ms:.3f} ms")
     step = bench_serving.measure_step(llm.llm, repeats=options.repeats) if llm is not None else None
     concurrent = None
     first = next((s for s in systems if s.name == "blsp-emo"), systems[0])

@@ -77,31 +77,35 @@ class Phase:
     """What one phase (N visitors for S seconds) saw."""
 
     users: int
-    latencies: list[float] = field(default_factory=list)  # seconds per turn, submit to final output
-    spoken: list[float] = field(default_factory=list)  # ... of the turns that uploaded a clip
+    spans: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each turn: submit to final output
+    spoken: list[float] = field(default_factory=list)  # seconds of the turns that uploaded a clip
     typed: list[float] = field(default_factory=list)  # ... of the others
     errors: list[str] = field(default_factory=list)
     cross_talk: list[str] = field(default_factory=list)
     replays: int = 0  # conversations replayed by the same visitor
     replay_mismatches: int = 0  # ... whose replies differed from the first time (greedy: they should not)
-    spans: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each timed turn
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds spent during this phase's slices, by process
 
     def add_cpu(self, before: dict[str, float], after: dict[str, float]) -> None:
         for name in after.keys() & before.keys():
             self.cpu_s[name] = self.cpu_s.get(name, 0.0) + after[name] - before[name]
 
+    @property
+    def latencies(self) -> list[float]:
+        """Seconds per turn, in the order the turns ended."""
+        return [end - start for start, end in self.spans]
+
     def summary(self) -> dict:
-        lat = sorted(self.latencies)
-        overlapped = _overlapping(self.spans)
-        alone = [end - start for i, (start, end) in enumerate(self.spans) if i not in overlapped]
+        durations, overlapped = self.latencies, _overlapping(self.spans)
+        lat = sorted(durations)
+        alone = [d for i, d in enumerate(durations) if i not in overlapped]
         return {"users": self.users, "turns": len(lat), "errors": len(self.errors), "cross_talk": len(self.cross_talk),
                 "p50_s": _percentile(lat, 50), "p95_s": _percentile(lat, 95), "max_s": lat[-1] if lat else None,
                 "spoken_turns": len(self.spoken), "spoken_p50_s": _percentile(self.spoken, 50),
                 "spoken_p95_s": _percentile(self.spoken, 95), "typed_p50_s": _percentile(self.typed, 50),
                 "typed_p95_s": _percentile(self.typed, 95),
                 "overlapped_turns": len(overlapped), "alone_p50_s": _percentile(alone, 50),
-                "overlapped_p50_s": _percentile([self.spans[i][1] - self.spans[i][0] for i in overlapped], 50),
+                "overlapped_p50_s": _percentile([durations[i] for i in overlapped], 50),
                 "cpu_ms_per_turn": {k: 1e3 * v / len(lat) for k, v in sorted(self.cpu_s.items())} if lat else {},
                 "replays": self.replays, "replay_mismatches": self.replay_mismatches,
                 "error_examples": self.errors[:3], "cross_talk_examples": self.cross_talk[:3]}
@@ -295,10 +299,8 @@ class Visitor:
                 cross_talk: str | None = None, spoken: bool = False):
         with self.lock:
             if span is not None:
-                latency = span[1] - span[0]
-                self.phase.latencies.append(latency)
                 self.phase.spans.append(span)
-                (self.phase.spoken if spoken else self.phase.typed).append(latency)
+                (self.phase.spoken if spoken else self.phase.typed).append(span[1] - span[0])
             if error:
                 self.phase.errors.append(error)
             if cross_talk:

@@ -47,7 +47,7 @@ def test_overlapping_turns_are_those_that_share_any_moment_with_another():
         spans = [(start, start + rng.uniform(0.01, 1.0)) for start in starts]
         shared = {i for i, a in enumerate(spans) for j, b in enumerate(spans) if i != j and a[0] < b[1] and b[0] < a[1]}
         assert _overlapping(spans) == shared
-    phase = Phase(2, latencies=[1.0, 1.5, 1.0], spans=[(0.0, 1.0), (0.5, 2.0), (3.0, 4.0)], cpu_s={"server": 0.3})
+    phase = Phase(2, spans=[(0.0, 1.0), (0.5, 2.0), (3.0, 4.0)], cpu_s={"server": 0.3})
     summary = phase.summary()
     assert (summary["overlapped_turns"], summary["alone_p50_s"]) == (2, 1.0)
     assert summary["overlapped_p50_s"] in (1.0, 1.5)
