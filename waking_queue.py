@@ -5,7 +5,9 @@ again, a thousand times a second for as long as the app runs. On the page's proc
 every visitor, that costs 8-9 % of a core while idle and competes for the GIL with the turns it
 serves (README, Serving). `WakingQueue` starts jobs exactly as Gradio does, through its own
 `get_events` and `process_events`, but sleeps until a request joins the queue or a job ends, the
-only moments a waiting event can become ready, and looks once a second anyway.
+only moments a waiting event can become ready, and looks once a second anyway. Its progress loop,
+which Gradio runs every 10 ms for as long as the app runs, runs only while a job does: progress
+(`gr.Progress`) exists only then.
 
 It overrides Gradio internals of the pinned release (gradio 6.31: `requirements.txt`);
 `tests/test_app.py` checks that they are still there and serves turns through it.
@@ -34,6 +36,7 @@ class WakingQueue(Queue):
 
     def start(self):
         self._work = asyncio.Event()  # made here: `start` runs in the server's event loop
+        self._running = asyncio.Event()  # set while a job runs
         super().start()
 
     def _wake(self) -> None:
@@ -50,7 +53,25 @@ class WakingQueue(Queue):
         try:
             return await super().process_events(*args, **kwargs)
         finally:
+            if not any(self.active_jobs):  # Gradio's own `finally` has freed the job's slot
+                self._running.clear()
             self._wake()  # its job slot and concurrency slot are free again
+
+    async def start_progress_updates(self) -> None:
+        # Gradio's loop, at Gradio's pace, while a job runs; with none, it waits for one to start.
+        while not self.stopped:
+            events = [event for job in self.active_jobs if job is not None for event in job]
+            if not events:
+                try:
+                    await asyncio.wait_for(self._running.wait(), self.idle_look_s)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            for event in events:
+                if event.progress_pending and event.progress:
+                    event.progress_pending = False
+                    self.send_message(event, event.progress)
+            await asyncio.sleep(self.progress_update_sleep_when_free)
 
     async def start_processing(self) -> None:
         # `close` (from any thread) only sets `stopped`: the loop sees it at its next look, within
@@ -76,6 +97,7 @@ class WakingQueue(Queue):
         """Take a job slot and a concurrency slot for `events` and process them in the background, with
         the bookkeeping Gradio's own loop does (start times for estimates, analytics, task names)."""
         self.active_jobs[self.active_jobs.index(None)] = events
+        self._running.set()
         event_queue = self.event_queue_per_concurrency_id[concurrency_id]
         event_queue.current_concurrency += 1
         fn, start_time = events[0].fn, time.time()

@@ -25,7 +25,8 @@ def echo_app():
     running, overlapped = [0], [False]
     lock = threading.Lock()
 
-    def echo(text):
+    def echo(text, progress=gr.Progress()):
+        progress(0.5, desc="echoing")  # sent by the progress loop while the job runs
         with lock:
             running[0] += 1
             overlapped[0] |= running[0] > 1
@@ -65,12 +66,40 @@ def test_an_idle_queue_does_not_look_for_work(echo_app, monkeypatch):
     client.close()
 
 
+class _CountingList(list):
+    """`active_jobs` that counts the looks through it."""
+
+    looks = 0
+
+    def __iter__(self):
+        _CountingList.looks += 1
+        return super().__iter__()
+
+
+def test_progress_is_sent_while_a_job_runs_and_not_looked_for_while_none_does(echo_app):
+    demo, _ = echo_app
+    client = Client(demo.local_url, verbose=False)
+    job = client.submit("with progress", api_name="/echo")
+    seen = []
+    while not job.done():
+        seen += [unit.desc for unit in (job.status().progress_data or [])]
+        time.sleep(0.01)
+    assert job.result() == "with progress" and "echoing" in seen
+    demo._queue.active_jobs = _CountingList(demo._queue.active_jobs)
+    _CountingList.looks = 0
+    time.sleep(0.5)  # idle: Gradio's progress loop looks every 10 ms, about 50 times
+    assert _CountingList.looks <= 2
+    client.close()
+
+
 def test_the_app_uses_it_with_its_settings_and_the_gradio_internals_it_drives_exist():
     demo = app.build_demo({}, None, concurrency=3, max_queue=5)
     queue = demo._queue
     assert isinstance(queue, WakingQueue) and (queue.max_size, queue.default_concurrency_limit) == (5, 3)
-    for name in ("get_events", "process_events", "push", "broadcast_estimations", "_cancel_asyncio_tasks"):
+    for name in ("get_events", "process_events", "push", "broadcast_estimations", "_cancel_asyncio_tasks",
+                 "send_message", "start_progress_updates"):
         assert callable(getattr(Queue, name, None)), name
     for name in ("active_jobs", "event_queue_per_concurrency_id", "event_analytics", "_asyncio_tasks", "delete_lock",
-                 "live_updates", "max_thread_count", "update_intervals", "blocks", "stopped"):
+                 "live_updates", "max_thread_count", "update_intervals", "blocks", "stopped",
+                 "progress_update_sleep_when_free"):
         assert hasattr(queue, name), name
