@@ -11,7 +11,10 @@ of each phase's time: a shared machine's speed drifts by more than the load chan
 single-visitor median moved between 0.07 and 0.11 s from one run to the next), so the two
 phases are measured side by side. Each phase also reports how many of its turns ran while another
 did and what those took, and the CPU a turn cost the load test itself, the server and its model
-workers (the last two with `--spawn`). Loopback addresses only; visitors, time and requests are bounded.
+workers (the last two with `--spawn`). On a virtual machine it also reports the CPU time the
+hypervisor took from the machine ("steal" in /proc/stat) and which turns ran while it did: such a
+turn waits for CPU that no code of ours uses. Loopback addresses only; visitors, time and requests
+are bounded.
 
 `--spawn` starts `python app.py` itself on a free loopback port, times it from process start until
 `/` answers 200, samples its resident memory while the visitors talk, and stops it.
@@ -78,6 +81,7 @@ class Phase:
 
     users: int
     spans: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each turn: submit to final output
+    stolen: list[float] = field(default_factory=list)  # per turn (as spans): CPU s the hypervisor took meanwhile
     spoken: list[float] = field(default_factory=list)  # seconds of the turns that uploaded a clip
     typed: list[float] = field(default_factory=list)  # ... of the others
     errors: list[str] = field(default_factory=list)
@@ -85,6 +89,7 @@ class Phase:
     replays: int = 0  # conversations replayed by the same visitor
     replay_mismatches: int = 0  # ... whose replies differed from the first time (greedy: they should not)
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds spent during this phase's slices, by process
+    # (and "stolen": what the hypervisor took from the whole machine meanwhile)
 
     def add_cpu(self, before: dict[str, float], after: dict[str, float]) -> None:
         for name in after.keys() & before.keys():
@@ -99,6 +104,8 @@ class Phase:
         durations, overlapped = self.latencies, _overlapping(self.spans)
         lat = sorted(durations)
         alone = [d for i, d in enumerate(durations) if i not in overlapped]
+        robbed = {i for i, s in enumerate(self.stolen) if s > 0}
+        spared = [d for i, d in enumerate(durations) if i not in robbed]
         return {"users": self.users, "turns": len(lat), "errors": len(self.errors), "cross_talk": len(self.cross_talk),
                 "p50_s": _percentile(lat, 50), "p95_s": _percentile(lat, 95), "max_s": lat[-1] if lat else None,
                 "spoken_turns": len(self.spoken), "spoken_p50_s": _percentile(self.spoken, 50),
@@ -106,6 +113,8 @@ class Phase:
                 "typed_p95_s": _percentile(self.typed, 95),
                 "overlapped_turns": len(overlapped), "alone_p50_s": _percentile(alone, 50),
                 "overlapped_p50_s": _percentile([durations[i] for i in overlapped], 50),
+                "stolen_turns": len(robbed), "stolen_p50_s": _percentile([durations[i] for i in robbed], 50),
+                "unstolen_p50_s": _percentile(spared, 50), "unstolen_p95_s": _percentile(spared, 95),
                 "cpu_ms_per_turn": {k: 1e3 * v / len(lat) for k, v in sorted(self.cpu_s.items())} if lat else {},
                 "replays": self.replays, "replay_mismatches": self.replay_mismatches,
                 "error_examples": self.errors[:3], "cross_talk_examples": self.cross_talk[:3]}
@@ -249,7 +258,7 @@ class Visitor:
         for audio, text in self.script():
             if time.monotonic() >= deadline:
                 return
-            start = time.monotonic()
+            start, stolen = time.monotonic(), machine_stolen_s()
             try:
                 chatbot = self.line.talk(audio, text, self.options.max_tokens)
             except Exception as e:  # a visitor sees an error message; count it and keep going
@@ -258,7 +267,8 @@ class Visitor:
                 return
             sent.append((audio, text))
             problem = self._foreign(chatbot, sent)
-            self._record(span=(start, time.monotonic()), cross_talk=problem, spoken=audio is not None)
+            self._record(span=(start, time.monotonic()), cross_talk=problem, spoken=audio is not None,
+                         stolen=machine_stolen_s() - stolen)
             if problem:
                 return
             replies.append(_text(chatbot[-1]))
@@ -296,10 +306,11 @@ class Visitor:
                 self.phase.replay_mismatches += replies != self.first_replies
 
     def _record(self, span: tuple[float, float] | None = None, error: str | None = None,
-                cross_talk: str | None = None, spoken: bool = False):
+                cross_talk: str | None = None, spoken: bool = False, stolen: float = 0.0):
         with self.lock:
             if span is not None:
                 self.phase.spans.append(span)
+                self.phase.stolen.append(stolen)
                 (self.phase.spoken if spoken else self.phase.typed).append(span[1] - span[0])
             if error:
                 self.phase.errors.append(error)
@@ -414,6 +425,17 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_stolen_s() -> float:
+    """CPU seconds the hypervisor has taken from this machine, all its CPUs together (/proc/stat's
+    steal, counted in 10 ms ticks); 0 where nothing counts it (no VM, not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()  # cpu user nice system idle iowait irq softirq steal ...
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def tree_rss_mb(pid: int) -> float:
     """The resident memory of `pid` and of every process under it (the app's model workers)."""
     total, todo = 0.0, [pid]
@@ -491,7 +513,7 @@ def loadtest(url: str, options: LoadOptions, server_cpu: Callable[[], dict[str, 
     check_loopback(url)
 
     def cpu() -> dict[str, float]:
-        return {"load_test": time.process_time(), **(server_cpu() if server_cpu else {})}
+        return {"load_test": time.process_time(), **(server_cpu() if server_cpu else {}), "stolen": machine_stolen_s()}
 
     with tempfile.TemporaryDirectory() as tmp:
         clips = visitor_clips(Path(tmp), options.users)
@@ -534,6 +556,9 @@ def format_report(report: dict) -> Iterator[str]:
         if p["overlapped_turns"]:
             yield (f"    {p['overlapped_turns']} turns ran while another did: p50 {p['overlapped_p50_s']:.3f} s, "
                    f"against {p['alone_p50_s'] or 0:.3f} s for the others")
+        if p["stolen_turns"]:
+            yield (f"    {p['stolen_turns']} turns ran while the hypervisor took CPU: p50 {p['stolen_p50_s']:.3f} s; "
+                   f"the others p50 {p['unstolen_p50_s'] or 0:.3f} s, p95 {p['unstolen_p95_s'] or 0:.3f} s")
         if p["cpu_ms_per_turn"]:
             yield "    CPU per turn: " + ", ".join(f"{k} {v:.1f} ms" for k, v in p["cpu_ms_per_turn"].items())
         for example in p["error_examples"] + p["cross_talk_examples"]:

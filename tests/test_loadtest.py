@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from blsp_emo.loadtest import (
-    LoadOptions, PageLine, Phase, Visitor, _overlapping, check_loopback, child_pids, loadtest, process_rss_mb,
-    spawn_app, tree_rss_mb,
+    LoadOptions, PageLine, Phase, Visitor, _overlapping, check_loopback, child_pids, loadtest, machine_stolen_s,
+    process_rss_mb, spawn_app, tree_rss_mb,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +34,9 @@ def test_visitors_see_only_their_own_conversations(server, client):
         assert p["errors"] == 0 and p["cross_talk"] == 0, p
         assert p["turns"] >= 2 and 0 < p["p50_s"] <= p["p95_s"] <= p["max_s"]
         cpu = p["cpu_ms_per_turn"]  # the replies were decoded in the workers, served by the server
-        assert set(cpu) == {"load_test", "server", "workers"} and all(v > 0 for v in cpu.values()), cpu
+        assert set(cpu) == {"load_test", "server", "workers", "stolen"}, cpu
+        assert all(cpu[k] > 0 for k in ("load_test", "server", "workers")) and cpu["stolen"] >= 0, cpu
+        assert p["stolen_turns"] + (p["unstolen_p50_s"] is not None) >= 1  # each turn is one or the other
     assert report["single"]["overlapped_turns"] == 0  # one visitor waits for each reply
     assert report["concurrent"]["users"] == 3 and report["p95_over_single_p50"] > 0
     assert report["single"]["replays"] >= 1 and report["single"]["replay_mismatches"] == 0  # greedy replays agree
@@ -47,11 +49,23 @@ def test_overlapping_turns_are_those_that_share_any_moment_with_another():
         spans = [(start, start + rng.uniform(0.01, 1.0)) for start in starts]
         shared = {i for i, a in enumerate(spans) for j, b in enumerate(spans) if i != j and a[0] < b[1] and b[0] < a[1]}
         assert _overlapping(spans) == shared
-    phase = Phase(2, spans=[(0.0, 1.0), (0.5, 2.0), (3.0, 4.0)], cpu_s={"server": 0.3})
+    phase = Phase(2, spans=[(0.0, 1.0), (0.5, 2.0), (3.0, 4.0)], stolen=[0.0, 0.02, 0.0], cpu_s={"server": 0.3})
     summary = phase.summary()
     assert (summary["overlapped_turns"], summary["alone_p50_s"]) == (2, 1.0)
+    assert (summary["stolen_turns"], summary["stolen_p50_s"], summary["unstolen_p95_s"]) == (1, 1.5, 1.0)
     assert summary["overlapped_p50_s"] in (1.0, 1.5)
     assert summary["cpu_ms_per_turn"] == {"server": pytest.approx(100.0)}
+
+
+def test_stolen_time_is_read_from_the_kernels_count(monkeypatch, tmp_path):
+    assert machine_stolen_s() >= 0
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 900 0 0 0 25 0 0\ncpu0 50 0 25 450 0 0 0 12 0 0\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(stat if path == "/proc/stat" else path, *a, **k))
+    assert machine_stolen_s() == pytest.approx(25 / os.sysconf("SC_CLK_TCK"))  # the steal column of the total line
+    stat.write_text("cpu  100 0 50\n")  # a kernel too old to count it
+    assert machine_stolen_s() == 0.0
 
 
 def test_the_memory_sampler_counts_the_model_workers(server):
