@@ -560,7 +560,10 @@ def format_report(report: dict) -> Iterator[str]:
             yield (f"    {p['stolen_turns']} turns ran while the hypervisor took CPU: p50 {p['stolen_p50_s']:.3f} s; "
                    f"the others p50 {p['unstolen_p50_s'] or 0:.3f} s, p95 {p['unstolen_p95_s'] or 0:.3f} s")
         if p["cpu_ms_per_turn"]:
-            yield "    CPU per turn: " + ", ".join(f"{k} {v:.1f} ms" for k, v in p["cpu_ms_per_turn"].items())
+            cpu = dict(p["cpu_ms_per_turn"])
+            stolen = cpu.pop("stolen", 0.0)
+            yield ("    CPU per turn: " + ", ".join(f"{k} {v:.1f} ms" for k, v in cpu.items())
+                   + (f"; taken by the hypervisor {stolen:.1f} ms" if stolen else ""))
         for example in p["error_examples"] + p["cross_talk_examples"]:
             yield f"    {example}"
     if report["p95_over_single_p50"] is not None:
