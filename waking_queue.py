@@ -10,7 +10,7 @@ which Gradio runs every 10 ms for as long as the app runs, runs only while a job
 (`gr.Progress`) exists only then.
 
 It overrides Gradio internals of the pinned release (gradio 6.31: `requirements.txt`);
-`tests/test_app.py` checks that they are still there and serves turns through it.
+`tests/test_waking_queue.py` checks that they are still there and serves events through it.
 """
 
 from __future__ import annotations
