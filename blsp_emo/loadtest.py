@@ -28,6 +28,7 @@ from a queue it polls every 50 ms, which adds about 0.1 s to a turn that a page 
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -180,13 +181,16 @@ class GradioClientLine:
 
 
 class PageLine:
-    """Turns as the page's JavaScript makes them: upload, join the queue, read the events as they arrive."""
+    """Turns as the page's JavaScript makes them: upload, join the queue, read the events as they arrive.
+
+    Through the standard library's `http.client`: the visitors share the two cores with the app they
+    time, and httpx took twice its CPU for a turn (README, Serving).
+    """
 
     def __init__(self, url: str):
-        import httpx
-
-        self.url, self.http = url, httpx.Client(timeout=120)
-        config = self.http.get(url + "config").raise_for_status().json()
+        parts = urlparse(url)
+        self.root, self.address = parts.path or "/", (parts.hostname, parts.port or 80)
+        config = json.loads(self._request("GET", "config"))
         events = {d.get("api_name"): d for d in config["dependencies"]}
         if "talk" not in events or "clear" not in events:
             raise ValueError(f"{url} has no /talk and Clear events: is it this project's app.py?")
@@ -211,29 +215,55 @@ class PageLine:
 
     def _event(self, fn_index: int, data: list) -> list:
         """Join the queue with one event and read its messages until it completes; its output values."""
-        joined = self.http.post(self.url + "gradio_api/queue/join", json={
+        joined = self._request("POST", "gradio_api/queue/join", json.dumps({
             "data": data, "fn_index": fn_index, "session_hash": self.session, "event_data": None,
-            "trigger_id": None})
-        if joined.status_code != 200:
-            raise RuntimeError(f"queue/join answered {joined.status_code}: {joined.text[:200]}")
-        event = joined.json()["event_id"]
-        with self.http.stream("GET", self.url + "gradio_api/queue/data", params={"session_hash": self.session}) as s:
-            for line in s.iter_lines():
-                message = json.loads(line[5:]) if line.startswith("data:") else {}
+            "trigger_id": None}).encode(), {"Content-Type": "application/json"})
+        event = json.loads(joined)["event_id"]
+        connection = self._connection()
+        try:
+            events = self._send(connection, "GET", f"gradio_api/queue/data?session_hash={self.session}")
+            while line := events.readline():
+                message = json.loads(line[5:]) if line.startswith(b"data:") else {}
                 if message.get("event_id") == event and message.get("msg") == "process_completed":
                     if not message.get("success"):
                         raise RuntimeError(str(message.get("output", {}).get("error")))
                     return message["output"]["data"]
+        finally:
+            connection.close()
         raise RuntimeError("the server closed the event stream before the event completed")
 
     def _upload(self, path: str) -> dict:
-        with open(path, "rb") as f:
-            answer = self.http.post(self.url + "gradio_api/upload", files={"files": (Path(path).name, f, "audio/wav")})
-        return {"path": answer.raise_for_status().json()[0], "orig_name": Path(path).name,
-                "meta": {"_type": "gradio.FileData"}}
+        boundary, name = uuid.uuid4().hex, Path(path).name
+        body = b"".join([f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+                         f"Content-Type: audio/wav\r\n\r\n".encode(), Path(path).read_bytes(),
+                         f"\r\n--{boundary}--\r\n".encode()])
+        answer = self._request("POST", "gradio_api/upload", body,
+                               {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        return {"path": json.loads(answer)[0], "orig_name": name, "meta": {"_type": "gradio.FileData"}}
+
+    def _request(self, method: str, route: str, body: bytes | None = None, headers: dict | None = None) -> bytes:
+        connection = self._connection()
+        try:
+            return self._send(connection, method, route, body, headers).read()
+        finally:
+            connection.close()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        """A new connection for each request: the server closes an idle one after 5 s, about a
+        visitor's pause, and the standard library would only find out by failing to send on it."""
+        return http.client.HTTPConnection(*self.address, timeout=120)
+
+    def _send(self, connection: http.client.HTTPConnection, method: str, route: str, body: bytes | None = None,
+              headers: dict | None = None) -> http.client.HTTPResponse:
+        """The answer to one request, to read; anything but 200 raises, naming the route and the status."""
+        connection.request(method, self.root + route, body, headers or {})
+        response = connection.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"{route} answered {response.status}: {response.read(200).decode(errors='replace')}")
+        return response
 
     def close(self) -> None:
-        self.http.close()
+        """Nothing to close: no connection outlives its request."""
 
 
 # --- one visitor --------------------------------------------------------------------------------
@@ -383,10 +413,15 @@ class Server:
     peak_rss_mb: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    def sample_memory(self, every: float = 0.2) -> None:
+    def sample_memory(self, every: float = 0.2, rewalk: float = 1.0) -> None:
+        """Keep `peak_rss_mb` up to date: the tree's memory every `every` s, the tree itself (a worker
+        that died is replaced by a new process) every `rewalk` s, since walking it costs 50 times more."""
         def loop():
+            pids, walked = [], float("-inf")
             while not self._stop.is_set():
-                self.peak_rss_mb = max(self.peak_rss_mb, tree_rss_mb(self.process.pid))
+                if time.monotonic() - walked >= rewalk:
+                    pids, walked = process_tree(self.process.pid), time.monotonic()
+                self.peak_rss_mb = max(self.peak_rss_mb, sum(process_rss_mb(pid) for pid in pids))
                 time.sleep(every)
 
         threading.Thread(target=loop, daemon=True).start()
@@ -407,13 +442,12 @@ class Server:
 
 
 def process_rss_mb(pid: int) -> float:
+    """Resident memory of `pid` (0 once it has ended), from /proc's one-line statm."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return 0.0
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def process_cpu_s(pid: int) -> float:
@@ -438,18 +472,22 @@ def machine_stolen_s() -> float:
 
 def tree_rss_mb(pid: int) -> float:
     """The resident memory of `pid` and of every process under it (the app's model workers)."""
-    total, todo = 0.0, [pid]
+    return sum(process_rss_mb(p) for p in process_tree(pid))
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process under it."""
+    tree, todo = [], [pid]
     while todo:
-        current = todo.pop()
-        total += process_rss_mb(current)
+        tree.append(current := todo.pop())
         todo.extend(child_pids(current))
-    return total
+    return tree
 
 
 def child_pids(pid: int) -> list[int]:
     """The processes `pid` started, from the kernel's per-thread lists.
 
-    The sampler runs five times a second beside the visitors it times, so it reads the few files of
+    The memory sampler walks the tree beside the visitors it times, so it reads the few files of
     the app's own threads rather than the status of every process on the machine.
     """
     children = []

@@ -6,6 +6,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,11 @@ def test_the_memory_sampler_counts_the_model_workers(server):
     assert len(workers) == 2 and all("blsp_emo.workers" in Path(f"/proc/{w}/cmdline").read_text() for w in workers)
     alone = process_rss_mb(server.process.pid)
     assert tree_rss_mb(server.process.pid) >= alone + sum(process_rss_mb(w) for w in workers) * 0.9 > alone > 0
+    server.sample_memory(every=0.02, rewalk=0.05)  # the sampler keeps the tree's peak, workers included
+    deadline = time.monotonic() + 10
+    while server.peak_rss_mb < 0.9 * tree_rss_mb(server.process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.peak_rss_mb >= 0.9 * tree_rss_mb(server.process.pid)
 
 
 def test_a_turn_keeps_what_the_hypervisor_took_beside_its_span(server, tmp_path):
@@ -118,6 +124,8 @@ def test_the_page_line_makes_the_pages_requests_and_reports_a_refused_clip(serve
     assert len(chat) == 4 and chat[:1] == first[:1] and chat[2]["content"][0]["text"] == "and then?"
     with pytest.raises(RuntimeError, match="not a readable audio file"):
         line.talk(str(picture), "", 8)
+    with pytest.raises(RuntimeError, match="no-such-route answered 404"):
+        line._request("GET", "no-such-route")
     session = line.session
     line.new_conversation()  # Clear, as a visitor presses it: the same page, a new conversation
     assert len(line.talk(None, "hello", 8)) == 2 and line.session == session
