@@ -238,6 +238,9 @@ class Callbacks:
         answered = replace(user, reply=reply, card=update[ui.card])
         yield {**update, ui.chatbot: _messages((*chat, answered)), ui.chat: (*chat, answered)}
 
+    def open_session(self) -> None:
+        """The page's load event: the request itself has Gradio build the session (see `build_demo`)."""
+
     def clear_sent(self, chat: Chat):
         """After a turn: empty the input it used, keep the other (a clip beside typed text was not sent)."""
         spoken = bool(chat) and chat[-1].audio is not None
@@ -458,6 +461,10 @@ def build_demo(
             with gr.Tab("🔊 Voices"):
                 _voices_tab(cb)
             study_ui.build_tabs(study)
+        # Gradio builds a visitor's session (a config for each of the page's 170-odd blocks, 16-26 ms
+        # here) on the session's first request to an event; this one makes that the page's load, not
+        # the visitor's first turn (README, Serving).
+        demo.load(cb.open_session, None, None, queue=False, show_progress="hidden", api_visibility="private")
     # Gradio's queue recomputes its monitoring summary (a pandas table of up to its last 10,000
     # events) after every event, on the page's process, at a cost that grows with the events
     # kept; every 50 events keeps the summary fresh and its cost per event small (README, Serving).

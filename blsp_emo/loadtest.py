@@ -197,10 +197,19 @@ class PageLine:
         kinds = {c["id"]: c["type"] for c in config["components"]}
         self.talk_index, self.clear_index = events["talk"]["id"], events["clear"]["id"]
         self.stateful = [kinds.get(i) == "state" for i in events["talk"]["inputs"]]
+        self.on_load = [d for d in config["dependencies"] if any(trigger == "load" for _, trigger in d["targets"])]
         self.new_session()
 
     def new_session(self) -> None:
-        self.session, self.talked = uuid.uuid4().hex[:12], False  # what the page draws when it loads
+        """What the page does when it loads: draw a session id and run the page's load events."""
+        self.session, self.talked = uuid.uuid4().hex[:12], False
+        for event in self.on_load:  # the app's has Gradio build the session now, not in the first turn
+            if event.get("queue") is False:
+                self._request("POST", "gradio_api/run/predict", json.dumps({
+                    "data": [], "fn_index": event["id"], "session_hash": self.session, "event_data": None,
+                    "trigger_id": None}).encode(), {"Content-Type": "application/json"})
+            else:
+                self._event(event["id"], [])
 
     def new_conversation(self) -> None:
         """A visitor's new conversation: Clear, on the page it already has open (one session)."""

@@ -46,13 +46,18 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(systems, synthesizer, tmp_path_factory):
+def served(systems, synthesizer, tmp_path_factory):
     examples = tmp_path_factory.mktemp("examples")
     sf.write(examples / "sad_tone.wav", tiny.tone(2.0, 180.0), 16000)
     demo = app.build_demo(systems, synthesizer, model_label="tiny bundle", options=OPTIONS, examples_dir=examples)
     app.launch(demo, "127.0.0.1", _free_port(), prevent_thread_lock=True, quiet=True)
-    yield demo.local_url
+    yield demo
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served.local_url
 
 
 def _client(url: str) -> Client:
@@ -211,6 +216,17 @@ def test_examples_are_picked_up_from_the_folder(server):
     assert datasets and all("sad tone" in str(c["props"]) for c in datasets)
 
 
+def test_the_pages_load_builds_the_visitors_session_so_the_first_turn_does_not(served):
+    import httpx
+
+    url, session = served.local_url, "page-just-loaded"
+    loads = [d for d in httpx.get(url + "config").json()["dependencies"] if any(t == "load" for _, t in d["targets"])]
+    assert len(loads) == 1 and loads[0]["queue"] is False and session not in served.state_holder
+    answer = httpx.post(url + "gradio_api/run/predict", json={
+        "data": [], "fn_index": loads[0]["id"], "session_hash": session, "event_data": None, "trigger_id": None})
+    assert answer.status_code == 200 and session in served.state_holder
+
+
 def test_respond_endpoint_returns_the_cli_json_and_a_wav(server, clip_path, synthesizer):
     result, speech = _client(server).predict(handle_file(str(clip_path)), api_name="/respond")
     assert list(result) == ["file", "system", "emotion", "emotion_scores", "reply", "transcript", "timings"]
@@ -310,7 +326,8 @@ def test_browser_upload_and_microphone_get_an_emotion_and_a_reply(server, clip_p
         page = browser.new_context(viewport={"width": 1360, "height": 1000}, permissions=["microphone"]).new_page()
         local = (server, "data:", "blob:")
         page.on("request", lambda r: None if r.url.startswith(local) else outside.append(r.url))
-        page.goto(server)
+        with page.expect_response(lambda r: "/run/predict" in r.url):  # the load event: the session is built
+            page.goto(server)
         page.get_by_role("button", name="Send", exact=True).click()  # nothing recorded: said on the input
         page.get_by_text("Nothing to send").wait_for(timeout=10_000)
         page.get_by_role("button", name="Record", exact=True).first.click()  # Chromium's fake microphone

@@ -116,6 +116,7 @@ def test_the_page_line_makes_the_pages_requests_and_reports_a_refused_clip(serve
     import tiny
 
     line, clip, picture = PageLine(server.url), tmp_path / "voice.wav", tmp_path / "picture.wav"
+    assert [event["api_name"] for event in line.on_load] == ["open_session"]  # run as the page loads, untimed
     sf.write(clip, tiny.tone(1.0, 200.0), 16000)
     picture.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
     first = line.talk(str(clip), "", 8)
