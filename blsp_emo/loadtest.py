@@ -20,8 +20,8 @@ are bounded.
 `/` answers 200, samples its resident memory while the visitors talk, and stops it.
 
 `--client` picks how a visitor talks to the app: `gradio_client` (its Python client), or `page`:
-the requests the page's own JavaScript makes (upload the clip, join the queue, read the
-server-sent events as they arrive). gradio_client hands each server message to the waiting caller
+the requests the page's own JavaScript makes (run the page's load event when it opens, upload the
+clip, join the queue, read the server-sent events as they arrive). gradio_client hands each server message to the waiting caller
 from a queue it polls every 50 ms, which adds about 0.1 s to a turn that a page does not wait for;
 `page` measures what the browser sees.
 """
