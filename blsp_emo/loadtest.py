@@ -21,9 +21,9 @@ are bounded.
 
 `--client` picks how a visitor talks to the app: `gradio_client` (its Python client), or `page`:
 the requests the page's own JavaScript makes (run the page's load event when it opens, upload the
-clip, join the queue, read the server-sent events as they arrive). gradio_client hands each server message to the waiting caller
-from a queue it polls every 50 ms, which adds about 0.1 s to a turn that a page does not wait for;
-`page` measures what the browser sees.
+clip, join the queue, read the server-sent events as they arrive). gradio_client hands each server
+message to the waiting caller from a queue it polls every 50 ms, which adds about 0.1 s to a turn
+that a page does not wait for; `page` measures what the browser sees.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ class PageLine:
     def new_session(self) -> None:
         """What the page does when it loads: draw a session id and run the page's load events."""
         self.session, self.talked = uuid.uuid4().hex[:12], False
-        for event in self.on_load:  # the app's has Gradio build the session now, not in the first turn
+        for event in self.on_load:  # the app's one has Gradio build the session now, not in the first turn
             if event.get("queue") is False:
                 self._request("POST", "gradio_api/run/predict", json.dumps({
                     "data": [], "fn_index": event["id"], "session_hash": self.session, "event_data": None,
