@@ -582,11 +582,25 @@ def loadtest(url: str, options: LoadOptions, server_cpu: Callable[[], dict[str, 
             "typed_p95_over_single_p50": _ratio(together["typed_p95_s"], alone["typed_p50_s"]),
             # The same ratio over the turns during which the hypervisor took no CPU, in both phases: what
             # the app's own contention does, apart from the host's (the target is the ratio above).
-            "unstolen_p95_over_single_p50": _ratio(together["unstolen_p95_s"], alone["unstolen_p50_s"])}
+            "unstolen_p95_over_single_p50": _ratio(together["unstolen_p95_s"], alone["unstolen_p50_s"]),
+            "p95_over_single_p50_90ci": ratio_interval(phases[0][0].phase.latencies, phases[1][0].phase.latencies)}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
+
+
+def ratio_interval(single: list[float], crowd: list[float], level: float = 0.9, draws: int = 4000,
+                   seed: int = 0) -> list[float] | None:
+    """A bootstrap interval for p95(crowd) / p50(single): how far the ratio could move on the same
+    machine with other turns drawn, the single phase's few turns (15 in 90 s) setting most of it."""
+    if not single or not crowd:
+        return None
+    rng = np.random.default_rng(seed)
+    medians = np.percentile(rng.choice(single, (draws, len(single))), 50, axis=1, method="nearest")
+    tails = np.percentile(rng.choice(crowd, (draws, len(crowd))), 95, axis=1, method="nearest")
+    low, high = np.percentile(tails / medians, [50 * (1 - level), 50 * (1 + level)])
+    return [float(low), float(high)]
 
 
 def format_report(report: dict) -> Iterator[str]:
@@ -620,6 +634,8 @@ def format_report(report: dict) -> Iterator[str]:
         yield (f"  concurrent p95 / single p50 = {report['p95_over_single_p50']:.2f} (all turns), "
                f"{report['spoken_p95_over_single_p50'] or float('nan'):.2f} (spoken turns against spoken), "
                f"{report['typed_p95_over_single_p50'] or float('nan'):.2f} (typed against typed)")
+        low, high = report["p95_over_single_p50_90ci"]
+        yield f"  its 90 % bootstrap interval over the turns of this run: {low:.2f}-{high:.2f}"
         stolen = report["single"]["stolen_turns"] + report["concurrent"]["stolen_turns"]
         if stolen and report["unstolen_p95_over_single_p50"] is not None:
             yield (f"  the same over the turns during which the hypervisor took no CPU: "

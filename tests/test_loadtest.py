@@ -13,7 +13,7 @@ import pytest
 
 from blsp_emo.loadtest import (
     LoadOptions, PageLine, Phase, Visitor, _overlapping, check_loopback, child_pids, loadtest, machine_stolen_s,
-    process_rss_mb, spawn_app, tree_rss_mb,
+    process_rss_mb, ratio_interval, spawn_app, tree_rss_mb,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +40,8 @@ def test_visitors_see_only_their_own_conversations(server, client):
     assert report["single"]["overlapped_turns"] == 0  # one visitor waits for each reply
     assert report["concurrent"]["users"] == 3 and report["p95_over_single_p50"] > 0
     assert report["unstolen_p95_over_single_p50"] is None or report["unstolen_p95_over_single_p50"] > 0
+    low, high = report["p95_over_single_p50_90ci"]
+    assert 0 < low <= high
     assert report["single"]["replays"] >= 1 and report["single"]["replay_mismatches"] == 0  # greedy replays agree
 
 
@@ -56,6 +58,16 @@ def test_overlapping_turns_are_those_that_share_any_moment_with_another():
     assert (summary["stolen_turns"], summary["stolen_p50_s"], summary["unstolen_p95_s"]) == (1, 1.5, 1.0)
     assert summary["overlapped_p50_s"] in (1.0, 1.5)
     assert summary["cpu_ms_per_turn"] == {"server": pytest.approx(100.0)}
+
+
+def test_the_ratios_interval_narrows_as_the_single_phase_gets_more_turns():
+    rng = random.Random(1)
+    assert ratio_interval([0.1] * 15, [0.2] * 140) == pytest.approx([2.0, 2.0])  # no spread: no doubt
+    crowd = [rng.lognormvariate(-2.3, 0.3) for _ in range(140)]
+    few, many = ([rng.lognormvariate(-2.5, 0.25) for _ in range(n)] for n in (15, 300))
+    (low_few, high_few), (low_many, high_many) = ratio_interval(few, crowd), ratio_interval(many, crowd)
+    assert low_few < high_few and low_many < high_many and high_many - low_many < high_few - low_few
+    assert ratio_interval([], crowd) is None and ratio_interval(few, []) is None
 
 
 def test_stolen_time_is_read_from_the_kernels_count(monkeypatch, tmp_path):
