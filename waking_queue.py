@@ -36,7 +36,7 @@ class WakingQueue(Queue):
 
     def start(self):
         self._work = asyncio.Event()  # made here: `start` runs in the server's event loop
-        self._running = asyncio.Event()  # set while a job runs
+        self._running = asyncio.Event()  # set when a job starts; the progress loop clears it once none runs
         super().start()
 
     def _wake(self) -> None:
@@ -53,15 +53,14 @@ class WakingQueue(Queue):
         try:
             return await super().process_events(*args, **kwargs)
         finally:
-            if not any(self.active_jobs):  # Gradio's own `finally` has freed the job's slot
-                self._running.clear()
             self._wake()  # its job slot and concurrency slot are free again
 
     async def start_progress_updates(self) -> None:
         # Gradio's loop, at Gradio's pace, while a job runs; with none, it waits for one to start.
         while not self.stopped:
             events = [event for job in self.active_jobs if job is not None for event in job]
-            if not events:
+            if not events:  # cleared here, where no job is seen: nothing can leave it set with none running
+                self._running.clear()
                 try:
                     await asyncio.wait_for(self._running.wait(), self.idle_look_s)
                 except asyncio.TimeoutError:
