@@ -461,9 +461,9 @@ def build_demo(
             with gr.Tab("🔊 Voices"):
                 _voices_tab(cb)
             study_ui.build_tabs(study)
-        # Gradio builds a visitor's session (a config for each of the page's 170-odd blocks, 16-26 ms
-        # here) on the session's first request to an event; this one makes that the page's load, not
-        # the visitor's first turn (README, Serving).
+        # Gradio builds a visitor's session (a config for each of the page's 170-odd blocks, longer
+        # than a typed demo-scale turn) on the session's first request to an event; this one makes
+        # that the page's load, not the visitor's first turn (README, Serving).
         demo.load(cb.open_session, None, None, queue=False, show_progress="hidden", api_visibility="private")
     # Gradio's queue recomputes its monitoring summary (a pandas table of up to its last 10,000
     # events) after every event, on the page's process, at a cost that grows with the events

@@ -183,8 +183,8 @@ class GradioClientLine:
 class PageLine:
     """Turns as the page's JavaScript makes them: upload, join the queue, read the events as they arrive.
 
-    Through the standard library's `http.client`: the visitors share the two cores with the app they
-    time, and httpx took twice its CPU for a turn (README, Serving).
+    Through the standard library's `http.client`, which takes less CPU than httpx: the visitors share
+    the machine with the app they time (README, Serving).
     """
 
     def __init__(self, url: str):
