@@ -23,7 +23,10 @@ are bounded.
 the requests the page's own JavaScript makes (run the page's load event when it opens, upload the
 clip, join the queue, read the server-sent events as they arrive). gradio_client hands each server
 message to the waiting caller from a queue it polls every 50 ms, which adds about 0.1 s to a turn
-that a page does not wait for; `page` measures what the browser sees.
+that a page does not wait for; `page` measures what the browser sees. A turn's time runs from
+Send to its last message. The page uploads a clip when its recording stops (or the file is
+dropped) and refuses Send until the upload is done, so a page visitor's turn starts after its
+upload; gradio_client uploads inside the call, so its turns include theirs.
 """
 
 from __future__ import annotations
@@ -81,9 +84,9 @@ class Phase:
     """What one phase (N visitors for S seconds) saw."""
 
     users: int
-    spans: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each turn: submit to final output
+    spans: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each turn: Send to final output
     stolen: list[float] = field(default_factory=list)  # per turn (as spans): CPU s the hypervisor took meanwhile
-    spoken: list[float] = field(default_factory=list)  # seconds of the turns that uploaded a clip
+    spoken: list[float] = field(default_factory=list)  # seconds of the turns that sent a clip
     typed: list[float] = field(default_factory=list)  # ... of the others
     errors: list[str] = field(default_factory=list)
     cross_talk: list[str] = field(default_factory=list)
@@ -168,12 +171,16 @@ class GradioClientLine:
         """An API caller's new conversation: a new session (its chat lives in the session)."""
         self.client.reset_session()
 
-    def talk(self, audio: str | None, text: str, max_tokens: int) -> list[dict]:
-        """The conversation the app returns after this turn (greedy, the default system)."""
+    def attach(self, audio: str):
+        """The clip as gradio_client takes it; it uploads the file inside the call, so an API
+        caller's turn includes its upload."""
         from gradio_client import handle_file
 
-        job = self.client.submit(handle_file(audio) if audio else None, text, *talk_settings(max_tokens),
-                                 api_name="/talk")
+        return handle_file(audio)
+
+    def talk(self, clip, text: str, max_tokens: int) -> list[dict]:
+        """The conversation the app returns after this turn (greedy, the default system)."""
+        job = self.client.submit(clip, text, *talk_settings(max_tokens), api_name="/talk")
         return job.result()[0]
 
     def close(self) -> None:
@@ -216,8 +223,13 @@ class PageLine:
         if self.talked:
             self._event(self.clear_index, [])
 
-    def talk(self, audio: str | None, text: str, max_tokens: int) -> list[dict]:
-        values = iter([self._upload(audio) if audio else None, text, *talk_settings(max_tokens)])
+    def attach(self, audio: str) -> dict:
+        """Upload the clip, as the page does when a recording stops or a file is dropped: before
+        Send, which the page refuses while an upload runs (tests/test_app.py's browser test)."""
+        return self._upload(audio)
+
+    def talk(self, clip: dict | None, text: str, max_tokens: int) -> list[dict]:
+        values = iter([clip, text, *talk_settings(max_tokens)])
         data = [None if state else next(values) for state in self.stateful]  # the server fills in the state
         self.talked = True
         return self._event(self.talk_index, data)[0]
@@ -297,9 +309,10 @@ class Visitor:
         for audio, text in self.script():
             if time.monotonic() >= deadline:
                 return
-            start, stolen = time.monotonic(), machine_stolen_s()
             try:
-                chatbot = self.line.talk(audio, text, self.options.max_tokens)
+                clip = self.line.attach(audio) if audio else None  # the page's upload comes before Send
+                start, stolen = time.monotonic(), machine_stolen_s()
+                chatbot = self.line.talk(clip, text, self.options.max_tokens)
             except Exception as e:  # a visitor sees an error message; count it and keep going
                 self._record(error=f"visitor {self.index}: {type(e).__name__}: {str(e)[:200]}")
                 time.sleep(0.5)  # and tries again a little later, as a person would

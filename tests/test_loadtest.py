@@ -131,12 +131,12 @@ def test_the_page_line_makes_the_pages_requests_and_reports_a_refused_clip(serve
     assert [event["api_name"] for event in line.on_load] == ["open_session"]  # run as the page loads, untimed
     sf.write(clip, tiny.tone(1.0, 200.0), 16000)
     picture.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
-    first = line.talk(str(clip), "", 8)
+    first = line.talk(line.attach(str(clip)), "", 8)  # uploaded first, as the page does before Send
     assert first[0]["content"][0]["type"] == "file" and first[0]["content"][0]["file"]["path"].endswith("voice.wav")
     chat = line.talk(None, "and then?", 8)  # the same session: the server kept the conversation
     assert len(chat) == 4 and chat[:1] == first[:1] and chat[2]["content"][0]["text"] == "and then?"
     with pytest.raises(RuntimeError, match="not a readable audio file"):
-        line.talk(str(picture), "", 8)
+        line.talk(line.attach(str(picture)), "", 8)
     with pytest.raises(RuntimeError, match="no-such-route answered 404"):
         line._request("GET", "no-such-route")
     session = line.session
