@@ -90,6 +90,8 @@ class Phase:
     typed: list[float] = field(default_factory=list)  # ... of the others
     errors: list[str] = field(default_factory=list)
     cross_talk: list[str] = field(default_factory=list)
+    rounds: list[int] = field(default_factory=list)  # per turn (as spans): the round of the slice it was sent in
+    round: int = 0  # the round of the slice running now
     replays: int = 0  # conversations replayed by the same visitor
     replay_mismatches: int = 0  # ... whose replies differed from the first time (greedy: they should not)
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds spent during this phase's slices, by process
@@ -103,6 +105,13 @@ class Phase:
     def latencies(self) -> list[float]:
         """Seconds per turn, in the order the turns ended."""
         return [end - start for start, end in self.spans]
+
+    def by_round(self, rounds: int) -> list[list[float]]:
+        """Seconds per turn, grouped by the round they were sent in (`rounds` groups)."""
+        groups: list[list[float]] = [[] for _ in range(rounds)]
+        for seconds, sent_in in zip(self.latencies, self.rounds):
+            groups[sent_in].append(seconds)
+        return groups
 
     def summary(self) -> dict:
         durations, overlapped = self.latencies, _overlapping(self.spans)
@@ -363,6 +372,7 @@ class Visitor:
             if span is not None:
                 self.phase.spans.append(span)
                 self.phase.stolen.append(stolen)
+                self.phase.rounds.append(self.phase.round)
                 (self.phase.spoken if spoken else self.phase.typed).append(span[1] - span[0])
             if error:
                 self.phase.errors.append(error)
@@ -580,9 +590,9 @@ def loadtest(url: str, options: LoadOptions, server_cpu: Callable[[], dict[str, 
         warm_up(url, options, clips[0])
         phases = [visitors(url, 1, options, clips), visitors(url, options.users, options, clips)]
         try:
-            for _ in range(options.rounds):
+            for round_ in range(options.rounds):
                 for crowd in phases:
-                    before = cpu()
+                    crowd[0].phase.round, before = round_, cpu()
                     run_slice(crowd, options.seconds / options.rounds)
                     crowd[0].phase.add_cpu(before, cpu())
         finally:
@@ -596,23 +606,35 @@ def loadtest(url: str, options: LoadOptions, server_cpu: Callable[[], dict[str, 
             # The same ratio over the turns during which the hypervisor took no CPU, in both phases: what
             # the app's own contention does, apart from the host's (the target is the ratio above).
             "unstolen_p95_over_single_p50": _ratio(together["unstolen_p95_s"], alone["unstolen_p50_s"]),
-            "p95_over_single_p50_90ci": ratio_interval(phases[0][0].phase.latencies, phases[1][0].phase.latencies)}
+            "p95_over_single_p50_90ci": ratio_interval(*(crowd[0].phase.by_round(options.rounds) for crowd in phases))}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def ratio_interval(single: list[float], crowd: list[float], level: float = 0.9, draws: int = 4000,
+def ratio_interval(single: list[list[float]], crowd: list[list[float]], level: float = 0.9, draws: int = 4000,
                    seed: int = 0) -> list[float] | None:
-    """A bootstrap interval for p95(crowd) / p50(single): how far the ratio could move on the same
-    machine with other turns drawn, the single phase's few turns (15 in 90 s) setting most of it."""
-    if not single or not crowd:
+    """A bootstrap interval for p95(crowd) / p50(single), from each phase's turns grouped by round:
+    how far the ratio could move on the same machine in another run of as many rounds.
+
+    Two stages: the rounds with replacement, the same ones for both phases (their slices ran side by
+    side, so they share the machine's speed at the time), then the turns within each drawn round.
+    The machine's speed drifts from one round to the next, so the turns of a round are not
+    independent draws: resampling turns alone would understate the doubt. The single phase's few
+    turns per slice set most of it. With one round it is a plain bootstrap of the turns.
+    """
+    pairs = [(np.asarray(s, float), np.asarray(c, float)) for s, c in zip(single, crowd) if len(s) or len(c)]
+    if not any(len(s) for s, _ in pairs) or not any(len(c) for _, c in pairs):
         return None
-    rng = np.random.default_rng(seed)
-    medians = np.percentile(rng.choice(single, (draws, len(single))), 50, axis=1, method="nearest")
-    tails = np.percentile(rng.choice(crowd, (draws, len(crowd))), 95, axis=1, method="nearest")
-    low, high = np.percentile(tails / medians, [50 * (1 - level), 50 * (1 + level)])
+    rng, ratios = np.random.default_rng(seed), []
+    for _ in range(draws):
+        drawn = [pairs[i] for i in rng.integers(len(pairs), size=len(pairs))]
+        alone = np.concatenate([rng.choice(s, len(s)) for s, _ in drawn])
+        together = np.concatenate([rng.choice(c, len(c)) for _, c in drawn])
+        if len(alone) and len(together):  # else every drawn round lacked one phase's turns: no ratio
+            ratios.append(np.percentile(together, 95, method="nearest") / np.percentile(alone, 50, method="nearest"))
+    low, high = np.percentile(ratios, [50 * (1 - level), 50 * (1 + level)])
     return [float(low), float(high)]
 
 
@@ -648,7 +670,7 @@ def format_report(report: dict) -> Iterator[str]:
                f"{report['spoken_p95_over_single_p50'] or float('nan'):.2f} (spoken turns against spoken), "
                f"{report['typed_p95_over_single_p50'] or float('nan'):.2f} (typed against typed)")
         low, high = report["p95_over_single_p50_90ci"]
-        yield f"  its 90 % bootstrap interval over the turns of this run: {low:.2f}-{high:.2f}"
+        yield f"  its 90 % bootstrap interval (rounds, then their turns, redrawn): {low:.2f}-{high:.2f}"
         stolen = report["single"]["stolen_turns"] + report["concurrent"]["stolen_turns"]
         if stolen and report["unstolen_p95_over_single_p50"] is not None:
             yield (f"  the same over the turns during which the hypervisor took no CPU: "

@@ -58,16 +58,32 @@ def test_overlapping_turns_are_those_that_share_any_moment_with_another():
     assert (summary["stolen_turns"], summary["stolen_p50_s"], summary["unstolen_p95_s"]) == (1, 1.5, 1.0)
     assert summary["overlapped_p50_s"] in (1.0, 1.5)
     assert summary["cpu_ms_per_turn"] == {"server": pytest.approx(100.0)}
+    phase.rounds = [1, 0, 1]  # the round each turn was sent in
+    assert phase.by_round(3) == [[1.5], [1.0, 1.0], []]
 
 
 def test_the_ratios_interval_narrows_as_the_single_phase_gets_more_turns():
     rng = random.Random(1)
-    assert ratio_interval([0.1] * 15, [0.2] * 140) == pytest.approx([2.0, 2.0])  # no spread: no doubt
+    assert ratio_interval([[0.1] * 15], [[0.2] * 140]) == pytest.approx([2.0, 2.0])  # no spread: no doubt
     crowd = [rng.lognormvariate(-2.3, 0.3) for _ in range(140)]
     few, many = ([rng.lognormvariate(-2.5, 0.25) for _ in range(n)] for n in (15, 300))
-    (low_few, high_few), (low_many, high_many) = ratio_interval(few, crowd), ratio_interval(many, crowd)
+    (low_few, high_few), (low_many, high_many) = ratio_interval([few], [crowd]), ratio_interval([many], [crowd])
     assert low_few < high_few and low_many < high_many and high_many - low_many < high_few - low_few
-    assert ratio_interval([], crowd) is None and ratio_interval(few, []) is None
+    assert ratio_interval([[]], [crowd]) is None and ratio_interval([few], [[]]) is None
+
+
+def test_the_ratios_interval_counts_the_machines_drift_between_rounds():
+    """Rounds on a machine whose speed drifts: their turns are not independent draws."""
+    rng = random.Random(2)
+    speeds = [0.8, 1.3, 0.9, 1.2, 1.0, 1.4]  # the machine's pace in each round, shared by both phases
+    single = [[speed * rng.lognormvariate(-2.5, 0.1) for _ in range(5)] for speed in speeds]
+    crowd = [[speed * 1.6 * rng.lognormvariate(-2.5, 0.1) for _ in range(25)] for speed in speeds]
+    lone = [[rng.lognormvariate(-2.5, 0.1) for _ in range(5)] for _ in speeds]  # the same phase, no drift
+    pooled = ratio_interval([sum(single, [])], [sum(crowd, [])])  # as if the turns were independent
+    by_round, steady = ratio_interval(single, crowd), ratio_interval(lone, crowd)
+    assert by_round[1] - by_round[0] > pooled[1] - pooled[0]
+    assert steady[1] - steady[0] < by_round[1] - by_round[0]
+    assert ratio_interval([[0.1], [], [0.1]], [[0.2], [0.2], []]) == pytest.approx([2.0, 2.0])  # empty slices
 
 
 def test_stolen_time_is_read_from_the_kernels_count(monkeypatch, tmp_path):
