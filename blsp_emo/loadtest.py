@@ -92,14 +92,17 @@ class Phase:
     cross_talk: list[str] = field(default_factory=list)
     rounds: list[int] = field(default_factory=list)  # per turn (as spans): the round of the slice it was sent in
     round: int = 0  # the round of the slice running now
+    slice_stolen: list[float] = field(default_factory=list)  # per slice: CPU s the hypervisor took meanwhile
     replays: int = 0  # conversations replayed by the same visitor
     replay_mismatches: int = 0  # ... whose replies differed from the first time (greedy: they should not)
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds spent during this phase's slices, by process
     # (and "stolen": what the hypervisor took from the whole machine meanwhile)
 
     def add_cpu(self, before: dict[str, float], after: dict[str, float]) -> None:
+        """Count one slice's CPU (`cpu()` before and after it)."""
         for name in after.keys() & before.keys():
             self.cpu_s[name] = self.cpu_s.get(name, 0.0) + after[name] - before[name]
+        self.slice_stolen.append(after.get("stolen", 0.0) - before.get("stolen", 0.0))
 
     @property
     def latencies(self) -> list[float]:
@@ -606,7 +609,24 @@ def loadtest(url: str, options: LoadOptions, server_cpu: Callable[[], dict[str, 
             # The same ratio over the turns during which the hypervisor took no CPU, in both phases: what
             # the app's own contention does, apart from the host's (the target is the ratio above).
             "unstolen_p95_over_single_p50": _ratio(together["unstolen_p95_s"], alone["unstolen_p50_s"]),
-            "p95_over_single_p50_90ci": ratio_interval(*(crowd[0].phase.by_round(options.rounds) for crowd in phases))}
+            "p95_over_single_p50_90ci": ratio_interval(*(crowd[0].phase.by_round(options.rounds) for crowd in phases)),
+            "rounds": round_summaries(phases[0][0].phase, phases[1][0].phase, options.rounds)}
+
+
+def round_summaries(alone: Phase, together: Phase, rounds: int) -> list[dict]:
+    """Each round's pair of slices: their turns, the ratio's two terms, and the CPU the hypervisor
+    took during each slice, to show which rounds the machine slowed and by how much."""
+    out = []
+    for r, (single, crowd) in enumerate(zip(alone.by_round(rounds), together.by_round(rounds))):
+        p50, p95 = _percentile(single, 50), _percentile(crowd, 95)
+        out.append({"single_turns": len(single), "single_p50_s": p50, "concurrent_turns": len(crowd),
+                    "concurrent_p95_s": p95, "p95_over_single_p50": _ratio(p95, p50),
+                    "single_stolen_s": _at(alone.slice_stolen, r), "concurrent_stolen_s": _at(together.slice_stolen, r)})
+    return out
+
+
+def _at(values: list[float], index: int) -> float | None:
+    return values[index] if index < len(values) else None
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -671,6 +691,12 @@ def format_report(report: dict) -> Iterator[str]:
                f"{report['typed_p95_over_single_p50'] or float('nan'):.2f} (typed against typed)")
         low, high = report["p95_over_single_p50_90ci"]
         yield f"  its 90 % bootstrap interval (rounds, then their turns, redrawn): {low:.2f}-{high:.2f}"
+        if len(report["rounds"]) > 1:
+            rounds = ", ".join(f"{r['single_p50_s'] or 0:.3f}/{r['concurrent_p95_s'] or 0:.3f} "
+                               f"({(r['single_stolen_s'] or 0) + (r['concurrent_stolen_s'] or 0):.1f})"
+                               for r in report["rounds"])
+            yield (f"  by round, 1 visitor p50 / {report['concurrent']['users']} visitors p95 s "
+                   f"(CPU s the hypervisor took in the two slices): {rounds}")
         stolen = report["single"]["stolen_turns"] + report["concurrent"]["stolen_turns"]
         if stolen and report["unstolen_p95_over_single_p50"] is not None:
             yield (f"  the same over the turns during which the hypervisor took no CPU: "

@@ -13,7 +13,7 @@ import pytest
 
 from blsp_emo.loadtest import (
     LoadOptions, PageLine, Phase, Visitor, _overlapping, check_loopback, child_pids, loadtest, machine_stolen_s,
-    process_rss_mb, ratio_interval, spawn_app, tree_rss_mb,
+    process_rss_mb, ratio_interval, round_summaries, spawn_app, tree_rss_mb,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +42,7 @@ def test_visitors_see_only_their_own_conversations(server, client):
     assert report["unstolen_p95_over_single_p50"] is None or report["unstolen_p95_over_single_p50"] > 0
     low, high = report["p95_over_single_p50_90ci"]
     assert 0 < low <= high
+    assert len(report["rounds"]) == 2 and sum(r["single_turns"] for r in report["rounds"]) == report["single"]["turns"]
     assert report["single"]["replays"] >= 1 and report["single"]["replay_mismatches"] == 0  # greedy replays agree
 
 
@@ -62,6 +63,17 @@ def test_overlapping_turns_are_those_that_share_any_moment_with_another():
     assert phase.by_round(3) == [[1.5], [1.0, 1.0], []]
 
 
+def test_each_round_reports_its_two_slices_and_what_the_hypervisor_took():
+    alone, together = Phase(1, spans=[(0, 0.1), (5, 5.3)], rounds=[0, 1]), Phase(2, spans=[(1, 1.2)], rounds=[1])
+    for phase, stolen in ((alone, (0.0, 0.5)), (together, (0.25, 0.0))):
+        for taken in stolen:
+            phase.add_cpu({"stolen": 1.0}, {"stolen": 1.0 + taken})
+    first, second = round_summaries(alone, together, 2)
+    assert (first["single_turns"], first["concurrent_turns"], first["p95_over_single_p50"]) == (1, 0, None)
+    assert (first["single_stolen_s"], first["concurrent_stolen_s"]) == (0.0, 0.25)
+    assert second["p95_over_single_p50"] == pytest.approx(0.2 / 0.3) and second["single_stolen_s"] == 0.5
+
+
 def test_the_ratios_interval_narrows_as_the_single_phase_gets_more_turns():
     rng = random.Random(1)
     assert ratio_interval([[0.1] * 15], [[0.2] * 140]) == pytest.approx([2.0, 2.0])  # no spread: no doubt
@@ -79,7 +91,7 @@ def test_the_ratios_interval_counts_the_machines_drift_between_rounds():
     single = [[speed * rng.lognormvariate(-2.5, 0.1) for _ in range(5)] for speed in speeds]
     crowd = [[speed * 1.6 * rng.lognormvariate(-2.5, 0.1) for _ in range(25)] for speed in speeds]
     lone = [[rng.lognormvariate(-2.5, 0.1) for _ in range(5)] for _ in speeds]  # the same phase, no drift
-    pooled = ratio_interval([sum(single, [])], [sum(crowd, [])])  # as if the turns were independent
+    pooled = ratio_interval([[t for r in single for t in r]], [[t for r in crowd for t in r]])  # as if independent
     by_round, steady = ratio_interval(single, crowd), ratio_interval(lone, crowd)
     assert by_round[1] - by_round[0] > pooled[1] - pooled[0]
     assert steady[1] - steady[0] < by_round[1] - by_round[0]
