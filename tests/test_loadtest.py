@@ -90,11 +90,9 @@ def test_the_ratios_interval_counts_the_machines_drift_between_rounds():
     speeds = [0.8, 1.3, 0.9, 1.2, 1.0, 1.4]  # the machine's pace in each round, shared by both phases
     single = [[speed * rng.lognormvariate(-2.5, 0.1) for _ in range(5)] for speed in speeds]
     crowd = [[speed * 1.6 * rng.lognormvariate(-2.5, 0.1) for _ in range(25)] for speed in speeds]
-    lone = [[rng.lognormvariate(-2.5, 0.1) for _ in range(5)] for _ in speeds]  # the same phase, no drift
     pooled = ratio_interval([[t for r in single for t in r]], [[t for r in crowd for t in r]])  # as if independent
-    by_round, steady = ratio_interval(single, crowd), ratio_interval(lone, crowd)
-    assert by_round[1] - by_round[0] > pooled[1] - pooled[0]
-    assert steady[1] - steady[0] < by_round[1] - by_round[0]
+    by_round = ratio_interval(single, crowd)
+    assert by_round[1] - by_round[0] > 1.2 * (pooled[1] - pooled[0])
     assert ratio_interval([[0.1], [], [0.1]], [[0.2], [0.2], []]) == pytest.approx([2.0, 2.0])  # empty slices
 
 
