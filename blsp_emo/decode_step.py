@@ -39,6 +39,10 @@ class Qwen2DecodeStep:
         self.embed, self.rotary = body.embed_tokens.weight, body.rotary_emb
         self.layers = [_weights(layer) for layer in body.layers]
         self.norm, self.lm_head = body.norm.weight, llm.lm_head
+        # Default RoPE depends on the position only, so its cos and sin are read from a table instead of
+        # recomputed per token; scaled variants (dynamic NTK...) may change with the length and keep the module.
+        self._table_ok = getattr(self.rotary, "rope_type", "default") == "default"
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin with rotate-half's signs; (P, D)
 
     @classmethod
     def supports(cls, llm) -> bool:
@@ -51,19 +55,19 @@ class Qwen2DecodeStep:
 
     def __call__(self, tokens: torch.Tensor, cache: DynamicCache, positions: torch.Tensor | None = None,
                  mask: torch.Tensor | None = None) -> torch.Tensor:
-        batch = tokens.shape[0]
+        batch, length = tokens.shape[0], cache.get_seq_length()
         if positions is None:
-            positions = torch.full((batch, 1), cache.get_seq_length(), dtype=torch.long, device=tokens.device)
+            positions = torch.full((batch, 1), length, dtype=torch.long, device=tokens.device)
         h = F.embedding(tokens, self.embed)
-        cos, sin = self.rotary(h, positions)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        cos, sin = self._rope(h, positions, length + 1)
+        half = self.head_dim // 2
         attend = None if mask is None else mask.bool()[:, None, None, :]
         for index, w in enumerate(self.layers):
             x = _rms_norm(h, w["input_norm"], self.eps)
             q = F.linear(x, w["q"], w["q_bias"]).view(batch, 1, self.heads, self.head_dim).transpose(1, 2)
             k = F.linear(x, w["k"], w["k_bias"]).view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
             v = F.linear(x, w["v"], w["v_bias"]).view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+            q, k = _rotate(q, cos, sin, half), _rotate(k, cos, sin, half)
             keys, values = cache.update(k, v, index)
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=attend, scale=self.scaling,
                                                  enable_gqa=self.kv_heads != self.heads)
@@ -71,6 +75,21 @@ class Qwen2DecodeStep:
             x = _rms_norm(h, w["post_norm"], self.eps)
             h = h + F.linear(self.act(F.linear(x, w["gate"])) * F.linear(x, w["up"]), w["down"])
         return self.lm_head(_rms_norm(h, self.norm, self.eps))[:, -1]
+
+    def _rope(self, h: torch.Tensor, positions: torch.Tensor, needed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin (see `_rotate`) for each row's position, shaped (B, 1, 1, D). Every position
+        is below `needed` (the cache's length plus the new token: a left-padded row's is below it too)."""
+        if not self._table_ok:
+            cos, sin = self.rotary(h, positions)
+            half = cos.shape[-1] // 2
+            return cos.unsqueeze(1), torch.cat((-sin[..., :half], sin[..., half:]), dim=-1).unsqueeze(1)
+        table = self._table
+        if table is None or table[0].shape[0] < needed or table[0].dtype != h.dtype or table[0].device != h.device:
+            size = max(needed, 2 * (table[0].shape[0] if table is not None else 128))
+            cos, sin = self.rotary(h, torch.arange(size, device=h.device)[None])
+            half = cos.shape[-1] // 2
+            table = self._table = (cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1))
+        return table[0][positions].unsqueeze(1), table[1][positions].unsqueeze(1)
 
 
 def _weights(layer) -> dict[str, torch.Tensor | None]:
@@ -90,9 +109,11 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return weight * x32.to(x.dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, half: int) -> torch.Tensor:
+    """RoPE as transformers applies it, x * cos + rotate_half(x) * sin, with rotate_half's minus signs
+    moved into `signed_sin`: one roll instead of two slices, a negation and a concatenation, and the
+    same products bit for bit (a sign flip is exact)."""
+    return x * cos + x.roll(half, -1) * signed_sin
 
 
 def decode_step(llm) -> Step:

@@ -58,13 +58,20 @@ class TokenSampler:
     def __init__(self, options: GenerationOptions, stop_ids: frozenset[int], seed: int, device: torch.device):
         self.options, self.stop_ids = options, stop_ids
         self.processors = _processors(options, stop_ids)
+        # Once `min_new_tokens` are out the min-length processor changes nothing, yet costs a step's
+        # worth of small tensor ops per token at demo scale; the rest apply to every token.
+        self.steady = [p for p in self.processors if not isinstance(p, MinLengthLogitsProcessor)]
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.history = torch.empty((1, 0), dtype=torch.long, device=device)
 
     def pick(self, logits: torch.Tensor) -> torch.Tensor | None:
         if self.history.shape[1] >= self.options.max_new_tokens:
             return None
-        scores = self.processors(self.history, logits.float())
+        # Each processor called directly: `LogitsProcessorList.__call__` inspects every processor's
+        # signature on every call, which here costs more than the processors themselves.
+        scores = logits.float()
+        for processor in self.processors if self.history.shape[1] < self.options.min_new_tokens else self.steady:
+            scores = processor(self.history, scores)
         if self.options.greedy:
             token = scores.argmax(-1, keepdim=True)
         else:
