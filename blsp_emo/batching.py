@@ -5,7 +5,10 @@ Speed), and two replies decoded in two threads also fight over the GIL; so a ste
 replies costs little more than a step for one. `DecodeBatcher` runs one worker thread per LLM that
 steps every active reply at once (continuous batching: a reply joins at the next step after its
 prefill and leaves when it ends). Prefills stay in the callers' threads (they differ per system:
-speech, LoRA scope, text), and every reply keeps its own `TokenSampler`.
+speech, LoRA scope, text), and every reply keeps its own `TokenSampler`. A reply that starts while
+no other runs decodes in its caller's thread, as `generation.decode` does, and moves to the worker
+after its next step once another reply comes: a lone reply does not pay a hand-over between
+threads for every token.
 
 Rows of different lengths share a batch by left padding: each row's keys and values are padded on
 the left to the longest, the attention mask hides the padding and each row gets its own positions,
@@ -40,6 +43,8 @@ class _Reply:
     out: queue.Queue = field(default_factory=queue.Queue)  # tokens, then _END or an exception
     abandoned: threading.Event = field(default_factory=threading.Event)
     token: torch.Tensor | None = None  # (1, 1): the token to feed at the next forward
+    queued: bool = False  # given to the worker (else decoding in its caller's thread)
+    join: bool = False  # set while decoding alone: another reply came, go to the worker
 
 
 class _Batch:
@@ -93,7 +98,8 @@ def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class DecodeBatcher:
-    """Decodes every reply on `llm` in one worker thread, all active replies in one forward per step.
+    """Decodes the replies on `llm` that run at once in one worker thread, all in one forward per step;
+    a reply that runs alone decodes in its caller's thread.
 
     `decode` has the contract of `generation.decode` (a `Decoder`): tokens one at a time, and once
     exhausted the cache holds the reply's keys and values too; a reply abandoned midway is dropped
@@ -108,19 +114,63 @@ class DecodeBatcher:
         self._incoming: queue.Queue[_Reply | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._alone: _Reply | None = None  # the reply decoding in its caller's thread, if any
+        self._queued = 0  # replies given to the worker and not yet over
         self.largest_batch = 0  # the most replies one forward has stepped (for tests and the bench)
 
     def decode(self, logits: torch.Tensor, cache: DynamicCache, options: GenerationOptions,
                stop_ids: frozenset[int], seed: int) -> Iterator[int]:
         reply = _Reply(logits, cache, TokenSampler(options, stop_ids, seed, logits.device))
-        self._start().put(reply)
+        with self._lock:
+            alone = self._alone is None and self._queued == 0
+            if alone:
+                self._alone = reply
+                self.largest_batch = max(self.largest_batch, 1)
+            else:
+                self._queue(reply)
         try:
+            if alone and (yield from self._decode_alone(reply)):
+                return
             while (item := reply.out.get()) is not _END:
                 if isinstance(item, BaseException):
                     raise RuntimeError(f"decoding failed: {item}") from item
                 yield item
         finally:
             reply.abandoned.set()
+            with self._lock:
+                if self._alone is reply:
+                    self._alone = None
+                elif reply.queued:
+                    self._queued -= 1
+
+    @torch.inference_mode()  # around every resumption: a consumer may resume it from another thread
+    def _decode_alone(self, reply: _Reply) -> Iterator[int]:
+        """Decode `reply` in this thread while no other reply runs; True once it is over, False when it
+        was handed to the worker because another reply came.
+
+        Alone, the worker would compute exactly this, plus a hand-over between two threads for every
+        token, which at demo scale costs a sixth of a reply; the worker starts when a second reply comes.
+        """
+        try:
+            while (token := reply.sampler.pick(reply.logits)) is not None:
+                yield int(token)
+                reply.logits = self.step(token, reply.cache)
+                if reply.join:  # another reply is waiting in the worker: step with it from now on
+                    with self._lock:
+                        self._alone = None
+                        self._queue(reply)
+                    return False
+        except Exception as e:  # the same error a reply in the worker gets
+            raise RuntimeError(f"decoding failed: {e}") from e
+        return True
+
+    def _queue(self, reply: _Reply) -> None:
+        """Give `reply` to the worker (the caller holds the lock); a reply decoding alone joins it."""
+        reply.queued = True
+        self._queued += 1
+        if self._alone is not None:
+            self._alone.join = True
+        self._start_locked().put(reply)
 
     __call__ = decode
 
@@ -133,14 +183,13 @@ class DecodeBatcher:
             incoming.put(None)
             worker.join()
 
-    def _start(self) -> queue.Queue:
-        """The running worker's queue (starting a worker if none is alive)."""
-        with self._lock:
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._run, args=(self._incoming,), name="decode-batcher",
-                                                daemon=True)
-                self._worker.start()
-            return self._incoming
+    def _start_locked(self) -> queue.Queue:
+        """The running worker's queue, starting a worker if none is alive (the caller holds the lock)."""
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._run, args=(self._incoming,), name="decode-batcher",
+                                            daemon=True)
+            self._worker.start()
+        return self._incoming
 
     def _run(self, incoming: queue.Queue) -> None:
         active: list[_Reply] = []
@@ -183,10 +232,10 @@ class DecodeBatcher:
         if batch is None or going != batch.rows:
             if batch is not None:
                 batch.sync()
-            for reply in active:
-                if reply not in going:
-                    reply.out.put(_END)  # after the sync: its cache now holds the whole reply
             batch = _Batch(going, self.llm.config) if going else None
+        for reply in active:
+            if reply not in going:  # over, or had no token left when it came (then no rebuild is due)
+                reply.out.put(_END)  # after the sync: its cache now holds the whole reply
         if batch is None:
             return None
         self.largest_batch = max(self.largest_batch, len(going))

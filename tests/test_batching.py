@@ -133,3 +133,72 @@ def test_at_most_max_batch_replies_share_a_forward(llm):
     batcher.close()
     with pytest.raises(ValueError, match="max_batch"):
         DecodeBatcher(llm, max_batch=0)
+
+
+def _stepping_threads(batcher):
+    """Record the thread of every forward the batcher's step runs."""
+    threads, step = [], batcher.step
+
+    def recorded(*args):
+        threads.append(threading.current_thread())
+        return step(*args)
+
+    batcher.step = recorded
+    return threads
+
+
+def test_a_reply_alone_decodes_in_its_callers_thread(llm):
+    batcher = DecodeBatcher(llm)
+    threads = _stepping_threads(batcher)
+    options = GenerationOptions(greedy=True, max_new_tokens=8, min_new_tokens=8)
+    got = list(batcher.decode(*_prefill(llm, PROMPTS[0]), options, STOP, 0))
+    assert got == _alone(llm, PROMPTS[0], options, 0)[0]
+    assert threads and set(threads) == {threading.current_thread()}
+    assert batcher._worker is None  # no hand-over to another thread for a lone reply
+    batcher.close()
+
+
+def test_a_reply_decoding_alone_joins_the_batch_when_another_comes(llm):
+    batcher = DecodeBatcher(llm)
+    threads = _stepping_threads(batcher)
+    short = GenerationOptions(greedy=True, max_new_tokens=12, min_new_tokens=12)
+    long = GenerationOptions(max_new_tokens=400, min_new_tokens=400, temperature=1.0, top_p=1.0)
+    logits, cache = _prefill(llm, PROMPTS[0])
+    first = batcher.decode(logits, cache, short, STOP, 0)
+    tokens = [next(first), next(first)]  # decoding alone, in this thread
+    second = {}
+    other = threading.Thread(target=lambda: second.update(
+        tokens=list(batcher.decode(*_prefill(llm, PROMPTS[2]), long, STOP, 1))))
+    other.start()
+    while batcher._queued == 0:  # the second reply is in the worker
+        time.sleep(0.001)
+    tokens += list(first)  # the first hands itself over after its next step, then reads the worker
+    other.join()
+    want, want_cache = _alone(llm, PROMPTS[0], short, 0)
+    assert tokens == want and second["tokens"] == _alone(llm, PROMPTS[2], long, 1)[0]
+    assert batcher.largest_batch == 2 and len(set(threads)) == 2
+    for got, ref in zip(cache.layers, want_cache.layers):
+        torch.testing.assert_close(got.keys, ref.keys, rtol=1e-4, atol=1e-5)
+    batcher.close()
+
+
+def test_a_reply_with_no_token_left_when_it_reaches_the_worker_still_ends(llm):
+    """A lone reply hands itself over after stepping its last token when another comes; the worker
+    then has nothing to pick for it and must still end it (it once left it waiting forever)."""
+    batcher = DecodeBatcher(llm)
+    two = GenerationOptions(greedy=True, max_new_tokens=2, min_new_tokens=2)
+    long = GenerationOptions(greedy=True, max_new_tokens=400, min_new_tokens=400)
+    first = batcher.decode(*_prefill(llm, PROMPTS[0]), two, STOP, 0)
+    tokens = [next(first), next(first)]  # both tokens out; the second is not stepped yet
+    other = threading.Thread(target=lambda: list(batcher.decode(*_prefill(llm, PROMPTS[2]), long, STOP, 1)))
+    other.start()
+    while batcher._queued == 0:
+        time.sleep(0.001)
+    rest = []
+    reader = threading.Thread(target=lambda: rest.append(list(first)), daemon=True)  # steps, hands over, reads
+    reader.start()
+    reader.join(timeout=30)
+    other.join()
+    assert not reader.is_alive() and rest == [[]]
+    assert tokens == _alone(llm, PROMPTS[0], two, 0)[0]
+    batcher.close()
