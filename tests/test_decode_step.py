@@ -101,14 +101,7 @@ def test_bfloat16_steps_match_transformers_in_bfloat16(llm):
 @torch.inference_mode()
 def test_positions_past_the_first_rope_table_match_transformers(llm):
     """The cos/sin table starts at 256 positions and grows: steps on both sides of that edge."""
-    rows = [[(7 * i) % 64 for i in range(250)]]
-    ours, theirs = _prefilled(llm, rows), _prefilled(llm, rows)
-    step, token = decode_step(llm), torch.tensor([[9]])
-    for _ in range(12):
-        got = step(token, ours)
-        want = llm(input_ids=token, past_key_values=theirs, use_cache=True).logits[:, -1]
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        token = want.argmax(-1, keepdim=True)
+    step = _steps_match_transformers(llm, [(7 * i) % 64 for i in range(250)], steps=12, atol=1e-5)
     assert step._table[0].shape[0] >= 262
 
 
@@ -120,12 +113,18 @@ def test_a_length_dependent_rope_keeps_the_rotary_module():
     config.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
     config.max_position_embeddings = 16  # a 20-token context goes past it, where the scaling starts
     model = Qwen2ForCausalLM(config).eval()
-    rows = [[(3 * i) % 64 for i in range(18)]]
-    ours, theirs = _prefilled(model, rows), _prefilled(model, rows)
+    step = _steps_match_transformers(model, [(3 * i) % 64 for i in range(18)], steps=4, atol=1e-6)
+    assert step._table is None
+
+
+def _steps_match_transformers(model, prompt: list[int], steps: int, atol: float):
+    """Greedy steps after `prompt` through the lean step and through transformers' forward, compared
+    at every step; returns the lean step."""
+    ours, theirs = _prefilled(model, [prompt]), _prefilled(model, [prompt])
     step, token = decode_step(model), torch.tensor([[5]])
-    for _ in range(4):
+    for _ in range(steps):
         got = step(token, ours)
         want = model(input_ids=token, past_key_values=theirs, use_cache=True).logits[:, -1]
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=atol)
         token = want.argmax(-1, keepdim=True)
-    assert step._table is None
+    return step
