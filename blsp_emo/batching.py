@@ -149,7 +149,8 @@ class DecodeBatcher:
         was handed to the worker because another reply came.
 
         Alone, the worker would compute exactly this, plus a hand-over between two threads for every
-        token, which at demo scale costs a sixth of a reply; the worker starts when a second reply comes.
+        token, which on busy cores waits for the OS to run the other thread (README, Serving); the
+        worker starts when a second reply comes.
         """
         try:
             while (token := reply.sampler.pick(reply.logits)) is not None:
