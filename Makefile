@@ -1,17 +1,30 @@
 # Two commands on a fresh Debian machine: `make demo` and `make test`.
 # Each installs what is missing (Debian packages when root, a .venv, pinned pip packages), then runs.
+# `make test-fast` is the quick loop (no subprocess servers, no browser, no demo build);
+# `make lint` checks formatting and lint rules (ruff; `make format` applies them).
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 OFFLINE := HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False
 
-.PHONY: demo test setup setup-dev debian clean
+.PHONY: demo test test-fast lint format setup setup-dev debian clean
 
 demo: setup
 	$(PY) app.py $(ARGS)
 
 test: setup-dev
 	$(OFFLINE) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup-dev
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not browser and not server" $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 setup: $(VENV)/.app-installed
 	@$(MAKE) --no-print-directory debian PACKAGE_FILES=packages.txt

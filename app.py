@@ -4,12 +4,12 @@
                   [--workers N] [--host 0.0.0.0] [--port 7860]
 
 This file starts the app. It reads the options, starts the model worker processes
-(blsp_emo/workers.py), and imports Gradio and the page (`demo_ui.py`, `study_ui.py`) while they
+(blsp_emo/serving/workers.py), and imports Gradio and the page (`webui/`) while they
 load the models; then it builds the page over the systems that loaded and serves it. With
 `--workers 0` the models load in this process instead.
 
 `app.build_demo(systems, synthesizer) -> gr.Blocks` only builds the page, and `app.launch(demo)`
-serves it; both come from `demo_ui` when first used, so that importing this file stays quick.
+serves it; both come from `webui.demo_page` when first used, so that importing this file stays quick.
 """
 
 from __future__ import annotations
@@ -27,23 +27,24 @@ for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"),
     os.environ.setdefault(_key, _value)
 
 from blsp_emo.study import DB_ENV, DEFAULT_DB, DEFAULT_STUDY, StudyConfig, StudyConfigError  # noqa: E402
+from blsp_emo.options import add_model_options, default_device  # noqa: E402
 from blsp_emo.systems import available_systems, load_systems  # noqa: E402
 from blsp_emo.tts import (  # noqa: E402
     DEFAULT_SYNTHESIZER, NullSynthesizer, SynthesizerUnavailableError, available_synthesizers, load_synthesizer,
 )
-from blsp_emo.workers import (  # noqa: E402
-    WorkerError, WorkerPool, WorkerSpec, apply_threads, default_device, freeze_loaded,
+from blsp_emo.serving.workers import (  # noqa: E402
+    WorkerError, WorkerPool, WorkerSpec, apply_threads, freeze_loaded,
 )
 
 
-_PAGE = ("build_demo", "launch", "Callbacks", "Exchange")  # demo_ui's names, offered here too
+_PAGE = ("build_demo", "launch", "Callbacks", "Exchange")  # webui.demo_page's names, offered here too
 
 
 def __getattr__(name: str):
     if name in _PAGE:
-        import demo_ui
+        from webui import demo_page
 
-        return getattr(demo_ui, name)
+        return getattr(demo_page, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -51,16 +52,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--host", help="address to serve on (default: 127.0.0.1, or $GRADIO_SERVER_NAME)")
     p.add_argument("--port", type=int, help="port (default: 7860 or the next free one, or $GRADIO_SERVER_PORT)")
-    p.add_argument("--model", default=os.environ.get("BLSP_EMO_MODEL"),
-                   help="BLSP-Emo folder, bundle folder or hub id (default: $BLSP_EMO_MODEL, else assets/models)")
-    p.add_argument("--revision", help="hub branch, tag or commit of --model to pin")
-    p.add_argument("--asr", help="ASR folder for the cascades (default: from the bundle)")
-    p.add_argument("--ser", help="emotion classifier folder for cascade-ser (default: from the bundle)")
+    add_model_options(p, model_default=os.environ.get("BLSP_EMO_MODEL"))  # $BLSP_EMO_MODEL: a Space variable
     p.add_argument("--systems", default=",".join(available_systems()),
                    help="comma-separated systems to offer (default: every one whose models load)")
     p.add_argument("--tts", choices=available_synthesizers(), default=DEFAULT_SYNTHESIZER)
-    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--concurrency", type=int, default=2, help="model calls at once (default: 2)")
     p.add_argument("--workers", type=int, default=None,
                    help="model worker processes, each with its own copy of the models: the systems run there, beside "
@@ -91,7 +86,7 @@ def default_workers(args: argparse.Namespace) -> int:
     0 where the `spaces` package is: a ZeroGPU Space lends its GPU call by call to this process.
     1 on a GPU or for a model given by --model: each worker holds a copy (the released one is 17 GB).
     Otherwise (the 21 MB bundled models on CPU) one per core, up to --concurrency: two turns that
-    overlap then run side by side (README, Serving).
+    overlap then run side by side (docs/serving.md).
     """
     if importlib.util.find_spec("spaces"):
         return 0
@@ -147,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     study = study_config(args)  # a bad study file stops here, before any model loads
     model, label = args.model, args.model or "assets/models (bundled demo models)"
     if args.revision:  # pin a hub revision: load that snapshot
-        from blsp_emo.checkpoint import ModelNotFoundError, resolve
+        from blsp_emo.model.checkpoint import ModelNotFoundError, resolve
 
         try:
             model, label = str(resolve(args.model or "", args.revision)), f"{args.model}@{args.revision}"
@@ -160,8 +155,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         spec = WorkerSpec(tuple(names), **parts, threads=threads, slots=args.concurrency,
                           stream_interval=args.stream_interval) if args.workers else None
         starting = background.submit(WorkerPool.start, spec, args.workers) if spec else None
-        import demo_ui  # Gradio and the page: seconds of imports, done while the workers load the models
-        import study_ui
+        from webui import demo_page
+        from webui import study_tabs
 
         systems, notes, pool = _systems(names, parts, threads, starting)
     try:
@@ -171,11 +166,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             synthesizer, notes = NullSynthesizer(), [*notes, f"spoken replies off: {e}"]
         for note in notes:
             print(f"app: {note}", file=sys.stderr)
-        runner = study_ui.runner_from_args(args, study, systems, synthesizer)
-        demo = demo_ui.build_demo(systems, synthesizer, model_label=label, notes=notes, concurrency=args.concurrency,
+        runner = study_tabs.runner_from_args(args, study, systems, synthesizer)
+        demo = demo_page.build_demo(systems, synthesizer, model_label=label, notes=notes, concurrency=args.concurrency,
                                   max_queue=args.max_queue, study=runner, stream_interval=args.stream_interval)
         freeze_loaded()
-        demo_ui.launch(demo, args.host, args.port)
+        demo_page.launch(demo, args.host, args.port)
     finally:  # also when the study or the page stops the app before it serves
         if pool is not None:
             pool.close()

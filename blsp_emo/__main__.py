@@ -1,4 +1,4 @@
-"""`python -m blsp_emo <command>`: systems, respond, evaluate, convert, bench, loadtest, study (DESIGN.md's command line)."""
+"""`python -m blsp_emo <command>`: systems, respond, evaluate, convert, bench, loadtest, study (the command line in README.md)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,15 @@ import argparse
 import json
 import sys
 
-from . import GenerationOptions, available_systems, load_system
-from .audio import AudioError, load_audio
-from .checkpoint import ModelNotFoundError, convert_released, resolve
+from blsp_emo import GenerationOptions, available_systems, load_system
+from blsp_emo.options import add_model_options, default_device
+from blsp_emo.audio import AudioError, load_audio
+from blsp_emo.model.checkpoint import ModelNotFoundError, convert_released, resolve
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", default="blsp-emo", choices=available_systems())
-    p.add_argument("--model", help="BLSP-Emo model folder, hub id, or bundle folder (default: bundled demo models)")
-    p.add_argument("--asr", help="ASR model folder for the cascades (default: from the bundle)")
-    p.add_argument("--ser", help="emotion classifier folder for cascade-ser (default: from the bundle)")
-    p.add_argument("--revision", help="hub branch, tag or commit to pin --model to (hub ids only)")
-    p.add_argument(
-        "--device", default=None,
-        help="torch device, e.g. cpu or cuda; 'auto' keeps the LLM blocks that do not fit the GPU in CPU RAM "
-        "(default: cpu)",
-    )
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    add_model_options(p)
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -48,7 +40,7 @@ def cmd_systems(args) -> int:
 
 def cmd_respond(args) -> int:
     options = _options(args)  # validate before loading anything
-    system = load_system(args.system, _pinned_model(args), args.asr, args.ser, args.device, args.dtype)
+    system = _load_system(args)
     failed = 0
     for path in args.files:
         try:
@@ -71,6 +63,11 @@ def cmd_respond(args) -> int:
     return 1 if failed else 0
 
 
+def _load_system(args):
+    """The system the model options name, on their device (default: cuda when available, else cpu)."""
+    return load_system(args.system, _pinned_model(args), args.asr, args.ser, args.device or default_device(), args.dtype)
+
+
 def _pinned_model(args) -> str | None:
     """--model; with --revision, the local snapshot of that hub revision."""
     if args.revision is None:
@@ -81,9 +78,9 @@ def _pinned_model(args) -> str | None:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_ser, plot_confusion
+    from blsp_emo.evaluate import evaluate_ser, plot_confusion
 
-    system = load_system(args.system, _pinned_model(args), args.asr, args.ser, args.device, args.dtype)
+    system = _load_system(args)
     result = evaluate_ser(system, args.manifest, args.max_new_tokens, args.scorer)
     if args.plot and not plot_confusion(result["confusion"], args.plot):
         print("warning: --plot needs Pillow (pip install pillow); no PNG written", file=sys.stderr)
@@ -98,12 +95,12 @@ def cmd_evaluate(args) -> int:
 def cmd_chat(args) -> int:
     from pathlib import Path
 
-    from .chat import converse, microphone_turns, speaker
-    from .microphone import MicrophoneError
-    from .tts import SynthesizerUnavailableError, load_synthesizer
+    from blsp_emo.chat import converse, microphone_turns, speaker
+    from blsp_emo.microphone import MicrophoneError
+    from blsp_emo.tts import SynthesizerUnavailableError, load_synthesizer
 
     options = _options(args)
-    system = load_system(args.system, _pinned_model(args), args.asr, args.ser, args.device, args.dtype)
+    system = _load_system(args)
     try:
         speak = speaker(load_synthesizer(args.tts), Path(args.save) if args.save else None)
         if args.file:
@@ -123,13 +120,13 @@ def cmd_convert(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import main as bench
+    from blsp_emo.bench.latency import main as bench
 
     return bench(args)
 
 
 def cmd_loadtest(args) -> int:
-    from .loadtest import main as loadtest
+    from blsp_emo.bench.loadtest import main as loadtest
 
     return loadtest(args)
 
@@ -212,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="DIR", help="where to keep reply audio when there is no speaker")
     p.set_defaults(func=cmd_chat)
     _add_bench_parser(sub)  # bench | loadtest
-    from .study.cli import add_commands as add_study_commands
+    from blsp_emo.study.cli import add_commands as add_study_commands
 
     add_study_commands(sub)  # study check | export | report | loadtest
     return parser

@@ -146,6 +146,14 @@ def _to_float(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float32)
 
 
+def to_pcm16(samples: np.ndarray) -> np.ndarray:
+    """Samples as 16-bit PCM, what WAV files and Gradio's audio players take: floats are clipped to
+    [-1, 1] and scaled, integers are cast."""
+    if samples.dtype.kind == "f":
+        return (np.clip(samples, -1, 1) * 32767).astype(np.int16)
+    return samples.astype(np.int16)
+
+
 def _mono(samples: np.ndarray) -> np.ndarray:
     # (T,) stays; (T, C) is averaged over channels (soundfile's layout and Gradio's).
     return samples.mean(axis=1) if samples.ndim == 2 else samples.reshape(-1)

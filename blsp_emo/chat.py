@@ -14,11 +14,11 @@ from typing import Callable, Sequence, TextIO
 
 import numpy as np
 
-from .audio import AudioError, load_audio
-from .options import GenerationOptions
-from .microphone import MicrophoneError, check_input, play, record
-from .prompts import Turn
-from .systems import SpokenDialogueSystem
+from blsp_emo.audio import AudioError, load_audio, to_pcm16
+from blsp_emo.options import GenerationOptions
+from blsp_emo.microphone import MicrophoneError, check_input, play, record
+from blsp_emo.prompts import Turn
+from blsp_emo.systems import SpokenDialogueSystem
 
 
 def converse(
@@ -81,7 +81,7 @@ def microphone_turns(window_seconds: float, read_line: Callable[[], str] = input
 
 def speaker(synthesizer, save_dir: Path | None, out: TextIO = sys.stdout) -> Callable[[str, str | None], None]:
     """Say a reply in the voice style of its emotion; save the WAV when there is no speaker."""
-    from .tts import style_for
+    from blsp_emo.tts import style_for
 
     count = [0]
 
@@ -105,7 +105,7 @@ def speaker(synthesizer, save_dir: Path | None, out: TextIO = sys.stdout) -> Cal
 
 def _write_wav(path: Path, rate: int, samples: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16) if samples.dtype.kind == "f" else samples.astype(np.int16)
+    pcm = to_pcm16(samples)
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)

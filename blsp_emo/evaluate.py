@@ -4,7 +4,7 @@ Two ways to read a system's emotion, scored side by side:
 - `head`: the emotion the system reports with its reply (`Reply.emotion`: BLSP-Emo's emotion
   head, cascade-ser's classifier). Systems that report none have no head score.
 - `instruction`: the system's free-text answer to the SER instruction under the plain system
-  prompt, the paper's protocol (reference §2.1, §2.2, Table 1), with the label parsed from the
+  prompt, the paper's protocol (docs/paper.md §2.1, §2.2, Table 1), with the label parsed from the
   text by `parse_emotion`. An answer naming no label, or several, is counted as unparseable and
   as wrong. End-to-end systems hear the speech; cascades read what their ASR (and classifier)
   made of it, as the paper's Whisper+LLM row does.
@@ -23,57 +23,18 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .audio import AudioError, load_audio
-from .emotion import EMOTIONS, parse_emotion
-from .generation import GenerationOptions, decode, new_cache
-from .processor import build_prompt
-from .prompts import SER_INSTRUCTION, SYSTEM_PLAIN, Speech, Turn, instruction_pieces
-from .systems.base import SpokenDialogueSystem
-from .systems.blsp import BlspSystem
-from .systems.cascade import CascadeSystem
+from blsp_emo.audio import AudioError, load_audio
+from blsp_emo.emotion import EMOTIONS, parse_emotion
+from blsp_emo.metrics import label_scores
+from blsp_emo.decoding.generation import GenerationOptions, decode, new_cache
+from blsp_emo.model.processor import build_prompt
+from blsp_emo.prompts import SER_INSTRUCTION, SYSTEM_PLAIN, Speech, Turn, instruction_pieces
+from blsp_emo.systems.base import SpokenDialogueSystem
+from blsp_emo.systems.blsp import BlspSystem
+from blsp_emo.systems.cascade import CascadeSystem
 
 SCORERS = ("instruction", "head")
 MAX_SKIPPED_SHOWN = 5
-
-
-@dataclass(frozen=True)
-class SerScore:
-    """Scores of one way of reading emotions; `confusion[true][predicted]` counts clips."""
-
-    accuracy: float
-    macro_f1: float
-    n: int
-    confusion: dict[str, dict[str, int]]
-    unparseable: int = 0  # predictions that named no single label (counted as wrong)
-
-
-def score(truth: Sequence[str], predicted: Sequence[str | None], labels: Sequence[str] = EMOTIONS) -> SerScore:
-    """Accuracy, macro-F1 over the labels that occur in `truth` or `predicted`, and the confusion.
-
-    A None prediction (unparseable) is wrong: a false negative for its true label.
-    """
-    if len(truth) != len(predicted):
-        raise ValueError(f"{len(truth)} true labels but {len(predicted)} predictions")
-    confusion = {t: {p: 0 for p in labels} for t in labels}
-    for t, p in zip(truth, predicted):
-        if p is not None:
-            confusion[t][p] += 1
-    n = len(truth)
-    correct = sum(confusion[label][label] for label in labels)
-    present = [label for label in labels if label in set(truth) | set(predicted)]
-    f1s = []
-    for label in present:
-        tp = confusion[label][label]
-        fp = sum(confusion[t][label] for t in labels) - tp
-        fn = sum(1 for t in truth if t == label) - tp
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return SerScore(
-        accuracy=correct / n if n else 0.0,
-        macro_f1=sum(f1s) / len(f1s) if f1s else 0.0,
-        n=n,
-        confusion=confusion,
-        unparseable=sum(p is None for p in predicted),
-    )
 
 
 def read_ser_manifest(path: str | Path) -> Iterator[tuple[str, str, str | None]]:
@@ -162,14 +123,14 @@ def _summary(name: str, manifest, scorer: str, got: _Collected) -> dict:
     has_head = any(p is not None for p in got.head)
     has_answers = bool(got.answers) and all(a is not None for a in got.answers)
     scores = {
-        "head": asdict(score(got.truth, got.head)) if has_head else None,
-        "instruction": asdict(score(got.truth, [parse_emotion(a) for a in got.answers])) if has_answers else None,
+        "head": asdict(label_scores(got.truth, got.head, EMOTIONS)) if has_head else None,
+        "instruction": asdict(label_scores(got.truth, [parse_emotion(a) for a in got.answers], EMOTIONS)) if has_answers else None,
     }
     if scores[scorer] is None:  # the other reading, if the system has it
         scorer = "head" if scorer == "instruction" else "instruction"
     headline = scores[scorer]
     if headline is None:
-        headline, scorer = asdict(score(got.truth, [None] * len(got.truth))), "none"
+        headline, scorer = asdict(label_scores(got.truth, [None] * len(got.truth), EMOTIONS)), "none"
     top = {k: headline[k] for k in ("accuracy", "macro_f1", "n", "confusion")}
     skipped = {"count": len(got.skipped), "first": got.skipped[:MAX_SKIPPED_SHOWN]}
     predicted = got.head if scorer == "head" else [parse_emotion(a) for a in got.answers] if scorer == "instruction" else None

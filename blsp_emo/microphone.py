@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
+from blsp_emo.audio import SAMPLE_RATE
 
 
 class MicrophoneError(RuntimeError):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """How to decode a reply. Defaults follow the released chat demo (reference §2.4)."""
+    """How to decode a reply. Defaults follow the released chat demo (docs/paper.md §2.4)."""
 
     max_new_tokens: int = 512
     min_new_tokens: int = 1  # as released: a reply is never empty
@@ -33,3 +33,30 @@ class GenerationOptions:
 
     def resolved_seed(self) -> int:
         return self.seed if self.seed is not None else random.SystemRandom().randrange(2**31)
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_model_options(parser, model_default: str | None = None) -> None:
+    """The options that say which models to load and where: the same for the app and the CLI."""
+    parser.add_argument(
+        "--model", default=model_default,
+        help="BLSP-Emo model folder, bundle folder or hub id (default: the bundled demo models in assets/models)",
+    )
+    parser.add_argument("--revision", help="hub branch, tag or commit to pin --model to (hub ids only)")
+    parser.add_argument("--asr", help="ASR model folder for the cascades (default: from the bundle)")
+    parser.add_argument("--ser", help="emotion classifier folder for cascade-ser (default: from the bundle)")
+    parser.add_argument(
+        "--device", default=None,
+        help="torch device, e.g. cpu or cuda; 'auto' keeps the LLM blocks that do not fit the GPU in CPU RAM "
+        "(default: cuda when available, else cpu)",
+    )
+    parser.add_argument("--dtype", default=None, choices=DTYPES, help="weights' dtype (default: as stored)")
+
+
+def default_device() -> str | None:
+    """cuda where there is a GPU, else None (the CPU). torch is imported only when asked."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None

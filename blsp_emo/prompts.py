@@ -1,4 +1,4 @@
-"""Every prompt string and the ChatML layout of BLSP-Emo (reference §2), in one place.
+"""Every prompt string and the ChatML layout of BLSP-Emo (docs/paper.md §2), in one place.
 
 A prompt is a sequence of pieces: plain text (tokenised on its own, special-token strings inside it
 stay text), `Special` tokens, and `Speech` slots that the model fills with speech embeddings. Each
@@ -7,7 +7,7 @@ text piece is tokenised separately, as the released data pipeline does.
 Trailing newline after `assistant`: the released `generate.py` stops at `<|im_start|>assistant`
 and lets the model produce the "\\n" itself, while training always has `assistant\\n` before the
 response. We feed `assistant\\n` (the training layout), so prompts at inference are the prompts the
-model was trained on; reference §2.3 names this the natural equivalent.
+model was trained on; docs/paper.md §2.3 names this the natural equivalent.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 import tiny  # noqa: E402
-from blsp_emo.checkpoint import save_model  # noqa: E402
+from blsp_emo.model.checkpoint import save_model  # noqa: E402
 
 # Tiny models gain nothing from a second thread, and two busy threads per process on 2 cores
 # (the app test serves requests while its client waits) slow everything down many times over.

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from blsp_emo.adapter import Adapter, speech_token_count
-from blsp_emo.config import BlspEmoConfig
+from blsp_emo.model.adapter import Adapter, speech_token_count
+from blsp_emo.model.config import BlspEmoConfig
 
 
 @pytest.mark.parametrize("seconds, tokens", [(1, 7), (5, 32), (10, 63), (30, 188)])

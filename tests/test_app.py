@@ -16,7 +16,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import ValidationError  # noqa: E402
 
 import app  # noqa: E402
-import demo_ui  # noqa: E402
+from webui import demo_page
 from blsp_emo.systems import load_systems  # noqa: E402
 import tiny  # noqa: E402
 from blsp_emo import GenerationOptions, available_systems  # noqa: E402
@@ -88,7 +88,7 @@ def test_the_queue_recomputes_its_monitoring_summary_only_every_so_many_events(m
     # recomputed (a pandas table of up to 10,000 events) after every event on the page's process.
     monkeypatch.delenv("GRADIO_ANALYTICS_CACHE_FREQUENCY", raising=False)
     demo = app.build_demo({}, None)
-    assert demo._queue.ANAYLTICS_CACHE_FREQUENCY == demo_ui.ANALYTICS_EVERY > 1
+    assert demo._queue.ANAYLTICS_CACHE_FREQUENCY == demo_page.ANALYTICS_EVERY > 1
 
 
 def test_compare_columns_share_one_callback_and_one_seed(systems, clip_path):

@@ -8,8 +8,8 @@ import torch
 from transformers import Qwen2ForCausalLM
 
 import tiny
-from blsp_emo.batching import DecodeBatcher
-from blsp_emo.generation import GenerationOptions, decode, new_cache
+from blsp_emo.decoding.batching import DecodeBatcher
+from blsp_emo.decoding.generation import GenerationOptions, decode, new_cache
 
 STOP = frozenset({0})
 

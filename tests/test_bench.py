@@ -11,14 +11,14 @@ import torch
 
 import tiny
 from blsp_emo.audio import log_mel
-from blsp_emo.bench import BenchOptions, EncoderTimer, PeakMemory, Report, Result, bench_clips
-from blsp_emo.config import BlspEmoConfig
-from blsp_emo.encoder_window import compare
-from blsp_emo.fullscale import building_on, random_systems, scale_config, word_tokenizer
-from blsp_emo.generation import GenerationOptions
-from blsp_emo.model import BlspEmoModel
-from blsp_emo.prefix_cache import PrefixCache, TokenSequence
-from blsp_emo.processor import clip_features, frame_counts
+from blsp_emo.bench.latency import BenchOptions, EncoderTimer, PeakMemory, Report, Result, bench_clips
+from blsp_emo.model.config import BlspEmoConfig
+from blsp_emo.bench.encoder_window import compare
+from blsp_emo.bench.scales import building_on, random_systems, scale_config, word_tokenizer
+from blsp_emo.decoding.generation import GenerationOptions
+from blsp_emo.model.model import BlspEmoModel
+from blsp_emo.decoding.prefix_cache import PrefixCache, TokenSequence
+from blsp_emo.model.processor import clip_features, frame_counts
 from blsp_emo.systems.blsp import BlspSystem
 from blsp_emo.systems.cascade import CascadeSystem
 
@@ -152,7 +152,7 @@ def test_encoder_timer_sees_every_encoder_in_both_modes(bundle_dir, clip_path):
 def test_encoders_inside_plain_wrappers_are_found():
     from types import SimpleNamespace
 
-    from blsp_emo.bench import _whisper_encoders
+    from blsp_emo.bench.latency import _whisper_encoders
 
     asr = tiny.asr()
     system = SimpleNamespace(asr=SimpleNamespace(model=asr, decoder=object()), llm=torch.nn.Linear(2, 2))
@@ -221,7 +221,7 @@ def test_bench_refuses_impossible_settings(bundle_dir):
 
 
 def test_full_scale_is_the_released_architecture():
-    """`--scale full` builds 8.49 B parameters: the adapter of reference §1.1 to the parameter."""
+    """`--scale full` builds 8.49 B parameters: the adapter of docs/paper.md §1.1 to the parameter."""
     config = scale_config("full")
     assert config == BlspEmoConfig() or config.to_dict() == BlspEmoConfig().to_dict()
     with building_on("meta", torch.bfloat16):

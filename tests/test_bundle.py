@@ -1,10 +1,10 @@
 import torch
 
 import tiny
-from blsp_emo.checkpoint import load_model, load_pretrained, save_model
-from blsp_emo.asr import CtcRecognizer
-from blsp_emo.ser import WhisperEmotionClassifier
-from train.bundle import SHARED_DIR, bundle
+from blsp_emo.model.checkpoint import load_model, load_pretrained, save_model
+from blsp_emo.systems.asr import CtcRecognizer
+from blsp_emo.systems.ser import WhisperEmotionClassifier
+from train.demo_world.bundle import SHARED_DIR, bundle
 
 
 def components(tmp_path, tokenizer):

@@ -9,7 +9,7 @@ import pytest
 
 import tiny
 from blsp_emo.chat import converse, microphone_turns
-from blsp_emo.generation import GenerationOptions
+from blsp_emo.decoding.generation import GenerationOptions
 from blsp_emo.microphone import MicrophoneError, check_input
 from blsp_emo.systems import load_system
 

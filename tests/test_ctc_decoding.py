@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import tiny
-from blsp_emo.asr import ALPHABET, LexiconRecognizer, with_word_lm
-from blsp_emo.ctc_decoding import END, WORD_LM_FILE, BeamOptions, LexiconDecoder, WordBigramLM
+from blsp_emo.systems.asr import ALPHABET, LexiconRecognizer, with_word_lm
+from blsp_emo.systems.ctc_decoding import END, WORD_LM_FILE, BeamOptions, LexiconDecoder, WordBigramLM
 
 TEXTS = ["the meeting starts next week", "the letter came next week", "the meeting is over"]
 

@@ -5,8 +5,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2ForCausalLM
 
 import tiny
-from blsp_emo.decode_step import Qwen2DecodeStep, decode_step
-from blsp_emo.generation import new_cache
+from blsp_emo.decoding.decode_step import Qwen2DecodeStep, decode_step
+from blsp_emo.decoding.generation import new_cache
 
 
 @pytest.fixture(scope="module")

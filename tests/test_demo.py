@@ -7,9 +7,9 @@ import pytest
 
 from blsp_emo.emotion import EMOTIONS
 from blsp_emo.prompts import CASCADE_SER_USER, STAGE2_TEACHER_INSTRUCTION
-from train import corpus
-from train.demo import SCALES, build_demo, word_errors
-from train.judge import ToneJudge, fit_with_holdout
+from train.demo_world import corpus
+from train.demo_world.demo import SCALES, build_models
+from train.demo_world.judge import ToneJudge, fit_with_holdout
 
 
 def test_corpus_has_every_format_and_tone_follows_the_stated_emotion():
@@ -39,12 +39,6 @@ def test_tone_judge_learns_the_banks_and_round_trips(tmp_path):
     assert again.predict(texts[:20]) == judge.predict(texts[:20])
 
 
-def test_word_errors():
-    assert word_errors("I got the letter.", "i got the letter") == (0, 4)
-    assert word_errors("I got the letter", "i got a letter today") == (2, 4)
-    assert word_errors("a b", "") == (2, 2)
-
-
 @pytest.mark.slow
 def test_ci_sized_build_runs_the_whole_chain(tmp_path):
     """sentences -> synth -> ASR, SER, LM -> assemble -> teacher -> stage 1 -> teacher -> stage 2 ->
@@ -52,7 +46,7 @@ def test_ci_sized_build_runs_the_whole_chain(tmp_path):
     from blsp_emo.systems import available_systems, load_system
 
     out, examples = tmp_path / "models", tmp_path / "examples"
-    report = build_demo(tmp_path / "work", out, examples, SCALES["ci"], log=lambda line: None)
+    report = build_models(tmp_path / "work", out, examples, SCALES["ci"], log=lambda line: None)
     assert {r["system"] for r in report["results"]} == set(available_systems())
     for r in report["results"]:
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["reply_emotion_match"] <= 1 and r["n"] == SCALES["ci"].eval_clips
@@ -65,12 +59,12 @@ def test_ci_sized_build_runs_the_whole_chain(tmp_path):
         reply = load_system(name, model=out).respond(examples / clips[0])
         assert reply.done
     # a second run finds every step done and only re-evaluates
-    again = build_demo(tmp_path / "work", out, examples, SCALES["ci"], log=lambda line: None)
+    again = build_models(tmp_path / "work", out, examples, SCALES["ci"], log=lambda line: None)
     assert again["ran_now"] == []
 
 
 def test_readme_block_is_replaced_between_markers(tmp_path):
-    from train.demo import RESULTS_END, RESULTS_START, update_readme
+    from train.demo_world.demo import RESULTS_END, RESULTS_START, update_readme
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n{RESULTS_START}\nold table\n{RESULTS_END}\nafter\n")

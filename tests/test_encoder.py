@@ -4,8 +4,8 @@ import torch
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 import tiny
-from blsp_emo.encoder import encode
-from blsp_emo.processor import clip_features
+from blsp_emo.model.encoder import encode
+from blsp_emo.model.processor import clip_features
 
 
 def _encoder():
@@ -35,7 +35,7 @@ def test_clip_mode_costs_only_the_longest_clip_and_ignores_the_batch():
 
 @torch.no_grad()
 def test_a_model_in_clip_mode_answers_with_the_same_token_count(tokenizer):
-    from blsp_emo.generation import GenerationOptions
+    from blsp_emo.decoding.generation import GenerationOptions
     from blsp_emo.prompts import SYSTEM_EMPATHETIC
     from blsp_emo.systems import BlspSystem
 

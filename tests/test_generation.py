@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import LogitsProcessorList
 
-from blsp_emo.generation import TokenSampler, _processors
+from blsp_emo.decoding.generation import TokenSampler, _processors
 from blsp_emo.options import GenerationOptions
 
 STOP = frozenset({0, 1})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from blsp_emo.loadtest import (
+from blsp_emo.bench.loadtest import (
     LoadOptions, PageLine, Phase, Visitor, _overlapping, check_loopback, child_pids, loadtest, machine_stolen_s,
     process_rss_mb, ratio_interval, round_summaries, spawn_app, tree_rss_mb,
 )
@@ -109,7 +109,7 @@ def test_stolen_time_is_read_from_the_kernels_count(monkeypatch, tmp_path):
 
 def test_the_memory_sampler_counts_the_model_workers(server):
     workers = child_pids(server.process.pid)
-    assert len(workers) == 2 and all("blsp_emo.workers" in Path(f"/proc/{w}/cmdline").read_text() for w in workers)
+    assert len(workers) == 2 and all("blsp_emo.serving.workers" in Path(f"/proc/{w}/cmdline").read_text() for w in workers)
     alone = process_rss_mb(server.process.pid)
     assert tree_rss_mb(server.process.pid) >= alone + sum(process_rss_mb(w) for w in workers) * 0.9 > alone > 0
     server.sample_memory(every=0.02, rewalk=0.05)  # the sampler keeps the tree's peak, workers included

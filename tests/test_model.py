@@ -5,11 +5,11 @@ import torch
 from transformers import Qwen2ForCausalLM
 
 import tiny
-from blsp_emo.checkpoint import load_model, save_model
-from blsp_emo.config import BlspEmoConfig
-from blsp_emo.generation import GenerationOptions
-from blsp_emo.model import BlspEmoModel, SpeechEmbeddings, SpeechPrompt, TrainingBatch
-from blsp_emo.processor import build_prompt, clip_features, pad_rows, speech_lengths
+from blsp_emo.model.checkpoint import load_model, save_model
+from blsp_emo.model.config import BlspEmoConfig
+from blsp_emo.decoding.generation import GenerationOptions
+from blsp_emo.model.model import BlspEmoModel, SpeechEmbeddings, SpeechPrompt, TrainingBatch
+from blsp_emo.model.processor import build_prompt, clip_features, pad_rows, speech_lengths
 from blsp_emo.prompts import (
     STAGE1_INSTRUCTION, SYSTEM_PLAIN, Speech, Turn, chat_pieces, instruction_pieces, response_pieces,
 )
@@ -92,7 +92,7 @@ def test_clip_embeddings_do_not_depend_on_the_batch(model_and_tokenizer):
 
 
 def test_emotion_head_pools_only_valid_positions(model_and_tokenizer):
-    from blsp_emo.model import SpeechEmbeddings
+    from blsp_emo.model.model import SpeechEmbeddings
 
     model, _ = model_and_tokenizer
     embeds = torch.randn(1, 10, model.config.llm_config.hidden_size)
@@ -182,8 +182,8 @@ def test_kl_is_zero_when_speech_looks_exactly_like_the_transcript(tokenizer, mon
         return SpeechEmbeddings(embeds, torch.tensor([len(ids)]))
 
     monkeypatch.setattr(model, "encode_speech", fake_encode)
-    monkeypatch.setattr("blsp_emo.processor.speech_lengths", lambda counts, config: [len(ids)])
-    import blsp_emo.processor as processor
+    monkeypatch.setattr("blsp_emo.model.processor.speech_lengths", lambda counts, config: [len(ids)])
+    import blsp_emo.model.processor as processor
     batch = batch_for(model, tok, transcript)
     target = response_pieces("That sounds wonderful.", False)
     row = tok.encode_pieces(instruction_pieces(SYSTEM_PLAIN, STAGE1_INSTRUCTION, Speech(0)), [len(ids)], target)
@@ -194,7 +194,7 @@ def test_kl_is_zero_when_speech_looks_exactly_like_the_transcript(tokenizer, mon
     # ... and speech that sounds like other words gives a clearly positive divergence
     other = model.llm.get_input_embeddings()(torch.tensor(tok.encode("That sounds wonderful, tell me more!")[: len(ids)]))[None]
     monkeypatch.setattr(model, "encode_speech", lambda f, c: SpeechEmbeddings(other, torch.tensor([other.shape[1]])))
-    monkeypatch.setattr("blsp_emo.processor.speech_lengths", lambda counts, config: [other.shape[1]])
+    monkeypatch.setattr("blsp_emo.model.processor.speech_lengths", lambda counts, config: [other.shape[1]])
     row = tok.encode_pieces(instruction_pieces(SYSTEM_PLAIN, STAGE1_INSTRUCTION, Speech(0)), [other.shape[1]], target)
     sids, smask, sattn, slabels = processor.pad_rows([row], tok.pad_id)
     batch.speech = SpeechPrompt(sids, smask, sattn, batch.speech.input_features, batch.speech.frame_counts, slabels)
@@ -209,14 +209,14 @@ def test_unlabelled_emotion_contributes_zero(model_and_tokenizer):
 
 
 def test_full_scale_shapes_on_meta_device():
-    """The default config is the released architecture: LoRA and head sizes from reference §1."""
+    """The default config is the released architecture: LoRA and head sizes from docs/paper.md §1."""
     with torch.device("meta"):
         model = BlspEmoModel(BlspEmoConfig())
     lora = sum(p.numel() for p in model.lora.parameters())
     # 32 blocks x (q,k,v,o: 4 x 16 x (4096+4096)) + (gate, up, down: 3 x 16 x (4096+11008))
     assert lora == 32 * (4 * 16 * 8192 + 3 * 16 * 15104)
     assert sum(p.numel() for p in model.emotion_head.parameters()) == 20_480
-    assert sum(p.numel() for p in model.encoder.parameters()) == 636_784_640  # reference §7, positions included
+    assert sum(p.numel() for p in model.encoder.parameters()) == 636_784_640  # docs/paper.md §7, positions included
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ from blsp_emo.prompts import (
     END_OF_TEXT, IM_END, SER_INSTRUCTION, STAGE2_TEACHER_INSTRUCTION, SYSTEM_EMPATHETIC, SYSTEM_PLAIN,
     Speech, Turn, chat_pieces, instruction_pieces, render, response_pieces,
 )
-from blsp_emo.tokenizer import IGNORE_INDEX
+from blsp_emo.model.tokenizer import IGNORE_INDEX
 
 
 def test_reference_strings():

@@ -1,4 +1,4 @@
-"""The released checkpoint layout (reference §7, §8) loads into our classes and computes what Qwen v1 does.
+"""The released checkpoint layout (docs/paper.md §7, §8) loads into our classes and computes what Qwen v1 does.
 
 A tiny checkpoint is written here in the released layout (Qwen-v1 names, pickled shards + index,
 LoRA tensors, a `qwen.tiktoken` vocabulary); the expected logits come from an independent Qwen-v1
@@ -24,12 +24,13 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 import tiny
-from blsp_emo import checkpoint, released
+from blsp_emo.model import checkpoint
+from blsp_emo.released import convert as released
 from blsp_emo.__main__ import main
-from blsp_emo.config import BlspEmoConfig, whisper_large_v2_encoder
-from blsp_emo.model import SpeechEmbeddings, SpeechPrompt
+from blsp_emo.model.config import BlspEmoConfig, whisper_large_v2_encoder
+from blsp_emo.model.model import SpeechEmbeddings, SpeechPrompt
 from blsp_emo.prompts import SYSTEM_PLAIN, header, system_block
-from blsp_emo.qwen_tokenizer import PAT_STR, SPECIAL_TOKENS, load_qwen_tokenizer
+from blsp_emo.released.qwen_tokenizer import PAT_STR, SPECIAL_TOKENS, load_qwen_tokenizer
 
 D, FFN, LAYERS, HEADS, RANK, ALPHA, D_INNER = 48, 40, 2, 4, 4, 8.0, 16
 TEXTS = ["Hello world", " Hello world", "I'm sorry... it's 2024!\n\n  ok", "Héllo wörld ✓ 你好", "e\u0301 <|im_end|>x"]

@@ -1,4 +1,4 @@
-"""Generated training speakers and accents (`train/speakers.py`) and their use by `train synth`."""
+"""Generated training speakers and accents (`train/demo_world/speakers.py`) and their use by `train synth`."""
 
 import hashlib
 import json
@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from blsp_emo.emotion import EMOTIONS
-from train import ablate, speakers, synth
-from train import sentences as sent
+from train.demo_world import ablate
+from train.demo_world import speakers
+from train.demo_world import synth
+from train.demo_world import sentences as sent
 from train.__main__ import main
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)")

@@ -12,7 +12,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 import app  # noqa: E402
 from blsp_emo.systems import load_systems  # noqa: E402
-import study_ui  # noqa: E402
+from webui import study_tabs  # noqa: E402
 from blsp_emo.study import StudyConfig, StudyRunner, StudyStore  # noqa: E402
 from blsp_emo.tts import NullSynthesizer  # noqa: E402
 from study_fixtures import SYSTEMS, write_study  # noqa: E402
@@ -72,7 +72,7 @@ def test_api_rater_sees_blind_replies_then_the_reveal(server, runner):
 def test_results_and_audit_refuse_without_the_admin_token(server, runner):
     with pytest.raises(AppError, match="wrong or missing admin token"):
         _client(server).predict("not-the-token", api_name="/study_audit")
-    tab = study_ui.ResultsTab(runner)
+    tab = study_tabs.ResultsTab(runner)
     for wrong in ("", None, "nope-nope-nope"):
         with pytest.raises(gr.Error, match="admin token"):
             tab.show(wrong)
@@ -160,7 +160,7 @@ def test_browser_rater_consents_listens_rates_and_sees_the_reveal(server, runner
 def test_a_signed_in_rater_comes_back_to_their_place(runner):
     profile = gr.OAuthProfile({"name": "Carol", "preferred_username": "carol", "profile": "", "picture": ""})
     with gr.Blocks():
-        tab = study_ui.RateTab(runner)
+        tab = study_tabs.RateTab(runner)
         tab.build()
     first = tab.begin(True, False, profile)[tab.state]
     runner.submit(first.view, {"empathy_a": 5, "quality_a": 5, "empathy_b": 5, "quality_b": 5}, "tie")
@@ -176,9 +176,9 @@ def test_spoken_replies_must_be_heard_too_but_only_those_that_exist(runner):
 
     view = runner.view(runner.begin(True)[0], 0)
     speech = (16000, np.zeros(1600, np.float32))
-    assert study_ui._needed(view) == {"stimulus"}
-    assert study_ui._needed(replace(view, speech_a=speech)) == {"stimulus", "A"}
-    assert study_ui._needed(replace(view, speech_a=speech, speech_b=speech)) == {"stimulus", "A", "B"}
+    assert study_tabs._needed(view) == {"stimulus"}
+    assert study_tabs._needed(replace(view, speech_a=speech)) == {"stimulus", "A"}
+    assert study_tabs._needed(replace(view, speech_a=speech, speech_b=speech)) == {"stimulus", "A", "B"}
 
 
 def test_warming_computes_every_reply_once(runner):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from blsp_emo.study import StudyConfig, StudyStore, balance
-from blsp_emo.study.loadtest import run_load
+from blsp_emo.bench.study_load import run_load
 from study_fixtures import SYSTEMS, write_study
 
 pytest.importorskip("gradio_client")

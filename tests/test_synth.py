@@ -12,8 +12,8 @@ import soundfile as sf
 
 from blsp_emo.audio import SAMPLE_RATE, load_audio
 from blsp_emo.emotion import EMOTIONS
-from train import sentences as sent
-from train import synth
+from train.demo_world import sentences as sent
+from train.demo_world import synth
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)")
 

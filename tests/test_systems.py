@@ -7,7 +7,7 @@ import pytest
 import tiny
 from blsp_emo import EMOTIONS, GenerationOptions, Reply, available_systems, load_system
 from blsp_emo.audio import SilentAudioError
-from blsp_emo.checkpoint import ModelNotFoundError
+from blsp_emo.model.checkpoint import ModelNotFoundError
 from blsp_emo.prompts import SYSTEM_EMPATHETIC
 from blsp_emo.systems import BlspSystem
 
@@ -124,7 +124,7 @@ def test_min_new_tokens_keeps_a_reply_from_being_empty():
 
     import torch
 
-    from blsp_emo.generation import decode
+    from blsp_emo.decoding.generation import decode
 
     stop = 3
     logits = torch.tensor([[0.0, 1.0, 2.0, 9.0]])  # stop (3) first, then token 2

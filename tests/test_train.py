@@ -19,10 +19,10 @@ import soundfile as sf
 import torch
 
 import tiny
-from blsp_emo.checkpoint import load_model, save_model
-from blsp_emo.config import BlspEmoConfig
+from blsp_emo.model.checkpoint import load_model, save_model
+from blsp_emo.model.config import BlspEmoConfig
 from blsp_emo.emotion import EMOTIONS
-from blsp_emo.model import BlspEmoModel
+from blsp_emo.model.model import BlspEmoModel
 from blsp_emo.prompts import STAGE1_INSTRUCTION, STAGE2_TEACHER_INSTRUCTION
 from train import loop
 from train.__main__ import main

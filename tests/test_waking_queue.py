@@ -10,7 +10,7 @@ from gradio.queueing import Queue
 from gradio_client import Client
 
 import app
-from waking_queue import WakingQueue
+from webui.waking_queue import WakingQueue
 
 
 def _free_port() -> int:

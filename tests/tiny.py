@@ -6,16 +6,16 @@ import numpy as np
 import torch
 from transformers import Qwen2Config, WhisperConfig
 
-from blsp_emo.asr import CtcRecognizer, CtcRecognizerConfig
+from blsp_emo.systems.asr import CtcRecognizer, CtcRecognizerConfig
 from blsp_emo.audio import SAMPLE_RATE
-from blsp_emo.config import BlspEmoConfig
-from blsp_emo.model import BlspEmoModel
+from blsp_emo.model.config import BlspEmoConfig
+from blsp_emo.model.model import BlspEmoModel
 from blsp_emo.prompts import (
     CASCADE_SER_USER, SER_INSTRUCTION, STAGE1_INSTRUCTION, STAGE2_AUDIO_INSTRUCTION,
     STAGE2_TEACHER_INSTRUCTION, SYSTEM_EMPATHETIC, SYSTEM_PLAIN,
 )
-from blsp_emo.ser import WhisperEmotionClassifier
-from blsp_emo.tokenizer import ChatTokenizer, train_bpe_tokenizer
+from blsp_emo.systems.ser import WhisperEmotionClassifier
+from blsp_emo.model.tokenizer import ChatTokenizer, train_bpe_tokenizer
 
 WINDOW_POSITIONS = 500  # 1000 mel frames: a 10 s window
 

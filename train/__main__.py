@@ -1,4 +1,4 @@
-"""`python -m train <command>`: teacher, clean, stage1, stage2 (the BLSP-Emo recipe, reference §3-§4).
+"""`python -m train <command>`: teacher, clean, stage1, stage2 (the BLSP-Emo recipe, docs/paper.md §3-§4).
 
     python -m train teacher --stage stage1 --manifest asr.jsonl --model INIT --out-dir labels/
     python -m train clean labels/
@@ -18,16 +18,16 @@ import os
 import sys
 from dataclasses import replace
 
-from .data import DataLimits
-from .manifest import ManifestError
-from .stages import STAGES, Stage, with_encoder
-from .synth import SynthesisError
+from train.data import DataLimits
+from train.manifest import ManifestError
+from train.stages import STAGES, Stage, with_encoder
+from train.demo_world.synth import SynthesisError
 
 
 def cmd_teacher(args) -> int:
-    from blsp_emo.checkpoint import load_model
+    from blsp_emo.model.checkpoint import load_model
 
-    from .teacher import Shard, generate_teacher_outputs
+    from train.teacher import Shard, generate_teacher_outputs
 
     shard = Shard(args.shard, args.num_shards)  # validate before loading a model
     model, tokenizer = load_model(args.model, args.device or _default_device(), args.dtype)
@@ -39,14 +39,14 @@ def cmd_teacher(args) -> int:
 
 
 def cmd_clean(args) -> int:
-    from .clean import clean
+    from train.clean import clean
 
     print(json.dumps(clean(args.paths), indent=None if args.compact else 1))
     return 0
 
 
 def cmd_stage(args) -> int:
-    from .loop import RunConfig, train
+    from train.loop import RunConfig, train
 
     stage = _stage(args)
     run = RunConfig(
@@ -105,7 +105,7 @@ def _add_stage(sub, stage: Stage) -> None:
     p.add_argument("--manifest", required=True, nargs="+", help="cleaned teacher outputs")
     p.add_argument("--init", required=True, help="model folder to start from" + (" (a stage-1 output)" if "lora" in stage.trainable else ""))
     p.add_argument("--output", required=True, help="final model folder; checkpoints and logs go inside")
-    numbers = p.add_argument_group("method (defaults: the released run, reference §4)")
+    numbers = p.add_argument_group("method (defaults: the released run, docs/paper.md §4)")
     numbers.add_argument("--lr", type=float, help=f"peak learning rate (default {stage.lr:g})")
     numbers.add_argument("--warmup-steps", type=int, help=f"default {stage.warmup_steps}")
     numbers.add_argument("--warmup-type", default="log", choices=["log", "linear"], help="log: DeepSpeed's default, as released")
@@ -137,7 +137,12 @@ def _add_stage(sub, stage: Stage) -> None:
 
 def _add_demo_scale(sub) -> None:
     """The demo-scale world (issue 5): corpus, stage-0 pretraining, assembly."""
-    from . import ablate, demo, pretrain_lm, pretrain_speech, sentences, synth
+    from train.demo_world import ablate
+    from train.demo_world import demo
+    from train.demo_world import pretrain_lm
+    from train.demo_world import pretrain_speech
+    from train.demo_world import sentences
+    from train.demo_world import synth
 
     commands = (
         ("sentences", "sentence files for the synthetic corpus", sentences.__doc__, sentences.add_arguments, sentences.run),

@@ -1,4 +1,4 @@
-"""Cleaning teacher outputs: drop refusals and "as an AI" continuations (reference §3.3).
+"""Cleaning teacher outputs: drop refusals and "as an AI" continuations (docs/paper.md §3.3).
 
 The rules are the released `clean_noise_examples.py`'s, with the same case sensitivity, kept as a
 table so the summary can say which rule dropped how many rows. A row is counted under the first

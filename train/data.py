@@ -2,7 +2,7 @@
 
 Nothing is loaded ahead: lines are read lazily, shuffled in a bounded buffer, and each clip is
 decoded only when its row is reached, so a 1.9M-row manifest costs a few megabytes. Rows that
-cannot train are dropped and counted by reason (reference §3.5: shorter than 1 s, longer than
+cannot train are dropped and counted by reason (docs/paper.md §3.5: shorter than 1 s, longer than
 30 s, unreadable, more than 256 text tokens); the run goes on and the report names examples.
 
 Resuming: rows are numbered by their position in the shuffled order, which depends only on the
@@ -23,15 +23,15 @@ import torch
 from torch.utils.data import IterableDataset
 
 from blsp_emo.audio import SAMPLE_RATE, AudioError, AudioTooLongError, SilentAudioError, load_audio
-from blsp_emo.config import BlspEmoConfig
+from blsp_emo.model.config import BlspEmoConfig
 from blsp_emo.emotion import EMOTION_TO_ID
-from blsp_emo.model import SpeechPrompt, TrainingBatch
-from blsp_emo.processor import clip_features, pad_rows, speech_lengths
+from blsp_emo.model.model import SpeechPrompt, TrainingBatch
+from blsp_emo.model.processor import clip_features, pad_rows, speech_lengths
 from blsp_emo.prompts import Piece, Speech, instruction_pieces, response_pieces
-from blsp_emo.tokenizer import IGNORE_INDEX, ChatTokenizer, EncodedPrompt
+from blsp_emo.model.tokenizer import IGNORE_INDEX, ChatTokenizer, EncodedPrompt
 
-from .manifest import TEACHER_KEYS, Row, read_rows
-from .stages import Stage
+from train.manifest import TEACHER_KEYS, Row, read_rows
+from train.stages import Stage
 
 REASONS = ("missing_file", "unreadable", "silent", "too_short", "too_long", "too_many_tokens", "no_target")
 MAX_EXAMPLES = 5  # paths kept per reason for the report
@@ -39,7 +39,7 @@ MAX_EXAMPLES = 5  # paths kept per reason for the report
 
 @dataclass(frozen=True)
 class DataLimits:
-    """Which rows train (reference §3.5: --max_length 256, 1.0 s to --max_duration 30 s)."""
+    """Which rows train (docs/paper.md §3.5: --max_length 256, 1.0 s to --max_duration 30 s)."""
 
     min_seconds: float = 1.0
     max_seconds: float = 30.0
@@ -217,7 +217,7 @@ class Collator:
     def _warped(self, features: torch.Tensor, examples: list[Example]) -> torch.Tensor:
         """Each clip as another speaker might say it: formants and pitch moved together by a factor
         drawn from the clip's shuffled position and the stage seed, so a resumed run draws the same."""
-        from .pretrain_speech import warp_frequency
+        from train.demo_world.pretrain_speech import warp_frequency
 
         out = features.clone()
         for i, e in enumerate(examples):

@@ -29,14 +29,14 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from blsp_emo.checkpoint import save_model
+from blsp_emo.model.checkpoint import save_model
 
-from .data import REASONS, Batch, Collator, DataLimits, DataReport, ManifestDataset
-from .manifest import TEACHER_KEYS, count_rows
-from .schedule import WARMUP_TYPES, warmup_decay
-from .stages import Stage, apply_stage, init_model, trainable_summary
+from train.data import REASONS, Batch, Collator, DataLimits, DataReport, ManifestDataset
+from train.manifest import TEACHER_KEYS, count_rows
+from train.schedule import WARMUP_TYPES, warmup_decay
+from train.stages import Stage, apply_stage, init_model, trainable_summary
 
-BETAS, EPS = (0.9, 0.999), 1e-8  # AdamW defaults the released runs inherited (reference §4)
+BETAS, EPS = (0.9, 0.999), 1e-8  # AdamW defaults the released runs inherited (docs/paper.md §4)
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class RunConfig:
     manifests: tuple[str, ...]  # teacher outputs (cleaned)
     init: str  # model folder the stage starts from
     output: str
-    lora_rank: int = 16  # for a stage that adds a LoRA (reference §1.2: r 16, alpha 16)
+    lora_rank: int = 16  # for a stage that adds a LoRA (docs/paper.md §1.2: r 16, alpha 16)
     max_steps: int | None = None  # None: the stage's epochs over the manifests
     log_steps: int = 20
     save_total_limit: int = 1  # checkpoints kept (released: 1)

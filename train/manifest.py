@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 from blsp_emo.emotion import EMOTIONS
 
-RAW_KEYS = ("audio", "text")  # what every manifest row has (DESIGN.md)
+RAW_KEYS = ("audio", "text")  # what every manifest row has (docs/paper.md §3.2)
 TEACHER_KEYS = (*RAW_KEYS, "output", "early_stop")  # what `python -m train teacher` adds
 
 
@@ -71,7 +71,7 @@ def _row(path: Path, number: int, line: str, required: Sequence[str]) -> Row:
         raise ManifestError(f"{where}: missing keys {missing}{hint}")
     emotion = fields.get("emotion") or ""
     if emotion and emotion not in EMOTIONS:
-        # The released repo never shows how corpus labels map to the five classes (reference §9);
+        # The released repo never shows how corpus labels map to the five classes (docs/paper.md §9);
         # map them when building the manifest rather than let a typo train as "no label".
         raise ManifestError(f"{where}: emotion {emotion!r} is not one of {EMOTIONS}; map it to one of them or leave it empty")
     audio = Path(str(fields["audio"])).expanduser()

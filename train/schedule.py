@@ -1,7 +1,7 @@
 """Learning-rate schedule: warmup to the peak, then linear decay to zero at the last step.
 
 The released runs used DeepSpeed's `WarmupDecayLR` with no `warmup_type`, so DeepSpeed's default
-`log` warmup applied (reference §4): during warmup the rate is peak * log(step + 1) / log(warmup),
+`log` warmup applied (docs/paper.md §4): during warmup the rate is peak * log(step + 1) / log(warmup),
 which reaches a tenth of the peak by step 1 of 1000 and half of it by step 31, far faster than a
 linear ramp. We default to `log` to reproduce the paper's runs; `linear` is the common choice.
 

@@ -1,7 +1,7 @@
 """The two BLSP-Emo alignment stages as data, and the one function that applies a stage to a model.
 
 A stage says what is trainable, which losses train it, which prompts build its data and the
-paper's hyperparameters (reference §1.3, §2, §4). The training loop never asks which stage it
+paper's hyperparameters (docs/paper.md §1.3, §2, §4). The training loop never asks which stage it
 runs; it reads these fields. Stage behaviour spread over boolean flags (`--unfreeze_adapter`,
 `--unfreeze_qwen`, a comma-string of loss names) is what the released scripts did.
 """
@@ -13,22 +13,22 @@ from pathlib import Path
 
 from torch import nn
 
-from blsp_emo.checkpoint import load_pretrained, resolve
-from blsp_emo.config import BlspEmoConfig
-from blsp_emo.model import LOSSES, BlspEmoModel
+from blsp_emo.model.checkpoint import load_pretrained, resolve
+from blsp_emo.model.config import BlspEmoConfig
+from blsp_emo.model.model import LOSSES, BlspEmoModel
 from blsp_emo.prompts import (
     STAGE1_INSTRUCTION, STAGE2_AUDIO_INSTRUCTION, STAGE2_TEACHER_INSTRUCTION, SYSTEM_EMPATHETIC, SYSTEM_PLAIN,
 )
-from blsp_emo.tokenizer import ChatTokenizer
+from blsp_emo.model.tokenizer import ChatTokenizer
 
 # The parts a stage may train, by the model attribute that holds them. The LLM itself is never
-# trained: stage 2 adapts it through the audio-scoped LoRA only (reference §1.3).
+# trained: stage 2 adapts it through the audio-scoped LoRA only (docs/paper.md §1.3).
 PARTS = ("adapter", "lora", "emotion_head", "encoder")
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One alignment stage. Defaults of the numbers are the released scripts' (reference §4)."""
+    """One alignment stage. Defaults of the numbers are the released scripts' (docs/paper.md §4)."""
 
     name: str
     description: str
@@ -133,7 +133,7 @@ def trainable_summary(model: BlspEmoModel, stage: Stage) -> str:
 def init_model(path: str | Path, stage: Stage, lora_rank: int = 16) -> tuple[BlspEmoModel, ChatTokenizer]:
     """The model a stage starts from: the folder as saved, plus a fresh LoRA if the stage trains one.
 
-    Stage 2 starts from a stage-1 model, which has no LoRA (reference §4: "stage-1 checkpoint + new
+    Stage 2 starts from a stage-1 model, which has no LoRA (docs/paper.md §4: "stage-1 checkpoint + new
     LoRA"). The LoRA lives in `BlspEmoModel.lora`, built from `config.lora_rank`, so we build a
     model with `lora_rank` > 0 around the loaded encoder and LLM and copy every stage-1 tensor in;
     only LoRA tensors may be missing, anything else is a mismatch and refused.

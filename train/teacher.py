@@ -1,7 +1,7 @@
 """Teacher continuations: what the text LLM says after each transcript (the targets of both stages).
 
 Stage 1 asks for a plain continuation under the plain system prompt; stage 2 names the emotion
-and uses the empathetic system prompt (reference §2.2, §3.2). The LLM is the BLSP-Emo model's:
+and uses the empathetic system prompt (docs/paper.md §2.2, §3.2). The LLM is the BLSP-Emo model's:
 text-only use of the model is exactly its base LLM (LoRA touches speech positions only), so the
 student is aligned to the very model it extends. Greedy, max_new_tokens 48, min_new_tokens 1,
 left-padded batches, as `emotion_text_generation.py` ran.
@@ -25,12 +25,12 @@ from tqdm import tqdm
 from transformers import GenerationConfig
 
 from blsp_emo.prompts import IM_END, instruction_pieces
-from blsp_emo.tokenizer import ChatTokenizer
+from blsp_emo.model.tokenizer import ChatTokenizer
 
-from .manifest import RAW_KEYS, Row, read_rows
-from .stages import Stage
+from train.manifest import RAW_KEYS, Row, read_rows
+from train.stages import Stage
 
-MAX_NEW_TOKENS = 48  # reference §2.4
+MAX_NEW_TOKENS = 48  # docs/paper.md §2.4
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def generate_teacher_outputs(
         for batch in _batches(todo(), batch_size):
             instructions = [stage.teacher_prompt(row.emotion) for row in batch]
             # Instruction and transcript are tokenised as separate pieces, as the KL teacher sees
-            # them in training (the released teacher joined them into one string, reference §2.3).
+            # them in training (the released teacher joined them into one string, docs/paper.md §2.3).
             prompts = [
                 tokenizer.encode_pieces(instruction_pieces(stage.system_prompt, instr, str(row.fields["text"]))).input_ids
                 for instr, row in zip(instructions, batch)

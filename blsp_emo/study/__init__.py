@@ -9,13 +9,13 @@ Modules, in the order data flows: config (the study file), assign (who compares 
 (the admin token), upload (optional hub copy), loadtest and cli (`python -m blsp_emo study`).
 """
 
-from .access import ADMIN_TOKEN_ENV, AdminTokenError, check_admin
-from .assign import OWN_RECORDING, Trial, balance, plan_trials
-from .config import DEFAULT_STUDY, StudyConfig, StudyConfigError
-from .report import Report, write_report
-from .session import ReplyCache, StudyRunner, Submitted, TrialView
-from .store import DB_ENV, DEFAULT_DB, SCHEMA_VERSION, Rating, StudyStore, StudyStoreError
-from .upload import UploadSettings, start_upload
+from blsp_emo.study.access import ADMIN_TOKEN_ENV, AdminTokenError, check_admin
+from blsp_emo.study.assign import OWN_RECORDING, Trial, balance, plan_trials
+from blsp_emo.study.config import DEFAULT_STUDY, StudyConfig, StudyConfigError
+from blsp_emo.study.report import Report, write_report
+from blsp_emo.study.session import ReplyCache, StudyRunner, Submitted, TrialView
+from blsp_emo.study.store import DB_ENV, DEFAULT_DB, SCHEMA_VERSION, Rating, StudyStore, StudyStoreError
+from blsp_emo.study.upload import UploadSettings, start_upload
 
 __all__ = [
     "ADMIN_TOKEN_ENV", "AdminTokenError", "DB_ENV", "DEFAULT_DB", "DEFAULT_STUDY", "OWN_RECORDING", "Rating",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .assign import OWN_RECORDING
+from blsp_emo.study.assign import OWN_RECORDING
 
 Rows = Sequence[dict]
 TIES = ("tie", "both-bad")  # neither system preferred: half a win to each in Bradley–Terry

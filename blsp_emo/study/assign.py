@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .config import StudyConfig
+from blsp_emo.study.config import StudyConfig
 
 OWN_RECORDING = "own-recording"  # the stimulus id of a trial answered on the rater's own clip
 

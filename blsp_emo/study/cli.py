@@ -8,9 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from .access import ADMIN_TOKEN_ENV, AdminTokenError, check_admin
-from .config import DEFAULT_STUDY, StudyConfig, StudyConfigError
-from .store import DB_ENV, DEFAULT_DB, StudyStore
+from blsp_emo.study.access import ADMIN_TOKEN_ENV, AdminTokenError, check_admin
+from blsp_emo.study.config import DEFAULT_STUDY, StudyConfig, StudyConfigError
+from blsp_emo.study.store import DB_ENV, DEFAULT_DB, StudyStore
 
 
 def _db(args) -> StudyStore:
@@ -39,8 +39,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .assign import balance
-    from .report import write_report
+    from blsp_emo.study.assign import balance
+    from blsp_emo.study.report import write_report
 
     store = _db(args)
     rows = store.ratings(args.study)
@@ -55,7 +55,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_loadtest(args) -> int:
-    from .loadtest import run_load
+    from blsp_emo.bench.study_load import run_load
 
     token = args.token if args.token is not None else os.environ.get(ADMIN_TOKEN_ENV)
     result = run_load(args.url, args.raters, token, timeout_s=args.timeout, seed=args.seed)

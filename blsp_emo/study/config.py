@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from ..options import GenerationOptions
+from blsp_emo.options import GenerationOptions
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT_STUDY = ASSETS / "studies" / "example.json"
@@ -96,7 +96,7 @@ class StudyConfig:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise StudyConfigError(f"{path}: not valid JSON ({e})") from e
         if known_systems is None:
-            from ..systems import available_systems
+            from blsp_emo.systems import available_systems
 
             known_systems = available_systems()
         return cls.from_dict(raw, path, tuple(known_systems))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import analysis
-from .assign import balance
-from .config import StudyConfig
+from blsp_emo.study import analysis
+from blsp_emo.study.assign import balance
+from blsp_emo.study.config import StudyConfig
 
 
 @dataclass(frozen=True)

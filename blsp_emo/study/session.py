@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-from ..audio import SAMPLE_RATE, load_audio
-from ..systems import Reply, SpokenDialogueSystem
-from ..tts import NullSynthesizer, SpeechSynthesizer, style_for
-from .assign import OWN_RECORDING, Trial
-from .config import StudyConfig
-from .store import Rating, StudyStore
+from blsp_emo.audio import SAMPLE_RATE, load_audio
+from blsp_emo.systems import Reply, SpokenDialogueSystem
+from blsp_emo.tts import NullSynthesizer, SpeechSynthesizer, style_for
+from blsp_emo.study.assign import OWN_RECORDING, Trial
+from blsp_emo.study.config import StudyConfig
+from blsp_emo.study.store import Rating, StudyStore
 
 Speech = tuple[int, np.ndarray]  # (sample rate, (T,) float32)
 

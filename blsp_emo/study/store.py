@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .assign import Condition, Trial, plan_trials
-from .config import PREFERENCES, SCALE, StudyConfig
+from blsp_emo.study.assign import Condition, Trial, plan_trials
+from blsp_emo.study.config import PREFERENCES, SCALE, StudyConfig
 
 SCHEMA_VERSION = 1
 DEFAULT_DB = Path("runs") / "study" / "ratings.sqlite"

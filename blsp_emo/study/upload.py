@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store import StudyStore
+from blsp_emo.study.store import StudyStore
 
 REPO_ENV = "BLSP_EMO_STUDY_UPLOAD_REPO"
 EVERY_ENV = "BLSP_EMO_STUDY_UPLOAD_EVERY"  # minutes

@@ -11,11 +11,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from ..prompts import SYSTEM_EMPATHETIC
-from .base import Heard, LocalSystem, Reply, SpokenDialogueSystem, Timings, paced
+from blsp_emo.prompts import SYSTEM_EMPATHETIC
+from blsp_emo.systems.base import Heard, LocalSystem, Reply, SpokenDialogueSystem, Timings, paced
 
 if TYPE_CHECKING:
-    from ..generation import Decoder
+    from blsp_emo.decoding.generation import Decoder
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,9 @@ class SystemSpec:
 
 def _end_to_end(perceives_emotion: bool):
     def build(spec: SystemSpec, parts: Components) -> SpokenDialogueSystem:
-        from .. import checkpoint
-        from ..prefix_cache import PrefixCache
-        from .blsp import BlspSystem
+        from blsp_emo.model import checkpoint
+        from blsp_emo.decoding.prefix_cache import PrefixCache
+        from blsp_emo.systems.blsp import BlspSystem
 
         model, tokenizer = checkpoint.load_model(parts.model, parts.device, parts.dtype)
         if not perceives_emotion and model.lora is not None:
@@ -59,9 +59,9 @@ def _end_to_end(perceives_emotion: bool):
 
 
 def _cascade(spec: SystemSpec, parts: Components) -> SpokenDialogueSystem:
-    from .. import checkpoint
-    from ..prefix_cache import PrefixCache
-    from .cascade import CascadeSystem
+    from blsp_emo.model import checkpoint
+    from blsp_emo.decoding.prefix_cache import PrefixCache
+    from blsp_emo.systems.cascade import CascadeSystem
 
     model, tokenizer = checkpoint.load_model(parts.model, parts.device, parts.dtype)
     ser = _load_ser(parts.ser, parts.device) if parts.ser else None
@@ -75,16 +75,16 @@ def _cascade(spec: SystemSpec, parts: Components) -> SpokenDialogueSystem:
 def _decoder(llm, max_batch: int) -> Decoder:
     """With `max_batch`, one decoding worker per loaded LLM, shared by the systems on it (blsp-emo
     and the cascades), so concurrent visitors' replies are stepped together."""
-    from ..batching import DecodeBatcher
-    from ..generation import single_decoder
+    from blsp_emo.decoding.batching import DecodeBatcher
+    from blsp_emo.decoding.generation import single_decoder
 
     return DecodeBatcher(llm, max_batch) if max_batch > 0 else single_decoder(llm)
 
 
 @lru_cache(maxsize=4)
 def _load_asr(path: str, device: str | None):
-    from .. import checkpoint
-    from ..asr import CtcRecognizer, with_word_lm
+    from blsp_emo.model import checkpoint
+    from blsp_emo.systems.asr import CtcRecognizer, with_word_lm
 
     folder = checkpoint.resolve(path)
     return with_word_lm(checkpoint.load_pretrained(CtcRecognizer, folder, device), folder)
@@ -92,8 +92,8 @@ def _load_asr(path: str, device: str | None):
 
 @lru_cache(maxsize=4)
 def _load_ser(path: str, device: str | None):
-    from .. import checkpoint
-    from ..ser import WhisperEmotionClassifier
+    from blsp_emo.model import checkpoint
+    from blsp_emo.systems.ser import WhisperEmotionClassifier
 
     return checkpoint.load_pretrained(WhisperEmotionClassifier, checkpoint.resolve(path), device)
 
@@ -129,7 +129,7 @@ def load_system(
     decodes the replies of concurrent callers together (batching.py), as a server wants; 0 decodes
     each in its caller's thread, as one-at-a-time use wants.
     """
-    from .. import checkpoint
+    from blsp_emo.model import checkpoint
 
     if name not in SYSTEMS:
         raise ValueError(f"unknown system {name!r}; available: {available_systems()}")
@@ -167,7 +167,7 @@ def _part(explicit, bundle: Path | None, folder: str) -> str | None:
 
 def load_systems(names: Sequence[str], **parts) -> tuple[dict[str, SpokenDialogueSystem], list[str]]:
     """The systems whose models load, and one line per reason others did not (a page shows them)."""
-    from ..checkpoint import ModelNotFoundError
+    from blsp_emo.model.checkpoint import ModelNotFoundError
 
     systems, failed = {}, {}
     for name in names:
@@ -180,8 +180,8 @@ def load_systems(names: Sequence[str], **parts) -> tuple[dict[str, SpokenDialogu
 
 def __getattr__(name: str):
     if name in ("BlspSystem", "CascadeSystem"):  # the model code, imported when first asked for
-        from .blsp import BlspSystem
-        from .cascade import CascadeSystem
+        from blsp_emo.systems.blsp import BlspSystem
+        from blsp_emo.systems.cascade import CascadeSystem
 
         return {"BlspSystem": BlspSystem, "CascadeSystem": CascadeSystem}[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

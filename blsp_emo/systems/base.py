@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..audio import AudioSource, load_audio
-from ..options import GenerationOptions
-from ..prompts import Turn
+from blsp_emo.audio import AudioSource, load_audio
+from blsp_emo.options import GenerationOptions
+from blsp_emo.prompts import Turn
 
 if TYPE_CHECKING:  # a server of remote systems never loads a tokenizer
-    from ..tokenizer import ChatTokenizer
+    from blsp_emo.model.tokenizer import ChatTokenizer
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def paced(replies: Iterator[Reply], interval: float) -> Iterator[Reply]:
     """The growing reply at most once per `interval` seconds, and always its first token and the end.
 
     Each update a page shows costs its server more than a demo-scale token (postprocessing, sending,
-    and for a model worker a message to receive), so streams to a page are paced (README, Serving).
+    and for a model worker a message to receive), so streams to a page are paced (docs/serving.md).
     """
     last = None
     try:

@@ -6,14 +6,14 @@ from typing import Iterator
 
 import torch
 
-from ..emotion import scores_by_label
-from ..generation import Decoder, GenerationOptions
-from ..model import BlspEmoModel, SpeechEmbeddings, SpeechPrompt
-from ..prefix_cache import PrefixCache, TokenSequence, remember
-from ..processor import clip_features, frame_counts, speech_lengths
-from ..prompts import Turn, chat_pieces
-from ..tokenizer import ChatTokenizer
-from .base import Heard, LocalSystem
+from blsp_emo.emotion import scores_by_label
+from blsp_emo.decoding.generation import Decoder, GenerationOptions
+from blsp_emo.model.model import BlspEmoModel, SpeechEmbeddings, SpeechPrompt
+from blsp_emo.decoding.prefix_cache import PrefixCache, TokenSequence, remember
+from blsp_emo.model.processor import clip_features, frame_counts, speech_lengths
+from blsp_emo.prompts import Turn, chat_pieces
+from blsp_emo.model.tokenizer import ChatTokenizer
+from blsp_emo.systems.base import Heard, LocalSystem
 
 
 class BlspSystem(LocalSystem):

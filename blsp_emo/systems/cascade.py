@@ -11,13 +11,13 @@ from typing import Iterator
 
 import torch
 
-from ..asr import SpeechRecognizer
-from ..generation import Decoder, GenerationOptions, new_cache, single_decoder
-from ..prefix_cache import PrefixCache, TokenSequence, remember
-from ..prompts import CASCADE_SER_USER, Turn, chat_pieces
-from ..ser import EmotionClassifier
-from ..tokenizer import ChatTokenizer
-from .base import Heard, LocalSystem
+from blsp_emo.systems.asr import SpeechRecognizer
+from blsp_emo.decoding.generation import Decoder, GenerationOptions, new_cache, single_decoder
+from blsp_emo.decoding.prefix_cache import PrefixCache, TokenSequence, remember
+from blsp_emo.prompts import CASCADE_SER_USER, Turn, chat_pieces
+from blsp_emo.systems.ser import EmotionClassifier
+from blsp_emo.model.tokenizer import ChatTokenizer
+from blsp_emo.systems.base import Heard, LocalSystem
 
 
 class CascadeSystem(LocalSystem):

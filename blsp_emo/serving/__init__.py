@@ -1,0 +1,1 @@
+"""Serving the systems to concurrent visitors: model worker processes behind one pool (`workers`)."""
