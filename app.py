@@ -26,16 +26,23 @@ from pathlib import Path
 for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"), ("GRADIO_ANALYTICS_ENABLED", "False")):
     os.environ.setdefault(_key, _value)
 
-from blsp_emo.study import DB_ENV, DEFAULT_DB, DEFAULT_STUDY, StudyConfig, StudyConfigError  # noqa: E402
 from blsp_emo.options import add_model_options, default_device  # noqa: E402
+from blsp_emo.serving.workers import (  # noqa: E402
+    WorkerError,
+    WorkerPool,
+    WorkerSpec,
+    apply_threads,
+    freeze_loaded,
+)
+from blsp_emo.study import DB_ENV, DEFAULT_DB, DEFAULT_STUDY, StudyConfig, StudyConfigError  # noqa: E402
 from blsp_emo.systems import available_systems, load_systems  # noqa: E402
 from blsp_emo.tts import (  # noqa: E402
-    DEFAULT_SYNTHESIZER, NullSynthesizer, SynthesizerUnavailableError, available_synthesizers, load_synthesizer,
+    DEFAULT_SYNTHESIZER,
+    NullSynthesizer,
+    SynthesizerUnavailableError,
+    available_synthesizers,
+    load_synthesizer,
 )
-from blsp_emo.serving.workers import (  # noqa: E402
-    WorkerError, WorkerPool, WorkerSpec, apply_threads, freeze_loaded,
-)
-
 
 _PAGE = ("build_demo", "launch", "Callbacks", "Exchange")  # webui.demo_page's names, offered here too
 
@@ -53,26 +60,47 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", help="address to serve on (default: 127.0.0.1, or $GRADIO_SERVER_NAME)")
     p.add_argument("--port", type=int, help="port (default: 7860 or the next free one, or $GRADIO_SERVER_PORT)")
     add_model_options(p, model_default=os.environ.get("BLSP_EMO_MODEL"))  # $BLSP_EMO_MODEL: a Space variable
-    p.add_argument("--systems", default=",".join(available_systems()),
-                   help="comma-separated systems to offer (default: every one whose models load)")
+    p.add_argument(
+        "--systems",
+        default=",".join(available_systems()),
+        help="comma-separated systems to offer (default: every one whose models load)",
+    )
     p.add_argument("--tts", choices=available_synthesizers(), default=DEFAULT_SYNTHESIZER)
     p.add_argument("--concurrency", type=int, default=2, help="model calls at once (default: 2)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="model worker processes, each with its own copy of the models: the systems run there, beside "
-                        "the page's own work (default: one per core up to --concurrency for the bundled demo models, "
-                        "1 for any other model or on a GPU; 0 runs them in this process, the default on a ZeroGPU "
-                        "Space, whose GPU only this process gets)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="model worker processes, each with its own copy of the models: the systems run there, beside "
+        "the page's own work (default: one per core up to --concurrency for the bundled demo models, "
+        "1 for any other model or on a GPU; 0 runs them in this process, the default on a ZeroGPU "
+        "Space, whose GPU only this process gets)",
+    )
     p.add_argument("--max-queue", type=int, default=16, help="waiting requests before 'busy' (default: 16)")
-    p.add_argument("--max-batch", type=int, default=16,
-                   help="replies decoded together, one forward per token for all (default: 16; at most "
-                        "--concurrency replies decode at once; 0 decodes each in its own call)")
-    p.add_argument("--stream-interval", type=float, default=0.05,
-                   help="seconds between updates of a streaming reply; 0 updates every token (default: 0.05)")
-    p.add_argument("--study", default=None,
-                   help="study file for the Rate tab (default: the example study, when its systems are loaded); "
-                        "'none' for no Rate tab")
-    p.add_argument("--study-db", default=None,
-                   help=f"ratings database (default: ${DB_ENV}, else {DEFAULT_DB}); put it on a mounted volume")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        help="replies decoded together, one forward per token for all (default: 16; at most "
+        "--concurrency replies decode at once; 0 decodes each in its own call)",
+    )
+    p.add_argument(
+        "--stream-interval",
+        type=float,
+        default=0.05,
+        help="seconds between updates of a streaming reply; 0 updates every token (default: 0.05)",
+    )
+    p.add_argument(
+        "--study",
+        default=None,
+        help="study file for the Rate tab (default: the example study, when its systems are loaded); "
+        "'none' for no Rate tab",
+    )
+    p.add_argument(
+        "--study-db",
+        default=None,
+        help=f"ratings database (default: ${DB_ENV}, else {DEFAULT_DB}); put it on a mounted volume",
+    )
     return p.parse_args(argv)
 
 
@@ -148,15 +176,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             model, label = str(resolve(args.model or "", args.revision)), f"{args.model}@{args.revision}"
         except ModelNotFoundError as e:
             sys.exit(f"error: --revision {args.revision}: {e}")
-    parts = dict(model=model, asr=args.asr, ser=args.ser, device=args.device, dtype=args.dtype,
-                 max_batch=args.max_batch)
+    parts = dict(
+        model=model, asr=args.asr, ser=args.ser, device=args.device, dtype=args.dtype, max_batch=args.max_batch
+    )
     threads = _threads_per_call(args.concurrency)
     with ThreadPoolExecutor(1, thread_name_prefix="start-workers") as background:
-        spec = WorkerSpec(tuple(names), **parts, threads=threads, slots=args.concurrency,
-                          stream_interval=args.stream_interval) if args.workers else None
+        spec = (
+            WorkerSpec(
+                tuple(names), **parts, threads=threads, slots=args.concurrency, stream_interval=args.stream_interval
+            )
+            if args.workers
+            else None
+        )
         starting = background.submit(WorkerPool.start, spec, args.workers) if spec else None
-        from webui import demo_page
-        from webui import study_tabs
+        from webui import demo_page, study_tabs
 
         systems, notes, pool = _systems(names, parts, threads, starting)
     try:
@@ -167,8 +200,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         for note in notes:
             print(f"app: {note}", file=sys.stderr)
         runner = study_tabs.runner_from_args(args, study, systems, synthesizer)
-        demo = demo_page.build_demo(systems, synthesizer, model_label=label, notes=notes, concurrency=args.concurrency,
-                                  max_queue=args.max_queue, study=runner, stream_interval=args.stream_interval)
+        demo = demo_page.build_demo(
+            systems,
+            synthesizer,
+            model_label=label,
+            notes=notes,
+            concurrency=args.concurrency,
+            max_queue=args.max_queue,
+            study=runner,
+            stream_interval=args.stream_interval,
+        )
         freeze_loaded()
         demo_page.launch(demo, args.host, args.port)
     finally:  # also when the study or the page stops the app before it serves

@@ -13,14 +13,19 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _HOMES = {  # name: the module that defines it
-    "AudioError": "audio", "load_audio": "audio",
-    "ModelNotFoundError": "checkpoint", "load_model": "checkpoint",
+    "AudioError": "audio",
+    "load_audio": "audio",
+    "ModelNotFoundError": "checkpoint",
+    "load_model": "checkpoint",
     "BlspEmoConfig": "config",
     "EMOTIONS": "emotion",
     "GenerationOptions": "options",
     "BlspEmoModel": "model",
     "Turn": "prompts",
-    "Reply": "systems", "SpokenDialogueSystem": "systems", "Timings": "systems", "available_systems": "systems",
+    "Reply": "systems",
+    "SpokenDialogueSystem": "systems",
+    "Timings": "systems",
+    "available_systems": "systems",
     "load_system": "systems",
 }
 

@@ -7,9 +7,9 @@ import json
 import sys
 
 from blsp_emo import GenerationOptions, available_systems, load_system
-from blsp_emo.options import add_model_options, default_device
 from blsp_emo.audio import AudioError, load_audio
 from blsp_emo.model.checkpoint import ModelNotFoundError, convert_released, resolve
+from blsp_emo.options import add_model_options, default_device
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -27,8 +27,11 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
 
 def _options(args) -> GenerationOptions:
     return GenerationOptions(
-        max_new_tokens=args.max_new_tokens, greedy=args.greedy, temperature=args.temperature,
-        top_p=args.top_p, seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        greedy=args.greedy,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
     )
 
 
@@ -59,13 +62,17 @@ def cmd_respond(args) -> int:
             print(f"{path}\n  emotion: {reply.emotion or '-'}" + (f" ({scores})" if scores else ""))
             if reply.transcript is not None:
                 print(f"  transcript: {reply.transcript}")
-            print(f"  reply: {reply.text}\n  first token {reply.timings.first_token_s or 0:.2f} s, total {reply.timings.total_s:.2f} s")
+            print(
+                f"  reply: {reply.text}\n  first token {reply.timings.first_token_s or 0:.2f} s, total {reply.timings.total_s:.2f} s"
+            )
     return 1 if failed else 0
 
 
 def _load_system(args):
     """The system the model options name, on their device (default: cuda when available, else cpu)."""
-    return load_system(args.system, _pinned_model(args), args.asr, args.ser, args.device or default_device(), args.dtype)
+    return load_system(
+        args.system, _pinned_model(args), args.asr, args.ser, args.device or default_device(), args.dtype
+    )
 
 
 def _pinned_model(args) -> str | None:
@@ -87,8 +94,10 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
-        print(f"{result['system']} SER ({result['scorer']}): accuracy {result['accuracy']:.3f}, "
-              f"macro-F1 {result['macro_f1']:.3f}, n {result['n']}, skipped {result['skipped']['count']}")
+        print(
+            f"{result['system']} SER ({result['scorer']}): accuracy {result['accuracy']:.3f}, "
+            f"macro-F1 {result['macro_f1']:.3f}, n {result['n']}, skipped {result['skipped']['count']}"
+        )
     return 0
 
 
@@ -134,39 +143,65 @@ def cmd_loadtest(args) -> int:
 def _add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="latency and memory of each system on the same 1, 5, 15, 30 s clips")
     p.add_argument("--systems", default="blsp-emo,blsp,cascade,cascade-ser", help="comma-separated system names")
-    p.add_argument("--scale", default="demo", choices=["demo", "tiny", "medium", "full"],
-                   help="demo: the bundled (or --model) models; tiny/medium/full: random weights (with --random-weights)")
+    p.add_argument(
+        "--scale",
+        default="demo",
+        choices=["demo", "tiny", "medium", "full"],
+        help="demo: the bundled (or --model) models; tiny/medium/full: random weights (with --random-weights)",
+    )
     p.add_argument("--random-weights", action="store_true", help="build --scale medium/full with random weights")
     p.add_argument("--model", help="bundle or model folder for --scale demo (default: the bundled demo models)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="default: float32 on CPU, bfloat16 on a GPU for random weights")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="default: float32 on CPU, bfloat16 on a GPU for random weights",
+    )
     p.add_argument("--clips", default="1,5,15,30", help="clip lengths in seconds")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--new-tokens", type=int, default=32, help="every reply is exactly this many greedy tokens")
     p.add_argument("--turns", type=int, default=3, help="conversation length for the KV-reuse measurement (0: skip)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
-    p.add_argument("--concurrent", type=int, default=0,
-                   help="also N blsp-emo replies at once, decoded per thread vs batched (default: 0, skip)")
-    p.add_argument("--encoder-window", action="store_true",
-                   help="instead: what clip-length encoding changes vs the released 30 s window (random weights)")
+    p.add_argument(
+        "--concurrent",
+        type=int,
+        default=0,
+        help="also N blsp-emo replies at once, decoded per thread vs batched (default: 0, skip)",
+    )
+    p.add_argument(
+        "--encoder-window",
+        action="store_true",
+        help="instead: what clip-length encoding changes vs the released 30 s window (random weights)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("loadtest", help="concurrent simulated visitors against a running app (loopback only)")
     p.add_argument("--url", help="the app, e.g. http://127.0.0.1:7860/ (or --spawn)")
-    p.add_argument("--spawn", action="store_true", help="start `python app.py` on a free loopback port, time its "
-                   "start-up, test it, stop it")
+    p.add_argument(
+        "--spawn",
+        action="store_true",
+        help="start `python app.py` on a free loopback port, time its start-up, test it, stop it",
+    )
     p.add_argument("--users", type=int, default=8)
     p.add_argument("--seconds", type=float, default=30.0, help="how long the visitors keep talking")
     p.add_argument("--think", type=float, default=0.0, help="seconds each visitor waits between turns")
     p.add_argument("--turns", type=int, default=3, help="turns per conversation before a visitor starts a new one")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="split each phase's --seconds into this many slices, alone and together in turn, so a "
-                        "shared machine's drift hits both phases alike (default 1: alone, then together)")
-    p.add_argument("--client", choices=["gradio_client", "page"], default="gradio_client",
-                   help="visitors talk through gradio_client, or make the page's own requests (upload, queue, "
-                        "server-sent events read as they arrive; gradio_client polls its messages every 50 ms)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="split each phase's --seconds into this many slices, alone and together in turn, so a "
+        "shared machine's drift hits both phases alike (default 1: alone, then together)",
+    )
+    p.add_argument(
+        "--client",
+        choices=["gradio_client", "page"],
+        default="gradio_client",
+        help="visitors talk through gradio_client, or make the page's own requests (upload, queue, "
+        "server-sent events read as they arrive; gradio_client polls its messages every 50 ms)",
+    )
     p.add_argument("--no-tts", action="store_true", help="with --spawn: start the app with --tts none")
     p.add_argument("--app-args", default="", help="with --spawn: more arguments for app.py, e.g. '--max-batch 0'")
     p.add_argument("--json", action="store_true")
@@ -187,8 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, choices=["ser"], help="ser: speech emotion recognition")
     p.add_argument("--manifest", required=True, help="JSON lines with audio and emotion")
     _add_model_args(p)
-    p.add_argument("--scorer", default="instruction", choices=["instruction", "head"],
-                   help="headline scores: the answer to the SER instruction (paper) or the reported emotion")
+    p.add_argument(
+        "--scorer",
+        default="instruction",
+        choices=["instruction", "head"],
+        help="headline scores: the answer to the SER instruction (paper) or the reported emotion",
+    )
     p.add_argument("--max-new-tokens", type=int, default=128, help="for the SER answer (greedy)")
     p.add_argument("--plot", metavar="PNG", help="also write the headline confusion matrix as a PNG")
     p.add_argument("--json", action="store_true")

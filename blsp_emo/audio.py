@@ -10,7 +10,7 @@ import io
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class NotAudioError(AudioError):
     pass
 
 
-AudioSource = Union[str, Path, bytes, np.ndarray, tuple]
+AudioSource = str | Path | bytes | np.ndarray | tuple
 
 
 def load_audio(source: AudioSource, max_seconds: float = MAX_SECONDS, name: str | None = None) -> np.ndarray:
@@ -130,9 +130,7 @@ def _decode_with_librosa(path: Path, name: str) -> tuple[np.ndarray, int]:
             warnings.simplefilter("ignore")  # librosa warns before its audioread fallback
             samples, rate = librosa.load(str(path), sr=None, mono=False)
     except Exception as e:
-        raise NotAudioError(
-            f"{name}: not a readable audio file; use WAV, FLAC, OGG or MP3 ({type(e).__name__})"
-        ) from e
+        raise NotAudioError(f"{name}: not a readable audio file; use WAV, FLAC, OGG or MP3 ({type(e).__name__})") from e
     return np.atleast_2d(samples).T, rate
 
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 import sys
 import threading
 import wave
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence, TextIO
+from typing import TextIO
 
 import numpy as np
 
 from blsp_emo.audio import AudioError, load_audio, to_pcm16
-from blsp_emo.options import GenerationOptions
 from blsp_emo.microphone import MicrophoneError, check_input, play, record
+from blsp_emo.options import GenerationOptions
 from blsp_emo.prompts import Turn
 from blsp_emo.systems import SpokenDialogueSystem
 
@@ -64,7 +65,7 @@ def microphone_turns(window_seconds: float, read_line: Callable[[], str] = input
             continue
         stop = threading.Event()
         result: list[np.ndarray] = []
-        worker = threading.Thread(target=lambda: result.append(record(stop, window_seconds)))
+        worker = threading.Thread(target=lambda: result.append(record(stop, window_seconds)))  # noqa: B023 (joined below)
         worker.start()
         print("recording... Enter to stop", file=out)
         try:

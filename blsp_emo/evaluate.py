@@ -16,17 +16,17 @@ every system can follow, so systems compare on equal terms; `--scorer head` pick
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from blsp_emo.audio import AudioError, load_audio
+from blsp_emo.decoding.generation import GenerationOptions, decode, new_cache
 from blsp_emo.emotion import EMOTIONS, parse_emotion
 from blsp_emo.metrics import label_scores
-from blsp_emo.decoding.generation import GenerationOptions, decode, new_cache
 from blsp_emo.model.processor import build_prompt
 from blsp_emo.prompts import SER_INSTRUCTION, SYSTEM_PLAIN, Speech, Turn, instruction_pieces
 from blsp_emo.systems.base import SpokenDialogueSystem
@@ -50,7 +50,9 @@ def read_ser_manifest(path: str | Path) -> Iterator[tuple[str, str, str | None]]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{number}: expected a JSON object with `audio` and `emotion` ({e})") from e
             if emotion not in EMOTIONS:
-                raise ValueError(f"{path}:{number}: emotion {emotion!r} is not one of {EMOTIONS}; an SER manifest labels every clip")
+                raise ValueError(
+                    f"{path}:{number}: emotion {emotion!r} is not one of {EMOTIONS}; an SER manifest labels every clip"
+                )
             voice = row.get("voice")  # `train synth` names the speaker; other manifests may not
             yield str(path.parent / Path(audio).expanduser()), emotion, voice if isinstance(voice, str) else None
 
@@ -64,7 +66,9 @@ def answer_instruction(
     """
     if isinstance(system, BlspSystem):
         model, tokenizer = system.model, system.tokenizer
-        prompt = build_prompt(tokenizer, instruction_pieces(SYSTEM_PLAIN, instruction, Speech(0)), [audio], model.config)
+        prompt = build_prompt(
+            tokenizer, instruction_pieces(SYSTEM_PLAIN, instruction, Speech(0)), [audio], model.config
+        )
         with torch.inference_mode():
             speech = model.encode_speech(prompt.input_features, prompt.frame_counts)
             ids = list(model.generate_stream(prompt, speech, options, tokenizer.stop_ids, seed=0))
@@ -75,7 +79,9 @@ def answer_instruction(
         ids = torch.tensor([tokenizer.encode_pieces(instruction_pieces(SYSTEM_PLAIN, instruction, content)).input_ids])
         with torch.inference_mode():
             cache = new_cache(llm)
-            logits = llm(input_ids=ids.to(llm.device), past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            logits = llm(input_ids=ids.to(llm.device), past_key_values=cache, use_cache=True, logits_to_keep=1).logits[
+                :, -1
+            ]
             return tokenizer.decode(list(decode(llm, logits, cache, options, tokenizer.stop_ids, 0))).strip()
     return None
 
@@ -124,7 +130,9 @@ def _summary(name: str, manifest, scorer: str, got: _Collected) -> dict:
     has_answers = bool(got.answers) and all(a is not None for a in got.answers)
     scores = {
         "head": asdict(label_scores(got.truth, got.head, EMOTIONS)) if has_head else None,
-        "instruction": asdict(label_scores(got.truth, [parse_emotion(a) for a in got.answers], EMOTIONS)) if has_answers else None,
+        "instruction": asdict(label_scores(got.truth, [parse_emotion(a) for a in got.answers], EMOTIONS))
+        if has_answers
+        else None,
     }
     if scores[scorer] is None:  # the other reading, if the system has it
         scorer = "head" if scorer == "instruction" else "instruction"
@@ -133,9 +141,19 @@ def _summary(name: str, manifest, scorer: str, got: _Collected) -> dict:
         headline, scorer = asdict(label_scores(got.truth, [None] * len(got.truth), EMOTIONS)), "none"
     top = {k: headline[k] for k in ("accuracy", "macro_f1", "n", "confusion")}
     skipped = {"count": len(got.skipped), "first": got.skipped[:MAX_SKIPPED_SHOWN]}
-    predicted = got.head if scorer == "head" else [parse_emotion(a) for a in got.answers] if scorer == "instruction" else None
-    return {"task": "ser", "system": name, "manifest": str(manifest), "scorer": scorer, **top, **scores,
-            "by_voice": _by_voice(got.truth, predicted, got.voices), "skipped": skipped}
+    predicted = (
+        got.head if scorer == "head" else [parse_emotion(a) for a in got.answers] if scorer == "instruction" else None
+    )
+    return {
+        "task": "ser",
+        "system": name,
+        "manifest": str(manifest),
+        "scorer": scorer,
+        **top,
+        **scores,
+        "by_voice": _by_voice(got.truth, predicted, got.voices),
+        "skipped": skipped,
+    }
 
 
 def _by_voice(truth: list[str], predicted: list[str | None] | None, voices: list[str | None]) -> dict | None:
@@ -168,7 +186,9 @@ def plot_confusion(confusion: dict[str, dict[str, int]], path: str | Path) -> bo
             shade = int(255 * (1 - count / row_total))  # darker = larger share of the true class
             box = [margin + j * cell, margin + i * cell, margin + (j + 1) * cell - 1, margin + (i + 1) * cell - 1]
             draw.rectangle(box, fill=(shade, shade, 255), outline="gray")
-            draw.text((box[0] + cell // 2 - 6, box[1] + cell // 2 - 6), str(count), fill="black" if shade > 110 else "white")
+            draw.text(
+                (box[0] + cell // 2 - 6, box[1] + cell // 2 - 6), str(count), fill="black" if shade > 110 else "white"
+            )
     draw.text((margin, 8), "rows: true emotion, columns: predicted", fill="black")
     image.save(str(path), format="PNG")
     return True

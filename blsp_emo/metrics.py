@@ -50,7 +50,10 @@ class LabelScores:
 
     def recall(self) -> dict[str, float | None]:
         """Per true label: the share of its items predicted right, unparseable ones aside (None: no items)."""
-        return {label: row[label] / sum(row.values()) if sum(row.values()) else None for label, row in self.confusion.items()}
+        return {
+            label: row[label] / sum(row.values()) if sum(row.values()) else None
+            for label, row in self.confusion.items()
+        }
 
 
 def label_scores(truth: Sequence[str], predicted: Sequence[str | None], labels: Sequence[str]) -> LabelScores:

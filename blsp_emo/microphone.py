@@ -43,8 +43,12 @@ def record(stop: threading.Event, max_seconds: float) -> np.ndarray:
     sd = _sounddevice()
     blocks: queue.Queue[np.ndarray] = queue.Queue()
     try:
-        with sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="float32",
-                            callback=lambda data, frames, time, status: blocks.put(data.copy())):
+        with sd.InputStream(
+            samplerate=SAMPLE_RATE,
+            channels=1,
+            dtype="float32",
+            callback=lambda data, frames, time, status: blocks.put(data.copy()),
+        ):
             stop.wait(timeout=max_seconds)
     except Exception as e:
         raise MicrophoneError(f"recording failed ({e}); use --file CLIP.wav instead") from e

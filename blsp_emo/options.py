@@ -29,7 +29,9 @@ class GenerationOptions:
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0 or self.repetition_penalty <= 0:
-            raise ValueError(f"top_k must be >= 0 and repetition_penalty > 0, got {self.top_k}, {self.repetition_penalty}")
+            raise ValueError(
+                f"top_k must be >= 0 and repetition_penalty > 0, got {self.top_k}, {self.repetition_penalty}"
+            )
 
     def resolved_seed(self) -> int:
         return self.seed if self.seed is not None else random.SystemRandom().randrange(2**31)
@@ -41,14 +43,16 @@ DTYPES = ("float32", "bfloat16", "float16")
 def add_model_options(parser, model_default: str | None = None) -> None:
     """The options that say which models to load and where: the same for the app and the CLI."""
     parser.add_argument(
-        "--model", default=model_default,
+        "--model",
+        default=model_default,
         help="BLSP-Emo model folder, bundle folder or hub id (default: the bundled demo models in assets/models)",
     )
     parser.add_argument("--revision", help="hub branch, tag or commit to pin --model to (hub ids only)")
     parser.add_argument("--asr", help="ASR model folder for the cascades (default: from the bundle)")
     parser.add_argument("--ser", help="emotion classifier folder for cascade-ser (default: from the bundle)")
     parser.add_argument(
-        "--device", default=None,
+        "--device",
+        default=None,
         help="torch device, e.g. cpu or cuda; 'auto' keeps the LLM blocks that do not fit the GPU in CPU RAM "
         "(default: cuda when available, else cpu)",
     )

@@ -12,8 +12,8 @@ model was trained on; docs/paper.md §2.3 names this the natural equivalent.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
 
 import numpy as np
 
@@ -24,8 +24,7 @@ SPECIAL_TOKENS = (END_OF_TEXT, IM_START, IM_END)
 
 SYSTEM_PLAIN = "You are a helpful assistant."
 SYSTEM_EMPATHETIC = (
-    "You are a helpful assistant. Your response should fulfill requests with empathy toward "
-    "user's emotion tone."
+    "You are a helpful assistant. Your response should fulfill requests with empathy toward user's emotion tone."
 )
 SER_INSTRUCTION = (
     "Please identify the emotion tone of the speech provided below. Select from the following "
@@ -38,9 +37,7 @@ STAGE2_TEACHER_INSTRUCTION = (
     "Continue the following sentence that reflects a '{emotion}' emotion tone in a coherent style: "
 )
 # Stage 2 student: the emotion must be heard in the speech.
-STAGE2_AUDIO_INSTRUCTION = (
-    "Continue the following sentence based on the conveyed emotion tone in a coherent style: "
-)
+STAGE2_AUDIO_INSTRUCTION = "Continue the following sentence based on the conveyed emotion tone in a coherent style: "
 # cascade-ser: the separate classifier's label reaches the LLM as words in the user turn.
 CASCADE_SER_USER = "(The speaker's emotion tone is {emotion}.) {transcript}"
 
@@ -57,7 +54,7 @@ class Speech:
     clip: int
 
 
-Piece = Union[str, Special, Speech]
+Piece = str | Special | Speech
 
 
 @dataclass(frozen=True, eq=False)

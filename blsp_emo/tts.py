@@ -55,8 +55,10 @@ class VoiceStyle:
     purpose: str  # what the style is for, shown next to the audio
 
     def describe(self) -> str:
-        return (f"{self.name}: {self.purpose} ({self.rate} wpm, pitch {self.pitch}, volume {self.volume}%, "
-                f"{self.pitch_range} range)")
+        return (
+            f"{self.name}: {self.purpose} ({self.rate} wpm, pitch {self.pitch}, volume {self.volume}%, "
+            f"{self.pitch_range} range)"
+        )
 
 
 # The one table mapping the detected emotion to the reply's voice. The settings are espeak-ng presets
@@ -195,10 +197,12 @@ class _Pyttsx3Worker:
             self._engine, self._is_busy = _init_pyttsx3()
             self._render("warm up", NEUTRAL, None)  # the first utterance returns before its file exists
         except Exception as e:
-            self._ready.set_exception(SynthesizerUnavailableError(
-                f"pyttsx3 cannot start ({type(e).__name__}: {e}); on Linux it needs espeak-ng "
-                "(`apt-get install espeak-ng`), or choose --tts espeak or --tts none"
-            ))
+            self._ready.set_exception(
+                SynthesizerUnavailableError(
+                    f"pyttsx3 cannot start ({type(e).__name__}: {e}); on Linux it needs espeak-ng "
+                    "(`apt-get install espeak-ng`), or choose --tts espeak or --tts none"
+                )
+            )
             return
         self._ready.set_result(None)
         while True:
@@ -276,7 +280,19 @@ def duration(audio: tuple[int, np.ndarray] | None) -> float:
 
 
 __all__ = [
-    "DEFAULT_SYNTHESIZER", "NEUTRAL", "STYLES", "EspeakSynthesizer", "NullSynthesizer", "Pyttsx3Synthesizer",
-    "SpeechSynthesizer", "SynthesisError", "SynthesizerUnavailableError", "VoiceStyle", "available_synthesizers",
-    "clean_text", "duration", "load_synthesizer", "style_for",
+    "DEFAULT_SYNTHESIZER",
+    "NEUTRAL",
+    "STYLES",
+    "EspeakSynthesizer",
+    "NullSynthesizer",
+    "Pyttsx3Synthesizer",
+    "SpeechSynthesizer",
+    "SynthesisError",
+    "SynthesizerUnavailableError",
+    "VoiceStyle",
+    "available_synthesizers",
+    "clean_text",
+    "duration",
+    "load_synthesizer",
+    "style_for",
 ]

@@ -18,11 +18,15 @@ def write_study(folder: Path, trials: int = 2, **overrides) -> Path:
     for name, freq in (("low", 150.0), ("high", 260.0)):
         sf.write(folder / f"{name}.wav", tiny.tone(2.0, freq), 16000)
     study = {
-        "id": "short-study", "title": "Short test study", "instructions": "Rate the replies.",
+        "id": "short-study",
+        "title": "Short test study",
+        "instructions": "Rate the replies.",
         "stimuli": [{"id": "low", "audio": "low.wav"}, {"id": "high", "audio": "high.wav"}],
-        "systems": SYSTEMS, "trials_per_rater": trials,
+        "systems": SYSTEMS,
+        "trials_per_rater": trials,
         "questions": [{"id": "empathy", "label": "Empathy"}, {"id": "quality", "label": "Quality"}],
-        "allow_own_recording": True, "generation": {"max_new_tokens": 6},
+        "allow_own_recording": True,
+        "generation": {"max_new_tokens": 6},
         **overrides,
     }
     path = folder / "study.json"

@@ -32,7 +32,9 @@ def test_full_scale_adapter_has_the_reference_parameter_count():
         adapter = Adapter(config.encoder_config.d_model, config.llm_config.hidden_size, config.conv_kernel_sizes)
     assert sum(p.numel() for p in adapter.parameters()) == 89_412_608
     assert [tuple(c.weight.shape) for c in adapter.subsampler.conv_layers] == [
-        (2560, 1280, 5), (2560, 1280, 5), (8192, 1280, 5)
+        (2560, 1280, 5),
+        (2560, 1280, 5),
+        (8192, 1280, 5),
     ]
 
 

@@ -16,12 +16,12 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import ValidationError  # noqa: E402
 
 import app  # noqa: E402
-from webui import demo_page
-from blsp_emo.systems import load_systems  # noqa: E402
 import tiny  # noqa: E402
 from blsp_emo import GenerationOptions, available_systems  # noqa: E402
 from blsp_emo.emotion import EMOTIONS  # noqa: E402
+from blsp_emo.systems import load_systems  # noqa: E402
 from blsp_emo.tts import NullSynthesizer, load_synthesizer  # noqa: E402
+from webui import demo_page
 
 OPTIONS = GenerationOptions(max_new_tokens=12, greedy=True)  # deterministic: a sampled reply may be empty
 TALK = {"system_name": "blsp-emo", "temperature": 0.5, "top_p": 0.5, "max_tokens": 12, "greedy": False, "seed": None}
@@ -66,8 +66,17 @@ def _client(url: str) -> Client:
 
 def _talk(client: Client, audio=None, text="", **kw):
     args = {**TALK, **kw}
-    return client.submit(audio, text, args["system_name"], args["temperature"], args["top_p"], args["max_tokens"],
-                         args["greedy"], args["seed"], api_name="/talk")
+    return client.submit(
+        audio,
+        text,
+        args["system_name"],
+        args["temperature"],
+        args["top_p"],
+        args["max_tokens"],
+        args["greedy"],
+        args["seed"],
+        api_name="/talk",
+    )
 
 
 def _texts(chatbot) -> list[str]:
@@ -222,8 +231,10 @@ def test_the_pages_load_builds_the_visitors_session_so_the_first_turn_does_not(s
     url, session = served.local_url, "page-just-loaded"
     loads = [d for d in httpx.get(url + "config").json()["dependencies"] if any(t == "load" for _, t in d["targets"])]
     assert len(loads) == 1 and loads[0]["queue"] is False and session not in served.state_holder
-    answer = httpx.post(url + "gradio_api/run/predict", json={
-        "data": [], "fn_index": loads[0]["id"], "session_hash": session, "event_data": None, "trigger_id": None})
+    answer = httpx.post(
+        url + "gradio_api/run/predict",
+        json={"data": [], "fn_index": loads[0]["id"], "session_hash": session, "event_data": None, "trigger_id": None},
+    )
     assert answer.status_code == 200 and session in served.state_holder
 
 
@@ -317,9 +328,18 @@ def test_browser_upload_and_microphone_get_an_emotion_and_a_reply(server, clip_p
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright; never `playwright install`")
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
-             "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={clip_path}"]
+    flags = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={clip_path}",
+    ]
     outside = []
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=flags)

@@ -8,8 +8,15 @@ import soundfile as sf
 
 import tiny
 from blsp_emo.audio import (
-    SAMPLE_RATE, AudioError, AudioTooLongError, EmptyAudioError, InvalidSamplesError, NotAudioError,
-    SilentAudioError, load_audio, log_mel,
+    SAMPLE_RATE,
+    AudioError,
+    AudioTooLongError,
+    EmptyAudioError,
+    InvalidSamplesError,
+    NotAudioError,
+    SilentAudioError,
+    load_audio,
+    log_mel,
 )
 
 
@@ -94,8 +101,20 @@ def test_long_file_refused_before_decoding(tmp_path):
     path = tmp_path / "two_hours.wav"
     n_bytes = 2 * 3600 * SAMPLE_RATE * 2
     header = struct.pack(
-        "<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + n_bytes, b"WAVE", b"fmt ", 16, 1, 1,
-        SAMPLE_RATE, SAMPLE_RATE * 2, 2, 16, b"data", n_bytes,
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + n_bytes,
+        b"WAVE",
+        b"fmt ",
+        16,
+        1,
+        1,
+        SAMPLE_RATE,
+        SAMPLE_RATE * 2,
+        2,
+        16,
+        b"data",
+        n_bytes,
     )
     with open(path, "wb") as f:
         f.write(header)

@@ -26,8 +26,9 @@ RATE = 16000
 
 
 def _wav_header(n_bytes: int, rate: int = RATE) -> bytes:
-    return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + n_bytes, b"WAVE", b"fmt ", 16, 1, 1,
-                       rate, rate * 2, 2, 16, b"data", n_bytes)
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + n_bytes, b"WAVE", b"fmt ", 16, 1, 1, rate, rate * 2, 2, 16, b"data", n_bytes
+    )
 
 
 def _two_hours_flac(path: Path) -> None:
@@ -57,12 +58,16 @@ BAD = {
     "empty.wav": (lambda p: p.write_bytes(b""), "the file is empty"),
     "zero_samples.wav": (lambda p: sf.write(p, np.zeros(0, np.float32), RATE), "has no samples"),
     "all_zero.wav": (lambda p: sf.write(p, np.zeros(2 * RATE, np.float32), RATE), "the audio is silent"),
-    "nan.wav": (lambda p: sf.write(p, np.full(2 * RATE, np.nan, np.float32), RATE, subtype="FLOAT"),
-                "NaN or infinite samples"),
+    "nan.wav": (
+        lambda p: sf.write(p, np.full(2 * RATE, np.nan, np.float32), RATE, subtype="FLOAT"),
+        "NaN or infinite samples",
+    ),
     "two_hours.flac": (_two_hours_flac, "7200.0 s is longer than the model's 10 s window"),
     "stereo_8k.wav": (lambda p: sf.write(p, np.stack([tiny.tone(2.0, rate=8000)] * 2, 1), 8000), None),
-    "picture.wav": (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(300)),
-                    "not a readable audio file"),
+    "picture.wav": (
+        lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(300)),
+        "not a readable audio file",
+    ),
     "random.wav": (lambda p: p.write_bytes(np.random.default_rng(0).bytes(8192)), "not a readable audio file"),
     "truncated_header.wav": (_truncated, "not a readable audio file"),
 }
@@ -79,16 +84,25 @@ def bad_files(tmp_path_factory):
 
 def _respond(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "blsp_emo", "respond", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "blsp_emo", "respond", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=180,
+    )
 
 
 def test_cli_gives_each_bad_file_one_line_and_answers_the_rest(model_dir, bad_files, clip_path, tmp_path):
     big_wav, big_other = tmp_path / "big_500mb.wav", tmp_path / "big_500mb.mp3"
     _sparse(big_wav, BIG, _wav_header(BIG - 44))  # a header for 4.6 h of samples that were never written
     _sparse(big_other, BIG)
-    expected = {**{n: m for n, (_, m) in BAD.items()}, big_wav.name: "longer than the model's 10 s window",
-                big_other.name: "500 MB in a format libsndfile cannot read"}
+    expected = {
+        **{n: m for n, (_, m) in BAD.items()},
+        big_wav.name: "longer than the model's 10 s window",
+        big_other.name: "500 MB in a format libsndfile cannot read",
+    }
     files = [bad_files / n for n in BAD] + [big_wav, big_other, clip_path]
     start = time.monotonic()
     out = _respond(*files, "--model", model_dir, "--json", "--greedy", "--max-new-tokens", "2")
@@ -167,8 +181,9 @@ def test_a_500_mb_upload_is_refused_with_bounded_server_memory(server, tmp_path)
     sampler.start()
     try:
         with open(big, "rb") as f:  # streamed from disk by httpx, as a browser would send it
-            response = httpx.post(f"{server.url}gradio_api/upload", files={"files": (big.name, f, "audio/wav")},
-                                  timeout=120)
+            response = httpx.post(
+                f"{server.url}gradio_api/upload", files={"files": (big.name, f, "audio/wav")}, timeout=120
+            )
         status, text = response.status_code, response.text
     except httpx.TransportError as e:  # the server may hang up once it has refused
         status, text = None, str(e)

@@ -28,10 +28,12 @@ def _prefill(llm, ids):
 
 
 PROMPTS = [[5, 9, 3], [7] * 11, [2, 4, 6, 8, 10, 12, 14], [33, 1]]
-OPTIONS = [GenerationOptions(greedy=True, max_new_tokens=12, min_new_tokens=12),
-           GenerationOptions(max_new_tokens=9, temperature=1.0, top_p=0.9),
-           GenerationOptions(greedy=True, max_new_tokens=5),
-           GenerationOptions(max_new_tokens=20, temperature=0.7, top_p=1.0, min_new_tokens=20)]
+OPTIONS = [
+    GenerationOptions(greedy=True, max_new_tokens=12, min_new_tokens=12),
+    GenerationOptions(max_new_tokens=9, temperature=1.0, top_p=0.9),
+    GenerationOptions(greedy=True, max_new_tokens=5),
+    GenerationOptions(max_new_tokens=20, temperature=0.7, top_p=1.0, min_new_tokens=20),
+]
 
 
 def _alone(llm, ids, options, seed):
@@ -167,8 +169,9 @@ def test_a_reply_decoding_alone_joins_the_batch_when_another_comes(llm):
     first = batcher.decode(logits, cache, short, STOP, 0)
     tokens = [next(first), next(first)]  # decoding alone, in this thread
     second = {}
-    other = threading.Thread(target=lambda: second.update(
-        tokens=list(batcher.decode(*_prefill(llm, PROMPTS[2]), long, STOP, 1))))
+    other = threading.Thread(
+        target=lambda: second.update(tokens=list(batcher.decode(*_prefill(llm, PROMPTS[2]), long, STOP, 1)))
+    )
     other.start()
     while batcher._queued == 0:  # the second reply is in the worker
         time.sleep(0.001)

@@ -11,13 +11,13 @@ import torch
 
 import tiny
 from blsp_emo.audio import log_mel
-from blsp_emo.bench.latency import BenchOptions, EncoderTimer, PeakMemory, Report, Result, bench_clips
-from blsp_emo.model.config import BlspEmoConfig
 from blsp_emo.bench.encoder_window import compare
+from blsp_emo.bench.latency import BenchOptions, EncoderTimer, PeakMemory, Report, Result, bench_clips
 from blsp_emo.bench.scales import building_on, random_systems, scale_config, word_tokenizer
 from blsp_emo.decoding.generation import GenerationOptions
-from blsp_emo.model.model import BlspEmoModel
 from blsp_emo.decoding.prefix_cache import PrefixCache, TokenSequence
+from blsp_emo.model.config import BlspEmoConfig
+from blsp_emo.model.model import BlspEmoModel
 from blsp_emo.model.processor import clip_features, frame_counts
 from blsp_emo.systems.blsp import BlspSystem
 from blsp_emo.systems.cascade import CascadeSystem
@@ -82,7 +82,7 @@ def test_kv_reuse_prefill_logits_match(model_and_tokenizer):
         heard, tokens = system._answer(system._user_turn(second, None), tuple(history), GREEDY, 0)
         captured = []
         original = model.llm.forward
-        model.llm.forward = lambda *a, **k: captured.append(original(*a, **k)) or captured[-1]
+        model.llm.forward = lambda *a, **k: captured.append(original(*a, **k)) or captured[-1]  # noqa: B023
         try:
             next(tokens)
         finally:
@@ -169,9 +169,15 @@ def test_peak_memory_sees_an_allocation_inside_the_block():
 
 
 def test_ratios_pair_systems_on_the_same_clip():
-    report = Report({}, {}, [Result("blsp-emo", 5.0, 0.1, 1.0, 0.05, 0.2, 100.0),
-                             Result("cascade", 5.0, 0.4, 2.0, 0.05, 0.4, 100.0),
-                             Result("blsp-emo", 1.0, 0.1, 1.0, 0.05, 1.0, 100.0)])
+    report = Report(
+        {},
+        {},
+        [
+            Result("blsp-emo", 5.0, 0.1, 1.0, 0.05, 0.2, 100.0),
+            Result("cascade", 5.0, 0.4, 2.0, 0.05, 0.4, 100.0),
+            Result("blsp-emo", 1.0, 0.1, 1.0, 0.05, 1.0, 100.0),
+        ],
+    )
     assert report.ratios() == [{"clip_s": 5.0, "of": "blsp-emo/cascade", "first_token": 0.25, "total": 0.5}]
 
 
@@ -184,16 +190,46 @@ def test_bench_clips_have_the_asked_lengths():
 def test_bench_json_schema_from_the_command_line(bundle_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [sys.executable, "-m", "blsp_emo", "bench", "--json", "--model", str(bundle_dir), "--clips", "1,5",
-         "--repeats", "1", "--warmup", "0", "--new-tokens", "3", "--turns", "2", "--threads", "1",
-         "--systems", "blsp-emo,cascade", "--concurrent", "3"],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "blsp_emo",
+            "bench",
+            "--json",
+            "--model",
+            str(bundle_dir),
+            "--clips",
+            "1,5",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--new-tokens",
+            "3",
+            "--turns",
+            "2",
+            "--threads",
+            "1",
+            "--systems",
+            "blsp-emo,cascade",
+            "--concurrent",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert {"machine", "results"} <= set(report) and report["machine"]["cores"] >= 1
     assert [(r["system"], r["clip_s"]) for r in report["results"]] == [
-        ("blsp-emo", 1.0), ("cascade", 1.0), ("blsp-emo", 5.0), ("cascade", 5.0)]
+        ("blsp-emo", 1.0),
+        ("cascade", 1.0),
+        ("blsp-emo", 5.0),
+        ("cascade", 5.0),
+    ]
     for r in report["results"]:
         assert set(r) == RESULT_KEYS
         assert 0 < r["first_token_s"] <= r["total_s"] and 0 < r["encoder_s"] < r["total_s"]
@@ -215,8 +251,14 @@ def test_bench_refuses_impossible_settings(bundle_dir):
     with pytest.raises(ValueError):
         BenchOptions(repeats=0)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-m", "blsp_emo", "bench", "--scale", "full"], capture_output=True,
-                         text=True, cwd=ROOT, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "blsp_emo", "bench", "--scale", "full"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 2 and "--random-weights" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -255,9 +297,29 @@ def test_encoder_window_study_measures_a_change_at_released_semantics(model_and_
 def test_full_scale_random_weights_on_a_gpu():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(
-        [sys.executable, "-m", "blsp_emo", "bench", "--scale", "full", "--random-weights", "--json", "--clips", "5",
-         "--repeats", "2", "--new-tokens", "16", "--turns", "0"],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=1800,
+        [
+            sys.executable,
+            "-m",
+            "blsp_emo",
+            "bench",
+            "--scale",
+            "full",
+            "--random-weights",
+            "--json",
+            "--clips",
+            "5",
+            "--repeats",
+            "2",
+            "--new-tokens",
+            "16",
+            "--turns",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=1800,
     )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)

@@ -20,7 +20,11 @@ def components(tmp_path, tokenizer):
     ser.save_pretrained(tmp_path / "work" / "ser")
     parts = {"blsp-emo": "stage2", "blsp": "stage1", "asr": "asr", "ser": "ser"}
     return {name: tmp_path / "work" / folder for name, folder in parts.items()}, {
-        "blsp-emo": emo, "blsp": semantic, "asr": asr, "ser": ser}
+        "blsp-emo": emo,
+        "blsp": semantic,
+        "asr": asr,
+        "ser": ser,
+    }
 
 
 def assert_same_state(a: torch.nn.Module, b: torch.nn.Module):

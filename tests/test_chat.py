@@ -20,8 +20,13 @@ def test_converse_keeps_a_multi_turn_history(bundle_dir):
     system = load_system("cascade-ser", model=bundle_dir)
     spoken = []
     out = io.StringIO()
-    history = converse(system, [tiny.tone(1.5), "and what now?"], GenerationOptions(greedy=True, max_new_tokens=4),
-                       lambda text, emotion: spoken.append((text, emotion)), out)
+    history = converse(
+        system,
+        [tiny.tone(1.5), "and what now?"],
+        GenerationOptions(greedy=True, max_new_tokens=4),
+        lambda text, emotion: spoken.append((text, emotion)),
+        out,
+    )
     assert [t.role for t in history] == ["user", "assistant", "user", "assistant"]
     assert history[0].audio is not None and history[0].emotion is not None and history[2].text == "and what now?"
     assert [text for text, _ in spoken] == [history[1].text, history[3].text]
@@ -42,8 +47,15 @@ def test_missing_portaudio_is_one_clear_line(monkeypatch):
 
 def test_chat_cli_without_microphone_exits_nonzero(model_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-m", "blsp_emo", "chat", "--model", str(model_dir), "--tts", "none"],
-                         capture_output=True, text=True, cwd=ROOT, env=env, input="", timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "blsp_emo", "chat", "--model", str(model_dir), "--tts", "none"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        input="",
+        timeout=120,
+    )
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--file" in lines[0]
@@ -52,12 +64,32 @@ def test_chat_cli_without_microphone_exits_nonzero(model_dir):
 def test_chat_cli_with_files_saves_spoken_replies(model_dir, clip_path, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(
-        [sys.executable, "-m", "blsp_emo", "chat", "--model", str(model_dir), "--file", str(clip_path), str(clip_path),
-         "--greedy", "--max-new-tokens", "6", "--save", str(tmp_path)],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "blsp_emo",
+            "chat",
+            "--model",
+            str(model_dir),
+            "--file",
+            str(clip_path),
+            str(clip_path),
+            "--greedy",
+            "--max-new-tokens",
+            "6",
+            "--save",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("[emotion: ") == 2
     saved = sorted(tmp_path.glob("reply_*.wav"))
-    assert len(saved) == 2 == out.stdout.count("(no speaker: reply audio saved")  # the tiny model's replies are non-empty
+    assert (
+        len(saved) == 2 == out.stdout.count("(no speaker: reply audio saved")
+    )  # the tiny model's replies are non-empty
     assert all(p.stat().st_size > 44 for p in saved)

@@ -17,7 +17,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run(*args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-    return subprocess.run([sys.executable, "-m", "blsp_emo", *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "blsp_emo", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
 
 
 def test_systems_lists_names():
@@ -33,14 +40,18 @@ def test_respond_json_greedy_is_reproducible(model_dir, clip_path):
     assert obj["system"] == "blsp-emo" and obj["transcript"] is None
     assert set(obj["timings"]) == {"first_token_s", "total_s"}
     assert sum(obj["emotion_scores"].values()) == pytest.approx(1.0, abs=1e-4)
-    second = json.loads(run("respond", clip_path, "--model", model_dir, "--json", "--greedy", "--max-new-tokens", "8").stdout)
+    second = json.loads(
+        run("respond", clip_path, "--model", model_dir, "--json", "--greedy", "--max-new-tokens", "8").stdout
+    )
     assert second["token_ids"] == obj["token_ids"] and len(obj["token_ids"]) > 0
 
 
 def test_respond_many_files_and_cascade_from_a_bundle(bundle_dir, clip_path, tmp_path):
     other = tmp_path / "other.wav"
     sf.write(other, tiny.tone(2.0, 300.0), 16000)
-    out = run("respond", clip_path, other, "--model", bundle_dir, "--system", "cascade-ser", "--json", "--max-new-tokens", "4")
+    out = run(
+        "respond", clip_path, other, "--model", bundle_dir, "--system", "cascade-ser", "--json", "--max-new-tokens", "4"
+    )
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [o["file"] for o in lines] == [str(clip_path), str(other)]
@@ -65,7 +76,13 @@ def test_each_bad_input_is_one_line_and_the_good_one_is_still_answered(model_dir
     assert out.returncode == 1 and "Traceback" not in out.stderr
     errors = out.stderr.strip().splitlines()
     assert len(errors) == len(paths), out.stderr
-    words = {"empty.wav": "empty", "long.wav": "window", "nan.wav": "NaN", "picture.wav": "not a readable", "silent.wav": "silent"}
+    words = {
+        "empty.wav": "empty",
+        "long.wav": "window",
+        "nan.wav": "NaN",
+        "picture.wav": "not a readable",
+        "silent.wav": "silent",
+    }
     for path, line in zip(paths, errors):
         assert line.startswith(f"error: {path}: ") and words[path.name] in line
     assert json.loads(out.stdout)["file"] == str(clip_path)

@@ -10,13 +10,13 @@ from blsp_emo.systems.ctc_decoding import END, WORD_LM_FILE, BeamOptions, Lexico
 TEXTS = ["the meeting starts next week", "the letter came next week", "the meeting is over"]
 
 
-def frames(text: str, confusions: dict[int, tuple[str, float]] = {}) -> np.ndarray:
+def frames(text: str, confusions: dict[int, tuple[str, float]] | None = None) -> np.ndarray:
     """Log-probs a CTC model might emit for `text`: each character for one step then a blank, most
     mass on the right class. `confusions[i] = (char, p)` gives character i's step to `char` with p."""
     rows = []
     for i, c in enumerate(text):
         row = np.full(len(ALPHABET) + 1, 0.02 / len(ALPHABET))
-        wrong, p = confusions.get(i, (None, 0.0))
+        wrong, p = (confusions or {}).get(i, (None, 0.0))
         row[ALPHABET.index(c) + 1] = 0.98 - p
         if wrong is not None:
             row[ALPHABET.index(wrong) + 1] = p

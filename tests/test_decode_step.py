@@ -28,8 +28,13 @@ def llm():
 def _prefilled(llm, rows, mask=None, positions=None):
     cache = new_cache(llm)
     with torch.inference_mode():
-        llm(input_ids=torch.tensor(rows), attention_mask=mask, position_ids=positions, past_key_values=cache,
-            use_cache=True)
+        llm(
+            input_ids=torch.tensor(rows),
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
     return cache
 
 
@@ -58,8 +63,9 @@ def test_left_padded_rows_with_their_own_positions_match_transformers(llm):
     prefill = (mask[:, :-1], torch.tensor([[0, 0, 0, 1], [0, 1, 2, 3]]))
     ours, theirs = _prefilled(llm, rows, *prefill), _prefilled(llm, rows, *prefill)
     got = decode_step(llm)(tokens, ours, positions, mask)
-    want = llm(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=theirs,
-               use_cache=True).logits[:, -1]
+    want = llm(
+        input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=theirs, use_cache=True
+    ).logits[:, -1]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     # The padded row predicts exactly what it predicts unpadded: padding is invisible.
     alone = _prefilled(llm, [[7, 8]])
@@ -68,8 +74,14 @@ def test_left_padded_rows_with_their_own_positions_match_transformers(llm):
 
 @torch.inference_mode()
 def test_other_models_keep_transformers_forward():
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     llama = LlamaForCausalLM(config).eval()
     assert not Qwen2DecodeStep.supports(llama)
     cache = _prefilled(llama, [[1, 2, 3]])

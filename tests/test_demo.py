@@ -13,7 +13,9 @@ from train.demo_world.judge import ToneJudge, fit_with_holdout
 
 
 def test_corpus_has_every_format_and_tone_follows_the_stated_emotion():
-    examples = corpus.build_corpus([("The letter is at the front desk.", None), ("How dare you read my letters?", "angry")])
+    examples = corpus.build_corpus(
+        [("The letter is at the front desk.", None), ("How dare you read my letters?", "angry")]
+    )
     assert {e.format for e in examples} == set(corpus.FORMATS)
     for e in examples:
         if e.format in ("continue", "chat", "ser"):  # from words alone: the cue, else neutral
@@ -22,7 +24,9 @@ def test_corpus_has_every_format_and_tone_follows_the_stated_emotion():
             assert e.instruction == STAGE2_TEACHER_INSTRUCTION.format(emotion=e.emotion)
             assert e.response in corpus.CONTINUATIONS[e.emotion]
         if e.format == "chat_emotion":  # one string, exactly as cascade-ser sends it
-            assert e.instruction == "" and e.text.startswith(CASCADE_SER_USER.format(emotion=e.emotion, transcript="")[:20])
+            assert e.instruction == "" and e.text.startswith(
+                CASCADE_SER_USER.format(emotion=e.emotion, transcript="")[:20]
+            )
 
 
 def test_tone_judge_learns_the_banks_and_round_trips(tmp_path):

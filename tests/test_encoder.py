@@ -44,5 +44,6 @@ def test_a_model_in_clip_mode_answers_with_the_same_token_count(tokenizer):
     speech = model.encode_speech(*clip_features([tiny.tone(5.0)], model.config))
     assert speech.lengths.tolist() == [32] and speech.embeds.shape[1] == 32
     reply = BlspSystem("blsp-emo", "", model, tok, SYSTEM_EMPATHETIC, True).respond(
-        tiny.tone(2.0), options=GenerationOptions(greedy=True, max_new_tokens=4))
+        tiny.tone(2.0), options=GenerationOptions(greedy=True, max_new_tokens=4)
+    )
     assert reply.done and len(reply.emotion_scores) == 5

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import soundfile as sf
@@ -64,19 +64,36 @@ def test_a_perfect_head_scores_one_and_unreadable_clips_are_skipped(ser_manifest
 
 def test_accuracy_per_voice_where_the_manifest_names_voices(ser_manifest, tokenizer, tmp_path):
     assert evaluate_ser(DurationOracle(tokenizer), ser_manifest)["by_voice"] is None  # no voices named
-    rows = [json.loads(line) for line in ser_manifest.read_text().splitlines()][:len(EMOTIONS)]
+    rows = [json.loads(line) for line in ser_manifest.read_text().splitlines()][: len(EMOTIONS)]
     wrong = [{**r, "emotion": EMOTIONS[(i + 1) % len(EMOTIONS)]} for i, r in enumerate(rows)]  # mislabelled
     voiced = tmp_path / "voiced.jsonl"
-    voiced.write_text("".join(json.dumps({**r, "audio": str(ser_manifest.parent / r["audio"]), "voice": v}) + "\n"
-                              for v, group in (("en-us+m3", rows), ("en-029+f5", wrong)) for r in group))
+    voiced.write_text(
+        "".join(
+            json.dumps({**r, "audio": str(ser_manifest.parent / r["audio"]), "voice": v}) + "\n"
+            for v, group in (("en-us+m3", rows), ("en-029+f5", wrong))
+            for r in group
+        )
+    )
     result = evaluate_ser(DurationOracle(tokenizer), voiced)
     assert result["accuracy"] == 0.5
     assert result["by_voice"] == {"en-029+f5": {"accuracy": 0.0, "n": 5}, "en-us+m3": {"accuracy": 1.0, "n": 5}}
 
 
 def test_cli_json_contract_is_deterministic_and_plots(ser_manifest, model_dir, tmp_path, capsys):
-    args = ["evaluate", "--task", "ser", "--manifest", str(ser_manifest), "--model", str(model_dir),
-            "--json", "--max-new-tokens", "8", "--plot", str(tmp_path / "cm.png")]
+    args = [
+        "evaluate",
+        "--task",
+        "ser",
+        "--manifest",
+        str(ser_manifest),
+        "--model",
+        str(model_dir),
+        "--json",
+        "--max-new-tokens",
+        "8",
+        "--plot",
+        str(tmp_path / "cm.png"),
+    ]
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out)
     assert {"accuracy", "macro_f1", "n", "confusion"} <= set(first) and first["n"] == 5

@@ -19,8 +19,11 @@ def _reference(options: GenerationOptions, logits: list[torch.Tensor], seed: int
         if len(out) >= options.max_new_tokens:
             break
         scores = processors(history, row.float())
-        token = (scores.argmax(-1, keepdim=True) if options.greedy
-                 else torch.multinomial(scores.softmax(-1), 1, generator=generator))
+        token = (
+            scores.argmax(-1, keepdim=True)
+            if options.greedy
+            else torch.multinomial(scores.softmax(-1), 1, generator=generator)
+        )
         if int(token) in STOP:
             break
         history = torch.cat([history, token], dim=1)
@@ -28,12 +31,16 @@ def _reference(options: GenerationOptions, logits: list[torch.Tensor], seed: int
     return out
 
 
-@pytest.mark.parametrize("options", [
-    GenerationOptions(greedy=True, max_new_tokens=30, min_new_tokens=6),
-    GenerationOptions(max_new_tokens=30, min_new_tokens=4, temperature=0.7, top_p=0.9, top_k=12,
-                      repetition_penalty=1.3),
-    GenerationOptions(max_new_tokens=10, min_new_tokens=0, temperature=1.2, top_p=1.0),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        GenerationOptions(greedy=True, max_new_tokens=30, min_new_tokens=6),
+        GenerationOptions(
+            max_new_tokens=30, min_new_tokens=4, temperature=0.7, top_p=0.9, top_k=12, repetition_penalty=1.3
+        ),
+        GenerationOptions(max_new_tokens=10, min_new_tokens=0, temperature=1.2, top_p=1.0),
+    ],
+)
 def test_the_sampler_picks_what_every_processor_on_every_token_picks(options):
     torch.manual_seed(0)
     logits = [torch.randn(1, 40) * 3 for _ in range(30)]

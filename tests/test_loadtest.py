@@ -12,8 +12,20 @@ from pathlib import Path
 import pytest
 
 from blsp_emo.bench.loadtest import (
-    LoadOptions, PageLine, Phase, Visitor, _overlapping, check_loopback, child_pids, loadtest, machine_stolen_s,
-    process_rss_mb, ratio_interval, round_summaries, spawn_app, tree_rss_mb,
+    LoadOptions,
+    PageLine,
+    Phase,
+    Visitor,
+    _overlapping,
+    check_loopback,
+    child_pids,
+    loadtest,
+    machine_stolen_s,
+    process_rss_mb,
+    ratio_interval,
+    round_summaries,
+    spawn_app,
+    tree_rss_mb,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +113,9 @@ def test_stolen_time_is_read_from_the_kernels_count(monkeypatch, tmp_path):
     stat = tmp_path / "stat"
     stat.write_text("cpu  100 0 50 900 0 0 0 25 0 0\ncpu0 50 0 25 450 0 0 0 12 0 0\n")
     real_open = open
-    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(stat if path == "/proc/stat" else path, *a, **k))
+    monkeypatch.setattr(
+        "builtins.open", lambda path, *a, **k: real_open(stat if path == "/proc/stat" else path, *a, **k)
+    )
     assert machine_stolen_s() == pytest.approx(25 / os.sysconf("SC_CLK_TCK"))  # the steal column of the total line
     stat.write_text("cpu  100 0 50\n")  # a kernel too old to count it
     assert machine_stolen_s() == 0.0
@@ -109,7 +123,9 @@ def test_stolen_time_is_read_from_the_kernels_count(monkeypatch, tmp_path):
 
 def test_the_memory_sampler_counts_the_model_workers(server):
     workers = child_pids(server.process.pid)
-    assert len(workers) == 2 and all("blsp_emo.serving.workers" in Path(f"/proc/{w}/cmdline").read_text() for w in workers)
+    assert len(workers) == 2 and all(
+        "blsp_emo.serving.workers" in Path(f"/proc/{w}/cmdline").read_text() for w in workers
+    )
     alone = process_rss_mb(server.process.pid)
     assert tree_rss_mb(server.process.pid) >= alone + sum(process_rss_mb(w) for w in workers) * 0.9 > alone > 0
     server.sample_memory(every=0.02, rewalk=0.05)  # the sampler keeps the tree's peak, workers included
@@ -121,8 +137,9 @@ def test_the_memory_sampler_counts_the_model_workers(server):
 
 def test_a_turn_keeps_what_the_hypervisor_took_beside_its_span(server, tmp_path):
     phase = Phase(1)
-    visitor = Visitor(server.url, 0, tmp_path / "visitor0.wav", LoadOptions(users=1, seconds=1), phase,
-                      threading.Lock())
+    visitor = Visitor(
+        server.url, 0, tmp_path / "visitor0.wav", LoadOptions(users=1, seconds=1), phase, threading.Lock()
+    )
     visitor._record(span=(0.0, 1.0), stolen=0.02)
     visitor._record(error="visitor 0: refused")  # an error has no span, and nothing stolen to keep
     visitor._record(span=(2.0, 2.5), spoken=True)
@@ -134,10 +151,12 @@ def test_a_turn_keeps_what_the_hypervisor_took_beside_its_span(server, tmp_path)
 def test_the_cross_talk_check_can_fail(server, tmp_path):
     clip = tmp_path / "visitor0.wav"
     visitor = Visitor(server.url, 0, clip, LoadOptions(users=1, seconds=1), Phase(1), threading.Lock())
-    mine = [{"role": "user", "content": [{"type": "file", "file": {"path": f"/tmp/x/{clip.name}"}}]},
-            {"role": "assistant", "content": [{"type": "text", "text": "hello"}]},
-            {"role": "user", "content": [{"type": "text", "text": "visitor 0 turn 1"}]},
-            {"role": "assistant", "content": [{"type": "text", "text": "yes"}]}]
+    mine = [
+        {"role": "user", "content": [{"type": "file", "file": {"path": f"/tmp/x/{clip.name}"}}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "hello"}]},
+        {"role": "user", "content": [{"type": "text", "text": "visitor 0 turn 1"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "yes"}]},
+    ]
     sent = [(str(clip), ""), (None, "visitor 0 turn 1")]
     assert visitor._foreign(mine, sent) is None
     other_clip = [{**mine[0], "content": [{"type": "file", "file": {"path": "/tmp/x/visitor5.wav"}}]}, *mine[1:]]
@@ -188,23 +207,65 @@ def test_only_loopback_and_bounded_runs():
 
 def test_command_line_refuses_a_remote_url():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-m", "blsp_emo", "loadtest", "--url", "http://example.com/", "--users", "2",
-                          "--seconds", "1"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "blsp_emo",
+            "loadtest",
+            "--url",
+            "http://example.com/",
+            "--users",
+            "2",
+            "--seconds",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 2 and "loopback" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_app_arguments_are_only_for_a_spawned_app():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-m", "blsp_emo", "loadtest", "--url", "http://127.0.0.1:9/",
-                          "--app-args", "--max-batch 0"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "blsp_emo", "loadtest", "--url", "http://127.0.0.1:9/", "--app-args", "--max-batch 0"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 2 and "--app-args is for the app that --spawn starts" in out.stderr
 
 
 def test_command_line_json_against_a_running_app(server):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-    out = subprocess.run([sys.executable, "-m", "blsp_emo", "loadtest", "--url", server.url, "--users", "2",
-                          "--seconds", "3", "--turns", "2", "--json"],
-                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "blsp_emo",
+            "loadtest",
+            "--url",
+            server.url,
+            "--users",
+            "2",
+            "--seconds",
+            "3",
+            "--turns",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["concurrent"]["users"] == 2 and report["concurrent"]["cross_talk"] == 0

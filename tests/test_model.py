@@ -5,13 +5,19 @@ import torch
 from transformers import Qwen2ForCausalLM
 
 import tiny
+from blsp_emo.decoding.generation import GenerationOptions
 from blsp_emo.model.checkpoint import load_model, save_model
 from blsp_emo.model.config import BlspEmoConfig
-from blsp_emo.decoding.generation import GenerationOptions
 from blsp_emo.model.model import BlspEmoModel, SpeechEmbeddings, SpeechPrompt, TrainingBatch
 from blsp_emo.model.processor import build_prompt, clip_features, pad_rows, speech_lengths
 from blsp_emo.prompts import (
-    STAGE1_INSTRUCTION, SYSTEM_PLAIN, Speech, Turn, chat_pieces, instruction_pieces, response_pieces,
+    STAGE1_INSTRUCTION,
+    SYSTEM_PLAIN,
+    Speech,
+    Turn,
+    chat_pieces,
+    instruction_pieces,
+    response_pieces,
 )
 
 
@@ -56,9 +62,14 @@ def test_decoded_tokens_use_base_weights(model_and_tokenizer):
     model, tok = model_and_tokenizer
     prompt, speech = speech_prompt(model, tok)
     calls = []
-    hooks = [m.register_forward_hook(lambda mod, a, out: calls.append(a[0].shape[1])) for m in model.llm.modules()
-             if isinstance(m, torch.nn.Linear) and m.out_features == model.llm.config.hidden_size and hasattr(m, "weight")]
-    model.lora.pairs().__next__().lora_A.register_forward_hook(lambda mod, a, out: calls.append(("lora", a[0].shape[1])))
+    hooks = [
+        m.register_forward_hook(lambda mod, a, out: calls.append(a[0].shape[1]))
+        for m in model.llm.modules()
+        if isinstance(m, torch.nn.Linear) and m.out_features == model.llm.config.hidden_size and hasattr(m, "weight")
+    ]
+    model.lora.pairs().__next__().lora_A.register_forward_hook(
+        lambda mod, a, out: calls.append(("lora", a[0].shape[1]))
+    )
     list(model.generate_stream(prompt, speech, GenerationOptions(greedy=True, max_new_tokens=5), frozenset(), 0))
     for h in hooks:
         h.remove()
@@ -109,8 +120,10 @@ def test_save_load_identical_logits_and_config(tmp_path, model_and_tokenizer):
     save_model(model, tok, tmp_path)
     loaded, tok2 = load_model(str(tmp_path))
     volatile = {"_name_or_path", "dtype"}
+
     def stable(d):
         return {k: stable(v) if isinstance(v, dict) else v for k, v in d.items() if k not in volatile}
+
     assert stable(loaded.config.to_dict()) == stable(model.config.to_dict())
     assert isinstance(loaded.config, BlspEmoConfig) and loaded.config.emotions == model.config.emotions
     for name, tensor in model.state_dict().items():
@@ -144,7 +157,13 @@ def batch_for(model, tok, transcript="I got the letter from the office today.", 
     clip = tiny.tone(2.0)
     features, counts = clip_features([clip], model.config)
     target = response_pieces(response, early_stop=False)
-    speech_rows = [tok.encode_pieces(instruction_pieces(SYSTEM_PLAIN, STAGE1_INSTRUCTION, Speech(0)), speech_lengths(counts, model.config), target)]
+    speech_rows = [
+        tok.encode_pieces(
+            instruction_pieces(SYSTEM_PLAIN, STAGE1_INSTRUCTION, Speech(0)),
+            speech_lengths(counts, model.config),
+            target,
+        )
+    ]
     text_rows = [tok.encode_pieces(instruction_pieces(SYSTEM_PLAIN, STAGE1_INSTRUCTION, transcript), (), target)]
     ids, mask, attn, labels = pad_rows(speech_rows, tok.pad_id)
     tids, tmask, tattn, tlabels = pad_rows(text_rows, tok.pad_id)
@@ -184,6 +203,7 @@ def test_kl_is_zero_when_speech_looks_exactly_like_the_transcript(tokenizer, mon
     monkeypatch.setattr(model, "encode_speech", fake_encode)
     monkeypatch.setattr("blsp_emo.model.processor.speech_lengths", lambda counts, config: [len(ids)])
     import blsp_emo.model.processor as processor
+
     batch = batch_for(model, tok, transcript)
     target = response_pieces("That sounds wonderful.", False)
     row = tok.encode_pieces(instruction_pieces(SYSTEM_PLAIN, STAGE1_INSTRUCTION, Speech(0)), [len(ids)], target)
@@ -192,7 +212,9 @@ def test_kl_is_zero_when_speech_looks_exactly_like_the_transcript(tokenizer, mon
     kl = model(batch, losses=("response_kl",)).loss
     assert kl.abs() < 1e-6
     # ... and speech that sounds like other words gives a clearly positive divergence
-    other = model.llm.get_input_embeddings()(torch.tensor(tok.encode("That sounds wonderful, tell me more!")[: len(ids)]))[None]
+    other = model.llm.get_input_embeddings()(
+        torch.tensor(tok.encode("That sounds wonderful, tell me more!")[: len(ids)])
+    )[None]
     monkeypatch.setattr(model, "encode_speech", lambda f, c: SpeechEmbeddings(other, torch.tensor([other.shape[1]])))
     monkeypatch.setattr("blsp_emo.model.processor.speech_lengths", lambda counts, config: [other.shape[1]])
     row = tok.encode_pieces(instruction_pieces(SYSTEM_PLAIN, STAGE1_INSTRUCTION, Speech(0)), [other.shape[1]], target)

@@ -12,13 +12,15 @@ import soundfile as sf
 import torch
 
 import tiny
-from blsp_emo.systems.asr import CtcRecognizer
 from blsp_emo.audio import log_mel
 from blsp_emo.model.checkpoint import load_pretrained
+from blsp_emo.systems.asr import CtcRecognizer
 from blsp_emo.systems.ser import WhisperEmotionClassifier
 from train.demo_world import pretrain_speech as ps
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)")
+needs_espeak = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)"
+)
 TINY = ps.EncoderSize(d_model=32, layers=2, heads=4, ffn=64)
 
 
@@ -30,8 +32,9 @@ def speak(text: str, voice: str = "en-us+m3") -> np.ndarray:
 
 def corpus(waves, texts=None, emotions=None) -> ps.Corpus:
     n = len(waves)
-    return ps.Corpus(tuple(ps.mel_features(waves, ps.N_MELS)), tuple(texts or [""] * n),
-                     tuple(emotions or [""] * n), tuple([""] * n))
+    return ps.Corpus(
+        tuple(ps.mel_features(waves, ps.N_MELS)), tuple(texts or [""] * n), tuple(emotions or [""] * n), tuple([""] * n)
+    )
 
 
 def asr_loss(texts):
@@ -39,7 +42,9 @@ def asr_loss(texts):
 
 
 def quiet(epochs: int, lr: float = 3e-3, batch_seconds: float = 60.0) -> ps.FitOptions:
-    return ps.FitOptions(epochs=epochs, lr=lr, batch_seconds=batch_seconds, warmup=0.05, spec_augment=False, log_steps=10_000)
+    return ps.FitOptions(
+        epochs=epochs, lr=lr, batch_seconds=batch_seconds, warmup=0.05, spec_augment=False, log_steps=10_000
+    )
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -166,8 +171,20 @@ def test_commands_write_folders_that_load_and_give_identical_outputs(manifest, t
     size = ["--d-model", "32", "--layers", "2", "--heads", "4", "--ffn", "64"]
     common = ["--manifest", str(manifest), "--eval-manifest", str(manifest), "--epochs", "2", "--threads", "1"]
     assert ps.main(["asr", *common, "--out", str(tmp_path / "asr"), *size]) == 0
-    assert ps.main(["ser", *common, "--out", str(tmp_path / "ser"), "--init-encoder", str(tmp_path / "asr"),
-                    "--freeze-encoder"]) == 0
+    assert (
+        ps.main(
+            [
+                "ser",
+                *common,
+                "--out",
+                str(tmp_path / "ser"),
+                "--init-encoder",
+                str(tmp_path / "asr"),
+                "--freeze-encoder",
+            ]
+        )
+        == 0
+    )
     asr_metrics = json.loads((tmp_path / "asr" / "metrics.json").read_text())
     ser_metrics = json.loads((tmp_path / "ser" / "metrics.json").read_text())
     assert 0 <= asr_metrics["eval"]["wer"] and asr_metrics["train_clips"] == 6
@@ -182,9 +199,13 @@ def test_commands_write_folders_that_load_and_give_identical_outputs(manifest, t
         torch.testing.assert_close(ser.encoder.state_dict()[name], tensor, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("build", [
-    lambda: CtcRecognizer(ps.CtcRecognizerConfig(TINY.config(), encode_full_window=False)), lambda: ps.build_ser(TINY),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: CtcRecognizer(ps.CtcRecognizerConfig(TINY.config(), encode_full_window=False)),
+        lambda: ps.build_ser(TINY),
+    ],
+)
 def test_saved_folders_load_and_give_identical_outputs(build, tmp_path):
     torch.manual_seed(0)
     model = build().eval()
@@ -200,7 +221,17 @@ def test_saved_folders_load_and_give_identical_outputs(build, tmp_path):
 def test_bad_input_is_reported_with_the_fix(manifest, tmp_path, capsys):
     assert ps.main(["asr", "--manifest", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "o")]) == 2
     assert "none.jsonl does not exist" in capsys.readouterr().err
-    args = ["ser", "--manifest", str(manifest), "--out", str(tmp_path / "o"), "--init-encoder", str(tmp_path), "--layers", "3"]
+    args = [
+        "ser",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(tmp_path / "o"),
+        "--init-encoder",
+        str(tmp_path),
+        "--layers",
+        "3",
+    ]
     assert ps.main(args) == 2
     assert "--init-encoder takes the ASR model's size" in capsys.readouterr().err
     assert ps.main(["ser", "--manifest", str(manifest), "--out", str(tmp_path / "o"), "--freeze-encoder"]) == 2

@@ -2,11 +2,21 @@
 
 import pytest
 
-from blsp_emo.prompts import (
-    END_OF_TEXT, IM_END, SER_INSTRUCTION, STAGE2_TEACHER_INSTRUCTION, SYSTEM_EMPATHETIC, SYSTEM_PLAIN,
-    Speech, Turn, chat_pieces, instruction_pieces, render, response_pieces,
-)
 from blsp_emo.model.tokenizer import IGNORE_INDEX
+from blsp_emo.prompts import (
+    END_OF_TEXT,
+    IM_END,
+    SER_INSTRUCTION,
+    STAGE2_TEACHER_INSTRUCTION,
+    SYSTEM_EMPATHETIC,
+    SYSTEM_PLAIN,
+    Speech,
+    Turn,
+    chat_pieces,
+    instruction_pieces,
+    render,
+    response_pieces,
+)
 
 
 def test_reference_strings():
@@ -19,7 +29,11 @@ def test_reference_strings():
 
 
 def test_chat_layout_with_speech_turn_and_history():
-    turns = [Turn("user", "hi", audio=None), Turn("assistant", "hello"), Turn("user", audio=__import__("numpy").ones(10))]
+    turns = [
+        Turn("user", "hi", audio=None),
+        Turn("assistant", "hello"),
+        Turn("user", audio=__import__("numpy").ones(10)),
+    ]
     text = render(chat_pieces(SYSTEM_PLAIN, turns))
     assert text == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
@@ -30,7 +44,9 @@ def test_chat_layout_with_speech_turn_and_history():
 
 def test_training_layout():
     text = render(instruction_pieces(SYSTEM_PLAIN, "Continue: ", Speech(0)) + response_pieces("ok.", False))
-    assert text.endswith("<|im_start|>user\nContinue: <speech:0><|im_end|>\n<|im_start|>assistant\nok.<|im_end|>\n<|endoftext|>")
+    assert text.endswith(
+        "<|im_start|>user\nContinue: <speech:0><|im_end|>\n<|im_start|>assistant\nok.<|im_end|>\n<|endoftext|>"
+    )
     assert render(response_pieces("cut", early_stop=True)) == "cut"
 
 

@@ -24,12 +24,12 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 import tiny
-from blsp_emo.model import checkpoint
-from blsp_emo.released import convert as released
 from blsp_emo.__main__ import main
+from blsp_emo.model import checkpoint
 from blsp_emo.model.config import BlspEmoConfig, whisper_large_v2_encoder
 from blsp_emo.model.model import SpeechEmbeddings, SpeechPrompt
 from blsp_emo.prompts import SYSTEM_PLAIN, header, system_block
+from blsp_emo.released import convert as released
 from blsp_emo.released.qwen_tokenizer import PAT_STR, SPECIAL_TOKENS, load_qwen_tokenizer
 
 D, FFN, LAYERS, HEADS, RANK, ALPHA, D_INNER = 48, 40, 2, 4, 4, 8.0, 16
@@ -54,22 +54,52 @@ def write_tiktoken(ranks: dict[bytes, int], path: Path) -> None:
 
 def released_config(vocab_size: int) -> dict:
     qwen = {
-        "architectures": ["QWenLMHeadModel"], "model_type": "qwen", "hidden_size": D, "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS, "kv_channels": D // HEADS, "intermediate_size": 2 * FFN,
-        "layer_norm_epsilon": 1e-6, "rotary_emb_base": 10000, "rotary_pct": 1.0, "seq_length": 8192,
-        "max_position_embeddings": 8192, "vocab_size": vocab_size, "no_bias": True, "tie_word_embeddings": False,
-        "use_dynamic_ntk": True, "use_logn_attn": True, "use_flash_attn": False, "bf16": False, "fp16": False,
+        "architectures": ["QWenLMHeadModel"],
+        "model_type": "qwen",
+        "hidden_size": D,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "kv_channels": D // HEADS,
+        "intermediate_size": 2 * FFN,
+        "layer_norm_epsilon": 1e-6,
+        "rotary_emb_base": 10000,
+        "rotary_pct": 1.0,
+        "seq_length": 8192,
+        "max_position_embeddings": 8192,
+        "vocab_size": vocab_size,
+        "no_bias": True,
+        "tie_word_embeddings": False,
+        "use_dynamic_ntk": True,
+        "use_logn_attn": True,
+        "use_flash_attn": False,
+        "bf16": False,
+        "fp16": False,
     }
     lora = {
-        "bias": "none", "fan_in_fan_out": False, "inference_mode": False, "init_lora_weights": True,
-        "lora_alpha": ALPHA, "lora_dropout": 0.05, "peft_type": "LORA", "r": RANK,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": False,
+        "init_lora_weights": True,
+        "lora_alpha": ALPHA,
+        "lora_dropout": 0.05,
+        "peft_type": "LORA",
+        "r": RANK,
         "target_modules": ["c_attn", "c_proj", "w1", "w2"],
     }
     return {
-        "architectures": ["Blsp2Model"], "adapter_type": "subsampler", "adapter_hidden_layers": 0,
-        "adapter_inner_dim": D_INNER, "conv_kernel_sizes": "5,5,5", "kd_temperature": 2, "lora_config": lora,
-        "lora_scope": "audio", "num_emotions": 5, "num_pre_cif_layers": 4, "num_post_cif_layers": 4,
-        "qwen_config": qwen, "whisper_config": tiny.encoder_config().to_dict(),
+        "architectures": ["Blsp2Model"],
+        "adapter_type": "subsampler",
+        "adapter_hidden_layers": 0,
+        "adapter_inner_dim": D_INNER,
+        "conv_kernel_sizes": "5,5,5",
+        "kd_temperature": 2,
+        "lora_config": lora,
+        "lora_scope": "audio",
+        "num_emotions": 5,
+        "num_pre_cif_layers": 4,
+        "num_post_cif_layers": 4,
+        "qwen_config": qwen,
+        "whisper_config": tiny.encoder_config().to_dict(),
     }
 
 
@@ -84,13 +114,26 @@ def released_state(vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     for i, c_out in enumerate([2 * e, 2 * e, 2 * D]):  # conv k5 + GLU; the last widens to the LLM
         sd[f"adapter.subsampler.conv_layers.{i}.weight"] = rand(c_out, e, 5)
         sd[f"adapter.subsampler.conv_layers.{i}.bias"] = rand(c_out)
-    sd |= {"adapter.fc1.weight": rand(D_INNER, D), "adapter.fc2.weight": rand(D, D_INNER), "adapter.speech_ln.weight":
-           1 + rand(D), "adapter.speech_ln.bias": rand(D), "hidden2emotion.weight": rand(5, D)}
+    sd |= {
+        "adapter.fc1.weight": rand(D_INNER, D),
+        "adapter.fc2.weight": rand(D, D_INNER),
+        "adapter.speech_ln.weight": 1 + rand(D),
+        "adapter.speech_ln.bias": rand(D),
+        "hidden2emotion.weight": rand(5, D),
+    }
     q = "qwen_model.model."
-    sd |= {q + "transformer.wte.weight": rand(vocab_size, D), q + "transformer.ln_f.weight": 1 + rand(D),
-           q + "lm_head.weight": rand(vocab_size, D)}
-    shapes = {"attn.c_attn": (3 * D, D), "attn.c_proj": (D, D), "mlp.w1": (FFN, D), "mlp.w2": (FFN, D),
-              "mlp.c_proj": (D, FFN)}
+    sd |= {
+        q + "transformer.wte.weight": rand(vocab_size, D),
+        q + "transformer.ln_f.weight": 1 + rand(D),
+        q + "lm_head.weight": rand(vocab_size, D),
+    }
+    shapes = {
+        "attn.c_attn": (3 * D, D),
+        "attn.c_proj": (D, D),
+        "mlp.w1": (FFN, D),
+        "mlp.w2": (FFN, D),
+        "mlp.c_proj": (D, FFN),
+    }
     for n in range(LAYERS):
         h = f"{q}transformer.h.{n}."
         sd |= {h + "ln_1.weight": 1 + rand(D), h + "ln_2.weight": 1 + rand(D), h + "attn.c_attn.bias": rand(3 * D)}
@@ -109,7 +152,7 @@ def write_released(root: Path, state: dict, config: dict, ranks: dict, shards: i
     names, weight_map = list(state), {}
     for s in range(shards):
         file = f"pytorch_model-{s + 1:05d}-of-{shards:05d}.bin"
-        part = names[s * len(names) // shards: (s + 1) * len(names) // shards]
+        part = names[s * len(names) // shards : (s + 1) * len(names) // shards]
         torch.save({k: state[k] for k in part}, root / file)
         weight_map |= {k: file for k in part}
     (root / released.INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
@@ -156,7 +199,7 @@ def qwen_v1_logits(sd, cfg, embeds, lora_mask=None):
     angles = torch.cat([torch.outer(torch.arange(T).float(), inv_freq)] * 2, dim=-1)  # (T, hd)
 
     def rope(t):  # (B, H, T, hd)
-        rotated = torch.cat([-t[..., hd // 2:], t[..., : hd // 2]], dim=-1)
+        rotated = torch.cat([-t[..., hd // 2 :], t[..., : hd // 2]], dim=-1)
         return t * angles.cos() + rotated * angles.sin()
 
     causal = torch.full((T, T), float("-inf")).triu(1)
@@ -178,8 +221,9 @@ def qwen_v1_logits(sd, cfg, embeds, lora_mask=None):
 def test_tokenizer_matches_tiktoken(ranks, release):
     tok = load_qwen_tokenizer(release[0])
     n = len(ranks)
-    ref = tiktoken.Encoding("qwen", pat_str=PAT_STR, mergeable_ranks=ranks,
-                            special_tokens={t: n + i for i, t in enumerate(SPECIAL_TOKENS)})
+    ref = tiktoken.Encoding(
+        "qwen", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens={t: n + i for i, t in enumerate(SPECIAL_TOKENS)}
+    )
     assert tok.special_ids == {"<|endoftext|>": n, "<|im_start|>": n + 1, "<|im_end|>": n + 2}
     assert tok.hf.convert_tokens_to_ids("<|extra_204|>") == n + 207
     for text in TEXTS + tiny.CORPUS[:10]:
@@ -250,15 +294,21 @@ def _set(key, value):
 L0 = "qwen_model.model.transformer.h.0."
 
 
-@pytest.mark.parametrize("edit, message", [
-    (_set("adapter_type", "cformer"), "adapter_type 'cformer' is not supported"),
-    (_set("lora_scope", "global"), "lora_scope 'global' is not supported"),
-    (_put("vision_tower.weight", torch.zeros(1)), "unknown tensor 'vision_tower.weight'"),
-    (_put(L0 + "attn.c_attn.extra", torch.zeros(1)), f"unknown Qwen v1 tensor '{L0}attn.c_attn.extra'"),
-    (_put("whisper_model.layers.7.fc1.weight", torch.zeros(1)), "'whisper_model.layers.7.fc1.weight' maps to"),
-    (_put(L0 + "mlp.w1.weight", torch.zeros(FFN + 1, D)), f"'{L0}mlp.w1.weight' has shape (41, 48)"),
-    (lambda s, c: s.pop(L0 + "mlp.w2.weight"), f"{L0}mlp.w2.weight (ours: llm.model.layers.0.mlp.gate_proj.weight)"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_set("adapter_type", "cformer"), "adapter_type 'cformer' is not supported"),
+        (_set("lora_scope", "global"), "lora_scope 'global' is not supported"),
+        (_put("vision_tower.weight", torch.zeros(1)), "unknown tensor 'vision_tower.weight'"),
+        (_put(L0 + "attn.c_attn.extra", torch.zeros(1)), f"unknown Qwen v1 tensor '{L0}attn.c_attn.extra'"),
+        (_put("whisper_model.layers.7.fc1.weight", torch.zeros(1)), "'whisper_model.layers.7.fc1.weight' maps to"),
+        (_put(L0 + "mlp.w1.weight", torch.zeros(FFN + 1, D)), f"'{L0}mlp.w1.weight' has shape (41, 48)"),
+        (
+            lambda s, c: s.pop(L0 + "mlp.w2.weight"),
+            f"{L0}mlp.w2.weight (ours: llm.model.layers.0.mlp.gate_proj.weight)",
+        ),
+    ],
+)
 def test_unmappable_checkpoints_are_refused(tmp_path, ranks, release, edit, message):
     state, config = dict(release[1]), json.loads(json.dumps(release[2]))
     edit(state, config)
@@ -281,15 +331,30 @@ def test_index_and_shards_that_disagree_name_the_tensor(tmp_path, ranks, release
 def test_the_7b_config_is_our_default_architecture():
     """The release's config values (§1.1, §1.2, §7) give BlspEmoConfig() (Qwen-7B-Chat as Qwen2, §8.2)."""
     qwen = released_config(151936)["qwen_config"] | {
-        "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "kv_channels": 128,
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "kv_channels": 128,
         "intermediate_size": 22016,
     }
-    raw = released_config(151936) | {"qwen_config": qwen, "adapter_inner_dim": 512,
-                                     "whisper_config": whisper_large_v2_encoder().to_dict()}
+    raw = released_config(151936) | {
+        "qwen_config": qwen,
+        "adapter_inner_dim": 512,
+        "whisper_config": whisper_large_v2_encoder().to_dict(),
+    }
     raw["lora_config"] |= {"r": 16, "lora_alpha": 16}
     ours, default = released.released_config(raw).to_dict(), BlspEmoConfig().to_dict()
-    for key in ("conv_kernel_sizes", "conv_stride", "adapter_inner_dim", "lora_rank", "lora_alpha", "emotions",
-                "lora_target_modules", "llm_config", "encoder_config"):
+    for key in (
+        "conv_kernel_sizes",
+        "conv_stride",
+        "adapter_inner_dim",
+        "lora_rank",
+        "lora_alpha",
+        "emotions",
+        "lora_target_modules",
+        "llm_config",
+        "encoder_config",
+    ):
         assert ours[key] == default[key], key
 
 

@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 
 from blsp_emo.emotion import EMOTIONS
-from train.demo_world import ablate
-from train.demo_world import speakers
-from train.demo_world import synth
-from train.demo_world import sentences as sent
 from train.__main__ import main
+from train.demo_world import ablate, speakers, synth
+from train.demo_world import sentences as sent
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)")
 
@@ -116,8 +114,25 @@ def test_synth_command_adds_generated_speakers_and_refuses_them_for_evaluation(t
     sentences = tmp_path / "s.jsonl"
     sent.write_sentences([sent.Sentence("train00000", TEXT)], sentences)
     out = tmp_path / "corpus"
-    code = synth.main(["--sentences", str(sentences), "--out", str(out), "--voices", "en-us+m3", "--speakers", "2",
-                       "--accents", "1", "--accents-per-speaker", "2", "--voices-per-sentence", "5", "--quiet"])
+    code = synth.main(
+        [
+            "--sentences",
+            str(sentences),
+            "--out",
+            str(out),
+            "--voices",
+            "en-us+m3",
+            "--speakers",
+            "2",
+            "--accents",
+            "1",
+            "--accents-per-speaker",
+            "2",
+            "--voices-per-sentence",
+            "5",
+            "--quiet",
+        ]
+    )
     assert code == 0
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(r["voice"].split("+")[1] for r in rows[::5]) == ["m3", "spk0000", "spk0000", "spk0001", "spk0001"]
@@ -130,6 +145,7 @@ def test_synth_command_adds_generated_speakers_and_refuses_them_for_evaluation(t
 
 
 # --- python -m train ablate ------------------------------------------------------------------------
+
 
 def test_ablate_drop_names_the_form_it_wants():
     assert ablate.Drop.parse("variant:breath,echo") == ablate.Drop("variant", ("breath", "echo"))
@@ -156,14 +172,39 @@ def test_an_ablated_voice_lacks_exactly_the_dropped_settings(tmp_path):
 def test_ablate_command_scores_each_version_for_a_system_that_hears_emotion(bundle_dir, tmp_path, capsys):
     sentences = tmp_path / "s.jsonl"
     sent.write_sentences([sent.Sentence("eval00000", TEXT)], sentences)
-    code = main(["ablate", "--voice", "en-us+f5", "--drop", "variant:breath", "--sentences", str(sentences),
-                 "--clips", "1", "--model", str(bundle_dir), "--json"])
+    code = main(
+        [
+            "ablate",
+            "--voice",
+            "en-us+f5",
+            "--drop",
+            "variant:breath",
+            "--sentences",
+            str(sentences),
+            "--clips",
+            "1",
+            "--model",
+            str(bundle_dir),
+            "--json",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["version"] for r in out["rows"]] == ["as is", "without variant breath"]
     assert all(set(r) == {"voice", "version", *EMOTIONS} for r in out["rows"])
-    code = main(["ablate", "--voice", "en-us+f5", "--sentences", str(sentences), "--system", "cascade",
-                 "--model", str(bundle_dir)])
+    code = main(
+        [
+            "ablate",
+            "--voice",
+            "en-us+f5",
+            "--sentences",
+            str(sentences),
+            "--system",
+            "cascade",
+            "--model",
+            str(bundle_dir),
+        ]
+    )
     assert code == 2 and "reports no emotion" in capsys.readouterr().err
     code = main(["ablate", "--voice", "en-us+f5", "--sentences", str(sentences), "--clips", "0"])
     assert code == 2 and "--clips must be >= 1" in capsys.readouterr().err

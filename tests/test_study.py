@@ -14,8 +14,20 @@ import pytest
 
 from blsp_emo import load_system
 from blsp_emo.study import (
-    DEFAULT_STUDY, SCHEMA_VERSION, AdminTokenError, Rating, StudyConfig, StudyConfigError, StudyRunner, StudyStore,
-    StudyStoreError, UploadSettings, balance, check_admin, plan_trials, write_report,
+    DEFAULT_STUDY,
+    SCHEMA_VERSION,
+    AdminTokenError,
+    Rating,
+    StudyConfig,
+    StudyConfigError,
+    StudyRunner,
+    StudyStore,
+    StudyStoreError,
+    UploadSettings,
+    balance,
+    check_admin,
+    plan_trials,
+    write_report,
 )
 from blsp_emo.study.analysis import bradley_terry, fit_bradley_terry, outcome_matrix
 from study_fixtures import SYSTEMS, write_study
@@ -34,15 +46,34 @@ def systems(bundle_dir):
 
 
 def _rating(plan_trial, rater, key=None, **kw) -> Rating:
-    fields = dict(idempotency_key=key or f"{rater}-{plan_trial.index}", study_id="short-study", rater_id=rater,
-                  trial=plan_trial.index, stimulus=plan_trial.stimulus, system_a=plan_trial.system_a,
-                  system_b=plan_trial.system_b, swapped=plan_trial.swapped, empathy_a=7, quality_a=6, empathy_b=3,
-                  quality_b=4, preference="A", reason="", reply_a="a", reply_b="b", revision_a="r1",
-                  revision_b="r2", shown_at=1.0, submitted_at=3.5, listened=True)
+    fields = dict(
+        idempotency_key=key or f"{rater}-{plan_trial.index}",
+        study_id="short-study",
+        rater_id=rater,
+        trial=plan_trial.index,
+        stimulus=plan_trial.stimulus,
+        system_a=plan_trial.system_a,
+        system_b=plan_trial.system_b,
+        swapped=plan_trial.swapped,
+        empathy_a=7,
+        quality_a=6,
+        empathy_b=3,
+        quality_b=4,
+        preference="A",
+        reason="",
+        reply_a="a",
+        reply_b="b",
+        revision_a="r1",
+        revision_b="r2",
+        shown_at=1.0,
+        submitted_at=3.5,
+        listened=True,
+    )
     return Rating(**{**fields, **kw})
 
 
 # --- configuration -------------------------------------------------------------------------------
+
 
 def test_the_example_study_is_valid_and_uses_bundled_clips():
     config = StudyConfig.load(DEFAULT_STUDY)
@@ -51,15 +82,18 @@ def test_the_example_study_is_valid_and_uses_bundled_clips():
     assert config.options.greedy  # one reply per clip and system: every rater sees the same
 
 
-@pytest.mark.parametrize("change, named", [
-    (lambda s: s["stimuli"].append({"id": "gone", "audio": "nowhere/missing.wav"}), "missing.wav"),
-    (lambda s: s["systems"].append("gpt-5-voice"), "gpt-5-voice"),
-    (lambda s: s.update(trials_per_rater=0), "trials_per_rater"),
-    (lambda s: s["stimuli"].append({"id": "low", "audio": "low.wav"}), "'low' appears twice"),
-    (lambda s: s.update(systems=["blsp-emo"]), "at least 2 systems"),
-    (lambda s: s.update(questions=[{"id": "empathy", "label": "E"}]), "questions"),
-    (lambda s: s.update(colour="blue"), "'colour'"),
-])
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (lambda s: s["stimuli"].append({"id": "gone", "audio": "nowhere/missing.wav"}), "missing.wav"),
+        (lambda s: s["systems"].append("gpt-5-voice"), "gpt-5-voice"),
+        (lambda s: s.update(trials_per_rater=0), "trials_per_rater"),
+        (lambda s: s["stimuli"].append({"id": "low", "audio": "low.wav"}), "'low' appears twice"),
+        (lambda s: s.update(systems=["blsp-emo"]), "at least 2 systems"),
+        (lambda s: s.update(questions=[{"id": "empathy", "label": "E"}]), "questions"),
+        (lambda s: s.update(colour="blue"), "'colour'"),
+    ],
+)
 def test_bad_study_files_are_refused_naming_the_item(tmp_path, change, named):
     path = write_study(tmp_path)
     raw = json.loads(path.read_text())
@@ -80,15 +114,26 @@ def test_app_refuses_a_bad_study_at_start_naming_it(tmp_path):
     raw = json.loads(path.read_text())
     raw["stimuli"][1]["audio"] = "typo_high.wav"
     path.write_text(json.dumps(raw))
-    run = subprocess.run([sys.executable, "app.py", "--study", str(path), "--tts", "none", "--port", "1"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "app.py", "--study", str(path), "--tts", "none", "--port", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode != 0 and "typo_high.wav" in run.stderr and "Running on" not in run.stdout
-    check = subprocess.run([sys.executable, "-m", "blsp_emo", "study", "check", str(path)], cwd=ROOT,
-                           capture_output=True, text=True, timeout=120)
+    check = subprocess.run(
+        [sys.executable, "-m", "blsp_emo", "study", "check", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert check.returncode == 2 and "typo_high.wav" in check.stderr
 
 
 # --- assignment ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("raters, trials", [(1, 2), (7, 2), (50, 2), (13, 5), (5, 9)])
 def test_every_pair_and_order_is_used_equally_often(tmp_path, raters, trials):
@@ -120,6 +165,7 @@ def test_concurrent_raters_still_get_a_balanced_assignment(study, tmp_path):
 
 # --- storage -------------------------------------------------------------------------------------
 
+
 def test_store_is_wal_and_versioned_and_refuses_a_newer_schema(tmp_path):
     path = tmp_path / "deep" / "ratings.sqlite"
     store = StudyStore(path)
@@ -139,8 +185,18 @@ def test_a_double_click_records_once(study, tmp_path):
     assert store.submit(_rating(plan[0], "rater", key="k2")) is False  # same trial, another page load
     rows = store.ratings()
     assert len(rows) == 1 and rows[0]["winner"] == plan[0].system_a and rows[0]["rating_seconds"] == 2.5
-    assert {"study_id", "rater_id", "trial", "stimulus", "system_a", "system_b", "swapped", "revision_a",
-            "shown_at", "submitted_at"} <= set(rows[0])
+    assert {
+        "study_id",
+        "rater_id",
+        "trial",
+        "stimulus",
+        "system_a",
+        "system_b",
+        "swapped",
+        "revision_a",
+        "shown_at",
+        "submitted_at",
+    } <= set(rows[0])
 
 
 def test_export_keeps_a_typed_formula_from_running_in_a_spreadsheet(study, tmp_path):
@@ -151,7 +207,7 @@ def test_export_keeps_a_typed_formula_from_running_in_a_spreadsheet(study, tmp_p
     store.submit(_rating(plan[0], "rater", reason='=HYPERLINK("http://x","click")'))
     store.export_csv(tmp_path / "out.csv")
     row = next(csv.DictReader(open(tmp_path / "out.csv", encoding="utf-8")))
-    assert row["reason"] == "'=HYPERLINK(\"http://x\",\"click\")" and row["empathy_a"] == "7"
+    assert row["reason"] == '\'=HYPERLINK("http://x","click")' and row["empathy_a"] == "7"
     assert store.ratings()[0]["reason"].startswith("=")  # the database keeps what was typed
 
 
@@ -174,6 +230,7 @@ def test_an_unwritable_database_path_says_what_to_do(tmp_path):
 
 
 # --- the runner: blind trials, reveal, audio only with consent ------------------------------------
+
 
 def test_runner_hides_identities_until_submission(study, systems, tmp_path):
     runner = StudyRunner(study, systems, StudyStore(tmp_path / "r.sqlite"))
@@ -207,15 +264,20 @@ def test_own_recordings_are_kept_only_with_consent(study, systems, tmp_path, cli
     rater, _ = runner.begin(consent=True, keep_audio=consent_audio)
     view = runner.view(rater, 0, own_audio=str(clip_path))
     assert view.stimulus == "own-recording" and view.stimulus_audio is None
-    runner.submit(view, {"empathy_a": 5, "quality_a": 5, "empathy_b": 5, "quality_b": 5}, "tie",
-                  own_audio=str(clip_path))
+    runner.submit(
+        view, {"empathy_a": 5, "quality_a": 5, "empathy_b": 5, "quality_b": 5}, "tie", own_audio=str(clip_path)
+    )
     kept = list((tmp_path / "db").glob("audio/*.wav"))
     row = runner.store.ratings()[0]
-    assert (len(kept) == 1 and row["audio_path"] == str(kept[0])) if consent_audio else \
-        (kept == [] and row["audio_path"] is None)
+    assert (
+        (len(kept) == 1 and row["audio_path"] == str(kept[0]))
+        if consent_audio
+        else (kept == [] and row["audio_path"] is None)
+    )
 
 
 # --- access and upload ---------------------------------------------------------------------------
+
 
 def test_admin_token_is_required_and_compared_exactly():
     with pytest.raises(AdminTokenError, match="set BLSP_EMO_ADMIN_TOKEN"):
@@ -237,11 +299,18 @@ def test_export_refuses_without_the_admin_token(study, tmp_path):
     env = {k: v for k, v in __import__("os").environ.items() if k != "BLSP_EMO_ADMIN_TOKEN"}
     refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
     assert refused.returncode == 2 and "BLSP_EMO_ADMIN_TOKEN" in refused.stderr and not out.exists()
-    wrong = subprocess.run(cmd + ["--token", "guess-guess"], cwd=ROOT, capture_output=True, text=True,
-                           env={**env, "BLSP_EMO_ADMIN_TOKEN": "s3cret-token"}, timeout=120)
+    wrong = subprocess.run(
+        cmd + ["--token", "guess-guess"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**env, "BLSP_EMO_ADMIN_TOKEN": "s3cret-token"},
+        timeout=120,
+    )
     assert wrong.returncode == 2 and not out.exists()
-    ok = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                        env={**env, "BLSP_EMO_ADMIN_TOKEN": "s3cret-token"}, timeout=120)
+    ok = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, env={**env, "BLSP_EMO_ADMIN_TOKEN": "s3cret-token"}, timeout=120
+    )
     assert ok.returncode == 0 and out.read_text().count("\n") == 2  # header + one rating
 
 
@@ -260,14 +329,34 @@ def test_hub_upload_is_off_by_default_and_configured_for_a_private_dataset(tmp_p
 
 def test_an_upload_that_cannot_reach_the_hub_stops_the_app_saying_why(tmp_path, bundle_dir):
     env = {**__import__("os").environ, "BLSP_EMO_STUDY_UPLOAD_REPO": "lab/ratings", "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "app.py", "--model", str(bundle_dir), "--systems", ",".join(SYSTEMS),
-                          "--tts", "none", "--study", str(write_study(tmp_path)), "--study-db",
-                          str(tmp_path / "r.sqlite"), "--port", "1"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "app.py",
+            "--model",
+            str(bundle_dir),
+            "--systems",
+            ",".join(SYSTEMS),
+            "--tts",
+            "none",
+            "--study",
+            str(write_study(tmp_path)),
+            "--study-db",
+            str(tmp_path / "r.sqlite"),
+            "--port",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
     assert run.returncode != 0 and "study upload" in run.stderr and "BLSP_EMO_STUDY_UPLOAD_REPO" in run.stderr
 
 
 # --- analysis ------------------------------------------------------------------------------------
+
 
 def _synthetic_rows(strengths: dict, n: int, seed: int, raters: int = 40, tie_rate: float = 0.15) -> list[dict]:
     """Comparisons drawn from a Bradley–Terry model with known log-strengths (ties at random)."""
@@ -279,10 +368,20 @@ def _synthetic_rows(strengths: dict, n: int, seed: int, raters: int = 40, tie_ra
         p_a = 1 / (1 + np.exp(strengths[sb] - strengths[sa]))
         u = rng.random()
         winner = rng.choice(["tie", "both-bad"]) if u < tie_rate else sa if rng.random() < p_a else sb
-        rows.append({"rater_id": f"r{i % raters}", "study_id": "s", "stimulus": f"c{i % 5}", "system_a": sa,
-                     "system_b": sb, "winner": winner, "empathy_a": int(rng.integers(0, 11)),
-                     "quality_a": int(rng.integers(0, 11)), "empathy_b": int(rng.integers(0, 11)),
-                     "quality_b": int(rng.integers(0, 11))})
+        rows.append(
+            {
+                "rater_id": f"r{i % raters}",
+                "study_id": "s",
+                "stimulus": f"c{i % 5}",
+                "system_a": sa,
+                "system_b": sb,
+                "winner": winner,
+                "empathy_a": int(rng.integers(0, 11)),
+                "quality_a": int(rng.integers(0, 11)),
+                "empathy_b": int(rng.integers(0, 11)),
+                "quality_b": int(rng.integers(0, 11)),
+            }
+        )
     return rows
 
 
@@ -308,8 +407,16 @@ def test_report_writes_tables_plots_and_agreement(tmp_path):
     rows = _synthetic_rows({"x": 1.0, "y": 0.0, "z": -1.0}, 300, seed=2, raters=10)
     report = write_report(rows, tmp_path / "out", n_boot=100)
     names = {p.name for p in report.tables + report.plots}
-    assert {"scores.csv", "pairwise.csv", "bradley_terry.csv", "summary.json", "report.md", "scores.png",
-            "bradley_terry.png", "preferences.png"} <= names
+    assert {
+        "scores.csv",
+        "pairwise.csv",
+        "bradley_terry.csv",
+        "summary.json",
+        "report.md",
+        "scores.png",
+        "bradley_terry.png",
+        "preferences.png",
+    } <= names
     assert all(p.stat().st_size > 1000 for p in report.plots)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["ratings"] == 300 and summary["raters"] == 10

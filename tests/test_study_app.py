@@ -11,11 +11,11 @@ from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 import app  # noqa: E402
-from blsp_emo.systems import load_systems  # noqa: E402
-from webui import study_tabs  # noqa: E402
 from blsp_emo.study import StudyConfig, StudyRunner, StudyStore  # noqa: E402
+from blsp_emo.systems import load_systems  # noqa: E402
 from blsp_emo.tts import NullSynthesizer  # noqa: E402
 from study_fixtures import SYSTEMS, write_study  # noqa: E402
+from webui import study_tabs  # noqa: E402
 
 TOKEN = "tab-test-admin-token"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -58,8 +58,19 @@ def test_api_rater_sees_blind_replies_then_the_reveal(server, runner):
     for trial in plan:
         view = client.predict(begin["rater_id"], trial.index, api_name="/study_trial")
         assert not any(name in str(view) for name in SYSTEMS)
-        answer = client.predict(begin["rater_id"], trial.index, view["key"], view["shown_at"], 9, 8, 2, 3, "A",
-                                "warmer", api_name="/study_submit")
+        answer = client.predict(
+            begin["rater_id"],
+            trial.index,
+            view["key"],
+            view["shown_at"],
+            9,
+            8,
+            2,
+            3,
+            "A",
+            "warmer",
+            api_name="/study_submit",
+        )
         assert answer["status"] == "stored" and (answer["a"], answer["b"]) == (trial.system_a, trial.system_b)
     again = client.predict(begin["rater_id"], 0, "another-key", 0.0, 1, 1, 1, 1, "B", "", api_name="/study_submit")
     assert again["status"] == "duplicate" and again["next_trial"] is None
@@ -86,8 +97,16 @@ def test_browser_rater_consents_listens_rates_and_sees_the_reveal(server, runner
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright; never `playwright install`")
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required"]
+    flags = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--autoplay-policy=no-user-gesture-required",
+    ]
     outside = []
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=flags)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from blsp_emo.study import StudyConfig, StudyStore, balance
 from blsp_emo.bench.study_load import run_load
+from blsp_emo.study import StudyConfig, StudyStore, balance
 from study_fixtures import SYSTEMS, write_study
 
 pytest.importorskip("gradio_client")
@@ -41,14 +41,31 @@ class Server:
     def __init__(self, bundle: Path, study: Path, db: Path, log: Path):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        self.cmd = [sys.executable, "app.py", "--model", str(bundle), "--systems", ",".join(SYSTEMS), "--tts", "none",
-                    "--study", str(study), "--study-db", str(db), "--host", "127.0.0.1", "--port", str(self.port)]
+        self.cmd = [
+            sys.executable,
+            "app.py",
+            "--model",
+            str(bundle),
+            "--systems",
+            ",".join(SYSTEMS),
+            "--tts",
+            "none",
+            "--study",
+            str(study),
+            "--study-db",
+            str(db),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "BLSP_EMO_ADMIN_TOKEN": TOKEN}
         self.log, self.proc = log, None
 
     def start(self, timeout: float = 180) -> None:
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=open(self.log, "a"),
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=ROOT, env=self.env, stdout=open(self.log, "a"), stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"server exited: {self.log.read_text()[-2000:]}"
@@ -117,8 +134,9 @@ def test_sigkill_mid_load_then_restart_loses_no_acknowledged_rating(setup):
                 enough.set()
 
     outcome = {}
-    load = threading.Thread(target=lambda: outcome.update(
-        run_load(server.url, RATERS, TOKEN, timeout_s=300, seed=2, on_ack=on_ack)))
+    load = threading.Thread(
+        target=lambda: outcome.update(run_load(server.url, RATERS, TOKEN, timeout_s=300, seed=2, on_ack=on_ack))
+    )
     load.start()
     assert enough.wait(180), "no ratings acknowledged before the kill"
     server.kill()
@@ -139,15 +157,40 @@ def test_sigkill_mid_load_then_restart_loses_no_acknowledged_rating(setup):
 def test_report_on_the_load_test_ratings_writes_tables_and_plots(setup):
     server, config, root = setup
     out = root / "report"
-    run = subprocess.run([sys.executable, "-m", "blsp_emo", "study", "report", "--db", str(root / "ratings.sqlite"),
-                          "--out", str(out), "--config", str(config.path), "--bootstrap", "200"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "blsp_emo",
+            "study",
+            "report",
+            "--db",
+            str(root / "ratings.sqlite"),
+            "--out",
+            str(out),
+            "--config",
+            str(config.path),
+            "--bootstrap",
+            "200",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ratings"] >= RATERS * config.trials_per_rater
     assert {r["system"] for r in summary["scores"]} == set(SYSTEMS)
     assert len(summary["pairwise"]) == 3 and summary["assignment"]["spread"] <= 1
-    for name in ("scores.csv", "pairwise.csv", "bradley_terry.csv", "report.md", "scores.png",
-                 "bradley_terry.png", "preferences.png"):
+    for name in (
+        "scores.csv",
+        "pairwise.csv",
+        "bradley_terry.csv",
+        "report.md",
+        "scores.png",
+        "bradley_terry.png",
+        "preferences.png",
+    ):
         assert (out / name).stat().st_size > 100, name
     assert "Bradley–Terry" in run.stdout

@@ -34,10 +34,13 @@ def _synth_args(**overrides) -> Namespace:
 def sentences_file(tmp_path_factory):
     """One plain sentence and one with an angry cue: 5 + 1 clips for one voice."""
     path = tmp_path_factory.mktemp("sentences") / "s.jsonl"
-    sent.write_sentences([
-        sent.Sentence("train00000", "The letter is at the front desk."),
-        sent.Sentence("train00001", "How dare you read my letters?", "angry"),
-    ], path)
+    sent.write_sentences(
+        [
+            sent.Sentence("train00000", "The letter is at the front desk."),
+            sent.Sentence("train00001", "How dare you read my letters?", "angry"),
+        ],
+        path,
+    )
     return path
 
 
@@ -149,12 +152,15 @@ def test_happy_and_surprise_are_higher(acoustics):
     assert acoustics["surprise"].f0_range_st > acoustics["sad"].f0_range_st + 3
 
 
-@pytest.mark.parametrize("knob, low, high, measured", [
-    ("pitch", -40, 60, "f0_hz"),
-    ("pitch_range", -60, 80, "f0_range_st"),
-    ("rate", 40, -30, "duration_s"),  # faster speech is shorter
-    ("volume", -40, 60, "rms"),
-])
+@pytest.mark.parametrize(
+    "knob, low, high, measured",
+    [
+        ("pitch", -40, 60, "f0_hz"),
+        ("pitch_range", -60, 80, "f0_range_st"),
+        ("rate", 40, -30, "duration_s"),  # faster speech is shorter
+        ("volume", -40, 60, "rms"),
+    ],
+)
 def test_each_ssml_knob_moves_its_measure(knob, low, high, measured):
     voice = synth.Voice.parse(VOICE)
     base = dict(pitch=0, pitch_range=0, rate=0, volume=0, amplitude=60)
@@ -217,9 +223,14 @@ def test_every_default_voice_renders_as_itself():
     assert len(set(digests.values())) == len(digests)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("en-xx+m3", "unknown accent"), ("en-us+nonexist", "unknown variant"), ("en-us+Edward", "did you mean 'edward'"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("en-xx+m3", "unknown accent"),
+        ("en-us+nonexist", "unknown variant"),
+        ("en-us+Edward", "did you mean 'edward'"),
+    ],
+)
 def test_unknown_voices_are_refused(spec, message):
     with pytest.raises(synth.VoiceError, match=message):
         synth.check_voices([spec])

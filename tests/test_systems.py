@@ -72,7 +72,10 @@ def test_greedy_is_deterministic_and_sampling_follows_the_seed(model_and_tokeniz
     sample = GenerationOptions(temperature=1.5, top_p=1.0, max_new_tokens=12, seed=7)
     first = system.respond(clip, options=sample)
     assert first.seed == 7 and system.respond(clip, options=sample).token_ids == first.token_ids
-    other = [system.respond(clip, options=GenerationOptions(temperature=1.5, top_p=1.0, max_new_tokens=12, seed=s)).token_ids for s in range(5)]
+    other = [
+        system.respond(clip, options=GenerationOptions(temperature=1.5, top_p=1.0, max_new_tokens=12, seed=s)).token_ids
+        for s in range(5)
+    ]
     assert len(set(other)) > 1
 
 
@@ -133,7 +136,9 @@ def test_min_new_tokens_keeps_a_reply_from_being_empty():
         return SimpleNamespace(logits=logits[:, None, :])
 
     def run(**kw):
-        return list(decode(llm, logits, None, GenerationOptions(greedy=True, max_new_tokens=5, **kw), frozenset({stop}), 0))
+        return list(
+            decode(llm, logits, None, GenerationOptions(greedy=True, max_new_tokens=5, **kw), frozenset({stop}), 0)
+        )
 
     assert run(min_new_tokens=0) == []
     assert run() == [2]

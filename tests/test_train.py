@@ -19,9 +19,9 @@ import soundfile as sf
 import torch
 
 import tiny
+from blsp_emo.emotion import EMOTIONS
 from blsp_emo.model.checkpoint import load_model, save_model
 from blsp_emo.model.config import BlspEmoConfig
-from blsp_emo.emotion import EMOTIONS
 from blsp_emo.model.model import BlspEmoModel
 from blsp_emo.prompts import STAGE1_INSTRUCTION, STAGE2_TEACHER_INSTRUCTION
 from train import loop
@@ -41,7 +41,18 @@ TEXTS = [
     "I'm sorry to hear that.",
 ]
 # A fixed batch: every row in one batch, in file order, for a few dozen steps.
-FIXED_BATCH = ["--batch-size", "4", "--grad-accum", "1", "--shuffle-buffer", "1", "--warmup-steps", "0", "--log-steps", "1"]
+FIXED_BATCH = [
+    "--batch-size",
+    "4",
+    "--grad-accum",
+    "1",
+    "--shuffle-buffer",
+    "1",
+    "--warmup-steps",
+    "0",
+    "--log-steps",
+    "1",
+]
 
 
 def _write_manifest(path: Path, rows: list[dict]) -> Path:
@@ -104,8 +115,22 @@ def _init_model(tokenizer) -> BlspEmoModel:
 
 @pytest.fixture(scope="module")
 def stage1_data(work):
-    assert main(["teacher", "--stage", "stage1", "--manifest", str(work / "asr.jsonl"), "--model", str(work / "init"),
-                 "--out-dir", str(work / "labels1")]) == 0
+    assert (
+        main(
+            [
+                "teacher",
+                "--stage",
+                "stage1",
+                "--manifest",
+                str(work / "asr.jsonl"),
+                "--model",
+                str(work / "init"),
+                "--out-dir",
+                str(work / "labels1"),
+            ]
+        )
+        == 0
+    )
     out = work / "labels1" / "asr_0_1.jsonl"
     # One refusal, as the 7B chat model sometimes writes, to be cleaned away.
     refusal = {**_lines(out)[0], "output": "I'm sorry, but I cannot continue this."}
@@ -117,17 +142,69 @@ def stage1_data(work):
 @pytest.fixture(scope="module")
 def stage1_model(work, stage1_data):
     clean([stage1_data])
-    assert main(["stage1", "--manifest", str(work / "labels1" / "asr_0_1_clean.jsonl"), "--init", str(work / "init"),
-                 "--output", str(work / "stage1"), "--max-steps", "20", "--lr", "3e-3", *FIXED_BATCH]) == 0
+    assert (
+        main(
+            [
+                "stage1",
+                "--manifest",
+                str(work / "labels1" / "asr_0_1_clean.jsonl"),
+                "--init",
+                str(work / "init"),
+                "--output",
+                str(work / "stage1"),
+                "--max-steps",
+                "20",
+                "--lr",
+                "3e-3",
+                *FIXED_BATCH,
+            ]
+        )
+        == 0
+    )
     return work / "stage1"
 
 
 @pytest.fixture(scope="module")
 def stage2_model(work, stage1_model):
-    assert main(["teacher", "--stage", "stage2", "--manifest", str(work / "ser.jsonl"), "--model", str(work / "init"),
-                 "--out-dir", str(work / "labels2"), "--batch-size", "3"]) == 0
-    assert main(["stage2", "--manifest", str(work / "labels2" / "ser_0_1.jsonl"), "--init", str(stage1_model),
-                 "--output", str(work / "stage2"), "--max-steps", "20", "--lr", "1e-2", "--lora-rank", "4", *FIXED_BATCH]) == 0
+    assert (
+        main(
+            [
+                "teacher",
+                "--stage",
+                "stage2",
+                "--manifest",
+                str(work / "ser.jsonl"),
+                "--model",
+                str(work / "init"),
+                "--out-dir",
+                str(work / "labels2"),
+                "--batch-size",
+                "3",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "stage2",
+                "--manifest",
+                str(work / "labels2" / "ser_0_1.jsonl"),
+                "--init",
+                str(stage1_model),
+                "--output",
+                str(work / "stage2"),
+                "--max-steps",
+                "20",
+                "--lr",
+                "1e-2",
+                "--lora-rank",
+                "4",
+                *FIXED_BATCH,
+            ]
+        )
+        == 0
+    )
     return work / "stage2"
 
 
@@ -170,9 +247,25 @@ def test_stage2_trains_adapter_lora_and_head_and_its_losses_fall(stage1_model, s
 
 def test_the_result_loads_with_model(work, stage2_model):
     out = subprocess.run(
-        [sys.executable, "-m", "blsp_emo", "respond", str(work / "clip0.wav"), "--model", str(stage2_model),
-         "--json", "--greedy", "--max-new-tokens", "4"],
-        capture_output=True, text=True, check=False, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "blsp_emo",
+            "respond",
+            str(work / "clip0.wav"),
+            "--model",
+            str(stage2_model),
+            "--json",
+            "--greedy",
+            "--max-new-tokens",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     reply = json.loads(out.stdout)
@@ -260,7 +353,12 @@ def test_dataset_drops_and_counts_what_cannot_train(bad_clips, tokenizer):
     assert [e.emotion for e in examples] == [-100, EMOTIONS.index("sad")]  # unlabeled rows train too
     assert dataset.report.kept == 2
     assert dict(dataset.report.dropped) == {
-        "missing_file": 1, "unreadable": 1, "too_short": 1, "too_long": 1, "too_many_tokens": 1, "no_target": 1,
+        "missing_file": 1,
+        "unreadable": 1,
+        "too_short": 1,
+        "too_long": 1,
+        "too_many_tokens": 1,
+        "no_target": 1,
     }
     assert "missing.wav" in dataset.report.examples["missing_file"][0]
     batch = Collator(STAGES["stage1"], tokenizer, tiny.model(lora_rank=0, tok=tokenizer)[0].config)(examples)
@@ -285,11 +383,31 @@ def test_warp_augments_each_clip_reproducibly(bad_clips, tokenizer):
 
 
 def test_a_manifest_with_a_missing_a_corrupt_and_a_45s_clip_trains_and_reports_them(work, bad_clips, capsys):
-    rows = [_teacher_row(bad_clips / name) for name in ("good.wav", "missing.wav", "corrupt.wav", "long45.wav", "good.wav")]
+    rows = [
+        _teacher_row(bad_clips / name) for name in ("good.wav", "missing.wav", "corrupt.wav", "long45.wav", "good.wav")
+    ]
     manifest = _write_manifest(bad_clips / "mixed.jsonl", rows)
     out = bad_clips / "run"
-    assert main(["stage1", "--manifest", str(manifest), "--init", str(work / "init"), "--output", str(out),
-                 "--max-steps", "2", "--batch-size", "2", "--grad-accum", "1"]) == 0
+    assert (
+        main(
+            [
+                "stage1",
+                "--manifest",
+                str(manifest),
+                "--init",
+                str(work / "init"),
+                "--output",
+                str(out),
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--grad-accum",
+                "1",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "training.json").read_text())["data"][0]
     assert report["kept"] == 2
     assert report["dropped"] == {"missing_file": 1, "unreadable": 1, "too_long": 1}
@@ -298,7 +416,9 @@ def test_a_manifest_with_a_missing_a_corrupt_and_a_45s_clip_trains_and_reports_t
 
 
 def test_a_manifest_line_without_teacher_output_is_an_error_naming_the_line(work, capsys):
-    code = main(["stage1", "--manifest", str(work / "asr.jsonl"), "--init", str(work / "init"), "--output", str(work / "x")])
+    code = main(
+        ["stage1", "--manifest", str(work / "asr.jsonl"), "--init", str(work / "init"), "--output", str(work / "x")]
+    )
     assert code == 2
     assert "asr.jsonl:1: missing keys ['output', 'early_stop']" in capsys.readouterr().err
 
@@ -311,14 +431,38 @@ class Killed(Exception):
 
 
 def test_a_killed_run_resumes_to_the_same_weights_and_optimizer_state(work, stage1_model, monkeypatch, tmp_path):
-    rows = [_teacher_row(work / f"clip{i}.wav", text=t, output=t, emotion=e) for i, (t, e) in enumerate(zip(TEXTS, EMOTIONS))]
+    rows = [
+        _teacher_row(work / f"clip{i}.wav", text=t, output=t, emotion=e)
+        for i, (t, e) in enumerate(zip(TEXTS, EMOTIONS))
+    ]
     manifest = _write_manifest(tmp_path / "m.jsonl", rows)
 
     def run(output: Path, *extra: str) -> int:
         # Batches of 2 over 4 rows reshuffled each epoch; LoRA dropout draws from the RNG.
-        return main(["stage2", "--manifest", str(manifest), "--init", str(stage1_model), "--output", str(output),
-              "--max-steps", "6", "--save-steps", "3", "--batch-size", "2", "--grad-accum", "1",
-              "--lora-rank", "4", "--log-steps", "1", *extra])
+        return main(
+            [
+                "stage2",
+                "--manifest",
+                str(manifest),
+                "--init",
+                str(stage1_model),
+                "--output",
+                str(output),
+                "--max-steps",
+                "6",
+                "--save-steps",
+                "3",
+                "--batch-size",
+                "2",
+                "--grad-accum",
+                "1",
+                "--lora-rank",
+                "4",
+                "--log-steps",
+                "1",
+                *extra,
+            ]
+        )
 
     assert run(tmp_path / "straight") == 0
     save = loop.save_checkpoint
@@ -339,14 +483,19 @@ def test_a_killed_run_resumes_to_the_same_weights_and_optimizer_state(work, stag
 
     straight, resumed = tmp_path / "straight", tmp_path / "killed"
     assert [r["step"] for r in _lines(resumed / "log.jsonl")] == [1, 2, 3, 4, 5, 6]
-    timeless = [[{k: v for k, v in r.items() if k != "s_per_step"} for r in _lines(f / "log.jsonl")] for f in (straight, resumed)]
+    timeless = [
+        [{k: v for k, v in r.items() if k != "s_per_step"} for r in _lines(f / "log.jsonl")]
+        for f in (straight, resumed)
+    ]
     assert timeless[0] == timeless[1]  # same losses, learning rates and gradient norms at every step
     a, b = _state(straight), _state(resumed)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     opt_a = torch.load(straight / "checkpoint-6" / "optimizer.bin", weights_only=True)["state"]
     opt_b = torch.load(resumed / "checkpoint-6" / "optimizer.bin", weights_only=True)["state"]
     assert opt_a.keys() == opt_b.keys()
-    assert all(torch.allclose(opt_a[i][key], opt_b[i][key], atol=1e-6) for i in opt_a for key in ("exp_avg", "exp_avg_sq"))
+    assert all(
+        torch.allclose(opt_a[i][key], opt_b[i][key], atol=1e-6) for i in opt_a for key in ("exp_avg", "exp_avg_sq")
+    )
     assert not (resumed / "checkpoint-3").exists()  # save_total_limit 1
 
 
@@ -357,7 +506,11 @@ def test_stages_hold_the_released_recipe():
     s1, s2 = STAGES["stage1"], STAGES["stage2"]
     assert (s1.trainable, s1.losses, s1.lr, s1.warmup_steps) == ({"adapter"}, ("response_kl",), 1e-4, 1000)
     assert (s2.trainable, s2.losses, s2.lr, s2.warmup_steps) == (
-        {"adapter", "lora", "emotion_head"}, ("response_ce", "input_er"), 2e-5, 200)
+        {"adapter", "lora", "emotion_head"},
+        ("response_ce", "input_er"),
+        2e-5,
+        200,
+    )
     assert 4 * s1.batch_size * s1.grad_accum == 768 and 4 * s2.batch_size * s2.grad_accum == 128
     assert (s1.weight_decay, s1.max_grad_norm, s1.seed) == (0.05, 1.0, 1)
     assert with_encoder(s2).trainable == s2.trainable | {"encoder"}
@@ -389,7 +542,9 @@ def test_log_warmup_follows_deepspeed_then_decays_linearly_to_zero():
     assert lr_factor(0, 1000, 5000) == 0.0
     assert lr_factor(1, 1000, 5000) == pytest.approx(math.log(2) / math.log(1000))  # a tenth already
     assert lr_factor(999, 1000, 5000) == pytest.approx(1.0, abs=1e-3)
-    assert lr_factor(1000, 1000, 5000) == 1.0 and lr_factor(3000, 1000, 5000) == 0.5 and lr_factor(5000, 1000, 5000) == 0.0
+    assert (
+        lr_factor(1000, 1000, 5000) == 1.0 and lr_factor(3000, 1000, 5000) == 0.5 and lr_factor(5000, 1000, 5000) == 0.0
+    )
     assert lr_factor(100, 1000, 5000, "linear") == 0.1
     with pytest.raises(ValueError, match="warmup_type"):
         lr_factor(0, 10, 100, "cosine")

@@ -107,7 +107,8 @@ def test_pyttsx3_serialised_requests_keep_their_text_and_style(pyttsx3_synth):
     assert all(d > 0.3 for d in expected)
     # styles reach the engine (pyttsx3 on eSpeak drops rate changes when not serialised and settled)
     assert duration(pyttsx3_synth.synthesize(SENTENCES[2], style_for("sad"))) > 1.1 * duration(
-        pyttsx3_synth.synthesize(SENTENCES[2], style_for("happy")))
+        pyttsx3_synth.synthesize(SENTENCES[2], style_for("happy"))
+    )
     # pyttsx3's eSpeak driver drops the last audio buffer of each utterance, whose length depends on
     # the previous one (up to ~50 ms); another request's text or style would be off by 0.4 s or more.
     for threads in (4, 8):

@@ -96,10 +96,27 @@ def test_the_app_uses_it_with_its_settings_and_the_gradio_internals_it_drives_ex
     demo = app.build_demo({}, None, concurrency=3, max_queue=5)
     queue = demo._queue
     assert isinstance(queue, WakingQueue) and (queue.max_size, queue.default_concurrency_limit) == (5, 3)
-    for name in ("get_events", "process_events", "push", "broadcast_estimations", "_cancel_asyncio_tasks",
-                 "send_message", "start_progress_updates"):
+    for name in (
+        "get_events",
+        "process_events",
+        "push",
+        "broadcast_estimations",
+        "_cancel_asyncio_tasks",
+        "send_message",
+        "start_progress_updates",
+    ):
         assert callable(getattr(Queue, name, None)), name
-    for name in ("active_jobs", "event_queue_per_concurrency_id", "event_analytics", "_asyncio_tasks", "delete_lock",
-                 "live_updates", "max_thread_count", "update_intervals", "blocks", "stopped",
-                 "progress_update_sleep_when_free"):
+    for name in (
+        "active_jobs",
+        "event_queue_per_concurrency_id",
+        "event_analytics",
+        "_asyncio_tasks",
+        "delete_lock",
+        "live_updates",
+        "max_thread_count",
+        "update_intervals",
+        "blocks",
+        "stopped",
+        "progress_update_sleep_when_free",
+    ):
         assert hasattr(queue, name), name

@@ -12,11 +12,19 @@ import pytest
 
 import tiny
 from blsp_emo import GenerationOptions, available_systems
-from blsp_emo.serving import workers as workers_module
 from blsp_emo.audio import AudioError
 from blsp_emo.prompts import Turn
+from blsp_emo.serving import workers as workers_module
+from blsp_emo.serving.workers import (
+    RemoteSystem,
+    WorkerError,
+    WorkerPool,
+    WorkerSpec,
+    _home_key,
+    _Worker,
+    freeze_loaded,
+)
 from blsp_emo.systems import Reply, Timings, load_systems, paced
-from blsp_emo.serving.workers import RemoteSystem, WorkerError, WorkerPool, WorkerSpec, _home_key, _Worker, freeze_loaded
 
 GREEDY = GenerationOptions(max_new_tokens=12, greedy=True)
 LONG = GenerationOptions(max_new_tokens=64, min_new_tokens=48, greedy=True)  # long enough to cancel midway
@@ -55,7 +63,10 @@ def test_every_system_answers_as_it_does_in_process(pool, local):
         assert [r.done for r in streamed] == [False] * (len(streamed) - 1) + [True]
         first, reference = streamed[-1], here.respond(clip, options=GREEDY)
         assert (first.token_ids, dict(first.emotion_scores), first.transcript) == (
-            reference.token_ids, dict(reference.emotion_scores), reference.transcript)
+            reference.token_ids,
+            dict(reference.emotion_scores),
+            reference.transcript,
+        )
         history = first.turns(clip)  # a typed turn after the spoken one: the history travels with the call
         follow = remote.respond(text="and then?", history=history, options=GREEDY)
         assert follow.token_ids == here.respond(text="and then?", history=history, options=GREEDY).token_ids
@@ -187,11 +198,14 @@ def test_a_worker_that_cannot_start_is_reported(monkeypatch, bundle_dir):
 
 def test_workers_exit_when_the_server_goes_away(bundle_dir):
     """A server killed outright leaves no worker behind: each sees its connections close."""
-    script = ("import sys; from blsp_emo.serving.workers import WorkerPool, WorkerSpec; "
-              f"pool = WorkerPool.start(WorkerSpec(('blsp',), model={str(bundle_dir)!r}, threads=1), workers=1); "
-              "print(pool.pids[0], flush=True); sys.stdin.read()")
-    server = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    script = (
+        "import sys; from blsp_emo.serving.workers import WorkerPool, WorkerSpec; "
+        f"pool = WorkerPool.start(WorkerSpec(('blsp',), model={str(bundle_dir)!r}, threads=1), workers=1); "
+        "print(pool.pids[0], flush=True); sys.stdin.read()"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     pid = int(server.stdout.readline())
     server.kill()
     server.wait()
@@ -206,8 +220,10 @@ def test_workers_exit_when_the_server_goes_away(bundle_dir):
 
 def test_a_server_of_workers_never_imports_torch():
     """The page's process decodes audio and streams replies without the model code (it starts sooner)."""
-    code = ("import sys, app, webui.demo_page, webui.study_tabs; "
-            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys, app, webui.demo_page, webui.study_tabs; "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

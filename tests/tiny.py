@@ -6,22 +6,33 @@ import numpy as np
 import torch
 from transformers import Qwen2Config, WhisperConfig
 
-from blsp_emo.systems.asr import CtcRecognizer, CtcRecognizerConfig
 from blsp_emo.audio import SAMPLE_RATE
 from blsp_emo.model.config import BlspEmoConfig
 from blsp_emo.model.model import BlspEmoModel
-from blsp_emo.prompts import (
-    CASCADE_SER_USER, SER_INSTRUCTION, STAGE1_INSTRUCTION, STAGE2_AUDIO_INSTRUCTION,
-    STAGE2_TEACHER_INSTRUCTION, SYSTEM_EMPATHETIC, SYSTEM_PLAIN,
-)
-from blsp_emo.systems.ser import WhisperEmotionClassifier
 from blsp_emo.model.tokenizer import ChatTokenizer, train_bpe_tokenizer
+from blsp_emo.prompts import (
+    CASCADE_SER_USER,
+    SER_INSTRUCTION,
+    STAGE1_INSTRUCTION,
+    STAGE2_AUDIO_INSTRUCTION,
+    STAGE2_TEACHER_INSTRUCTION,
+    SYSTEM_EMPATHETIC,
+    SYSTEM_PLAIN,
+)
+from blsp_emo.systems.asr import CtcRecognizer, CtcRecognizerConfig
+from blsp_emo.systems.ser import WhisperEmotionClassifier
 
 WINDOW_POSITIONS = 500  # 1000 mel frames: a 10 s window
 
 CORPUS = [
-    SYSTEM_PLAIN, SYSTEM_EMPATHETIC, SER_INSTRUCTION, STAGE1_INSTRUCTION, STAGE2_AUDIO_INSTRUCTION,
-    STAGE2_TEACHER_INSTRUCTION, CASCADE_SER_USER, "system\nuser\nassistant\n",
+    SYSTEM_PLAIN,
+    SYSTEM_EMPATHETIC,
+    SER_INSTRUCTION,
+    STAGE1_INSTRUCTION,
+    STAGE2_AUDIO_INSTRUCTION,
+    STAGE2_TEACHER_INSTRUCTION,
+    CASCADE_SER_USER,
+    "system\nuser\nassistant\n",
     "I got the letter from the office today. That sounds wonderful, tell me more!",
     "I'm sorry to hear that. It must be hard for you. Héllo wörld ✓ 你好",
 ] * 3
@@ -29,9 +40,17 @@ CORPUS = [
 
 def encoder_config() -> WhisperConfig:
     return WhisperConfig(
-        d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64, num_mel_bins=80,
-        max_source_positions=WINDOW_POSITIONS, vocab_size=8, pad_token_id=0, bos_token_id=1,
-        eos_token_id=2, decoder_start_token_id=1,
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        num_mel_bins=80,
+        max_source_positions=WINDOW_POSITIONS,
+        vocab_size=8,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
     )
 
 
@@ -41,9 +60,15 @@ def tokenizer() -> ChatTokenizer:
 
 def llm_config(vocab_size: int) -> Qwen2Config:
     return Qwen2Config(
-        vocab_size=vocab_size, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        tie_word_embeddings=True, rope_theta=10000.0,
+        vocab_size=vocab_size,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
     )
 
 

@@ -19,20 +19,26 @@ import sys
 from dataclasses import replace
 
 from train.data import DataLimits
+from train.demo_world.synth import SynthesisError
 from train.manifest import ManifestError
 from train.stages import STAGES, Stage, with_encoder
-from train.demo_world.synth import SynthesisError
 
 
 def cmd_teacher(args) -> int:
     from blsp_emo.model.checkpoint import load_model
-
     from train.teacher import Shard, generate_teacher_outputs
 
     shard = Shard(args.shard, args.num_shards)  # validate before loading a model
     model, tokenizer = load_model(args.model, args.device or _default_device(), args.dtype)
     summary = generate_teacher_outputs(
-        model.llm, tokenizer, STAGES[args.stage], args.manifest, args.out_dir, shard, args.batch_size, args.max_new_tokens
+        model.llm,
+        tokenizer,
+        STAGES[args.stage],
+        args.manifest,
+        args.out_dir,
+        shard,
+        args.batch_size,
+        args.max_new_tokens,
     )
     print(json.dumps(summary))
     return 0
@@ -50,11 +56,19 @@ def cmd_stage(args) -> int:
 
     stage = _stage(args)
     run = RunConfig(
-        manifests=tuple(args.manifest), init=args.init, output=args.output, lora_rank=args.lora_rank,
-        max_steps=args.max_steps, log_steps=args.log_steps, save_total_limit=args.save_total_limit,
-        resume=args.resume, mixed_precision=args.mixed_precision, warmup_type=args.warmup_type,
+        manifests=tuple(args.manifest),
+        init=args.init,
+        output=args.output,
+        lora_rank=args.lora_rank,
+        max_steps=args.max_steps,
+        log_steps=args.log_steps,
+        save_total_limit=args.save_total_limit,
+        resume=args.resume,
+        mixed_precision=args.mixed_precision,
+        warmup_type=args.warmup_type,
         limits=DataLimits(args.min_seconds, args.max_seconds, args.max_length),
-        shuffle_buffer=args.shuffle_buffer, warp=args.warp,
+        shuffle_buffer=args.shuffle_buffer,
+        warp=args.warp,
     )
     train(stage, run)
     return 0
@@ -80,12 +94,21 @@ def _default_device() -> str:
 
 def _add_teacher(sub) -> None:
     p = sub.add_parser("teacher", help="text-LLM continuations of a manifest (the training targets)")
-    p.add_argument("--stage", required=True, choices=list(STAGES), help="stage1: plain continuation; stage2: emotion-named, empathetic")
+    p.add_argument(
+        "--stage",
+        required=True,
+        choices=list(STAGES),
+        help="stage1: plain continuation; stage2: emotion-named, empathetic",
+    )
     p.add_argument("--manifest", required=True, help="JSON lines with audio, text (and emotion for stage2)")
     p.add_argument("--model", required=True, help="BLSP-Emo model folder whose LLM is the teacher")
     p.add_argument("--out-dir", required=True, help="writes {manifest stem}_{shard}_{num_shards}.jsonl here")
-    p.add_argument("--shard", type=int, default=int(os.environ.get("RANK", "0")), help="this process's shard (default: $RANK)")
-    p.add_argument("--num-shards", type=int, default=int(os.environ.get("WORLD_SIZE", "1")), help="default: $WORLD_SIZE")
+    p.add_argument(
+        "--shard", type=int, default=int(os.environ.get("RANK", "0")), help="this process's shard (default: $RANK)"
+    )
+    p.add_argument(
+        "--num-shards", type=int, default=int(os.environ.get("WORLD_SIZE", "1")), help="default: $WORLD_SIZE"
+    )
     p.add_argument("--batch-size", type=int, default=4, help="prompts per left-padded batch (released: 4)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="released: 48")
     p.add_argument("--device", default=None, help="default: this rank's GPU, else cpu")
@@ -103,23 +126,40 @@ def _add_clean(sub) -> None:
 def _add_stage(sub, stage: Stage) -> None:
     p = sub.add_parser(stage.name, help=f"{stage.description} (losses: {', '.join(stage.losses)})")
     p.add_argument("--manifest", required=True, nargs="+", help="cleaned teacher outputs")
-    p.add_argument("--init", required=True, help="model folder to start from" + (" (a stage-1 output)" if "lora" in stage.trainable else ""))
+    p.add_argument(
+        "--init",
+        required=True,
+        help="model folder to start from" + (" (a stage-1 output)" if "lora" in stage.trainable else ""),
+    )
     p.add_argument("--output", required=True, help="final model folder; checkpoints and logs go inside")
     numbers = p.add_argument_group("method (defaults: the released run, docs/paper.md §4)")
     numbers.add_argument("--lr", type=float, help=f"peak learning rate (default {stage.lr:g})")
     numbers.add_argument("--warmup-steps", type=int, help=f"default {stage.warmup_steps}")
-    numbers.add_argument("--warmup-type", default="log", choices=["log", "linear"], help="log: DeepSpeed's default, as released")
+    numbers.add_argument(
+        "--warmup-type", default="log", choices=["log", "linear"], help="log: DeepSpeed's default, as released"
+    )
     numbers.add_argument("--batch-size", type=int, help=f"per device (default {stage.batch_size})")
-    numbers.add_argument("--grad-accum", type=int, help=f"default {stage.grad_accum}; 4 GPUs x batch x accum = {4 * stage.batch_size * stage.grad_accum}")
+    numbers.add_argument(
+        "--grad-accum",
+        type=int,
+        help=f"default {stage.grad_accum}; 4 GPUs x batch x accum = {4 * stage.batch_size * stage.grad_accum}",
+    )
     numbers.add_argument("--epochs", type=int, help=f"default {stage.epochs}")
     numbers.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (replaces --epochs)")
     numbers.add_argument("--seed", type=int, help=f"default {stage.seed}")
-    numbers.add_argument("--warp", type=float, default=0.0,
-                         help="speaker augmentation (not in the paper): scale each clip's mel axis by up to 1 +- WARP")
+    numbers.add_argument(
+        "--warp",
+        type=float,
+        default=0.0,
+        help="speaker augmentation (not in the paper): scale each clip's mel axis by up to 1 +- WARP",
+    )
     if "lora" in stage.trainable:
-        numbers.add_argument("--lora-rank", type=int, default=16, help="rank of the LoRA added to a model without one (released: 16)")
         numbers.add_argument(
-            "--unfreeze-encoder", action="store_true",
+            "--lora-rank", type=int, default=16, help="rank of the LoRA added to a model without one (released: 16)"
+        )
+        numbers.add_argument(
+            "--unfreeze-encoder",
+            action="store_true",
             help="also train the Whisper encoder, as the paper's figure shows; the released script keeps it frozen (default)",
         )
     run = p.add_argument_group("run")
@@ -127,9 +167,16 @@ def _add_stage(sub, stage: Stage) -> None:
     run.add_argument("--save-total-limit", type=int, default=1, help="checkpoints kept")
     run.add_argument("--log-steps", type=int, default=20)
     run.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
-    run.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"], help="auto: bf16 where the GPU has it")
+    run.add_argument(
+        "--mixed-precision",
+        default="auto",
+        choices=["auto", "no", "bf16", "fp16"],
+        help="auto: bf16 where the GPU has it",
+    )
     run.add_argument("--min-seconds", type=float, default=1.0, help="drop shorter clips")
-    run.add_argument("--max-seconds", type=float, default=30.0, help="drop longer clips (and those beyond the encoder window)")
+    run.add_argument(
+        "--max-seconds", type=float, default=30.0, help="drop longer clips (and those beyond the encoder window)"
+    )
     run.add_argument("--max-length", type=int, default=256, help="drop rows whose text sequence has more tokens")
     run.add_argument("--shuffle-buffer", type=int, default=10_000, help="rows shuffled at a time (1: file order)")
     p.set_defaults(func=cmd_stage, lora_rank=16)
@@ -137,28 +184,65 @@ def _add_stage(sub, stage: Stage) -> None:
 
 def _add_demo_scale(sub) -> None:
     """The demo-scale world (issue 5): corpus, stage-0 pretraining, assembly."""
-    from train.demo_world import ablate
-    from train.demo_world import demo
-    from train.demo_world import pretrain_lm
-    from train.demo_world import pretrain_speech
-    from train.demo_world import sentences
-    from train.demo_world import synth
+    from train.demo_world import ablate, demo, pretrain_lm, pretrain_speech, sentences, synth
 
     commands = (
-        ("sentences", "sentence files for the synthetic corpus", sentences.__doc__, sentences.add_arguments, sentences.run),
-        ("synth", "emotional speech with espeak-ng: manifest.jsonl + wav/", synth.__doc__, synth.add_arguments, synth.run),
-        ("pretrain-asr", "stage 0: tiny Whisper encoder with CTC (BLSP-Emo's encoder, the cascades' ASR)",
-         pretrain_speech.__doc__, pretrain_speech.add_asr_arguments, pretrain_speech.run_asr),
-        ("pretrain-ser", "stage 0: the separate speech-emotion classifier for cascade-ser",
-         pretrain_speech.__doc__, pretrain_speech.add_ser_arguments, pretrain_speech.run_ser),
-        ("pretrain-lm", "stage 0: BPE tokenizer + tiny chat LM", pretrain_lm.__doc__,
-         pretrain_lm.add_lm_arguments, pretrain_lm.run_lm),
-        ("assemble", "stage 0: encoder + LM + new adapter = the stage-1 starting folder", pretrain_lm.__doc__,
-         pretrain_lm.add_assemble_arguments, pretrain_lm.run_assemble),
-        ("demo", "build every bundled demo model from nothing, with a results table", demo.__doc__,
-         demo.add_arguments, demo.run),
-        ("ablate", "which part of a voice a system takes for emotion: scores with espeak-ng settings removed",
-         ablate.__doc__, ablate.add_arguments, ablate.run),
+        (
+            "sentences",
+            "sentence files for the synthetic corpus",
+            sentences.__doc__,
+            sentences.add_arguments,
+            sentences.run,
+        ),
+        (
+            "synth",
+            "emotional speech with espeak-ng: manifest.jsonl + wav/",
+            synth.__doc__,
+            synth.add_arguments,
+            synth.run,
+        ),
+        (
+            "pretrain-asr",
+            "stage 0: tiny Whisper encoder with CTC (BLSP-Emo's encoder, the cascades' ASR)",
+            pretrain_speech.__doc__,
+            pretrain_speech.add_asr_arguments,
+            pretrain_speech.run_asr,
+        ),
+        (
+            "pretrain-ser",
+            "stage 0: the separate speech-emotion classifier for cascade-ser",
+            pretrain_speech.__doc__,
+            pretrain_speech.add_ser_arguments,
+            pretrain_speech.run_ser,
+        ),
+        (
+            "pretrain-lm",
+            "stage 0: BPE tokenizer + tiny chat LM",
+            pretrain_lm.__doc__,
+            pretrain_lm.add_lm_arguments,
+            pretrain_lm.run_lm,
+        ),
+        (
+            "assemble",
+            "stage 0: encoder + LM + new adapter = the stage-1 starting folder",
+            pretrain_lm.__doc__,
+            pretrain_lm.add_assemble_arguments,
+            pretrain_lm.run_assemble,
+        ),
+        (
+            "demo",
+            "build every bundled demo model from nothing, with a results table",
+            demo.__doc__,
+            demo.add_arguments,
+            demo.run,
+        ),
+        (
+            "ablate",
+            "which part of a voice a system takes for emotion: scores with espeak-ng settings removed",
+            ablate.__doc__,
+            ablate.add_arguments,
+            ablate.run,
+        ),
     )
     for name, help_, doc, add_arguments, run in commands:
         p = sub.add_parser(name, help=help_, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -167,7 +251,9 @@ def _add_demo_scale(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_demo_scale(sub)
     _add_teacher(sub)

@@ -14,22 +14,21 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
 from blsp_emo.audio import SAMPLE_RATE, AudioError, AudioTooLongError, SilentAudioError, load_audio
-from blsp_emo.model.config import BlspEmoConfig
 from blsp_emo.emotion import EMOTION_TO_ID
+from blsp_emo.model.config import BlspEmoConfig
 from blsp_emo.model.model import SpeechPrompt, TrainingBatch
 from blsp_emo.model.processor import clip_features, pad_rows, speech_lengths
-from blsp_emo.prompts import Piece, Speech, instruction_pieces, response_pieces
 from blsp_emo.model.tokenizer import IGNORE_INDEX, ChatTokenizer, EncodedPrompt
-
+from blsp_emo.prompts import Piece, Speech, instruction_pieces, response_pieces
 from train.manifest import TEACHER_KEYS, Row, read_rows
 from train.stages import Stage
 
@@ -97,7 +96,9 @@ class ManifestDataset(IterableDataset):
         world_size: int = 1,
     ):
         if shuffle_buffer < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need shuffle_buffer >= 1 and 0 <= rank < world_size, got {shuffle_buffer}, {rank}, {world_size}")
+            raise ValueError(
+                f"need shuffle_buffer >= 1 and 0 <= rank < world_size, got {shuffle_buffer}, {rank}, {world_size}"
+            )
         self.manifests = list(manifests)
         self.stage, self.tokenizer, self.limits = stage, tokenizer, limits
         self.shuffle_buffer, self.seed = shuffle_buffer, seed

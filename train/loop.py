@@ -19,9 +19,9 @@ import math
 import shutil
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from accelerate import Accelerator
@@ -30,7 +30,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from blsp_emo.model.checkpoint import save_model
-
 from train.data import REASONS, Batch, Collator, DataLimits, DataReport, ManifestDataset
 from train.manifest import TEACHER_KEYS, count_rows
 from train.schedule import WARMUP_TYPES, warmup_decay
@@ -95,7 +94,9 @@ class Session:
 
 def train(stage: Stage, run: RunConfig) -> Path:
     """Run `stage` as configured by `run`; returns the folder of the final model."""
-    accelerator = Accelerator(gradient_accumulation_steps=stage.grad_accum, mixed_precision=_precision(run.mixed_precision))
+    accelerator = Accelerator(
+        gradient_accumulation_steps=stage.grad_accum, mixed_precision=_precision(run.mixed_precision)
+    )
     rows = count_rows(run.manifests, TEACHER_KEYS)  # every line checked before a model loads
     if rows == 0:
         raise ValueError(f"no rows in {list(run.manifests)}")
@@ -105,12 +106,23 @@ def train(stage: Stage, run: RunConfig) -> Path:
     params = apply_stage(model, stage)
     limits = replace(run.limits, max_seconds=min(run.limits.max_seconds, model.config.window_seconds))
     dataset = ManifestDataset(
-        run.manifests, stage, tokenizer, limits, run.shuffle_buffer, stage.seed,
-        accelerator.process_index, accelerator.num_processes,
+        run.manifests,
+        stage,
+        tokenizer,
+        limits,
+        run.shuffle_buffer,
+        stage.seed,
+        accelerator.process_index,
+        accelerator.num_processes,
     )
     # No workers: rows are decoded here so the data report sees them all. The loader gets its own
     # generator so that iterating it never draws from the global RNG that checkpoints restore.
-    loader = DataLoader(dataset, stage.batch_size, collate_fn=Collator(stage, tokenizer, model.config, run.warp), generator=torch.Generator())
+    loader = DataLoader(
+        dataset,
+        stage.batch_size,
+        collate_fn=Collator(stage, tokenizer, model.config, run.warp),
+        generator=torch.Generator(),
+    )
     total = run.max_steps or _epoch_steps(rows, stage, accelerator.num_processes)
     optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=BETAS, eps=EPS, weight_decay=stage.weight_decay)
     if accelerator.state.deepspeed_plugin is not None:  # the loader is not prepared, so say it here
@@ -122,8 +134,11 @@ def train(stage: Stage, run: RunConfig) -> Path:
     accelerator.register_for_checkpointing(scheduler)
     session = Session(accelerator, stage, run, model, optimizer, scheduler, params, dataset, loader, total)
     state = _resume(session) if run.resume else TrainState()
-    _print(accelerator, f"{stage.name}: training {trainable_summary(accelerator.unwrap_model(model), stage)}; "
-           f"{total} steps, losses {', '.join(stage.losses)}, from step {state.step}")
+    _print(
+        accelerator,
+        f"{stage.name}: training {trainable_summary(accelerator.unwrap_model(model), stage)}; "
+        f"{total} steps, losses {', '.join(stage.losses)}, from step {state.step}",
+    )
     _train_epochs(session, state)
     return _save_final(session, tokenizer, state)
 
@@ -131,7 +146,9 @@ def train(stage: Stage, run: RunConfig) -> Path:
 def _train_epochs(s: Session, state: TrainState) -> None:
     s.model.train()
     # disable=None: a bar on a terminal only, and only from the main process.
-    bar = tqdm(total=s.total, initial=state.step, desc=s.stage.name, disable=None if s.accelerator.is_main_process else True)
+    bar = tqdm(
+        total=s.total, initial=state.step, desc=s.stage.name, disable=None if s.accelerator.is_main_process else True
+    )
     # max_steps, when given, replaces the epoch count (as in transformers' Trainer).
     while state.step < s.total and (s.run.max_steps or state.epoch < s.stage.epochs):
         s.dataset.set_epoch(state.epoch, state.position)
@@ -224,7 +241,14 @@ def _log(s: Session, state: TrainState, losses: dict, lr: float, grad_norm, seco
     if not s.accelerator.is_main_process:
         return
     norm = float(grad_norm) if grad_norm is not None else None  # None under DeepSpeed, which clips itself
-    record = {"step": state.step, "epoch": state.epoch + 1, **losses, "lr": lr, "grad_norm": norm, "s_per_step": seconds}
+    record = {
+        "step": state.step,
+        "epoch": state.epoch + 1,
+        **losses,
+        "lr": lr,
+        "grad_norm": norm,
+        "s_per_step": seconds,
+    }
     parts = [f"step {state.step}/{s.total}", *(f"{k} {v:.4f}" for k, v in losses.items()), f"lr {lr:.2e}"]
     parts += [f"grad_norm {norm:.3f}"] if norm is not None else []
     tqdm.write(" | ".join(parts + [f"{seconds:.2f} s/step"]))
@@ -246,7 +270,13 @@ def save_checkpoint(s: Session, state: TrainState) -> Path:
     s.accelerator.save_state(str(path))
     positions = s.accelerator.gather(torch.tensor([state.position], device=s.accelerator.device)).tolist()
     if s.accelerator.is_main_process:
-        saved = {"stage": s.stage.name, "step": state.step, "epoch": state.epoch, "positions": positions, "reports": state.reports}
+        saved = {
+            "stage": s.stage.name,
+            "step": state.step,
+            "epoch": state.epoch,
+            "positions": positions,
+            "reports": state.reports,
+        }
         # Written last: a folder without it is a save cut short, which _checkpoints ignores.
         (path / "trainer_state.json").write_text(json.dumps(saved, indent=1))
         for old in _checkpoints(s.run.output)[: -s.run.save_total_limit]:
@@ -265,7 +295,9 @@ def _check_output(run: RunConfig) -> None:
     if run.resume:
         return
     if _checkpoints(run.output):
-        raise ValueError(f"{run.output} holds checkpoints of an earlier run; pass --resume to continue it, or another --output")
+        raise ValueError(
+            f"{run.output} holds checkpoints of an earlier run; pass --resume to continue it, or another --output"
+        )
     Path(run.output).mkdir(parents=True, exist_ok=True)
     (Path(run.output) / "log.jsonl").unlink(missing_ok=True)
 
@@ -295,7 +327,9 @@ def _save_final(s: Session, tokenizer, state: TrainState) -> Path:
     if s.accelerator.is_main_process:
         save_model(s.accelerator.unwrap_model(s.model), tokenizer, out)
         settings = {"stage": {**asdict(s.stage), "trainable": sorted(s.stage.trainable)}, "run": asdict(s.run)}
-        (out / "training.json").write_text(json.dumps({**settings, "steps": state.step, "data": state.reports}, indent=1))
+        (out / "training.json").write_text(
+            json.dumps({**settings, "steps": state.step, "data": state.reports}, indent=1)
+        )
         tqdm.write(f"saved {s.stage.name} model to {out} after {state.step} steps")
     s.accelerator.wait_for_everyone()
     return out

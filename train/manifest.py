@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from blsp_emo.emotion import EMOTIONS
 
@@ -73,7 +73,9 @@ def _row(path: Path, number: int, line: str, required: Sequence[str]) -> Row:
     if emotion and emotion not in EMOTIONS:
         # The released repo never shows how corpus labels map to the five classes (docs/paper.md §9);
         # map them when building the manifest rather than let a typo train as "no label".
-        raise ManifestError(f"{where}: emotion {emotion!r} is not one of {EMOTIONS}; map it to one of them or leave it empty")
+        raise ManifestError(
+            f"{where}: emotion {emotion!r} is not one of {EMOTIONS}; map it to one of them or leave it empty"
+        )
     audio = Path(str(fields["audio"])).expanduser()
     if not audio.is_absolute():
         fields = {**fields, "audio": os.path.abspath(path.parent / audio)}

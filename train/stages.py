@@ -16,10 +16,14 @@ from torch import nn
 from blsp_emo.model.checkpoint import load_pretrained, resolve
 from blsp_emo.model.config import BlspEmoConfig
 from blsp_emo.model.model import LOSSES, BlspEmoModel
-from blsp_emo.prompts import (
-    STAGE1_INSTRUCTION, STAGE2_AUDIO_INSTRUCTION, STAGE2_TEACHER_INSTRUCTION, SYSTEM_EMPATHETIC, SYSTEM_PLAIN,
-)
 from blsp_emo.model.tokenizer import ChatTokenizer
+from blsp_emo.prompts import (
+    STAGE1_INSTRUCTION,
+    STAGE2_AUDIO_INSTRUCTION,
+    STAGE2_TEACHER_INSTRUCTION,
+    SYSTEM_EMPATHETIC,
+    SYSTEM_PLAIN,
+)
 
 # The parts a stage may train, by the model attribute that holds them. The LLM itself is never
 # trained: stage 2 adapts it through the audio-scoped LoRA only (docs/paper.md §1.3).
@@ -50,7 +54,9 @@ class Stage:
     def __post_init__(self):
         unknown = set(self.trainable) - set(PARTS)
         if unknown or not self.trainable:
-            raise ValueError(f"stage {self.name}: trainable {sorted(self.trainable)} must be a non-empty subset of {PARTS}")
+            raise ValueError(
+                f"stage {self.name}: trainable {sorted(self.trainable)} must be a non-empty subset of {PARTS}"
+            )
         bad = [name for name in self.losses if name not in LOSSES]
         if bad or not self.losses:
             raise ValueError(f"stage {self.name}: losses {list(self.losses)} must be names from {sorted(LOSSES)}")
@@ -84,7 +90,12 @@ STAGES: dict[str, Stage] = {
             # Released: no --audio_instruction, so the student sees the teacher's instruction.
             teacher_instruction=STAGE1_INSTRUCTION,
             audio_instruction=STAGE1_INSTRUCTION,
-            lr=1e-4, warmup_steps=1000, batch_size=8, grad_accum=24, epochs=1, save_steps=200,
+            lr=1e-4,
+            warmup_steps=1000,
+            batch_size=8,
+            grad_accum=24,
+            epochs=1,
+            save_steps=200,
         ),
         Stage(
             name="stage2",
@@ -96,7 +107,12 @@ STAGES: dict[str, Stage] = {
             system_prompt=SYSTEM_EMPATHETIC,
             teacher_instruction=STAGE2_TEACHER_INSTRUCTION,
             audio_instruction=STAGE2_AUDIO_INSTRUCTION,
-            lr=2e-5, warmup_steps=200, batch_size=4, grad_accum=8, epochs=3, save_steps=500,
+            lr=2e-5,
+            warmup_steps=200,
+            batch_size=4,
+            grad_accum=8,
+            epochs=3,
+            save_steps=500,
         ),
     )
 }

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from tqdm import tqdm
 from transformers import GenerationConfig
 
-from blsp_emo.prompts import IM_END, instruction_pieces
 from blsp_emo.model.tokenizer import ChatTokenizer
-
+from blsp_emo.prompts import IM_END, instruction_pieces
 from train.manifest import RAW_KEYS, Row, read_rows
 from train.stages import Stage
 
@@ -73,11 +72,15 @@ def continue_prompts(
     ids = torch.full((len(prompts), width), tokenizer.pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens, min_new_tokens=1, do_sample=False, num_beams=1,
-        eos_token_id=sorted(tokenizer.stop_ids), pad_token_id=tokenizer.pad_id,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=1,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=sorted(tokenizer.stop_ids),
+        pad_token_id=tokenizer.pad_id,
     )
     with torch.inference_mode():
         out = llm.generate(input_ids=ids.to(llm.device), attention_mask=mask.to(llm.device), generation_config=config)
@@ -145,17 +148,31 @@ def generate_teacher_outputs(
             # Instruction and transcript are tokenised as separate pieces, as the KL teacher sees
             # them in training (the released teacher joined them into one string, docs/paper.md §2.3).
             prompts = [
-                tokenizer.encode_pieces(instruction_pieces(stage.system_prompt, instr, str(row.fields["text"]))).input_ids
+                tokenizer.encode_pieces(
+                    instruction_pieces(stage.system_prompt, instr, str(row.fields["text"]))
+                ).input_ids
                 for instr, row in zip(instructions, batch)
             ]
             missing = list(dict.fromkeys(tuple(p) for p in prompts if tuple(p) not in memo))
             if missing:
                 memo.update(zip(missing, continue_prompts(llm, tokenizer, [list(p) for p in missing], max_new_tokens)))
             for row, instr, (text, early_stop) in zip(batch, instructions, (memo[tuple(p)] for p in prompts)):
-                line = {**row.fields, "instruction": instr, "output": text, "early_stop": early_stop, "emotion": row.emotion}
+                line = {
+                    **row.fields,
+                    "instruction": instr,
+                    "output": text,
+                    "early_stop": early_stop,
+                    "emotion": row.emotion,
+                }
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
                 early += early_stop
             f.flush()  # a kill loses at most the batch in flight
             written += len(batch)
     bar.close()
-    return {"output": str(out), "resumed_after": done, "written": written, "early_stop": early, "skipped": dict(skipped)}
+    return {
+        "output": str(out),
+        "resumed_after": done,
+        "written": written,
+        "early_stop": early,
+        "skipped": dict(skipped),
+    }

@@ -17,27 +17,31 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 
-from webui import study_tabs
 from blsp_emo import GenerationOptions, Reply, SpokenDialogueSystem, load_audio
 from blsp_emo.audio import AudioError, to_pcm16
 from blsp_emo.systems import paced
 from blsp_emo.tts import STYLES, NullSynthesizer, SpeechSynthesizer, style_for
+from webui import study_tabs
 from webui.waking_queue import WakingQueue
 
 try:  # ZeroGPU Spaces lend a GPU per call to functions marked with spaces.GPU; elsewhere a no-op
     from spaces import GPU as _gpu
 except ImportError:
+
     def _gpu(fn):
         return fn
+
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 EXAMPLES_DIR = ASSETS / "examples"
 ANALYTICS_EVERY = 50  # events between recomputations of Gradio's monitoring summary
 HEARD_EXCHANGES = 4  # earlier turns stay on screen; every heard clip is encoded again each turn
 EMOJI = {"neutral": "😐", "happy": "😊", "angry": "😠", "sad": "😢", "surprise": "😮"}
-NO_MODEL = ("No model is loaded, so nothing can answer yet. Build the demo-scale models with `python -m train demo` "
-            "(they land in `assets/models/`), or start with `python app.py --model DIR` (a trained BLSP-Emo folder or "
-            "bundle) — `--model cwang621/blsp-emo` where the hub and a GPU are available.")
+NO_MODEL = (
+    "No model is loaded, so nothing can answer yet. Build the demo-scale models with `python -m train demo` "
+    "(they land in `assets/models/`), or start with `python app.py --model DIR` (a trained BLSP-Emo folder or "
+    "bundle) — `--model cwang621/blsp-emo` where the hub and a GPU are available."
+)
 NO_AUDIO = "No audio: record (allow the microphone; it needs https or localhost) or upload a clip."
 NO_INPUT = "Nothing to send: record (allow the microphone; it needs https or localhost), upload a clip, or type."
 
@@ -62,8 +66,13 @@ def _fail(message: str) -> gr.Error:
 
 def _options(temperature, top_p, max_tokens, greedy, seed) -> GenerationOptions:
     try:
-        return GenerationOptions(max_new_tokens=int(max_tokens), greedy=bool(greedy), temperature=float(temperature),
-                                 top_p=float(top_p), seed=None if seed in (None, "") else int(seed))
+        return GenerationOptions(
+            max_new_tokens=int(max_tokens),
+            greedy=bool(greedy),
+            temperature=float(temperature),
+            top_p=float(top_p),
+            seed=None if seed in (None, "") else int(seed),
+        )
     except ValueError as e:
         raise _fail(str(e)) from e
 
@@ -106,8 +115,11 @@ def _shown_outputs(ui: SimpleNamespace, shown: Exchange | None) -> dict:
     """The emotion, transcript and card outputs as `shown` left them (None: as a new chat shows them)."""
     if shown is None:
         return {ui.emotion: None, ui.transcript: gr.Textbox(None, visible=False), ui.card: ""}
-    return {ui.emotion: _emotion(shown.reply, shown.audio is None), ui.transcript: _transcript(shown.reply),
-            ui.card: shown.card}
+    return {
+        ui.emotion: _emotion(shown.reply, shown.audio is None),
+        ui.transcript: _transcript(shown.reply),
+        ui.card: shown.card,
+    }
 
 
 def _timings(reply: Reply) -> str:
@@ -117,8 +129,10 @@ def _timings(reply: Reply) -> str:
 
 def _card(system: SpokenDialogueSystem, reply: Reply, options: GenerationOptions, model_label: str) -> str:
     decoding = "greedy" if options.greedy else f"sampling T={options.temperature:g} top-p={options.top_p:g}"
-    return (f"**{system.name}** — {system.description}  \nmodel `{model_label}` · seed `{reply.seed}` · "
-            f"{decoding} · ≤{options.max_new_tokens} tokens  \n{_timings(reply)}")
+    return (
+        f"**{system.name}** — {system.description}  \nmodel `{model_label}` · seed `{reply.seed}` · "
+        f"{decoding} · ≤{options.max_new_tokens} tokens  \n{_timings(reply)}"
+    )
 
 
 def _heard(reply: Reply) -> str:
@@ -152,7 +166,9 @@ def _history(chat: Chat) -> list:
 class Callbacks:
     """Every event handler: models are read, never written; per-visitor state comes in and goes out."""
 
-    def __init__(self, systems, synthesizer, model_label: str, options: GenerationOptions, stream_interval: float = 0.0):
+    def __init__(
+        self, systems, synthesizer, model_label: str, options: GenerationOptions, stream_interval: float = 0.0
+    ):
         self.systems, self.synthesizer, self.model_label, self.options = systems, synthesizer, model_label, options
         self.stream_interval = stream_interval
         self.ui = SimpleNamespace()  # the components handlers write to, filled in while the page is built
@@ -224,8 +240,12 @@ class Callbacks:
             for i, reply in enumerate(paced(replies, self.stream_interval)):
                 # what was heard is known before the first token: only the first update may change the boxes
                 heard = _heard_outputs(ui, reply, typed, shown) if i == 0 else _heard_values(ui, reply, typed)
-                update = {ui.chatbot: _messages(chat, (user.shown, reply)), ui.chat: before, **heard,
-                          ui.card: _card(system, reply, options, self.model_label)}
+                update = {
+                    ui.chatbot: _messages(chat, (user.shown, reply)),
+                    ui.chat: before,
+                    **heard,
+                    ui.card: _card(system, reply, options, self.model_label),
+                }
                 if not reply.done:  # the end goes out below, with the answered turn in the state
                     sent = True
                     yield update
@@ -273,7 +293,9 @@ class Callbacks:
     def voice(self, text: str, emotion: str | None, enabled: bool = True):
         """`text` spoken in the style for a user heard as `emotion`, and a line naming the style and why."""
         if not enabled or isinstance(self.synthesizer, NullSynthesizer):
-            return None, "🔇 Spoken replies are off" + (" (Settings)." if not enabled else " (started with --tts none).")
+            return None, "🔇 Spoken replies are off" + (
+                " (Settings)." if not enabled else " (started with --tts none)."
+            )
         style = style_for(emotion)
         audio = self.synthesizer.synthesize(text, style)
         shown = None if audio is None else (audio[0], to_pcm16(audio[1]))
@@ -298,8 +320,12 @@ def _banner(systems: Mapping, model_label: str, notes: Sequence[str], synthesize
 
 def _settings(ui: SimpleNamespace, systems, options: GenerationOptions) -> None:
     with gr.Accordion("⚙️ Settings", open=False):
-        ui.system = gr.Dropdown(list(systems), value=next(iter(systems), None), label="System (Talk)",
-                                info="Switching starts a new conversation.")
+        ui.system = gr.Dropdown(
+            list(systems),
+            value=next(iter(systems), None),
+            label="System (Talk)",
+            info="Switching starts a new conversation.",
+        )
         ui.generation = [  # in the order of _options' parameters
             gr.Slider(0.05, 1.5, options.temperature, step=0.05, label="Temperature"),
             gr.Slider(0.05, 1.0, options.top_p, step=0.05, label="Top-p"),
@@ -314,18 +340,29 @@ def _settings(ui: SimpleNamespace, systems, options: GenerationOptions) -> None:
 def _examples(audio: gr.Audio, examples_dir: Path) -> None:
     clips = sorted(examples_dir.glob("*.wav")) if examples_dir.is_dir() else []
     if clips:
-        gr.Examples([[str(c)] for c in clips], inputs=[audio], label="Example clips (one click, then Send)",
-                    example_labels=[c.stem.replace("_", " ") for c in clips], examples_per_page=10)
+        gr.Examples(
+            [[str(c)] for c in clips],
+            inputs=[audio],
+            label="Example clips (one click, then Send)",
+            example_labels=[c.stem.replace("_", " ") for c in clips],
+            examples_per_page=10,
+        )
 
 
 def _talk_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
     ui = cb.ui
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            ui.chatbot = gr.Chatbot(label="Conversation", height=430, feedback_options=None, elem_id="chat",
-                                    placeholder="Record or upload a clip, or type, then **Send**.")
-            ui.audio_in = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Your voice",
-                                   elem_id="voice")
+            ui.chatbot = gr.Chatbot(
+                label="Conversation",
+                height=430,
+                feedback_options=None,
+                elem_id="chat",
+                placeholder="Record or upload a clip, or type, then **Send**.",
+            )
+            ui.audio_in = gr.Audio(
+                sources=["microphone", "upload"], type="filepath", label="Your voice", elem_id="voice"
+            )
             ui.text_in = gr.Textbox(placeholder="…or type a message and press Enter", show_label=False)
             with gr.Row():
                 send = gr.Button("Send", variant="primary", scale=2)
@@ -335,8 +372,9 @@ def _talk_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
         with gr.Column(scale=2, elem_id="side"):
             ui.emotion = gr.Label(label="Detected emotion", num_top_classes=5, elem_id="emotion")
             ui.transcript = gr.Textbox(label="Transcript (what the system read)", visible=False, interactive=False)
-            ui.reply_audio = gr.Audio(label="Spoken reply", type="numpy", format="wav", autoplay=True,
-                                      interactive=False, buttons=["download"])
+            ui.reply_audio = gr.Audio(
+                label="Spoken reply", type="numpy", format="wav", autoplay=True, interactive=False, buttons=["download"]
+            )
             ui.style = gr.Markdown(elem_classes=["note"])
             ui.card = gr.Markdown(elem_classes=["card"])
             _settings(ui, systems, cb.options)
@@ -345,14 +383,32 @@ def _talk_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
     # The inputs are not outputs of the streaming turn (it would have to send them at every update);
     # a quick follow-up empties the one sent.
     outputs = [ui.chatbot, ui.chat, ui.emotion, ui.transcript, ui.card]
-    spoken = {"fn": cb.speak_last, "inputs": [ui.chat, ui.tts_on], "outputs": [ui.reply_audio, ui.style],
-              "api_visibility": "private"}
-    talk = gr.on([send.click, ui.text_in.submit], cb.talk, [ui.audio_in, ui.text_in, ui.chat, *gen], outputs,
-                 api_name="talk", api_visibility="undocumented", concurrency_id="model", validator=cb.check_turn)
+    spoken = {
+        "fn": cb.speak_last,
+        "inputs": [ui.chat, ui.tts_on],
+        "outputs": [ui.reply_audio, ui.style],
+        "api_visibility": "private",
+    }
+    talk = gr.on(
+        [send.click, ui.text_in.submit],
+        cb.talk,
+        [ui.audio_in, ui.text_in, ui.chat, *gen],
+        outputs,
+        api_name="talk",
+        api_visibility="undocumented",
+        concurrency_id="model",
+        validator=cb.check_turn,
+    )
     talk.success(cb.clear_sent, [ui.chat], [ui.audio_in, ui.text_in], queue=False, api_visibility="private")
     talk.success(**spoken)
-    again = regen.click(cb.regenerate, [ui.chat, *gen], outputs, api_name="regenerate",
-                        api_visibility="undocumented", concurrency_id="model")
+    again = regen.click(
+        cb.regenerate,
+        [ui.chat, *gen],
+        outputs,
+        api_name="regenerate",
+        api_visibility="undocumented",
+        concurrency_id="model",
+    )
     again.success(**spoken)
     clear_outputs = [*outputs, ui.reply_audio, ui.style]
     clear.click(cb.clear, None, clear_outputs, cancels=[talk, again], api_visibility="private")
@@ -361,54 +417,82 @@ def _talk_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
 
 def _compare_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
     ui = cb.ui
-    gr.Markdown("One recording, answered by every system side by side with the same seed and the sampling settings "
-                "of **Talk ▸ Settings**. Systems that hear tone show an emotion; the others only read your words.")
+    gr.Markdown(
+        "One recording, answered by every system side by side with the same seed and the sampling settings "
+        "of **Talk ▸ Settings**. Systems that hear tone show an emotion; the others only read your words."
+    )
     with gr.Row(equal_height=True):
         audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Your voice", scale=3)
         go = gr.Button("Answer with every system", variant="primary", scale=1)
     _examples(audio, examples_dir)
     seed = gr.State(None)
-    start = go.click(cb.start_compare, [audio, ui.seed], [seed], api_visibility="private",
-                     validator=lambda audio, _seed: _validation(cb.audio_problem(audio, list(systems)), 2))
+    start = go.click(
+        cb.start_compare,
+        [audio, ui.seed],
+        [seed],
+        api_visibility="private",
+        validator=lambda audio, _seed: _validation(cb.audio_problem(audio, list(systems)), 2),
+    )
     with gr.Row(equal_height=True, elem_id="columns"):
         for name, system in systems.items():  # identical columns, one per system; no name checks
             with gr.Column(min_width=220, elem_classes=["system-column"]):
                 gr.Markdown(f"### {name}\n{system.description}")
-                outputs = [gr.Label(label="Detected emotion", num_top_classes=3),
-                           gr.Textbox(label="Transcript", visible=False, interactive=False),
-                           gr.Textbox(label="Reply", lines=5, interactive=False),
-                           gr.Markdown(elem_classes=["note"]), gr.State(None)]
-                speech = [gr.Audio(label="Spoken reply", type="numpy", format="wav", interactive=False),
-                          gr.Markdown(elem_classes=["note"])]
-                start.success(cb.answer, [gr.State(name), audio, seed, *ui.generation], outputs,
-                              api_visibility="private", concurrency_id="model"
-                              ).success(cb.speak, [outputs[-1], ui.tts_on], speech, api_visibility="private")
+                outputs = [
+                    gr.Label(label="Detected emotion", num_top_classes=3),
+                    gr.Textbox(label="Transcript", visible=False, interactive=False),
+                    gr.Textbox(label="Reply", lines=5, interactive=False),
+                    gr.Markdown(elem_classes=["note"]),
+                    gr.State(None),
+                ]
+                speech = [
+                    gr.Audio(label="Spoken reply", type="numpy", format="wav", interactive=False),
+                    gr.Markdown(elem_classes=["note"]),
+                ]
+                start.success(
+                    cb.answer,
+                    [gr.State(name), audio, seed, *ui.generation],
+                    outputs,
+                    api_visibility="private",
+                    concurrency_id="model",
+                ).success(cb.speak, [outputs[-1], ui.tts_on], speech, api_visibility="private")
 
 
 def _api_tab(cb: Callbacks, systems) -> None:
     gr.Markdown(
         "Call the demo from Python with `pip install gradio_client`:\n```python\n"
-        "from gradio_client import Client, handle_file\nclient = Client(\"http://127.0.0.1:7860/\")\n"
-        "result, speech_wav = client.predict(handle_file(\"clip.wav\"), \"blsp-emo\", api_name=\"/respond\")\n"
-        "print(result[\"emotion\"], result[\"reply\"])\n```\n`result` is the object `python -m blsp_emo respond "
+        'from gradio_client import Client, handle_file\nclient = Client("http://127.0.0.1:7860/")\n'
+        'result, speech_wav = client.predict(handle_file("clip.wav"), "blsp-emo", api_name="/respond")\n'
+        'print(result["emotion"], result["reply"])\n```\n`result` is the object `python -m blsp_emo respond '
         "--json` prints (`file, system, emotion, emotion_scores, reply, transcript, timings`); the system "
-        "argument is optional. Try it here:")
+        "argument is optional. Try it here:"
+    )
     with gr.Row():
         audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="audio")
         system = gr.Dropdown(list(systems), value=next(iter(systems), None), label="system", allow_custom_value=True)
     go = gr.Button("Respond", variant="primary")
     with gr.Row():
         result, speech = gr.JSON(label="result"), gr.Audio(label="spoken reply", type="numpy", format="wav")
-    go.click(cb.respond, [audio, system], [result, speech], api_name="respond", concurrency_id="model",
-             validator=cb.check_respond)
+    go.click(
+        cb.respond,
+        [audio, system],
+        [result, speech],
+        api_name="respond",
+        concurrency_id="model",
+        validator=cb.check_respond,
+    )
 
 
 def _voices_tab(cb: Callbacks) -> None:
-    rows = "\n".join(f"| {EMOJI.get(e, '')} {e} | **{s.name}** | {s.purpose} | {s.rate} | {s.pitch} | {s.volume} | "
-                     f"{s.pitch_range} |" for e, s in STYLES.items() if e)
+    rows = "\n".join(
+        f"| {EMOJI.get(e, '')} {e} | **{s.name}** | {s.purpose} | {s.rate} | {s.pitch} | {s.volume} | {s.pitch_range} |"
+        for e, s in STYLES.items()
+        if e
+    )
     header = "| you sounded | voice style | why | words/min | pitch | volume % | pitch range |\n" + "|---" * 7 + "|"
-    gr.Markdown(f"The spoken reply keeps one voice; its prosody follows the emotion the system heard in you "
-                f"(backend: **{cb.synthesizer.name}**; espeak-ng units).\n\n{header}\n{rows}")
+    gr.Markdown(
+        f"The spoken reply keeps one voice; its prosody follows the emotion the system heard in you "
+        f"(backend: **{cb.synthesizer.name}**; espeak-ng units).\n\n{header}\n{rows}"
+    )
     with gr.Row(equal_height=True):
         text = gr.Textbox("I'm here for you. Tell me what happened.", label="Text", scale=3)
         emotion = gr.Radio([e for e in STYLES if e], value="sad", label="As if you sounded", scale=2)
@@ -427,7 +511,7 @@ def build_demo(
     examples_dir: Path = EXAMPLES_DIR,
     concurrency: int = 2,
     max_queue: int = 16,
-    study: "study_tabs.StudyRunner | None" = None,
+    study: study_tabs.StudyRunner | None = None,
     stream_interval: float = 0.0,
 ) -> gr.Blocks:
     """The page for already-loaded `systems` (may be empty: the page then says how to get a model).
@@ -445,12 +529,16 @@ def build_demo(
     synthesizer = synthesizer or NullSynthesizer()
     cb = Callbacks(dict(systems), synthesizer, model_label, options, stream_interval)
     with gr.Blocks(title="BLSP-Emo: empathetic speech chat") as demo:
-        gr.Markdown("# 🎙️ BLSP-Emo · empathetic speech chat\nSpeak to it and see the emotion it hears in your "
-                    "voice, read and hear a reply that takes your tone into account, and compare with systems "
-                    "that only read your words. Audio is processed for your session only and not stored.",
-                    elem_id="title")
-        gr.Markdown(_banner(systems, model_label, notes, synthesizer),
-                    elem_classes=["banner", "banner-ok" if systems else "banner-warn"])
+        gr.Markdown(
+            "# 🎙️ BLSP-Emo · empathetic speech chat\nSpeak to it and see the emotion it hears in your "
+            "voice, read and hear a reply that takes your tone into account, and compare with systems "
+            "that only read your words. Audio is processed for your session only and not stored.",
+            elem_id="title",
+        )
+        gr.Markdown(
+            _banner(systems, model_label, notes, synthesizer),
+            elem_classes=["banner", "banner-ok" if systems else "banner-warn"],
+        )
         with gr.Tabs():
             with gr.Tab("💬 Talk"):
                 _talk_tab(cb, systems, examples_dir)
@@ -480,5 +568,11 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, **
     # Gradio asks matplotlib for its backend around every call; left to choose one, matplotlib
     # imports pyplot and probes GUI toolkits, and the first visitor's turn waits for it.
     os.environ.setdefault("MPLBACKEND", "agg")
-    return demo.launch(server_name=host, server_port=port, theme=theme, css_paths=[ASSETS / "style.css"],
-                       max_file_size="20mb", **kwargs)
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        theme=theme,
+        css_paths=[ASSETS / "style.css"],
+        max_file_size="20mb",
+        **kwargs,
+    )

@@ -15,12 +15,21 @@ import threading
 from dataclasses import dataclass, replace
 
 import gradio as gr
-import numpy as np
 
 from blsp_emo.audio import AudioError, to_pcm16
 from blsp_emo.study import (
-    AdminTokenError, StudyConfig, StudyConfigError, StudyRunner,
-    StudyStore, StudyStoreError, TrialView, UploadSettings, balance, check_admin, start_upload, write_report,
+    AdminTokenError,
+    StudyConfig,
+    StudyConfigError,
+    StudyRunner,
+    StudyStore,
+    StudyStoreError,
+    TrialView,
+    UploadSettings,
+    balance,
+    check_admin,
+    start_upload,
+    write_report,
 )
 
 SIDES = "AB"
@@ -53,14 +62,23 @@ def _fail(message: str) -> gr.Error:
 
 
 def _stored_text(runner: StudyRunner) -> str:
-    own = (" If you answer with **your own recording**, it is used to make the two replies and is kept only if you "
-           "tick the box below; otherwise it is discarded.") if runner.config.allow_own_recording else ""
-    return ("**What is stored:** a random rater id (it names nobody), your ratings and optional reasons, which "
-            "two systems you compared and in which order, the replies' text, timings, and the model versions. "
-            "No name, e-mail, IP address or audio of yours is stored (if you are signed in, only a one-way hash of "
-            "your user name, so that you can come back to your place)." + own +
-            " Replies to the study's clips are decoded deterministically (greedy), so every rater hears the same "
-            "reply from a system for a clip.")
+    own = (
+        (
+            " If you answer with **your own recording**, it is used to make the two replies and is kept only if you "
+            "tick the box below; otherwise it is discarded."
+        )
+        if runner.config.allow_own_recording
+        else ""
+    )
+    return (
+        "**What is stored:** a random rater id (it names nobody), your ratings and optional reasons, which "
+        "two systems you compared and in which order, the replies' text, timings, and the model versions. "
+        "No name, e-mail, IP address or audio of yours is stored (if you are signed in, only a one-way hash of "
+        "your user name, so that you can come back to your place)."
+        + own
+        + " Replies to the study's clips are decoded deterministically (greedy), so every rater hears the same "
+        "reply from a system for a clip."
+    )
 
 
 def _notice(message: str):
@@ -80,9 +98,11 @@ def _needed(view: TrialView) -> frozenset:
 
 def _progress(view: TrialView) -> str:
     done = int(100 * view.index / view.total)
-    return (f"**Trial {view.index + 1} of {view.total}**"
-            f"<div style='height:6px;border-radius:3px;background:#e0e0e0;margin-top:4px'>"
-            f"<div style='height:6px;border-radius:3px;background:#5c6bc0;width:{done}%'></div></div>")
+    return (
+        f"**Trial {view.index + 1} of {view.total}**"
+        f"<div style='height:6px;border-radius:3px;background:#e0e0e0;margin-top:4px'>"
+        f"<div style='height:6px;border-radius:3px;background:#5c6bc0;width:{done}%'></div></div>"
+    )
 
 
 class RateTab:
@@ -97,36 +117,54 @@ class RateTab:
         with gr.Column(visible=True, elem_id="study-consent") as self.consent_box:
             gr.Markdown(f"## {html.escape(cfg.title)}\n{cfg.instructions}\n\n{_stored_text(self.runner)}")
             self.agree = gr.Checkbox(label="I agree to take part and to the storage described above")
-            self.keep = gr.Checkbox(label="Keep my own recordings for the researchers (optional)",
-                                    visible=cfg.allow_own_recording)
+            self.keep = gr.Checkbox(
+                label="Keep my own recordings for the researchers (optional)", visible=cfg.allow_own_recording
+            )
             self.start = gr.Button("Start the study", variant="primary")
         with gr.Column(visible=False, elem_id="study-trial") as self.trial_box:
             self.progress = gr.Markdown(elem_id="study-progress")
-            self.stimulus = gr.Audio(label="1 · Listen to the speaker", type="filepath", interactive=False,
-                                     elem_id="study-stimulus")
+            self.stimulus = gr.Audio(
+                label="1 · Listen to the speaker", type="filepath", interactive=False, elem_id="study-stimulus"
+            )
             self.lock = gr.Markdown(elem_id="study-lock")
             if cfg.allow_own_recording:
                 with gr.Accordion("…or answer your own recording instead", open=False):
-                    self.own = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Your voice",
-                                        elem_id="study-own")
+                    self.own = gr.Audio(
+                        sources=["microphone", "upload"], type="filepath", label="Your voice", elem_id="study-own"
+                    )
                     self.use_own = gr.Button("Use my recording for this trial")
             self.replies, self.speeches, self.scores = [], [], []
             with gr.Row(equal_height=True):
                 for side in SIDES:
                     with gr.Column(elem_classes=["study-reply"]):
                         gr.Markdown(f"### 2 · Reply {side}")
-                        self.replies.append(gr.Textbox(show_label=False, lines=4, interactive=False,
-                                                       elem_id=f"study-reply-{side}"))
-                        self.speeches.append(gr.Audio(label=f"Reply {side} spoken", type="numpy", format="wav",
-                                                      interactive=False, visible=self.runner.speaks,
-                                                      elem_id=f"study-speech-{side}"))
+                        self.replies.append(
+                            gr.Textbox(show_label=False, lines=4, interactive=False, elem_id=f"study-reply-{side}")
+                        )
+                        self.speeches.append(
+                            gr.Audio(
+                                label=f"Reply {side} spoken",
+                                type="numpy",
+                                format="wav",
+                                interactive=False,
+                                visible=self.runner.speaks,
+                                elem_id=f"study-speech-{side}",
+                            )
+                        )
                         for q in cfg.questions:
-                            self.scores.append(gr.Radio(list(range(11)), label=f"{q.label} — reply {side}",
-                                                        info=q.help or None, interactive=False,
-                                                        elem_id=f"study-{q.id}-{side}",
-                                                        elem_classes=["study-scale"]))
-            self.preference = gr.Radio(PREFERENCE_CHOICES, label="3 · Which reply is better?", interactive=False,
-                                       elem_id="study-preference")
+                            self.scores.append(
+                                gr.Radio(
+                                    list(range(11)),
+                                    label=f"{q.label} — reply {side}",
+                                    info=q.help or None,
+                                    interactive=False,
+                                    elem_id=f"study-{q.id}-{side}",
+                                    elem_classes=["study-scale"],
+                                )
+                            )
+            self.preference = gr.Radio(
+                PREFERENCE_CHOICES, label="3 · Which reply is better?", interactive=False, elem_id="study-preference"
+            )
             self.reason = gr.Textbox(label="Why? (optional)", lines=2, interactive=False)
             self.submit = gr.Button("Submit ratings", variant="primary", interactive=False, elem_id="study-submit")
             self.reveal = gr.Markdown(elem_id="study-reveal")
@@ -147,11 +185,23 @@ class RateTab:
         order = {self.replies[i]: getattr(view, f"reply_{s.lower()}") or EMPTY for i, s in enumerate(SIDES)}
         speech = {self.speeches[i]: _speech(getattr(view, f"speech_{s.lower()}")) for i, s in enumerate(SIDES)}
         unlock = self._unlock(state)
-        cleared = {c: gr.update(value="" if c is self.reason else None, interactive=unlock[c]["interactive"])
-                   for c in self.inputs}  # a new trial starts with no answers
-        return {self.state: state, self.consent_box: gr.Column(visible=False), self.trial_box: gr.Column(visible=True),
-                self.progress: _progress(view), self.stimulus: view.stimulus_audio or state.own_audio, **order,
-                **speech, **unlock, **cleared, self.reveal: "", self.next: gr.Button(visible=False)}
+        cleared = {
+            c: gr.update(value="" if c is self.reason else None, interactive=unlock[c]["interactive"])
+            for c in self.inputs
+        }  # a new trial starts with no answers
+        return {
+            self.state: state,
+            self.consent_box: gr.Column(visible=False),
+            self.trial_box: gr.Column(visible=True),
+            self.progress: _progress(view),
+            self.stimulus: view.stimulus_audio or state.own_audio,
+            **order,
+            **speech,
+            **unlock,
+            **cleared,
+            self.reveal: "",
+            self.next: gr.Button(visible=False),
+        }
 
     def _unlock(self, state: RaterState) -> dict:
         needed = _needed(state.view)
@@ -159,8 +209,11 @@ class RateTab:
         missing = sorted(needed - state.heard)
         extra = " and the spoken replies" if len(needed) > 1 else ""
         lock = "" if open_ or state.submitted else LOCKED.format(extra) + f" (still to hear: {', '.join(missing)})"
-        return {**{c: gr.update(interactive=open_) for c in self.inputs},
-                self.submit: gr.Button(interactive=open_, visible=not state.submitted), self.lock: lock}
+        return {
+            **{c: gr.update(interactive=open_) for c in self.inputs},
+            self.submit: gr.Button(interactive=open_, visible=not state.submitted),
+            self.lock: lock,
+        }
 
     def begin(self, agree: bool, keep: bool, profile: gr.OAuthProfile | None = None):
         # Gradio passes the signed-in user on a Space with `hf_oauth: true`, None elsewhere.
@@ -207,29 +260,50 @@ class RateTab:
         if not _needed(state.view) <= state.heard:
             return _notice(LOCKED.format(""))
         keys = [f"{q.id}_{s.lower()}" for s in SIDES for q in self.runner.config.questions]
-        result = self.runner.submit(state.view, dict(zip(keys, scores)), preference, reason, listened=True,
-                                    own_audio=state.own_audio)
+        result = self.runner.submit(
+            state.view, dict(zip(keys, scores)), preference, reason, listened=True, own_audio=state.own_audio
+        )
         state = replace(state, submitted=True)
         again = "" if result.stored else " (this trial was already recorded; it counts once)"
         finished = result.next_trial is None
-        reveal = (f"✅ Saved{again}. **Reply A** was **{result.system_a}**, **reply B** was **{result.system_b}**." +
-                  (" That was the last trial." if finished else ""))
-        return {self.state: state, **self._unlock(state), **{c: gr.update(interactive=False) for c in self.inputs},
-                self.reveal: reveal, self.next: gr.Button("See the summary →" if finished else "Next trial →",
-                                                          visible=True)}
+        reveal = f"✅ Saved{again}. **Reply A** was **{result.system_a}**, **reply B** was **{result.system_b}**." + (
+            " That was the last trial." if finished else ""
+        )
+        return {
+            self.state: state,
+            **self._unlock(state),
+            **{c: gr.update(interactive=False) for c in self.inputs},
+            self.reveal: reveal,
+            self.next: gr.Button("See the summary →" if finished else "Next trial →", visible=True),
+        }
 
     def advance(self, state: RaterState):
         done = self.runner.store.submitted_trials(state.view.rater_id)
         later = [i for i in range(state.view.total) if i not in done]
         if not later:
-            return {self.trial_box: gr.Column(visible=False), self.done_box: gr.Column(visible=True),
-                    self.done: f"## Thank you!\nAll {state.view.total} trials are saved. Your anonymous rater id is "
-                               f"`{state.view.rater_id}` — quote it if you want your ratings withdrawn."}
+            return {
+                self.trial_box: gr.Column(visible=False),
+                self.done_box: gr.Column(visible=True),
+                self.done: f"## Thank you!\nAll {state.view.total} trials are saved. Your anonymous rater id is "
+                f"`{state.view.rater_id}` — quote it if you want your ratings withdrawn.",
+            }
         return self._show(RaterState(self.runner.view(state.view.rater_id, later[0])))
 
     def _wire(self) -> None:
-        shown = [self.state, self.consent_box, self.trial_box, self.progress, self.stimulus, *self.replies,
-                 *self.speeches, *self.inputs, self.submit, self.lock, self.reveal, self.next]
+        shown = [
+            self.state,
+            self.consent_box,
+            self.trial_box,
+            self.progress,
+            self.stimulus,
+            *self.replies,
+            *self.speeches,
+            *self.inputs,
+            self.submit,
+            self.lock,
+            self.reveal,
+            self.next,
+        ]
         quiet = {"api_visibility": "private", "show_progress": "hidden", **STUDY_QUEUE}
         self.start.click(self.begin, [self.agree, self.keep], shown, **quiet)
         unlock = [self.state, *self.inputs, self.submit, self.lock]
@@ -237,8 +311,9 @@ class RateTab:
         for side, speech in zip(SIDES, self.speeches):
             speech.stop(lambda s, side=side: self.heard(side, s), [self.state], unlock, **quiet)
         if self.runner.config.allow_own_recording:
-            self.use_own.click(self.answer_own, [self.own, self.state], shown, api_visibility="private",
-                               concurrency_id="model")
+            self.use_own.click(
+                self.answer_own, [self.own, self.state], shown, api_visibility="private", concurrency_id="model"
+            )
         self.submit.click(self.send, [self.state, *self.inputs], [*unlock, self.reveal, self.next], **quiet)
         self.next.click(self.advance, [self.state], [*shown, self.done_box, self.done], **quiet)
 
@@ -261,8 +336,18 @@ def api(runner: StudyRunner) -> None:
         except LookupError as e:
             raise _fail(str(e)) from e
 
-    def study_submit(rater_id: str, trial: int, key: str, shown_at: float, empathy_a: int, quality_a: int,
-                     empathy_b: int, quality_b: int, preference: str, reason: str = "") -> dict:
+    def study_submit(
+        rater_id: str,
+        trial: int,
+        key: str,
+        shown_at: float,
+        empathy_a: int,
+        quality_a: int,
+        empathy_b: int,
+        quality_b: int,
+        preference: str,
+        reason: str = "",
+    ) -> dict:
         """Store one trial's ratings once (same key or trial again: 'duplicate'); reveals A and B."""
         try:
             view = replace(runner.view(rater_id, int(trial)), key=key, shown_at=float(shown_at))
@@ -291,8 +376,10 @@ class ResultsTab:
         self.runner = runner
 
     def build(self) -> None:
-        gr.Markdown("Results of the study so far (admin only). The token is the value of `BLSP_EMO_ADMIN_TOKEN` "
-                    "where the app runs.")
+        gr.Markdown(
+            "Results of the study so far (admin only). The token is the value of `BLSP_EMO_ADMIN_TOKEN` "
+            "where the app runs."
+        )
         with gr.Row(equal_height=True):
             token = gr.Textbox(type="password", label="Admin token", scale=3, elem_id="admin-token")
             show = gr.Button("Show results", variant="primary", scale=1)
@@ -313,8 +400,11 @@ class ResultsTab:
         csv_path = f"{out}/ratings.csv"
         self.runner.store.export_csv(csv_path, self.runner.config.id)
         body = report.markdown.split("\n![")[0]  # the plots go to the gallery
-        return body, gr.Gallery([str(p) for p in report.plots], visible=bool(report.plots)), \
-            gr.File(csv_path, visible=True)
+        return (
+            body,
+            gr.Gallery([str(p) for p in report.plots], visible=bool(report.plots)),
+            gr.File(csv_path, visible=True),
+        )
 
 
 def runner_from_args(args, config: StudyConfig | None, systems, synthesizer) -> StudyRunner | None:
@@ -322,8 +412,11 @@ def runner_from_args(args, config: StudyConfig | None, systems, synthesizer) -> 
     if config is None:
         return None
     if args.study is None and not set(config.systems) <= set(systems):  # the example study is optional
-        print(f"app: Rate tab off: the example study compares {list(config.systems)}, loaded {list(systems)}; "
-              "pass --study FILE naming loaded systems", file=sys.stderr)
+        print(
+            f"app: Rate tab off: the example study compares {list(config.systems)}, loaded {list(systems)}; "
+            "pass --study FILE naming loaded systems",
+            file=sys.stderr,
+        )
         return None
     try:
         runner = StudyRunner(config, systems, StudyStore.from_env(args.study_db), synthesizer)
@@ -334,8 +427,10 @@ def runner_from_args(args, config: StudyConfig | None, systems, synthesizer) -> 
         if settings is not None:
             start_upload(runner.store, settings)
     except Exception as e:  # noqa: BLE001 - hub errors come in many types; the researcher asked for this upload
-        sys.exit(f"error: study upload: {type(e).__name__}: {e} — it needs the hub (HF_HUB_OFFLINE=0) and a write "
-                 "token (HF_TOKEN); or unset BLSP_EMO_STUDY_UPLOAD_REPO")
+        sys.exit(
+            f"error: study upload: {type(e).__name__}: {e} — it needs the hub (HF_HUB_OFFLINE=0) and a write "
+            "token (HF_TOKEN); or unset BLSP_EMO_STUDY_UPLOAD_REPO"
+        )
     threading.Thread(target=runner.warm, name="study-warm", daemon=True).start()  # replies ready for rater one
     print(f"study {config.id!r}: ratings in {runner.store.path}", file=sys.stderr)
     return runner

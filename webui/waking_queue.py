@@ -30,9 +30,14 @@ class WakingQueue(Queue):
     @classmethod
     def like(cls, queue: Queue) -> WakingQueue:
         """A waking queue with the settings `Blocks.queue` gave `queue`."""
-        return cls(live_updates=queue.live_updates, concurrency_count=queue.max_thread_count,
-                   update_intervals=queue.update_intervals, max_size=queue.max_size, blocks=queue.blocks,
-                   default_concurrency_limit=queue.default_concurrency_limit)
+        return cls(
+            live_updates=queue.live_updates,
+            concurrency_count=queue.max_thread_count,
+            update_intervals=queue.update_intervals,
+            max_size=queue.max_size,
+            blocks=queue.blocks,
+            default_concurrency_limit=queue.default_concurrency_limit,
+        )
 
     def start(self):
         self._work = asyncio.Event()  # made here: `start` runs in the server's event loop

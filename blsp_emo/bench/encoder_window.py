@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,8 +21,8 @@ import torch
 from blsp_emo.decoding.generation import GenerationOptions
 from blsp_emo.model.model import BlspEmoModel
 from blsp_emo.model.processor import build_prompt
-from blsp_emo.prompts import SYSTEM_EMPATHETIC, Turn, chat_pieces
 from blsp_emo.model.tokenizer import ChatTokenizer
+from blsp_emo.prompts import SYSTEM_EMPATHETIC, Turn, chat_pieces
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,10 @@ def _run(model: BlspEmoModel, tokenizer: ChatTokenizer, clip: np.ndarray, new_to
 
 
 def compare(
-    model: BlspEmoModel, tokenizer: ChatTokenizer, clips: dict[float, np.ndarray], new_tokens: int = 32,
+    model: BlspEmoModel,
+    tokenizer: ChatTokenizer,
+    clips: dict[float, np.ndarray],
+    new_tokens: int = 32,
     repeats: int = 3,
 ) -> list[WindowResult]:
     """For each clip: the released full window vs clip-length mode on the same weights."""
@@ -81,22 +84,35 @@ def compare(
             t_clip, part, emo_clip, reply_clip = _run(model, tokenizer, clip, new_tokens, repeats)
         kl = torch.sum(full.softmax(-1) * (full.log_softmax(-1) - part.log_softmax(-1))).item()
         diverge = next((i for i, (a, b) in enumerate(zip(reply_full, reply_clip)) if a != b), None)
-        results.append(WindowResult(
-            seconds, t_full, t_clip, (full - part).abs().max().item(),
-            ((full - part).norm() / full.norm()).item(), max(kl, 0.0), int(full.argmax()) == int(part.argmax()),
-            (emo_full - emo_clip).abs().max().item(), reply_full == reply_clip, diverge,
-        ))
+        results.append(
+            WindowResult(
+                seconds,
+                t_full,
+                t_clip,
+                (full - part).abs().max().item(),
+                ((full - part).norm() / full.norm()).item(),
+                max(kl, 0.0),
+                int(full.argmax()) == int(part.argmax()),
+                (emo_full - emo_clip).abs().max().item(),
+                reply_full == reply_clip,
+                diverge,
+            )
+        )
     return results
 
 
 def format_results(results: Sequence[WindowResult], label: str) -> Iterator[str]:
     yield f"encoder window, {label}: released 30 s window vs clip length (random weights)"
     yield ""
-    yield ("| clip s | encoder+adapter ms, 30 s window | clip length | saved | next-token KL | logits rel. diff "
-           "| same next token | emotion prob. max diff | same greedy reply |")
+    yield (
+        "| clip s | encoder+adapter ms, 30 s window | clip length | saved | next-token KL | logits rel. diff "
+        "| same next token | emotion prob. max diff | same greedy reply |"
+    )
     yield "|---|---|---|---|---|---|---|---|---|"
     for r in results:
         same = "yes" if r.same_greedy_reply else f"no (from token {r.first_divergence})"
-        yield (f"| {r.clip_s:g} | {r.encoder_s_full * 1e3:.1f} | {r.encoder_s_clip * 1e3:.1f} | "
-               f"{1 - r.encoder_s_clip / r.encoder_s_full:.0%} | {r.next_token_kl:.2e} | {r.logits_rel_diff:.2e} | "
-               f"{'yes' if r.same_next_token else 'no'} | {r.emotion_max_abs_diff:.2e} | {same} |")
+        yield (
+            f"| {r.clip_s:g} | {r.encoder_s_full * 1e3:.1f} | {r.encoder_s_clip * 1e3:.1f} | "
+            f"{1 - r.encoder_s_clip / r.encoder_s_full:.0%} | {r.next_token_kl:.2e} | {r.logits_rel_diff:.2e} | "
+            f"{'yes' if r.same_next_token else 'no'} | {r.emotion_max_abs_diff:.2e} | {same} |"
+        )

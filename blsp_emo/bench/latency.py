@@ -18,16 +18,16 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from blsp_emo.bench import serving as bench_serving
 from blsp_emo.audio import SAMPLE_RATE, load_audio
+from blsp_emo.bench import serving as bench_serving
 from blsp_emo.decoding.generation import GenerationOptions
 from blsp_emo.prompts import Turn
 from blsp_emo.systems import SpokenDialogueSystem
@@ -98,7 +98,9 @@ class Report:
     decode: dict = field(default_factory=dict)
     serving: dict = field(default_factory=dict)  # bench_serving.to_json: decode step, concurrent replies, collection
 
-    def ratios(self, numerator: str = "blsp-emo", denominators: Sequence[str] = ("cascade", "cascade-ser")) -> list[dict]:
+    def ratios(
+        self, numerator: str = "blsp-emo", denominators: Sequence[str] = ("cascade", "cascade-ser")
+    ) -> list[dict]:
         """`numerator`'s times over each denominator's, per clip (cascade-ser: the pipeline that also hears tone)."""
         rows = {(r.system, r.clip_s): r for r in self.results}
         out = []
@@ -106,22 +108,36 @@ class Report:
             for (system, clip), r in rows.items():
                 base = rows.get((denominator, clip))
                 if system == numerator and base is not None:
-                    out.append({"clip_s": clip, "of": f"{numerator}/{denominator}",
-                                "first_token": r.first_token_s / base.first_token_s, "total": r.total_s / base.total_s})
+                    out.append(
+                        {
+                            "clip_s": clip,
+                            "of": f"{numerator}/{denominator}",
+                            "first_token": r.first_token_s / base.first_token_s,
+                            "total": r.total_s / base.total_s,
+                        }
+                    )
         return out
 
     def to_json(self) -> dict:
-        return {"machine": self.machine, "results": [r.to_json() for r in self.results], "ratios": self.ratios(),
-                "turns": [asdict(t) for t in self.turns], "decode": self.decode, "serving": self.serving,
-                "settings": self.settings}
+        return {
+            "machine": self.machine,
+            "results": [r.to_json() for r in self.results],
+            "ratios": self.ratios(),
+            "turns": [asdict(t) for t in self.turns],
+            "decode": self.decode,
+            "serving": self.serving,
+            "settings": self.settings,
+        }
 
 
 # --- what is measured ---------------------------------------------------------------------------
 
 
 def machine_info(device: str | None = None) -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor() or "unknown")
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor() or "unknown",
+    )
     info = {
         "cpu": cpu,
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -255,8 +271,9 @@ def _timed_reply(system: SpokenDialogueSystem, clip: np.ndarray, options: Genera
     return reply, timer.seconds
 
 
-def measure_clip(systems: Sequence[SpokenDialogueSystem], clip_s: float, clip: np.ndarray,
-                 options: BenchOptions) -> list[Result]:
+def measure_clip(
+    systems: Sequence[SpokenDialogueSystem], clip_s: float, clip: np.ndarray, options: BenchOptions
+) -> list[Result]:
     """Medians over `options.repeats` replies of each system to `clip`, after `options.warmup` unmeasured
     ones. The systems take turns reply by reply, so a burst of load on the machine hits them alike."""
     gen = options.generation
@@ -264,15 +281,18 @@ def measure_clip(systems: Sequence[SpokenDialogueSystem], clip_s: float, clip: n
         for system in systems:
             _cold(system)
             system.respond(clip, options=gen)
-    runs: dict[str, dict[str, list[float]]] = {s.name: {"first": [], "total": [], "encoder": [], "rss": [], "gpu": []}
-                                               for s in systems}
+    runs: dict[str, dict[str, list[float]]] = {
+        s.name: {"first": [], "total": [], "encoder": [], "rss": [], "gpu": []} for s in systems
+    }
     for _ in range(options.repeats):
         for system in systems:
             _cold(system)  # a first turn: nothing of this prompt is cached yet
             with PeakMemory() as peak:
                 reply, encoder_s = _timed_reply(system, clip, gen)
             if len(reply.token_ids) != options.new_tokens:
-                raise RuntimeError(f"{system.name} replied with {len(reply.token_ids)} tokens, not {options.new_tokens}")
+                raise RuntimeError(
+                    f"{system.name} replied with {len(reply.token_ids)} tokens, not {options.new_tokens}"
+                )
             run = runs[system.name]
             run["first"].append(reply.timings.first_token_s)
             run["total"].append(reply.timings.total_s)
@@ -283,8 +303,18 @@ def measure_clip(systems: Sequence[SpokenDialogueSystem], clip_s: float, clip: n
     out = []
     for name, run in runs.items():
         total = statistics.median(run["total"])
-        out.append(Result(name, clip_s, statistics.median(run["first"]), total, statistics.median(run["encoder"]),
-                          total / clip_s, round(max(run["rss"]), 1), round(max(run["gpu"]), 1) if run["gpu"] else None))
+        out.append(
+            Result(
+                name,
+                clip_s,
+                statistics.median(run["first"]),
+                total,
+                statistics.median(run["encoder"]),
+                total / clip_s,
+                round(max(run["rss"]), 1),
+                round(max(run["gpu"]), 1) if run["gpu"] else None,
+            )
+        )
     return out
 
 
@@ -309,8 +339,16 @@ def measure_turns(system: SpokenDialogueSystem, clip_s: float, clip: np.ndarray,
                 totals.append(reply.timings.total_s)
             tokens = reply.token_ids
         runs[label] = (statistics.median(firsts), statistics.median(totals), tokens)
-    return TurnResult(system.name, options.turns, clip_s, runs["recompute"][0], runs["reuse"][0],
-                      runs["recompute"][1], runs["reuse"][1], runs["recompute"][2] == runs["reuse"][2])
+    return TurnResult(
+        system.name,
+        options.turns,
+        clip_s,
+        runs["recompute"][0],
+        runs["reuse"][0],
+        runs["recompute"][1],
+        runs["reuse"][1],
+        runs["recompute"][2] == runs["reuse"][2],
+    )
 
 
 def _without_prefix_cache(system: SpokenDialogueSystem) -> SpokenDialogueSystem:
@@ -345,8 +383,10 @@ def run(
             if system not in fitting:
                 progress(f"skip {system.name} {seconds:g} s: longer than its {system.window_seconds:g} s window")
         for result in measure_clip(fitting, seconds, clips[seconds], options) if fitting else []:
-            progress(f"{result.system:12s} {seconds:5.1f} s  first {result.first_token_s * 1e3:8.1f} ms  "
-                     f"total {result.total_s * 1e3:8.1f} ms  encoder {result.encoder_s * 1e3:7.1f} ms")
+            progress(
+                f"{result.system:12s} {seconds:5.1f} s  first {result.first_token_s * 1e3:8.1f} ms  "
+                f"total {result.total_s * 1e3:8.1f} ms  encoder {result.encoder_s * 1e3:7.1f} ms"
+            )
             report.results.append(result)
     if options.turns > 1:
         seconds = 5.0 if 5.0 in clips else options.clip_seconds[0]
@@ -377,8 +417,10 @@ def _systems(args, device: str, dtype: torch.dtype) -> list[SpokenDialogueSystem
         dtype_name = {torch.float32: None, torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
         return [load_system(n, model=args.model, device=args.device, dtype=dtype_name) for n in names]
     if not args.random_weights:
-        raise ValueError(f"--scale {args.scale} has no weights here: add --random-weights (or load real ones with "
-                         "--scale demo --model DIR)")
+        raise ValueError(
+            f"--scale {args.scale} has no weights here: add --random-weights (or load real ones with "
+            "--scale demo --model DIR)"
+        )
     _refuse_full_on_cpu(args, device)
     from blsp_emo.bench.scales import random_systems, scale_config
 
@@ -388,8 +430,10 @@ def _systems(args, device: str, dtype: torch.dtype) -> list[SpokenDialogueSystem
 
 def _refuse_full_on_cpu(args, device: str) -> None:
     if args.scale == "full" and not device.startswith("cuda") and args.device is None:
-        raise ValueError("--scale full builds 8.5 B parameters: run it on a GPU machine (--device cuda); "
-                         "--device cpu forces it (about 34 GB of RAM in float32, minutes per reply)")
+        raise ValueError(
+            "--scale full builds 8.5 B parameters: run it on a GPU machine (--device cuda); "
+            "--device cpu forces it (about 34 GB of RAM in float32, minutes per reply)"
+        )
 
 
 def _print(lines: Iterator[str]) -> None:
@@ -409,8 +453,12 @@ def main(args) -> int:
     if args.encoder_window:
         return _encoder_window(args, options, device, dtype)
     systems = _systems(args, device, dtype)
-    settings = {"scale": args.scale, "random_weights": args.random_weights, "dtype": str(dtype).removeprefix("torch."),
-                "model": args.model or ("bundled demo models" if args.scale == "demo" else "random")}
+    settings = {
+        "scale": args.scale,
+        "random_weights": args.random_weights,
+        "dtype": str(dtype).removeprefix("torch."),
+        "model": args.model or ("bundled demo models" if args.scale == "demo" else "random"),
+    }
     progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     report = run(systems, options, machine_info(device), settings, progress)
     from blsp_emo.bench.report import copy_bandwidth, decode_bound, format_report
@@ -444,10 +492,14 @@ def _serving(args, systems, options: BenchOptions, llm, progress):
         seconds = 5.0 if 5.0 in options.clip_seconds else options.clip_seconds[0]
         clip = bench_clips([seconds])[0][seconds]
         # N visitors: different audio of different lengths, so the batch holds rows of different lengths
-        clips = [np.roll(clip, i * SAMPLE_RATE // 3)[: clip.size - i * SAMPLE_RATE // 8] for i in range(args.concurrent)]
+        clips = [
+            np.roll(clip, i * SAMPLE_RATE // 3)[: clip.size - i * SAMPLE_RATE // 8] for i in range(args.concurrent)
+        ]
         concurrent = bench_serving.measure_concurrent(first, clips, seconds, options.generation, options.repeats)
-        progress(f"{args.concurrent} replies at once: threads {concurrent.threads_wall_s * 1e3:.1f} ms, "
-                 f"batched {concurrent.batched_wall_s * 1e3:.1f} ms")
+        progress(
+            f"{args.concurrent} replies at once: threads {concurrent.threads_wall_s * 1e3:.1f} ms, "
+            f"batched {concurrent.batched_wall_s * 1e3:.1f} ms"
+        )
     return step, concurrent, collection
 
 

@@ -44,9 +44,9 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
 from urllib.parse import urlparse
 
 import numpy as np
@@ -69,12 +69,16 @@ class LoadOptions:
 
     def __post_init__(self):
         if not 1 <= self.rounds <= self.seconds:
-            raise ValueError(f"--rounds must be 1..{self.seconds:g} (a slice lasts at least a second), got {self.rounds}")
+            raise ValueError(
+                f"--rounds must be 1..{self.seconds:g} (a slice lasts at least a second), got {self.rounds}"
+            )
         if self.client not in CLIENTS:
             raise ValueError(f"--client must be one of {CLIENTS}, got {self.client!r}")
         if not 1 <= self.users <= MAX_USERS or not 0 < self.seconds <= MAX_SECONDS:
-            raise ValueError(f"--users must be 1..{MAX_USERS} and --seconds in (0, {MAX_SECONDS:g}]; "
-                             f"got {self.users} and {self.seconds:g}")
+            raise ValueError(
+                f"--users must be 1..{MAX_USERS} and --seconds in (0, {MAX_SECONDS:g}]; "
+                f"got {self.users} and {self.seconds:g}"
+            )
         if self.think < 0 or self.turns < 1:
             raise ValueError(f"--think must be >= 0 and --turns >= 1; got {self.think:g} and {self.turns}")
 
@@ -122,18 +126,32 @@ class Phase:
         alone = [d for i, d in enumerate(durations) if i not in overlapped]
         robbed = {i for i, s in enumerate(self.stolen) if s > 0}
         spared = [d for i, d in enumerate(durations) if i not in robbed]
-        return {"users": self.users, "turns": len(lat), "errors": len(self.errors), "cross_talk": len(self.cross_talk),
-                "p50_s": _percentile(lat, 50), "p95_s": _percentile(lat, 95), "max_s": lat[-1] if lat else None,
-                "spoken_turns": len(self.spoken), "spoken_p50_s": _percentile(self.spoken, 50),
-                "spoken_p95_s": _percentile(self.spoken, 95), "typed_p50_s": _percentile(self.typed, 50),
-                "typed_p95_s": _percentile(self.typed, 95),
-                "overlapped_turns": len(overlapped), "alone_p50_s": _percentile(alone, 50),
-                "overlapped_p50_s": _percentile([durations[i] for i in overlapped], 50),
-                "stolen_turns": len(robbed), "stolen_p50_s": _percentile([durations[i] for i in robbed], 50),
-                "unstolen_p50_s": _percentile(spared, 50), "unstolen_p95_s": _percentile(spared, 95),
-                "cpu_ms_per_turn": {k: 1e3 * v / len(lat) for k, v in sorted(self.cpu_s.items())} if lat else {},
-                "replays": self.replays, "replay_mismatches": self.replay_mismatches,
-                "error_examples": self.errors[:3], "cross_talk_examples": self.cross_talk[:3]}
+        return {
+            "users": self.users,
+            "turns": len(lat),
+            "errors": len(self.errors),
+            "cross_talk": len(self.cross_talk),
+            "p50_s": _percentile(lat, 50),
+            "p95_s": _percentile(lat, 95),
+            "max_s": lat[-1] if lat else None,
+            "spoken_turns": len(self.spoken),
+            "spoken_p50_s": _percentile(self.spoken, 50),
+            "spoken_p95_s": _percentile(self.spoken, 95),
+            "typed_p50_s": _percentile(self.typed, 50),
+            "typed_p95_s": _percentile(self.typed, 95),
+            "overlapped_turns": len(overlapped),
+            "alone_p50_s": _percentile(alone, 50),
+            "overlapped_p50_s": _percentile([durations[i] for i in overlapped], 50),
+            "stolen_turns": len(robbed),
+            "stolen_p50_s": _percentile([durations[i] for i in robbed], 50),
+            "unstolen_p50_s": _percentile(spared, 50),
+            "unstolen_p95_s": _percentile(spared, 95),
+            "cpu_ms_per_turn": {k: 1e3 * v / len(lat) for k, v in sorted(self.cpu_s.items())} if lat else {},
+            "replays": self.replays,
+            "replay_mismatches": self.replay_mismatches,
+            "error_examples": self.errors[:3],
+            "cross_talk_examples": self.cross_talk[:3],
+        }
 
 
 def _overlapping(spans: list[tuple[float, float]]) -> set[int]:
@@ -224,9 +242,20 @@ class PageLine:
         self.session, self.talked = uuid.uuid4().hex[:12], False
         for event in self.on_load:  # the app's one has Gradio build the session now, not in the first turn
             if event.get("queue") is False:
-                self._request("POST", "gradio_api/run/predict", json.dumps({
-                    "data": [], "fn_index": event["id"], "session_hash": self.session, "event_data": None,
-                    "trigger_id": None}).encode(), {"Content-Type": "application/json"})
+                self._request(
+                    "POST",
+                    "gradio_api/run/predict",
+                    json.dumps(
+                        {
+                            "data": [],
+                            "fn_index": event["id"],
+                            "session_hash": self.session,
+                            "event_data": None,
+                            "trigger_id": None,
+                        }
+                    ).encode(),
+                    {"Content-Type": "application/json"},
+                )
             else:
                 self._event(event["id"], [])
 
@@ -248,9 +277,20 @@ class PageLine:
 
     def _event(self, fn_index: int, data: list) -> list:
         """Join the queue with one event and read its messages until it completes; its output values."""
-        joined = self._request("POST", "gradio_api/queue/join", json.dumps({
-            "data": data, "fn_index": fn_index, "session_hash": self.session, "event_data": None,
-            "trigger_id": None}).encode(), {"Content-Type": "application/json"})
+        joined = self._request(
+            "POST",
+            "gradio_api/queue/join",
+            json.dumps(
+                {
+                    "data": data,
+                    "fn_index": fn_index,
+                    "session_hash": self.session,
+                    "event_data": None,
+                    "trigger_id": None,
+                }
+            ).encode(),
+            {"Content-Type": "application/json"},
+        )
         event = json.loads(joined)["event_id"]
         connection = self._connection()
         try:
@@ -267,11 +307,17 @@ class PageLine:
 
     def _upload(self, path: str) -> dict:
         boundary, name = uuid.uuid4().hex, Path(path).name
-        body = b"".join([f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
-                         f"Content-Type: audio/wav\r\n\r\n".encode(), Path(path).read_bytes(),
-                         f"\r\n--{boundary}--\r\n".encode()])
-        answer = self._request("POST", "gradio_api/upload", body,
-                               {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        body = b"".join(
+            [
+                f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+                f"Content-Type: audio/wav\r\n\r\n".encode(),
+                Path(path).read_bytes(),
+                f"\r\n--{boundary}--\r\n".encode(),
+            ]
+        )
+        answer = self._request(
+            "POST", "gradio_api/upload", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        )
         return {"path": json.loads(answer)[0], "orig_name": name, "meta": {"_type": "gradio.FileData"}}
 
     def _request(self, method: str, route: str, body: bytes | None = None, headers: dict | None = None) -> bytes:
@@ -286,8 +332,14 @@ class PageLine:
         visitor's pause, and the standard library would only find out by failing to send on it."""
         return http.client.HTTPConnection(*self.address, timeout=120)
 
-    def _send(self, connection: http.client.HTTPConnection, method: str, route: str, body: bytes | None = None,
-              headers: dict | None = None) -> http.client.HTTPResponse:
+    def _send(
+        self,
+        connection: http.client.HTTPConnection,
+        method: str,
+        route: str,
+        body: bytes | None = None,
+        headers: dict | None = None,
+    ) -> http.client.HTTPResponse:
         """The answer to one request, to read; anything but 200 raises, naming the route and the status."""
         connection.request(method, self.root + route, body, headers or {})
         response = connection.getresponse()
@@ -331,8 +383,12 @@ class Visitor:
                 return
             sent.append((audio, text))
             problem = self._foreign(chatbot, sent)
-            self._record(span=(start, time.monotonic()), cross_talk=problem, spoken=audio is not None,
-                         stolen=machine_stolen_s() - stolen)
+            self._record(
+                span=(start, time.monotonic()),
+                cross_talk=problem,
+                spoken=audio is not None,
+                stolen=machine_stolen_s() - stolen,
+            )
             if problem:
                 return
             replies.append(_text(chatbot[-1]))
@@ -369,8 +425,14 @@ class Visitor:
                 self.phase.replays += 1
                 self.phase.replay_mismatches += replies != self.first_replies
 
-    def _record(self, span: tuple[float, float] | None = None, error: str | None = None,
-                cross_talk: str | None = None, spoken: bool = False, stolen: float = 0.0):
+    def _record(
+        self,
+        span: tuple[float, float] | None = None,
+        error: str | None = None,
+        cross_talk: str | None = None,
+        spoken: bool = False,
+        stolen: float = 0.0,
+    ):
         with self.lock:
             if span is not None:
                 self.phase.spans.append(span)
@@ -451,6 +513,7 @@ class Server:
     def sample_memory(self, every: float = 0.2, rewalk: float = 1.0) -> None:
         """Keep `peak_rss_mb` up to date: the tree's memory every `every` s, the tree itself (a worker
         that died is replaced by a new process) every `rewalk` s, since walking it costs 50 times more."""
+
         def loop():
             pids, walked = [], float("-inf")
             while not self._stop.is_set():
@@ -463,8 +526,10 @@ class Server:
 
     def cpu_s(self) -> dict[str, float]:
         """CPU seconds so far of the server's process and, together, of its model workers."""
-        return {"server": process_cpu_s(self.process.pid),
-                "workers": sum(process_cpu_s(child) for child in child_pids(self.process.pid))}
+        return {
+            "server": process_cpu_s(self.process.pid),
+            "workers": sum(process_cpu_s(child) for child in child_pids(self.process.pid)),
+        }
 
     def stop(self) -> None:
         self._stop.set()
@@ -561,8 +626,13 @@ def spawn_app(args: tuple[str, ...] = (), log: Path | None = None) -> Server:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     out = open(log, "w") if log else subprocess.DEVNULL
     start = time.monotonic()
-    process = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), *args],
-                               cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_serving(url, process)
@@ -602,15 +672,20 @@ def loadtest(url: str, options: LoadOptions, server_cpu: Callable[[], dict[str, 
             for visitor in (v for crowd in phases for v in crowd):
                 visitor.line.close()
         alone, together = (crowd[0].phase.summary() for crowd in phases)
-    return {"url": url, "options": asdict(options), "single": alone, "concurrent": together,
-            "p95_over_single_p50": _ratio(together["p95_s"], alone["p50_s"]),
-            "spoken_p95_over_single_p50": _ratio(together["spoken_p95_s"], alone["spoken_p50_s"]),
-            "typed_p95_over_single_p50": _ratio(together["typed_p95_s"], alone["typed_p50_s"]),
-            # The same ratio over the turns during which the hypervisor took no CPU, in both phases: what
-            # the app's own contention does, apart from the host's (the target is the ratio above).
-            "unstolen_p95_over_single_p50": _ratio(together["unstolen_p95_s"], alone["unstolen_p50_s"]),
-            "p95_over_single_p50_90ci": ratio_interval(*(crowd[0].phase.by_round(options.rounds) for crowd in phases)),
-            "rounds": round_summaries(phases[0][0].phase, phases[1][0].phase, options.rounds)}
+    return {
+        "url": url,
+        "options": asdict(options),
+        "single": alone,
+        "concurrent": together,
+        "p95_over_single_p50": _ratio(together["p95_s"], alone["p50_s"]),
+        "spoken_p95_over_single_p50": _ratio(together["spoken_p95_s"], alone["spoken_p50_s"]),
+        "typed_p95_over_single_p50": _ratio(together["typed_p95_s"], alone["typed_p50_s"]),
+        # The same ratio over the turns during which the hypervisor took no CPU, in both phases: what
+        # the app's own contention does, apart from the host's (the target is the ratio above).
+        "unstolen_p95_over_single_p50": _ratio(together["unstolen_p95_s"], alone["unstolen_p50_s"]),
+        "p95_over_single_p50_90ci": ratio_interval(*(crowd[0].phase.by_round(options.rounds) for crowd in phases)),
+        "rounds": round_summaries(phases[0][0].phase, phases[1][0].phase, options.rounds),
+    }
 
 
 def round_summaries(alone: Phase, together: Phase, rounds: int) -> list[dict]:
@@ -619,9 +694,17 @@ def round_summaries(alone: Phase, together: Phase, rounds: int) -> list[dict]:
     out = []
     for r, (single, crowd) in enumerate(zip(alone.by_round(rounds), together.by_round(rounds))):
         p50, p95 = _percentile(single, 50), _percentile(crowd, 95)
-        out.append({"single_turns": len(single), "single_p50_s": p50, "concurrent_turns": len(crowd),
-                    "concurrent_p95_s": p95, "p95_over_single_p50": _ratio(p95, p50),
-                    "single_stolen_s": _at(alone.slice_stolen, r), "concurrent_stolen_s": _at(together.slice_stolen, r)})
+        out.append(
+            {
+                "single_turns": len(single),
+                "single_p50_s": p50,
+                "concurrent_turns": len(crowd),
+                "concurrent_p95_s": p95,
+                "p95_over_single_p50": _ratio(p95, p50),
+                "single_stolen_s": _at(alone.slice_stolen, r),
+                "concurrent_stolen_s": _at(together.slice_stolen, r),
+            }
+        )
     return out
 
 
@@ -633,8 +716,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def ratio_interval(single: list[list[float]], crowd: list[list[float]], level: float = 0.9, draws: int = 4000,
-                   seed: int = 0) -> list[float] | None:
+def ratio_interval(
+    single: list[list[float]], crowd: list[list[float]], level: float = 0.9, draws: int = 4000, seed: int = 0
+) -> list[float] | None:
     """A bootstrap interval for p95(crowd) / p50(single), from each phase's turns grouped by round:
     how far the ratio could move on the same machine in another run of as many rounds.
 
@@ -660,47 +744,68 @@ def ratio_interval(single: list[list[float]], crowd: list[list[float]], level: f
 
 def format_report(report: dict) -> Iterator[str]:
     if "startup_s" in report:
-        yield (f"app ready (HTTP 200 on /) {report['startup_s']:.2f} s after process start; peak RSS of the server "
-               f"and its workers {report['server_peak_rss_mb']:.0f} MB")
+        yield (
+            f"app ready (HTTP 200 on /) {report['startup_s']:.2f} s after process start; peak RSS of the server "
+            f"and its workers {report['server_peak_rss_mb']:.0f} MB"
+        )
     o = report["options"]
-    yield (f"{report['url']}: {o['seconds']:g} s per phase in {o['rounds']} alternating round(s), {o['turns']} turns "
-           f"per conversation, think {o['think']:g} s, visitors through {o['client']}")
+    yield (
+        f"{report['url']}: {o['seconds']:g} s per phase in {o['rounds']} alternating round(s), {o['turns']} turns "
+        f"per conversation, think {o['think']:g} s, visitors through {o['client']}"
+    )
     for name in ("single", "concurrent"):
         p = report[name]
-        yield (f"  {p['users']} visitor(s): {p['turns']} turns, p50 {p['p50_s'] or 0:.3f} s, p95 {p['p95_s'] or 0:.3f} s, "
-               f"errors {p['errors']}, cross-talk {p['cross_talk']}, replays {p['replays']} "
-               f"({p['replay_mismatches']} differed); spoken turns {p['spoken_turns']}: p50 "
-               f"{p['spoken_p50_s'] or 0:.3f} s, p95 {p['spoken_p95_s'] or 0:.3f} s; typed: p50 "
-               f"{p['typed_p50_s'] or 0:.3f} s, p95 {p['typed_p95_s'] or 0:.3f} s")
+        yield (
+            f"  {p['users']} visitor(s): {p['turns']} turns, p50 {p['p50_s'] or 0:.3f} s, p95 {p['p95_s'] or 0:.3f} s, "
+            f"errors {p['errors']}, cross-talk {p['cross_talk']}, replays {p['replays']} "
+            f"({p['replay_mismatches']} differed); spoken turns {p['spoken_turns']}: p50 "
+            f"{p['spoken_p50_s'] or 0:.3f} s, p95 {p['spoken_p95_s'] or 0:.3f} s; typed: p50 "
+            f"{p['typed_p50_s'] or 0:.3f} s, p95 {p['typed_p95_s'] or 0:.3f} s"
+        )
         if p["overlapped_turns"]:
-            yield (f"    {p['overlapped_turns']} turns ran while another did: p50 {p['overlapped_p50_s']:.3f} s, "
-                   f"against {p['alone_p50_s'] or 0:.3f} s for the others")
+            yield (
+                f"    {p['overlapped_turns']} turns ran while another did: p50 {p['overlapped_p50_s']:.3f} s, "
+                f"against {p['alone_p50_s'] or 0:.3f} s for the others"
+            )
         if p["stolen_turns"]:
-            yield (f"    {p['stolen_turns']} turns ran while the hypervisor took CPU: p50 {p['stolen_p50_s']:.3f} s; "
-                   f"the others p50 {p['unstolen_p50_s'] or 0:.3f} s, p95 {p['unstolen_p95_s'] or 0:.3f} s")
+            yield (
+                f"    {p['stolen_turns']} turns ran while the hypervisor took CPU: p50 {p['stolen_p50_s']:.3f} s; "
+                f"the others p50 {p['unstolen_p50_s'] or 0:.3f} s, p95 {p['unstolen_p95_s'] or 0:.3f} s"
+            )
         if p["cpu_ms_per_turn"]:
             cpu = dict(p["cpu_ms_per_turn"])
             stolen = cpu.pop("stolen", 0.0)
-            yield ("    CPU per turn: " + ", ".join(f"{k} {v:.1f} ms" for k, v in cpu.items())
-                   + (f"; taken by the hypervisor {stolen:.1f} ms" if stolen else ""))
+            yield (
+                "    CPU per turn: "
+                + ", ".join(f"{k} {v:.1f} ms" for k, v in cpu.items())
+                + (f"; taken by the hypervisor {stolen:.1f} ms" if stolen else "")
+            )
         for example in p["error_examples"] + p["cross_talk_examples"]:
             yield f"    {example}"
     if report["p95_over_single_p50"] is not None:
-        yield (f"  concurrent p95 / single p50 = {report['p95_over_single_p50']:.2f} (all turns), "
-               f"{report['spoken_p95_over_single_p50'] or float('nan'):.2f} (spoken turns against spoken), "
-               f"{report['typed_p95_over_single_p50'] or float('nan'):.2f} (typed against typed)")
+        yield (
+            f"  concurrent p95 / single p50 = {report['p95_over_single_p50']:.2f} (all turns), "
+            f"{report['spoken_p95_over_single_p50'] or float('nan'):.2f} (spoken turns against spoken), "
+            f"{report['typed_p95_over_single_p50'] or float('nan'):.2f} (typed against typed)"
+        )
         low, high = report["p95_over_single_p50_90ci"]
         yield f"  its 90 % bootstrap interval (rounds, then their turns, redrawn): {low:.2f}-{high:.2f}"
         if len(report["rounds"]) > 1:
-            rounds = ", ".join(f"{r['single_p50_s'] or 0:.3f}/{r['concurrent_p95_s'] or 0:.3f} "
-                               f"({(r['single_stolen_s'] or 0) + (r['concurrent_stolen_s'] or 0):.1f})"
-                               for r in report["rounds"])
-            yield (f"  by round, 1 visitor p50 / {report['concurrent']['users']} visitors p95 s "
-                   f"(CPU s the hypervisor took in the two slices): {rounds}")
+            rounds = ", ".join(
+                f"{r['single_p50_s'] or 0:.3f}/{r['concurrent_p95_s'] or 0:.3f} "
+                f"({(r['single_stolen_s'] or 0) + (r['concurrent_stolen_s'] or 0):.1f})"
+                for r in report["rounds"]
+            )
+            yield (
+                f"  by round, 1 visitor p50 / {report['concurrent']['users']} visitors p95 s "
+                f"(CPU s the hypervisor took in the two slices): {rounds}"
+            )
         stolen = report["single"]["stolen_turns"] + report["concurrent"]["stolen_turns"]
         if stolen and report["unstolen_p95_over_single_p50"] is not None:
-            yield (f"  the same over the turns during which the hypervisor took no CPU: "
-                   f"{report['unstolen_p95_over_single_p50']:.2f}")
+            yield (
+                f"  the same over the turns during which the hypervisor took no CPU: "
+                f"{report['unstolen_p95_over_single_p50']:.2f}"
+            )
 
 
 def main(args) -> int:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from blsp_emo.bench.latency import Report, Result
-
 
 # --- decode speed against the memory-bandwidth bound --------------------------------------------
 
@@ -36,9 +35,15 @@ def decode_bound(llm: nn.Module, result: Result, new_tokens: int, bandwidth: flo
     weight_bytes = sum(p.numel() * p.element_size() for p in llm.parameters())
     measured = (result.total_s - result.first_token_s) / max(new_tokens - 1, 1)
     bound = weight_bytes / bandwidth
-    return {"system": result.system, "clip_s": result.clip_s, "llm_weight_mb": round(weight_bytes / 2**20, 1),
-            "bandwidth_gb_s": round(bandwidth / 1e9, 2), "bound_ms_per_token": round(bound * 1e3, 3),
-            "measured_ms_per_token": round(measured * 1e3, 3), "fraction_of_bound": round(bound / measured, 3)}
+    return {
+        "system": result.system,
+        "clip_s": result.clip_s,
+        "llm_weight_mb": round(weight_bytes / 2**20, 1),
+        "bandwidth_gb_s": round(bandwidth / 1e9, 2),
+        "bound_ms_per_token": round(bound * 1e3, 3),
+        "measured_ms_per_token": round(measured * 1e3, 3),
+        "fraction_of_bound": round(bound / measured, 3),
+    }
 
 
 # --- printing -----------------------------------------------------------------------------------
@@ -46,18 +51,24 @@ def decode_bound(llm: nn.Module, result: Result, new_tokens: int, bandwidth: flo
 
 def format_report(report: Report) -> Iterator[str]:
     m = report.machine
-    yield (f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} thread(s)), "
-           f"device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}; load average {m['load_average']} -> "
-           f"{m.get('load_average_end')}")
+    yield (
+        f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} thread(s)), "
+        f"device {m['device']}{', ' + m['gpu'] if 'gpu' in m else ''}; load average {m['load_average']} -> "
+        f"{m.get('load_average_end')}"
+    )
     s = report.settings
-    yield (f"clips: {s['clips']}; {s['new_tokens']} greedy tokens per reply; median of {s['repeats']} after "
-           f"{s['warmup']} warm-up; scale {s.get('scale')}")
+    yield (
+        f"clips: {s['clips']}; {s['new_tokens']} greedy tokens per reply; median of {s['repeats']} after "
+        f"{s['warmup']} warm-up; scale {s.get('scale')}"
+    )
     yield ""
     yield "| system | clip s | first token ms | total ms | encoder ms | RTF | peak RSS MB |"
     yield "|---|---|---|---|---|---|---|"
     for r in report.results:
-        yield (f"| `{r.system}` | {r.clip_s:g} | {r.first_token_s * 1e3:.1f} | {r.total_s * 1e3:.1f} | "
-               f"{r.encoder_s * 1e3:.1f} | {r.rtf:.4f} | {r.peak_rss_mb:.0f} |")
+        yield (
+            f"| `{r.system}` | {r.clip_s:g} | {r.first_token_s * 1e3:.1f} | {r.total_s * 1e3:.1f} | "
+            f"{r.encoder_s * 1e3:.1f} | {r.rtf:.4f} | {r.peak_rss_mb:.0f} |"
+        )
     ratios = report.ratios()
     if ratios:
         yield ""
@@ -70,12 +81,16 @@ def format_report(report: Report) -> Iterator[str]:
         yield "| system | turn | first token ms, re-encode history | with KV reuse | total ms, re-encode | with reuse | same reply |"
         yield "|---|---|---|---|---|---|---|"
         for t in report.turns:
-            yield (f"| `{t.system}` | {t.turns} ({t.clip_s:g} s clips) | {t.first_token_s_recompute * 1e3:.1f} | "
-                   f"{t.first_token_s_reuse * 1e3:.1f} | {t.total_s_recompute * 1e3:.1f} | {t.total_s_reuse * 1e3:.1f} | "
-                   f"{'yes' if t.same_tokens else 'no'} |")
+            yield (
+                f"| `{t.system}` | {t.turns} ({t.clip_s:g} s clips) | {t.first_token_s_recompute * 1e3:.1f} | "
+                f"{t.first_token_s_reuse * 1e3:.1f} | {t.total_s_recompute * 1e3:.1f} | {t.total_s_reuse * 1e3:.1f} | "
+                f"{'yes' if t.same_tokens else 'no'} |"
+            )
     if report.decode:
         d = report.decode
         yield ""
-        yield (f"decode ({d['system']}, {d['clip_s']:g} s clip): {d['measured_ms_per_token']} ms/token measured; "
-               f"bound {d['bound_ms_per_token']} ms/token = {d['llm_weight_mb']} MB of LLM weights / "
-               f"{d['bandwidth_gb_s']} GB/s measured copy bandwidth ({d['fraction_of_bound']:.1%} of the bound)")
+        yield (
+            f"decode ({d['system']}, {d['clip_s']:g} s clip): {d['measured_ms_per_token']} ms/token measured; "
+            f"bound {d['bound_ms_per_token']} ms/token = {d['llm_weight_mb']} MB of LLM weights / "
+            f"{d['bandwidth_gb_s']} GB/s measured copy bandwidth ({d['fraction_of_bound']:.1%} of the bound)"
+        )

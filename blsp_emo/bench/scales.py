@@ -11,39 +11,67 @@ prompts split into about as many tokens as with a subword tokenizer.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen2Config, WhisperConfig
 
-from blsp_emo.systems.asr import CtcRecognizer, CtcRecognizerConfig
+from blsp_emo.decoding.prefix_cache import PrefixCache
 from blsp_emo.model.config import BlspEmoConfig
 from blsp_emo.model.model import BlspEmoModel
-from blsp_emo.decoding.prefix_cache import PrefixCache
+from blsp_emo.model.tokenizer import ChatTokenizer
 from blsp_emo.prompts import END_OF_TEXT, IM_END, IM_START, SPECIAL_TOKENS, SYSTEM_EMPATHETIC
+from blsp_emo.systems.asr import CtcRecognizer, CtcRecognizerConfig
 from blsp_emo.systems.blsp import BlspSystem
 from blsp_emo.systems.cascade import CascadeSystem
-from blsp_emo.model.tokenizer import ChatTokenizer
 
 SCALES = ("tiny", "medium", "full")
 
 
 def scale_config(scale: str, encode_full_window: bool = True) -> BlspEmoConfig:
     if scale == "tiny":  # the bundled demo models' shapes (docs/demo_world.md)
-        encoder = WhisperConfig(d_model=128, encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=512,
-                                num_mel_bins=80, max_source_positions=1500)
-        llm = Qwen2Config(vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=3,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                          tie_word_embeddings=True, rope_theta=10000.0)
+        encoder = WhisperConfig(
+            d_model=128,
+            encoder_layers=4,
+            encoder_attention_heads=4,
+            encoder_ffn_dim=512,
+            num_mel_bins=80,
+            max_source_positions=1500,
+        )
+        llm = Qwen2Config(
+            vocab_size=2048,
+            hidden_size=128,
+            intermediate_size=384,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            tie_word_embeddings=True,
+            rope_theta=10000.0,
+        )
         return BlspEmoConfig(encoder, llm, adapter_inner_dim=256, encode_full_window=encode_full_window)
     if scale == "full":
         return BlspEmoConfig(encode_full_window=encode_full_window)
     if scale == "medium":  # Whisper-base-sized encoder (30 s window), a 0.1 B-parameter Qwen2
-        encoder = WhisperConfig(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048,
-                                num_mel_bins=80, max_source_positions=1500)
-        llm = Qwen2Config(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
-                          num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=8192,
-                          tie_word_embeddings=False, rope_theta=10000.0)
+        encoder = WhisperConfig(
+            d_model=512,
+            encoder_layers=6,
+            encoder_attention_heads=8,
+            encoder_ffn_dim=2048,
+            num_mel_bins=80,
+            max_source_positions=1500,
+        )
+        llm = Qwen2Config(
+            vocab_size=32000,
+            hidden_size=768,
+            intermediate_size=2048,
+            num_hidden_layers=8,
+            num_attention_heads=12,
+            num_key_value_heads=12,
+            max_position_embeddings=8192,
+            tie_word_embeddings=False,
+            rope_theta=10000.0,
+        )
         return BlspEmoConfig(encoder, llm, encode_full_window=encode_full_window)
     raise ValueError(f"unknown scale {scale!r}; choose from {SCALES} (or 'demo' for the bundled models)")
 
@@ -91,8 +119,24 @@ def random_systems(
         asr = CtcRecognizer(CtcRecognizerConfig(config.encoder_config, encode_full_window=config.encode_full_window))
     window = config.window_seconds
     return [
-        BlspSystem("blsp-emo", "random weights, released architecture", model, tokenizer, SYSTEM_EMPATHETIC, True,
-                   PrefixCache()),
-        CascadeSystem("cascade", "random weights: CTC ASR -> the same LLM", asr.eval(), model.llm, tokenizer,
-                      SYSTEM_EMPATHETIC, None, window, PrefixCache()),
+        BlspSystem(
+            "blsp-emo",
+            "random weights, released architecture",
+            model,
+            tokenizer,
+            SYSTEM_EMPATHETIC,
+            True,
+            PrefixCache(),
+        ),
+        CascadeSystem(
+            "cascade",
+            "random weights: CTC ASR -> the same LLM",
+            asr.eval(),
+            model.llm,
+            tokenizer,
+            SYSTEM_EMPATHETIC,
+            None,
+            window,
+            PrefixCache(),
+        ),
     ]

@@ -16,8 +16,8 @@ import gc
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -25,8 +25,8 @@ import torch
 from blsp_emo.decoding.batching import DecodeBatcher
 from blsp_emo.decoding.decode_step import Qwen2DecodeStep
 from blsp_emo.decoding.generation import GenerationOptions, new_cache, single_decoder
-from blsp_emo.systems import SpokenDialogueSystem
 from blsp_emo.serving.workers import freeze_loaded
+from blsp_emo.systems import SpokenDialogueSystem
 
 
 @dataclass(frozen=True)
@@ -111,8 +111,9 @@ def measure_step(llm, context: int = 128, tokens: int = 64, repeats: int = 5) ->
     return StepResult(context, ms["transformers"], ms.get("lean"))
 
 
-def measure_concurrent(system: SpokenDialogueSystem, clips: list[np.ndarray], clip_s: float,
-                       options: GenerationOptions, repeats: int = 3) -> ConcurrentResult:
+def measure_concurrent(
+    system: SpokenDialogueSystem, clips: list[np.ndarray], clip_s: float, options: GenerationOptions, repeats: int = 3
+) -> ConcurrentResult:
     """`len(clips)` replies at once, per-thread decoding vs one batcher, interleaved over `repeats`."""
     llm = _llm(system)
     batcher = DecodeBatcher(llm, max_batch=len(clips))
@@ -132,8 +133,17 @@ def measure_concurrent(system: SpokenDialogueSystem, clips: list[np.ndarray], cl
         batcher.close()
     med = {name: statistics.median(v) for name, v in walls.items()}
     reply = {name: statistics.median(v) for name, v in replies.items()}
-    return ConcurrentResult(system.name, len(clips), clip_s, med["threads"], med["batched"], reply["threads"],
-                            reply["batched"], batcher.largest_batch, tokens["threads"] == tokens["batched"])
+    return ConcurrentResult(
+        system.name,
+        len(clips),
+        clip_s,
+        med["threads"],
+        med["batched"],
+        reply["threads"],
+        reply["batched"],
+        batcher.largest_batch,
+        tokens["threads"] == tokens["batched"],
+    )
 
 
 def _at_once(system: SpokenDialogueSystem, clips: list[np.ndarray], options: GenerationOptions):
@@ -175,22 +185,33 @@ def _sync(device) -> None:
 
 
 def to_json(step: StepResult | None, concurrent: ConcurrentResult | None, collection: CollectionResult) -> dict:
-    return {"decode_step": None if step is None else {**asdict(step), "speedup": step.speedup},
-            "concurrent": None if concurrent is None else asdict(concurrent), "collection": asdict(collection)}
+    return {
+        "decode_step": None if step is None else {**asdict(step), "speedup": step.speedup},
+        "concurrent": None if concurrent is None else asdict(concurrent),
+        "collection": asdict(collection),
+    }
 
 
-def format_serving(step: StepResult | None, concurrent: ConcurrentResult | None,
-                   collection: CollectionResult) -> Iterator[str]:
+def format_serving(
+    step: StepResult | None, concurrent: ConcurrentResult | None, collection: CollectionResult
+) -> Iterator[str]:
     yield ""
-    yield (f"full garbage collection, systems loaded: {collection.full_ms:.1f} ms over {collection.tracked:,} tracked "
-           f"objects; after freeze_loaded (as a model worker serves): {collection.frozen_full_ms:.3f} ms over "
-           f"{collection.frozen_tracked:,}")
+    yield (
+        f"full garbage collection, systems loaded: {collection.full_ms:.1f} ms over {collection.tracked:,} tracked "
+        f"objects; after freeze_loaded (as a model worker serves): {collection.frozen_full_ms:.3f} ms over "
+        f"{collection.frozen_tracked:,}"
+    )
     if step is not None:
-        lean = "n/a (not a Qwen2 it supports)" if step.lean_ms is None else \
-            f"{step.lean_ms:.3f} ms with Qwen2DecodeStep ({step.speedup:.2f}x faster)"
+        lean = (
+            "n/a (not a Qwen2 it supports)"
+            if step.lean_ms is None
+            else f"{step.lean_ms:.3f} ms with Qwen2DecodeStep ({step.speedup:.2f}x faster)"
+        )
         yield ""
-        yield (f"decode step, {step.context} cached positions: {step.transformers_ms:.3f} ms a token through "
-               f"transformers' forward, {lean}")
+        yield (
+            f"decode step, {step.context} cached positions: {step.transformers_ms:.3f} ms a token through "
+            f"transformers' forward, {lean}"
+        )
     if concurrent is not None:
         c = concurrent
         yield ""
@@ -199,6 +220,8 @@ def format_serving(step: StepResult | None, concurrent: ConcurrentResult | None,
         yield "|---|---|---|"
         yield f"| each in its own thread | {c.threads_wall_s * 1e3:.1f} | {c.threads_reply_s * 1e3:.1f} |"
         yield f"| one DecodeBatcher | {c.batched_wall_s * 1e3:.1f} | {c.batched_reply_s * 1e3:.1f} |"
-        yield (f"batched / threads: all done {c.batched_wall_s / c.threads_wall_s:.2f}, one reply "
-               f"{c.batched_reply_s / c.threads_reply_s:.2f}; largest batch {c.largest_batch}; "
-               f"same tokens: {'yes' if c.same_tokens else 'NO'}")
+        yield (
+            f"batched / threads: all done {c.batched_wall_s / c.threads_wall_s:.2f}, one reply "
+            f"{c.batched_reply_s / c.threads_reply_s:.2f}; largest batch {c.largest_batch}; "
+            f"same tokens: {'yes' if c.same_tokens else 'NO'}"
+        )

@@ -99,8 +99,14 @@ def _client(url: str):
     return Client(url, verbose=False, download_files=False, ssl_verify=_TLS, httpx_kwargs={"timeout": 60})
 
 
-def run_load(url: str, raters: int, token: str | None = None, timeout_s: float = 300, seed: int = 0,
-             on_ack: Callable[[str], None] | None = None) -> dict:
+def run_load(
+    url: str,
+    raters: int,
+    token: str | None = None,
+    timeout_s: float = 300,
+    seed: int = 0,
+    on_ack: Callable[[str], None] | None = None,
+) -> dict:
     """Drive `raters` simulated raters at once; returns the summary `study loadtest` prints."""
     check_url(url)
     if not 1 <= raters <= MAX_RATERS:
@@ -118,12 +124,22 @@ def run_load(url: str, raters: int, token: str | None = None, timeout_s: float =
 
     with ThreadPoolExecutor(max_workers=raters) as pool:
         list(pool.map(run, workers))
-    result = {"raters": raters, "finished": tally.finished, "submitted": tally.submitted,
-              "acknowledged": len(tally.acknowledged), "duplicates": tally.duplicate_answers,
-              "retries": dict(tally.retries), "errors": tally.errors[:10], "error_count": len(tally.errors),
-              "seconds": round(time.monotonic() - start, 2)}
-    result.update(audit(url, token, tally) if token else
-                  {"stored": None, "note": "pass --token (or set BLSP_EMO_ADMIN_TOKEN) to check the database"})
+    result = {
+        "raters": raters,
+        "finished": tally.finished,
+        "submitted": tally.submitted,
+        "acknowledged": len(tally.acknowledged),
+        "duplicates": tally.duplicate_answers,
+        "retries": dict(tally.retries),
+        "errors": tally.errors[:10],
+        "error_count": len(tally.errors),
+        "seconds": round(time.monotonic() - start, 2),
+    }
+    result.update(
+        audit(url, token, tally)
+        if token
+        else {"stored": None, "note": "pass --token (or set BLSP_EMO_ADMIN_TOKEN) to check the database"}
+    )
     return result
 
 
@@ -132,7 +148,10 @@ def audit(url: str, token: str, tally: Tally) -> dict:
     answer = _client(url).predict(token, api_name="/study_audit")
     rows = Counter(answer["keys"])
     acked = set(tally.acknowledged)
-    return {"stored": sum(1 for k in acked if rows.get(k) == 1),
-            "lost": sorted(k for k in acked if k not in rows),
-            "stored_more_than_once": sorted(k for k, n in rows.items() if n > 1),
-            "rows_in_db": sum(rows.values()), "assignment": answer["assignment"]}
+    return {
+        "stored": sum(1 for k in acked if rows.get(k) == 1),
+        "lost": sorted(k for k in acked if k not in rows),
+        "stored_more_than_once": sorted(k for k, n in rows.items() if n > 1),
+        "rows_in_db": sum(rows.values()),
+        "assignment": answer["assignment"],
+    }

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from transformers import DynamicCache
@@ -83,9 +83,9 @@ class _Batch:
         if self.mask is None or self.steps == 0:
             return  # alone, the row's own cache was stepped in place
         for layer, batched in enumerate(self.cache.layers):
-            keys, values = batched.keys[:, :, self.width:], batched.values[:, :, self.width:]
+            keys, values = batched.keys[:, :, self.width :], batched.values[:, :, self.width :]
             for r, row in enumerate(self.rows):
-                row.cache.update(keys[r: r + 1], values[r: r + 1], layer)
+                row.cache.update(keys[r : r + 1], values[r : r + 1], layer)
 
 
 def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:
@@ -117,8 +117,9 @@ class DecodeBatcher:
         self._queued = 0  # replies given to the worker and not yet over
         self.largest_batch = 0  # the most replies one forward has stepped (for tests and the bench)
 
-    def decode(self, logits: torch.Tensor, cache: DynamicCache, options: GenerationOptions,
-               stop_ids: frozenset[int], seed: int) -> Iterator[int]:
+    def decode(
+        self, logits: torch.Tensor, cache: DynamicCache, options: GenerationOptions, stop_ids: frozenset[int], seed: int
+    ) -> Iterator[int]:
         reply = _Reply(logits, cache, TokenSampler(options, stop_ids, seed, logits.device))
         with self._lock:
             alone = self._alone is None and self._queued == 0
@@ -186,8 +187,9 @@ class DecodeBatcher:
     def _start_locked(self) -> queue.Queue:
         """The running worker's queue, starting a worker if none is alive (the caller holds the lock)."""
         if self._worker is None or not self._worker.is_alive():
-            self._worker = threading.Thread(target=self._run, args=(self._incoming,), name="decode-batcher",
-                                            daemon=True)
+            self._worker = threading.Thread(
+                target=self._run, args=(self._incoming,), name="decode-batcher", daemon=True
+            )
             self._worker.start()
         return self._incoming
 

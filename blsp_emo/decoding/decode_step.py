@@ -11,7 +11,7 @@ and the cache against transformers' forward.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +49,20 @@ class Qwen2DecodeStep:
         # Split or offloaded by accelerate (several devices in its map): its hooks move weights at call
         # time, which reading the weights directly would bypass.
         placed_once = len(set((getattr(llm, "hf_device_map", None) or {}).values())) <= 1
-        return (isinstance(llm, Qwen2ForCausalLM) and placed_once and not getattr(config, "use_sliding_window", False)
-                and all(t == "full_attention" for t in getattr(config, "layer_types", None) or ["full_attention"]))
+        return (
+            isinstance(llm, Qwen2ForCausalLM)
+            and placed_once
+            and not getattr(config, "use_sliding_window", False)
+            and all(t == "full_attention" for t in getattr(config, "layer_types", None) or ["full_attention"])
+        )
 
-    def __call__(self, tokens: torch.Tensor, cache: DynamicCache, positions: torch.Tensor | None = None,
-                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        tokens: torch.Tensor,
+        cache: DynamicCache,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         batch, length = tokens.shape[0], cache.get_seq_length()
         if positions is None:
             positions = torch.full((batch, 1), length, dtype=torch.long, device=tokens.device)
@@ -68,8 +77,9 @@ class Qwen2DecodeStep:
             v = F.linear(x, w["v"], w["v_bias"]).view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
             q, k = _rotate(q, cos, sin, half), _rotate(k, cos, sin, half)
             keys, values = cache.update(k, v, index)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=attend, scale=self.scaling,
-                                                 enable_gqa=self.kv_heads != self.heads)
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=attend, scale=self.scaling, enable_gqa=self.kv_heads != self.heads
+            )
             h = h + F.linear(out.transpose(1, 2).reshape(batch, 1, -1), w["o"], w["o_bias"])
             x = _rms_norm(h, w["post_norm"], self.eps)
             h = h + F.linear(self.act(F.linear(x, w["gate"])) * F.linear(x, w["up"]), w["down"])
@@ -94,10 +104,19 @@ class Qwen2DecodeStep:
 def _weights(layer) -> dict[str, torch.Tensor | None]:
     attn, mlp = layer.self_attn, layer.mlp
     return {
-        "input_norm": layer.input_layernorm.weight, "post_norm": layer.post_attention_layernorm.weight,
-        "q": attn.q_proj.weight, "q_bias": attn.q_proj.bias, "k": attn.k_proj.weight, "k_bias": attn.k_proj.bias,
-        "v": attn.v_proj.weight, "v_bias": attn.v_proj.bias, "o": attn.o_proj.weight, "o_bias": attn.o_proj.bias,
-        "gate": mlp.gate_proj.weight, "up": mlp.up_proj.weight, "down": mlp.down_proj.weight,
+        "input_norm": layer.input_layernorm.weight,
+        "post_norm": layer.post_attention_layernorm.weight,
+        "q": attn.q_proj.weight,
+        "q_bias": attn.q_proj.bias,
+        "k": attn.k_proj.weight,
+        "k_bias": attn.k_proj.bias,
+        "v": attn.v_proj.weight,
+        "v_bias": attn.v_proj.bias,
+        "o": attn.o_proj.weight,
+        "o_bias": attn.o_proj.bias,
+        "gate": mlp.gate_proj.weight,
+        "up": mlp.up_proj.weight,
+        "down": mlp.down_proj.weight,
     }
 
 
@@ -121,7 +140,8 @@ def decode_step(llm) -> Step:
         return Qwen2DecodeStep(llm)
 
     def forward(tokens, cache, positions=None, mask=None):
-        return llm(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                   use_cache=True).logits[:, -1]
+        return llm(
+            input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+        ).logits[:, -1]
 
     return forward

@@ -7,8 +7,9 @@ Sampling uses transformers' logits processors rather than hand-written ones.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import torch
 from transformers import DynamicCache
@@ -85,8 +86,9 @@ class TokenSampler:
 class Decoder(Protocol):
     """What continues a reply after the prefill: `decode` bound to an LLM, or `DecodeBatcher.decode`."""
 
-    def __call__(self, logits: torch.Tensor, cache: DynamicCache, options: GenerationOptions,
-                 stop_ids: frozenset[int], seed: int) -> Iterator[int]: ...
+    def __call__(
+        self, logits: torch.Tensor, cache: DynamicCache, options: GenerationOptions, stop_ids: frozenset[int], seed: int
+    ) -> Iterator[int]: ...
 
 
 @torch.inference_mode()

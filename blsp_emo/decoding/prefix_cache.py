@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ class TokenSequence:
     clips: tuple[bytes, ...]  # digest of each span's clip
 
     @classmethod
-    def of(cls, ids: Sequence[int], speech_mask: Sequence[bool], clips: Sequence[np.ndarray]) -> "TokenSequence":
+    def of(cls, ids: Sequence[int], speech_mask: Sequence[bool], clips: Sequence[np.ndarray]) -> TokenSequence:
         spans, start = [], None
         for i, is_speech in enumerate([*speech_mask, False]):
             if is_speech and start is None:
@@ -51,10 +51,10 @@ class TokenSequence:
             raise ValueError(f"{len(spans)} speech spans for {len(clips)} clips")
         return cls(tuple(ids), tuple(spans), tuple(clip_digest(c) for c in clips))
 
-    def extended(self, ids: Sequence[int]) -> "TokenSequence":
+    def extended(self, ids: Sequence[int]) -> TokenSequence:
         return TokenSequence(self.ids + tuple(ids), self.spans, self.clips)
 
-    def common_prefix(self, other: "TokenSequence") -> int:
+    def common_prefix(self, other: TokenSequence) -> int:
         """How many leading positions hold the same tokens and the same speech in both."""
         n = _common_length(self.ids, other.ids)
         for k, (start, _end) in enumerate(self.spans):

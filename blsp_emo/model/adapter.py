@@ -59,7 +59,9 @@ class Subsampler(nn.Module):
         x = x.transpose(1, 2)  # (B, d_enc, T)
         for conv in self.conv_layers:
             if lengths is not None:
-                x = x * (torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]).unsqueeze(1).to(x.dtype)
+                x = x * (torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]).unsqueeze(1).to(
+                    x.dtype
+                )
                 lengths = conv_output_length(lengths, conv.kernel_size[0], conv.stride[0])
             x = F.glu(conv(x), dim=1)
         return x.transpose(1, 2)  # (B, T', d_llm)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from blsp_emo.released import convert as released
 from blsp_emo.model.model import BlspEmoModel
 from blsp_emo.model.tokenizer import ChatTokenizer
+from blsp_emo.released import convert as released
 
 # Demo-scale models built by `python -m train demo`: one folder per component.
 BUNDLED_MODELS = Path(__file__).resolve().parents[2] / "assets" / "models"

@@ -103,9 +103,7 @@ class BlspEmoConfig(PretrainedConfig):
 
     def _validate(self) -> None:
         if not self.conv_kernel_sizes or any(k < 1 or k % 2 == 0 for k in self.conv_kernel_sizes):
-            raise ValueError(
-                f"conv_kernel_sizes must be odd positive integers, got {self.conv_kernel_sizes}"
-            )
+            raise ValueError(f"conv_kernel_sizes must be odd positive integers, got {self.conv_kernel_sizes}")
         if self.conv_stride < 1:
             raise ValueError(f"conv_stride must be >= 1, got {self.conv_stride}")
         if self.adapter_inner_dim < 1:
@@ -114,9 +112,7 @@ class BlspEmoConfig(PretrainedConfig):
             raise ValueError(f"lora_rank must be >= 0 (0 = no LoRA), got {self.lora_rank}")
         unknown = set(self.lora_target_modules) - set(QWEN2_LORA_TARGETS)
         if unknown:
-            raise ValueError(
-                f"lora_target_modules has {sorted(unknown)}; choose from {QWEN2_LORA_TARGETS}"
-            )
+            raise ValueError(f"lora_target_modules has {sorted(unknown)}; choose from {QWEN2_LORA_TARGETS}")
         if len(set(self.emotions)) != len(self.emotions) or not self.emotions:
             raise ValueError(f"emotions must be distinct and non-empty, got {self.emotions}")
         if self.kd_temperature <= 0:

@@ -17,14 +17,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ACTIVE: ContextVar[tuple["ScopedLoRA", torch.Tensor] | None] = ContextVar("blsp_emo_lora_scope", default=None)
+_ACTIVE: ContextVar[tuple[ScopedLoRA, torch.Tensor] | None] = ContextVar("blsp_emo_lora_scope", default=None)
 
 
 class LoRAPair(nn.Module):

@@ -7,8 +7,8 @@ LoRA and the head. Training losses are chosen by name per call, never by state s
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,11 +16,11 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel, Qwen2ForCausalLM
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from blsp_emo.decoding.generation import Decoder, GenerationOptions, new_cache, single_decoder
+from blsp_emo.emotion import masked_mean
 from blsp_emo.model.adapter import Adapter
 from blsp_emo.model.config import BlspEmoConfig
-from blsp_emo.emotion import masked_mean
 from blsp_emo.model.encoder import encode
-from blsp_emo.decoding.generation import Decoder, GenerationOptions, new_cache, single_decoder
 from blsp_emo.model.lora import ScopedLoRA
 from blsp_emo.model.tokenizer import IGNORE_INDEX
 
@@ -76,7 +76,9 @@ class BlspEmoModel(PreTrainedModel):
     _no_split_modules = ["WhisperEncoderLayer", "Qwen2DecoderLayer"]
     _supports_sdpa = True
 
-    def __init__(self, config: BlspEmoConfig, encoder: WhisperEncoder | None = None, llm: Qwen2ForCausalLM | None = None):
+    def __init__(
+        self, config: BlspEmoConfig, encoder: WhisperEncoder | None = None, llm: Qwen2ForCausalLM | None = None
+    ):
         super().__init__(config)
         self.encoder = encoder if encoder is not None else WhisperEncoder(config.encoder_config)
         self.llm = llm if llm is not None else Qwen2ForCausalLM(config.llm_config)

@@ -6,17 +6,17 @@ layout cannot drift apart between the two.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from blsp_emo.model.adapter import speech_token_count
 from blsp_emo.audio import HOP_LENGTH, log_mel
+from blsp_emo.model.adapter import speech_token_count
 from blsp_emo.model.config import BlspEmoConfig
 from blsp_emo.model.model import SpeechPrompt
-from blsp_emo.prompts import Piece
 from blsp_emo.model.tokenizer import IGNORE_INDEX, ChatTokenizer, EncodedPrompt
+from blsp_emo.prompts import Piece
 
 
 def clip_features(clips: Sequence[np.ndarray], config: BlspEmoConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,9 +6,9 @@ a user is plain text, never a control token. `split_special_tokens=True` gives t
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -39,7 +39,7 @@ class ChatTokenizer:
         self.stop_ids = frozenset(self.special_ids.values())
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "ChatTokenizer":
+    def from_pretrained(cls, path: str | Path) -> ChatTokenizer:
         # Our folders always hold tokenizer.json; AutoTokenizer would also parse config.json and
         # warn that a `blsp_emo` config is not a tokenizer's model type.
         return cls(PreTrainedTokenizerFast.from_pretrained(str(path)))
@@ -88,9 +88,7 @@ class ChatTokenizer:
             return [self.special_ids[piece.token]], False
         if isinstance(piece, Speech):
             if piece.clip >= len(speech_lengths):
-                raise ValueError(
-                    f"prompt has speech slot {piece.clip} but only {len(speech_lengths)} clip(s)"
-                )
+                raise ValueError(f"prompt has speech slot {piece.clip} but only {len(speech_lengths)} clip(s)")
             # Placeholder ids: these rows are replaced by speech embeddings before the LLM runs.
             return [self.pad_id] * int(speech_lengths[piece.clip]), True
         return self.encode(piece), False
@@ -109,8 +107,6 @@ def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int) -> ChatTokenizer
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(corpus, trainer)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=IM_END, pad_token=END_OF_TEXT, bos_token=None
-    )
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=END_OF_TEXT, bos_token=None)
     hf.add_special_tokens({"additional_special_tokens": [IM_START]})
     return ChatTokenizer(hf)

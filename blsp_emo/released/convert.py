@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config
 
-from blsp_emo.model.config import QWEN2_LORA_TARGETS, BlspEmoConfig
 from blsp_emo.emotion import EMOTIONS
+from blsp_emo.model.config import QWEN2_LORA_TARGETS, BlspEmoConfig
 from blsp_emo.model.model import BlspEmoModel
-from blsp_emo.released.qwen_tokenizer import VOCAB_FILE, load_qwen_tokenizer
 from blsp_emo.model.tokenizer import ChatTokenizer
+from blsp_emo.released.qwen_tokenizer import VOCAB_FILE, load_qwen_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,14 @@ _LORA_TARGETS = {
 # Qwen v1 options whose other values change the computation in ways Qwen2 cannot express.
 _QWEN_FIXED = {"rotary_pct": 1.0, "no_bias": True, "tie_word_embeddings": False, "scale_attn_weights": True}
 _QWEN_REQUIRED = (
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "kv_channels",
-    "intermediate_size", "layer_norm_epsilon", "rotary_emb_base",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "kv_channels",
+    "intermediate_size",
+    "layer_norm_epsilon",
+    "rotary_emb_base",
 )
 
 
@@ -109,8 +115,19 @@ def is_released_layout(path: str | Path) -> bool:
 
 def released_config(raw: dict) -> BlspEmoConfig:
     """The released `config.json` (a dict) as our BlspEmoConfig."""
-    _require(raw, ("whisper_config", "qwen_config", "adapter_type", "conv_kernel_sizes", "adapter_inner_dim",
-                   "lora_scope", "num_emotions"), "config.json")
+    _require(
+        raw,
+        (
+            "whisper_config",
+            "qwen_config",
+            "adapter_type",
+            "conv_kernel_sizes",
+            "adapter_inner_dim",
+            "lora_scope",
+            "num_emotions",
+        ),
+        "config.json",
+    )
     if raw["adapter_type"] != "subsampler":
         raise ReleasedCheckpointError(
             f"adapter_type {raw['adapter_type']!r} is not supported: only the released 'subsampler' adapter "
@@ -178,7 +195,9 @@ def _exact_positions(qwen: dict) -> int:
         logger.warning(
             "qwen_config: LogN/dynamic-NTK would act on positions %d..%d, which Qwen2 does not reproduce; "
             "max_position_embeddings is set to %d",
-            seq_length + 1, max_positions, seq_length,
+            seq_length + 1,
+            max_positions,
+            seq_length,
         )
         return seq_length
     return max_positions
@@ -188,8 +207,13 @@ def _lora_options(lora: dict | None) -> dict:
     if not lora:
         return {"lora_rank": 0}
     _require(lora, ("r", "lora_alpha", "target_modules"), "lora_config")
-    for key, value in (("bias", "none"), ("fan_in_fan_out", False), ("use_rslora", False), ("use_dora", False),
-                       ("layers_to_transform", None)):
+    for key, value in (
+        ("bias", "none"),
+        ("fan_in_fan_out", False),
+        ("use_rslora", False),
+        ("use_dora", False),
+        ("layers_to_transform", None),
+    ):
         if lora.get(key, value) != value:
             raise ReleasedCheckpointError(f"lora_config {key}={lora[key]!r} is not supported (the release: {value!r})")
     unknown = sorted(set(lora["target_modules"]) - set(_LORA_TARGETS))
@@ -227,11 +251,11 @@ def plan(name: str) -> tuple[Placement, ...]:
         return ()
     for prefix, ours in _COPIED_PREFIXES.items():
         if name.startswith(prefix):
-            return (Placement(ours + name[len(prefix):]),)
+            return (Placement(ours + name[len(prefix) :]),)
     if name == "hidden2emotion.weight":
         return (Placement("emotion_head.weight"),)
     if name.startswith(_QWEN_PREFIX):
-        return _plan_qwen(name, name[len(_QWEN_PREFIX):])
+        return _plan_qwen(name, name[len(_QWEN_PREFIX) :])
     raise ReleasedCheckpointError(f"unknown tensor {name!r} in the checkpoint; refusing to drop it")
 
 
@@ -254,7 +278,7 @@ def released_name(target: str) -> str:
     """The released name of our tensor `target`, the inverse of `plan` (for messages)."""
     for prefix, ours in _COPIED_PREFIXES.items():
         if target.startswith(ours):
-            return prefix + target[len(ours):]
+            return prefix + target[len(ours) :]
     if target == "emotion_head.weight":
         return "hidden2emotion.weight"
     top = {ours: v1 for v1, ours in _QWEN_TOP.items()}

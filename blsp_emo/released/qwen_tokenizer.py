@@ -19,8 +19,8 @@ from tokenizers import Tokenizer, normalizers
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import TikTokenConverter
 
-from blsp_emo.prompts import END_OF_TEXT, IM_END, IM_START
 from blsp_emo.model.tokenizer import ChatTokenizer
+from blsp_emo.prompts import END_OF_TEXT, IM_END, IM_START
 
 VOCAB_FILE = "qwen.tiktoken"
 

@@ -30,11 +30,11 @@ import threading
 import time
 import traceback
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -135,7 +135,8 @@ class _Worker:
     def stopped(self) -> str:
         code = self.process.poll()
         return f"model worker {self.index} (pid {self.process.pid}) " + (
-            "stopped" if code is None else f"exited with code {code}")
+            "stopped" if code is None else f"exited with code {code}"
+        )
 
 
 class _Door:
@@ -161,8 +162,9 @@ class _Door:
                 return
 
     def launch(self, index: int) -> subprocess.Popen:
-        return _launch({"address": self.listener.address, "key": self.key.hex(), "index": index,
-                        "spec": asdict(self.spec)})
+        return _launch(
+            {"address": self.listener.address, "key": self.key.hex(), "index": index, "spec": asdict(self.spec)}
+        )
 
     def admit(self, procs: dict[int, subprocess.Popen], deadline: float) -> tuple[list[_Worker], tuple, tuple]:
         """Wait for `slots` connections from each process (by worker index); kill them all if one fails."""
@@ -204,8 +206,9 @@ def _check_loading(workers, deadline: float, closed: bool) -> None:
     if closed:
         raise WorkerError("the worker pool was closed while a worker was loading")
     if time.monotonic() > deadline:
-        raise WorkerError("the model workers did not load within the time allowed; the log above shows how far "
-                          "they got")
+        raise WorkerError(
+            "the model workers did not load within the time allowed; the log above shows how far they got"
+        )
 
 
 class WorkerPool:
@@ -216,8 +219,15 @@ class WorkerPool:
     other worker is left.
     """
 
-    def __init__(self, door: _Door, workers: list[_Worker], infos: Sequence[SystemInfo], notes: Sequence[str],
-                 restart: bool = True, timeout: float = 300.0):
+    def __init__(
+        self,
+        door: _Door,
+        workers: list[_Worker],
+        infos: Sequence[SystemInfo],
+        notes: Sequence[str],
+        restart: bool = True,
+        timeout: float = 300.0,
+    ):
         self._door, self._workers, self._restart, self._timeout = door, workers, restart, timeout
         self._ready = threading.Condition()
         self._restarting = 0  # replacements loading
@@ -252,8 +262,9 @@ class WorkerPool:
                 self._workers[index] = worker
             self._ready.notify_all()
 
-    def stream(self, name: str, audio, history: tuple[Turn, ...], options: GenerationOptions,
-               text: str | None) -> Iterator[Reply]:
+    def stream(
+        self, name: str, audio, history: tuple[Turn, ...], options: GenerationOptions, text: str | None
+    ) -> Iterator[Reply]:
         """Run `name`'s `stream` in a worker; closing the iterator early cancels the reply there."""
         worker, conn = self._acquire(_home_key(audio, history, text))
         finished = broken = False
@@ -312,8 +323,9 @@ class WorkerPool:
                 threading.Thread(target=worker.end, name=f"end-worker-{worker.index}", daemon=True).start()
                 if self._restart and not self._door.closed:
                     self._restarting += 1
-                    threading.Thread(target=self._replace, args=(worker.index,), name=f"replace-worker-{worker.index}",
-                                     daemon=True).start()
+                    threading.Thread(
+                        target=self._replace, args=(worker.index,), name=f"replace-worker-{worker.index}", daemon=True
+                    ).start()
             self._ready.notify_all()
 
     def close(self, timeout: float = 10.0) -> None:
@@ -381,6 +393,7 @@ def freeze_loaded() -> None:
 
 # The worker process.
 
+
 def serve(config: dict) -> None:
     """Load the systems, connect `slots` times to the pool and answer calls until it closes them."""
     from blsp_emo.systems import load_systems
@@ -390,10 +403,13 @@ def serve(config: dict) -> None:
     systems, notes = load_systems(spec.names, **{**spec.parts(), "device": spec.device or default_device()})
     infos = [SystemInfo.of(s) for s in systems.values()]
     freeze_loaded()
-    connections = [Client(config["address"], family="AF_UNIX", authkey=bytes.fromhex(config["key"]))
-                   for _ in range(spec.slots)]
-    answering = [threading.Thread(target=_answer_calls, args=(conn, systems, spec.stream_interval), name=f"slot-{i}")
-                 for i, conn in enumerate(connections)]
+    connections = [
+        Client(config["address"], family="AF_UNIX", authkey=bytes.fromhex(config["key"])) for _ in range(spec.slots)
+    ]
+    answering = [
+        threading.Thread(target=_answer_calls, args=(conn, systems, spec.stream_interval), name=f"slot-{i}")
+        for i, conn in enumerate(connections)
+    ]
     for conn, thread in zip(connections, answering):
         conn.send(("ready", os.getpid(), infos, notes))
         thread.start()

@@ -16,7 +16,9 @@ class AdminTokenError(PermissionError):
 def check_admin(token: str | None, environ: Mapping[str, str] = os.environ) -> None:
     expected = environ.get(ADMIN_TOKEN_ENV, "")
     if len(expected) < 8:
-        raise AdminTokenError(f"results are locked: set {ADMIN_TOKEN_ENV} (at least 8 characters; a Space secret) "
-                              "where the app runs, then give that token")
+        raise AdminTokenError(
+            f"results are locked: set {ADMIN_TOKEN_ENV} (at least 8 characters; a Space secret) "
+            "where the app runs, then give that token"
+        )
     if not token or not hmac.compare_digest(token.encode(), expected.encode()):
         raise AdminTokenError(f"wrong or missing admin token: give the value of {ADMIN_TOKEN_ENV}")

@@ -85,8 +85,9 @@ def pairwise(rows: Rows) -> list[dict]:
     table = {}
     for r in rows:
         a, b = sorted((r["system_a"], r["system_b"]))
-        t = table.setdefault((a, b), {"system_1": a, "system_2": b, "n": 0, "wins_1": 0, "wins_2": 0, "ties": 0,
-                                      "both_bad": 0})
+        t = table.setdefault(
+            (a, b), {"system_1": a, "system_2": b, "n": 0, "wins_1": 0, "wins_2": 0, "ties": 0, "both_bad": 0}
+        )
         t["n"] += 1
         w = r["winner"]
         t["wins_1" if w == a else "wins_2" if w == b else "ties" if w == "tie" else "both_bad"] += 1
@@ -124,13 +125,21 @@ def bradley_terry(rows: Rows, n_boot: int = 1000, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     to_elo = 400 / math.log(10)
     point = fit_bradley_terry(outcome_matrix(rows, systems)) * to_elo + 1000
-    boots = np.array([fit_bradley_terry(outcome_matrix(b, systems)) * to_elo + 1000
-                      for b in _resamples(rows, n_boot, rng)])
+    boots = np.array(
+        [fit_bradley_terry(outcome_matrix(b, systems)) * to_elo + 1000 for b in _resamples(rows, n_boot, rng)]
+    )
     out = []
     for i, s in enumerate(systems):
         lo, hi = _interval(boots[:, i]) if len(boots) else (math.nan, math.nan)
-        out.append({"system": s, "strength": float(point[i]), "lo": lo, "hi": hi,
-                    "comparisons": int(sum(1 for r in rows if s in (r["system_a"], r["system_b"])))})
+        out.append(
+            {
+                "system": s,
+                "strength": float(point[i]),
+                "lo": lo,
+                "hi": hi,
+                "comparisons": int(sum(1 for r in rows if s in (r["system_a"], r["system_b"]))),
+            }
+        )
     out.sort(key=lambda r: -r["strength"])
     for rank, r in enumerate(out, 1):
         r["rank"] = rank

@@ -74,7 +74,9 @@ def plan_trials(
 
 def balance(condition_counts: Mapping[Condition, int], config: StudyConfig) -> dict:
     """Counts per pair and order, with the spread (max − min) that balanced assignment keeps ≤ 1."""
-    per = {f"{a} vs {b} ({'swapped' if s else 'as listed'})": int(condition_counts.get(((a, b), s), 0))
-           for (a, b), s in conditions(config)}
+    per = {
+        f"{a} vs {b} ({'swapped' if s else 'as listed'})": int(condition_counts.get(((a, b), s), 0))
+        for (a, b), s in conditions(config)
+    }
     values = list(per.values())
     return {"conditions": per, "min": min(values), "max": max(values), "spread": max(values) - min(values)}

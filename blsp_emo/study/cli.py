@@ -26,8 +26,10 @@ def _admin(args) -> None:
 
 def cmd_check(args) -> int:
     config = StudyConfig.load(args.config)
-    print(f"{config.path}: study {config.id!r}, {len(config.stimuli)} clips, systems {list(config.systems)}, "
-          f"{len(config.pairs)} pairs × 2 orders, {config.trials_per_rater} trials per rater")
+    print(
+        f"{config.path}: study {config.id!r}, {len(config.stimuli)} clips, systems {list(config.systems)}, "
+        f"{len(config.pairs)} pairs × 2 orders, {config.trials_per_rater} trials per rater"
+    )
     return 0
 
 

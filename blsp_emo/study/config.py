@@ -82,11 +82,13 @@ class StudyConfig:
         """Refuse a study naming a system the app did not load (or that does not exist)."""
         missing = [s for s in self.systems if s not in set(loaded)]
         if missing:
-            raise StudyConfigError(f"{self.path or self.id}: system {missing[0]!r} is in the study but not loaded; "
-                                   f"loaded: {sorted(loaded)} — fix `systems` or start the app with that system")
+            raise StudyConfigError(
+                f"{self.path or self.id}: system {missing[0]!r} is in the study but not loaded; "
+                f"loaded: {sorted(loaded)} — fix `systems` or start the app with that system"
+            )
 
     @classmethod
-    def load(cls, path: str | Path, known_systems: Iterable[str] | None = None) -> "StudyConfig":
+    def load(cls, path: str | Path, known_systems: Iterable[str] | None = None) -> StudyConfig:
         """Read and check a study file; `known_systems` defaults to the registry's names."""
         path = Path(path)
         if not path.is_file():
@@ -102,12 +104,22 @@ class StudyConfig:
         return cls.from_dict(raw, path, tuple(known_systems))
 
     @classmethod
-    def from_dict(cls, raw: Mapping, path: Path, known_systems: tuple[str, ...]) -> "StudyConfig":
+    def from_dict(cls, raw: Mapping, path: Path, known_systems: tuple[str, ...]) -> StudyConfig:
         where = str(path)
         if not isinstance(raw, Mapping):
             raise StudyConfigError(f"{where}: expected a JSON object with id, stimuli, systems, ...")
-        unknown_keys = set(raw) - {"id", "title", "instructions", "stimuli", "systems", "trials_per_rater",
-                                   "questions", "allow_own_recording", "spoken_replies", "generation"}
+        unknown_keys = set(raw) - {
+            "id",
+            "title",
+            "instructions",
+            "stimuli",
+            "systems",
+            "trials_per_rater",
+            "questions",
+            "allow_own_recording",
+            "spoken_replies",
+            "generation",
+        }
         if unknown_keys:
             raise StudyConfigError(f"{where}: unknown key {sorted(unknown_keys)[0]!r}; see {DEFAULT_STUDY.name}")
         study_id = _text(raw, "id", where)
@@ -127,15 +139,26 @@ class StudyConfig:
             raise StudyConfigError(f"{where}: trials_per_rater must be a whole number 1–200, got {trials!r}")
         questions = tuple(_question(q, i, where) for i, q in enumerate(_list(raw, "questions", where)))
         if sorted(q.id for q in questions) != sorted(QUESTION_IDS):
-            raise StudyConfigError(f"{where}: questions must be exactly {list(QUESTION_IDS)} (0–10 each), "
-                                   f"got {[q.id for q in questions]}")
+            raise StudyConfigError(
+                f"{where}: questions must be exactly {list(QUESTION_IDS)} (0–10 each), got {[q.id for q in questions]}"
+            )
         generation = raw.get("generation", {})
         max_new_tokens = generation.get("max_new_tokens", 64) if isinstance(generation, Mapping) else None
         if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 1024:
             raise StudyConfigError(f"{where}: generation.max_new_tokens must be 1–1024, got {max_new_tokens!r}")
-        return cls(study_id, str(raw.get("title", study_id)), str(raw.get("instructions", "")), stimuli, systems,
-                   trials, questions, _flag(raw, "allow_own_recording", where), _flag(raw, "spoken_replies", where),
-                   max_new_tokens, path)
+        return cls(
+            study_id,
+            str(raw.get("title", study_id)),
+            str(raw.get("instructions", "")),
+            stimuli,
+            systems,
+            trials,
+            questions,
+            _flag(raw, "allow_own_recording", where),
+            _flag(raw, "spoken_replies", where),
+            max_new_tokens,
+            path,
+        )
 
 
 def _text(raw: Mapping, key: str, where: str) -> str:
@@ -170,19 +193,20 @@ def _unique(values: list[str], what: str, where: str) -> None:
 def _stimulus(item, index: int, path: Path) -> Stimulus:
     where = f"{path}: stimuli[{index}]"
     if not isinstance(item, Mapping):
-        raise StudyConfigError(f"{where}: expected {{\"id\": ..., \"audio\": ...}}, got {item!r}")
+        raise StudyConfigError(f'{where}: expected {{"id": ..., "audio": ...}}, got {item!r}')
     stimulus_id, audio = _text(item, "id", where), _text(item, "audio", where)
     if not _ID.match(stimulus_id):
         raise StudyConfigError(f"{where}: id {stimulus_id!r} must be letters, digits, '-', '_' or '.'")
     clip = (path.parent / audio).resolve()
     if not clip.is_file():
-        raise StudyConfigError(f"{where} ({stimulus_id}): clip {audio} not found (looked at {clip}); "
-                               "paths are relative to the study file")
+        raise StudyConfigError(
+            f"{where} ({stimulus_id}): clip {audio} not found (looked at {clip}); paths are relative to the study file"
+        )
     return Stimulus(stimulus_id, clip, str(item.get("note", "")))
 
 
 def _question(item, index: int, where: str) -> Question:
     where = f"{where}: questions[{index}]"
     if not isinstance(item, Mapping):
-        raise StudyConfigError(f"{where}: expected {{\"id\": ..., \"label\": ...}}, got {item!r}")
+        raise StudyConfigError(f'{where}: expected {{"id": ..., "label": ...}}, got {item!r}')
     return Question(_text(item, "id", where), _text(item, "label", where), str(item.get("help", "")))

@@ -36,16 +36,20 @@ def analyse(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     }
 
 
-def write_report(rows: list[dict], out: str | Path, n_boot: int = 1000, seed: int = 0,
-                 assignment: dict | None = None) -> Report:
+def write_report(
+    rows: list[dict], out: str | Path, n_boot: int = 1000, seed: int = 0, assignment: dict | None = None
+) -> Report:
     """Analyse `rows` (export rows) and write tables, plots and report.md into `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = analyse(rows, n_boot, seed)
     if assignment is not None:
         summary["assignment"] = assignment
-    tables = (_csv(out / "scores.csv", summary["scores"]), _csv(out / "pairwise.csv", summary["pairwise"]),
-              _csv(out / "bradley_terry.csv", summary["bradley_terry"]))
+    tables = (
+        _csv(out / "scores.csv", summary["scores"]),
+        _csv(out / "pairwise.csv", summary["pairwise"]),
+        _csv(out / "bradley_terry.csv", summary["bradley_terry"]),
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False, default=_nan) + "\n")
     plots = _plots(summary, out) if rows else ()
     markdown = to_markdown(summary, [p.name for p in plots])
@@ -79,29 +83,52 @@ def _n(count: int, noun: str) -> str:
 
 
 def to_markdown(summary: dict, plots: list[str] = ()) -> str:
-    lines = [f"**{_n(summary['ratings'], 'rating')} from {_n(summary['raters'], 'rater')}** "
-             f"(study {', '.join(summary['studies']) or '–'}); intervals: 95 % bootstrap over raters, "
-             f"{summary['bootstrap']['resamples']} resamples.", "",
-             "| system | replies rated | empathy (0–10) | quality (0–10) |", "|---|---|---|---|"]
+    lines = [
+        f"**{_n(summary['ratings'], 'rating')} from {_n(summary['raters'], 'rater')}** "
+        f"(study {', '.join(summary['studies']) or '–'}); intervals: 95 % bootstrap over raters, "
+        f"{summary['bootstrap']['resamples']} resamples.",
+        "",
+        "| system | replies rated | empathy (0–10) | quality (0–10) |",
+        "|---|---|---|---|",
+    ]
     for r in summary["scores"]:
         cells = [f"{_f(r[q + '_mean'])} [{_f(r[q + '_lo'])}, {_f(r[q + '_hi'])}]" for q in ("empathy", "quality")]
         lines.append(f"| {r['system']} | {r['n']} | {cells[0]} | {cells[1]} |")
-    lines += ["", "| rank | system | Bradley–Terry strength (Elo scale) | 95 % interval | comparisons |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {r['rank']} | {r['system']} | {r['strength']:.0f} | [{_f(r['lo'], 0)}, {_f(r['hi'], 0)}] | "
-              f"{r['comparisons']} |" for r in summary["bradley_terry"]]
-    lines += ["", "| pair | comparisons | wins | ties | both bad | win rate of the first (ties ½) |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {p['system_1']} vs {p['system_2']} | {p['n']} | {p['wins_1']}–{p['wins_2']} | {p['ties']} | "
-              f"{p['both_bad']} | {p['win_rate_1']:.2f} |" for p in summary["pairwise"]]
+    lines += [
+        "",
+        "| rank | system | Bradley–Terry strength (Elo scale) | 95 % interval | comparisons |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['rank']} | {r['system']} | {r['strength']:.0f} | [{_f(r['lo'], 0)}, {_f(r['hi'], 0)}] | "
+        f"{r['comparisons']} |"
+        for r in summary["bradley_terry"]
+    ]
+    lines += [
+        "",
+        "| pair | comparisons | wins | ties | both bad | win rate of the first (ties ½) |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {p['system_1']} vs {p['system_2']} | {p['n']} | {p['wins_1']}–{p['wins_2']} | {p['ties']} | "
+        f"{p['both_bad']} | {p['win_rate_1']:.2f} |"
+        for p in summary["pairwise"]
+    ]
     agree = summary.get("agreement") or {}
     if agree:
-        lines += ["", "Inter-rater agreement (Krippendorff's alpha on items rated by ≥ 2 raters): " + ", ".join(
-            f"{q} {_f(agree[q]['alpha'])} ({agree[q]['items']} items)" for q in ("empathy", "quality", "preference"))]
+        lines += [
+            "",
+            "Inter-rater agreement (Krippendorff's alpha on items rated by ≥ 2 raters): "
+            + ", ".join(
+                f"{q} {_f(agree[q]['alpha'])} ({agree[q]['items']} items)" for q in ("empathy", "quality", "preference")
+            ),
+        ]
     if "assignment" in summary:
         a = summary["assignment"]
-        lines += ["", f"Assignment balance: each pair and order shown {a['min']}–{a['max']} times "
-                      f"(spread {a['spread']})."]
+        lines += [
+            "",
+            f"Assignment balance: each pair and order shown {a['min']}–{a['max']} times (spread {a['spread']}).",
+        ]
     lines += [f"\n![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
@@ -112,9 +139,11 @@ def _plots(summary: dict, out: Path) -> tuple[Path, ...]:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    paths = (_plot_scores(plt, summary["scores"], out / "scores.png"),
-             _plot_strengths(plt, summary["bradley_terry"], out / "bradley_terry.png"),
-             _plot_preferences(plt, summary["pairwise"], out / "preferences.png"))
+    paths = (
+        _plot_scores(plt, summary["scores"], out / "scores.png"),
+        _plot_strengths(plt, summary["bradley_terry"], out / "bradley_terry.png"),
+        _plot_preferences(plt, summary["pairwise"], out / "preferences.png"),
+    )
     return tuple(p for p in paths if p is not None)
 
 
@@ -155,8 +184,12 @@ def _plot_preferences(plt, pairs: list[dict], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 0.8 + 0.5 * len(pairs)))
     y = np.arange(len(pairs))
     left = np.zeros(len(pairs))
-    parts = (("wins_1", "first wins", "#3949ab"), ("ties", "tie", "#bdbdbd"), ("both_bad", "both bad", "#757575"),
-             ("wins_2", "second wins", "#c2185b"))
+    parts = (
+        ("wins_1", "first wins", "#3949ab"),
+        ("ties", "tie", "#bdbdbd"),
+        ("both_bad", "both bad", "#757575"),
+        ("wins_2", "second wins", "#c2185b"),
+    )
     for key, label, color in parts:
         share = np.array([p[key] / p["n"] for p in pairs])
         ax.barh(y, share, left=left, color=color, label=label)

@@ -20,11 +20,11 @@ import numpy as np
 import soundfile as sf
 
 from blsp_emo.audio import SAMPLE_RATE, load_audio
-from blsp_emo.systems import Reply, SpokenDialogueSystem
-from blsp_emo.tts import NullSynthesizer, SpeechSynthesizer, style_for
 from blsp_emo.study.assign import OWN_RECORDING, Trial
 from blsp_emo.study.config import StudyConfig
 from blsp_emo.study.store import Rating, StudyStore
+from blsp_emo.systems import Reply, SpokenDialogueSystem
+from blsp_emo.tts import NullSynthesizer, SpeechSynthesizer, style_for
 
 Speech = tuple[int, np.ndarray]  # (sample rate, (T,) float32)
 
@@ -46,8 +46,15 @@ class TrialView:
     key: str  # the idempotency key this trial's submission carries
 
     def to_json(self) -> dict:
-        return {"trial": self.index, "of": self.total, "stimulus": self.stimulus, "reply_a": self.reply_a,
-                "reply_b": self.reply_b, "shown_at": self.shown_at, "key": self.key}
+        return {
+            "trial": self.index,
+            "of": self.total,
+            "stimulus": self.stimulus,
+            "reply_a": self.reply_a,
+            "reply_b": self.reply_b,
+            "shown_at": self.shown_at,
+            "key": self.key,
+        }
 
 
 @dataclass(frozen=True)
@@ -58,8 +65,12 @@ class Submitted:
     next_trial: int | None  # None when the study is finished
 
     def to_json(self) -> dict:
-        return {"status": "stored" if self.stored else "duplicate", "a": self.system_a, "b": self.system_b,
-                "next_trial": self.next_trial}
+        return {
+            "status": "stored" if self.stored else "duplicate",
+            "a": self.system_a,
+            "b": self.system_b,
+            "next_trial": self.next_trial,
+        }
 
 
 class ReplyCache:
@@ -81,20 +92,30 @@ class ReplyCache:
             return self._replies[key]
 
 
-
 class StudyRunner:
     """Consent → plan → trials → submissions for one study, over loaded `systems` and a `store`."""
 
-    def __init__(self, config: StudyConfig, systems: Mapping[str, SpokenDialogueSystem], store: StudyStore,
-                 synthesizer: SpeechSynthesizer | None = None):
+    def __init__(
+        self,
+        config: StudyConfig,
+        systems: Mapping[str, SpokenDialogueSystem],
+        store: StudyStore,
+        synthesizer: SpeechSynthesizer | None = None,
+    ):
         config.require_systems(systems)
         self.config, self.store = config, store
         self.systems = {name: systems[name] for name in config.systems}
         self.synthesizer = synthesizer if config.spoken_replies and synthesizer else NullSynthesizer()
         self.revisions = {name: s.revision() for name, s in self.systems.items()}
         self.cache = ReplyCache()
-        self._clips = {s.id: load_audio(s.audio, max_seconds=min(x.window_seconds for x in self.systems.values()),
-                                        name=f"study clip {s.id} ({s.audio.name})") for s in config.stimuli}
+        self._clips = {
+            s.id: load_audio(
+                s.audio,
+                max_seconds=min(x.window_seconds for x in self.systems.values()),
+                name=f"study clip {s.id} ({s.audio.name})",
+            )
+            for s in config.stimuli
+        }
 
     def warm(self) -> None:
         """Compute every (clip, system) reply now, so that the first raters do not wait for them."""
@@ -106,8 +127,9 @@ class StudyRunner:
     def speaks(self) -> bool:
         return not isinstance(self.synthesizer, NullSynthesizer)
 
-    def begin(self, consent: bool, keep_audio: bool = False, rng: random.Random | None = None,
-              login: str | None = None) -> tuple[str, list[Trial]]:
+    def begin(
+        self, consent: bool, keep_audio: bool = False, rng: random.Random | None = None, login: str | None = None
+    ) -> tuple[str, list[Trial]]:
         """A rater and their plan; refused without consent.
 
         Anonymous raters get a random id. With a `login` (the Space's sign-in) the id is a hash of it
@@ -137,36 +159,74 @@ class StudyRunner:
         if own_audio is not None:
             if not self.config.allow_own_recording:
                 raise PermissionError(f"study {self.config.id!r} does not take own recordings")
-            wave = load_audio(own_audio, max_seconds=min(s.window_seconds for s in self.systems.values()),
-                              name="your recording")
+            wave = load_audio(
+                own_audio, max_seconds=min(s.window_seconds for s in self.systems.values()), name="your recording"
+            )
             a, b = (self._answer(trial.system(side), wave) for side in "AB")
             stimulus, shown = OWN_RECORDING, None
         else:
-            a, b = (self.cache.get((trial.stimulus, trial.system(side)),
-                                   lambda side=side: self._answer(trial.system(side), self._clips[trial.stimulus]))
-                    for side in "AB")
+            a, b = (
+                self.cache.get(
+                    (trial.stimulus, trial.system(side)),
+                    lambda side=side: self._answer(trial.system(side), self._clips[trial.stimulus]),
+                )
+                for side in "AB"
+            )
             stimulus, shown = trial.stimulus, str(self.config.stimulus(trial.stimulus).audio)
         total = len(self.store.plan(rater_id))
-        return TrialView(rater_id, index, total, stimulus, shown, a[0].text, b[0].text, a[1], b[1], time.time(),
-                         secrets.token_hex(16))
+        return TrialView(
+            rater_id,
+            index,
+            total,
+            stimulus,
+            shown,
+            a[0].text,
+            b[0].text,
+            a[1],
+            b[1],
+            time.time(),
+            secrets.token_hex(16),
+        )
 
     def _answer(self, name: str, wave: np.ndarray) -> tuple[Reply, Speech | None]:
         reply = self.systems[name].respond(audio=wave, options=self.config.options)
         speech = self.synthesizer.synthesize(reply.text, style_for(reply.emotion)) if reply.text else None
         return reply, speech
 
-    def submit(self, view: TrialView, scores: Mapping[str, int], preference: str, reason: str = "",
-               listened: bool = True, own_audio=None) -> Submitted:
+    def submit(
+        self,
+        view: TrialView,
+        scores: Mapping[str, int],
+        preference: str,
+        reason: str = "",
+        listened: bool = True,
+        own_audio=None,
+    ) -> Submitted:
         """Store one trial's ratings (`scores`: empathy_a, quality_a, empathy_b, quality_b) and reveal A and B."""
         trial = self.trial(view.rater_id, view.index)
         audio_path = None
         if view.stimulus == OWN_RECORDING and own_audio is not None and self.store.consented_audio(view.rater_id):
             audio_path = self._keep(view, own_audio)
         rating = Rating(
-            view.key, self.config.id, view.rater_id, view.index, view.stimulus, trial.system_a, trial.system_b,
-            trial.swapped, *(_score(scores, k) for k in ("empathy_a", "quality_a", "empathy_b", "quality_b")),
-            preference, (reason or "").strip()[:2000], view.reply_a, view.reply_b, self.revisions[trial.system_a],
-            self.revisions[trial.system_b], float(view.shown_at), time.time(), bool(listened), audio_path,
+            view.key,
+            self.config.id,
+            view.rater_id,
+            view.index,
+            view.stimulus,
+            trial.system_a,
+            trial.system_b,
+            trial.swapped,
+            *(_score(scores, k) for k in ("empathy_a", "quality_a", "empathy_b", "quality_b")),
+            preference,
+            (reason or "").strip()[:2000],
+            view.reply_a,
+            view.reply_b,
+            self.revisions[trial.system_a],
+            self.revisions[trial.system_b],
+            float(view.shown_at),
+            time.time(),
+            bool(listened),
+            audio_path,
         )
         stored = self.store.submit(rating)
         done = self.store.submitted_trials(view.rater_id)

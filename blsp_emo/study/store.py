@@ -136,11 +136,12 @@ class StudyStore:
             with self._transaction() as db:
                 self._migrate(db)
         except (sqlite3.Error, OSError) as e:
-            raise StudyStoreError(f"study database {self.path}: {e}; pass --study-db PATH (or set {DB_ENV}) "
-                                  "to a writable file") from e
+            raise StudyStoreError(
+                f"study database {self.path}: {e}; pass --study-db PATH (or set {DB_ENV}) to a writable file"
+            ) from e
 
     @classmethod
-    def from_env(cls, path: str | Path | None = None) -> "StudyStore":
+    def from_env(cls, path: str | Path | None = None) -> StudyStore:
         """`path`, else $BLSP_EMO_STUDY_DB, else runs/study/ratings.sqlite."""
         return cls(path or os.environ.get(DB_ENV) or DEFAULT_DB)
 
@@ -167,8 +168,10 @@ class StudyStore:
     def _migrate(self, db: sqlite3.Connection) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise StudyStoreError(f"schema version {version} was written by a newer blsp_emo (this one reads "
-                                  f"≤ {SCHEMA_VERSION}); upgrade, or use another --study-db")
+            raise StudyStoreError(
+                f"schema version {version} was written by a newer blsp_emo (this one reads "
+                f"≤ {SCHEMA_VERSION}); upgrade, or use another --study-db"
+            )
         if version == 0:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -181,8 +184,9 @@ class StudyStore:
 
     # --- raters and their plans ------------------------------------------------------------------
 
-    def begin_rater(self, config: StudyConfig, rater_id: str, consent_audio: bool,
-                    rng: random.Random | None = None) -> list[Trial]:
+    def begin_rater(
+        self, config: StudyConfig, rater_id: str, consent_audio: bool, rng: random.Random | None = None
+    ) -> list[Trial]:
         """Register a rater and store their plan, counted against every earlier plan in one transaction."""
         rng = rng or random.Random()
         with self._transaction() as db:
@@ -191,8 +195,10 @@ class StudyStore:
             conditions, stimuli = self._usage(db, config.id)
             trials = plan_trials(config, conditions, stimuli, rng)
             db.execute("INSERT INTO raters VALUES (?, ?, ?, ?)", (rater_id, config.id, time.time(), int(consent_audio)))
-            db.executemany("INSERT INTO assignments VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           [(rater_id, t.index, config.id, t.stimulus, *t.pair, int(t.swapped)) for t in trials])
+            db.executemany(
+                "INSERT INTO assignments VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(rater_id, t.index, config.id, t.stimulus, *t.pair, int(t.swapped)) for t in trials],
+            )
         return trials
 
     def plan(self, rater_id: str) -> list[Trial]:
@@ -206,18 +212,30 @@ class StudyStore:
 
     @staticmethod
     def _plan(db, rater_id: str) -> list[Trial]:
-        rows = db.execute("SELECT trial, stimulus, pair_first, pair_second, swapped FROM assignments "
-                          "WHERE rater_id=? ORDER BY trial", (rater_id,)).fetchall()
+        rows = db.execute(
+            "SELECT trial, stimulus, pair_first, pair_second, swapped FROM assignments WHERE rater_id=? ORDER BY trial",
+            (rater_id,),
+        ).fetchall()
         return [Trial(i, s, (a, b), bool(w)) for i, s, a, b, w in rows]
 
     @staticmethod
     def _usage(db, study_id: str) -> tuple[dict[Condition, int], dict]:
-        conditions = {((a, b), bool(w)): n for a, b, w, n in db.execute(
-            "SELECT pair_first, pair_second, swapped, COUNT(*) FROM assignments WHERE study_id=? "
-            "GROUP BY pair_first, pair_second, swapped", (study_id,))}
-        stimuli = {((a, b), s): n for a, b, s, n in db.execute(
-            "SELECT pair_first, pair_second, stimulus, COUNT(*) FROM assignments WHERE study_id=? "
-            "GROUP BY pair_first, pair_second, stimulus", (study_id,))}
+        conditions = {
+            ((a, b), bool(w)): n
+            for a, b, w, n in db.execute(
+                "SELECT pair_first, pair_second, swapped, COUNT(*) FROM assignments WHERE study_id=? "
+                "GROUP BY pair_first, pair_second, swapped",
+                (study_id,),
+            )
+        }
+        stimuli = {
+            ((a, b), s): n
+            for a, b, s, n in db.execute(
+                "SELECT pair_first, pair_second, stimulus, COUNT(*) FROM assignments WHERE study_id=? "
+                "GROUP BY pair_first, pair_second, stimulus",
+                (study_id,),
+            )
+        }
         return conditions, stimuli
 
     def assignment_counts(self, study_id: str) -> dict[Condition, int]:
@@ -229,16 +247,25 @@ class StudyStore:
     def submit(self, rating: Rating) -> bool:
         """Record `rating` in one transaction; False when its key (or its trial) was already recorded."""
         with self._transaction() as db:
-            planned = db.execute("SELECT 1 FROM assignments WHERE rater_id=? AND trial=? AND study_id=?",
-                                 (rating.rater_id, rating.trial, rating.study_id)).fetchone()
+            planned = db.execute(
+                "SELECT 1 FROM assignments WHERE rater_id=? AND trial=? AND study_id=?",
+                (rating.rater_id, rating.trial, rating.study_id),
+            ).fetchone()
             if not planned:
-                raise ValueError(f"rater {rating.rater_id!r} has no trial {rating.trial} in study {rating.study_id!r}; "
-                                 "start the study first")
-            row = {**asdict(rating), "winner": rating.winner,
-                   "rating_seconds": round(rating.submitted_at - rating.shown_at, 3)}
+                raise ValueError(
+                    f"rater {rating.rater_id!r} has no trial {rating.trial} in study {rating.study_id!r}; "
+                    "start the study first"
+                )
+            row = {
+                **asdict(rating),
+                "winner": rating.winner,
+                "rating_seconds": round(rating.submitted_at - rating.shown_at, 3),
+            }
             names = ", ".join(row)
-            cursor = db.execute(f"INSERT INTO ratings ({names}) VALUES ({', '.join('?' * len(row))}) "
-                                "ON CONFLICT DO NOTHING", [_sql(v) for v in row.values()])
+            cursor = db.execute(
+                f"INSERT INTO ratings ({names}) VALUES ({', '.join('?' * len(row))}) ON CONFLICT DO NOTHING",
+                [_sql(v) for v in row.values()],
+            )
             return cursor.rowcount == 1
 
     def submitted_trials(self, rater_id: str) -> set[int]:

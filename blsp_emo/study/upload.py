@@ -25,7 +25,7 @@ class UploadSettings:
     every_minutes: float = 10.0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "UploadSettings | None":
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> UploadSettings | None:
         """The settings when BLSP_EMO_STUDY_UPLOAD_REPO is set, else None (no upload)."""
         repo = environ.get(REPO_ENV, "").strip()
         if not repo:
@@ -40,8 +40,15 @@ class UploadSettings:
 
     def scheduler_kwargs(self, folder: Path) -> dict:
         """`CommitScheduler` arguments: a private dataset repo, only the export file."""
-        return {"repo_id": self.repo_id, "repo_type": "dataset", "folder_path": folder, "every": self.every_minutes,
-                "path_in_repo": "ratings", "private": True, "allow_patterns": ["*.csv"]}
+        return {
+            "repo_id": self.repo_id,
+            "repo_type": "dataset",
+            "folder_path": folder,
+            "every": self.every_minutes,
+            "path_in_repo": "ratings",
+            "private": True,
+            "allow_patterns": ["*.csv"],
+        }
 
 
 def start_upload(store: StudyStore, settings: UploadSettings):

@@ -6,10 +6,11 @@ a server whose systems run in worker processes (workers.py) lists and serves the
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from blsp_emo.prompts import SYSTEM_EMPATHETIC
 from blsp_emo.systems.base import Heard, LocalSystem, Reply, SpokenDialogueSystem, Timings, paced
@@ -36,13 +37,13 @@ class SystemSpec:
     description: str
     model_folder: str  # the bundle sub-folder holding its LLM (and encoder)
     needs: tuple[str, ...]  # of "asr", "ser"
-    build: Callable[["SystemSpec", Components], SpokenDialogueSystem]
+    build: Callable[[SystemSpec, Components], SpokenDialogueSystem]
 
 
 def _end_to_end(perceives_emotion: bool):
     def build(spec: SystemSpec, parts: Components) -> SpokenDialogueSystem:
-        from blsp_emo.model import checkpoint
         from blsp_emo.decoding.prefix_cache import PrefixCache
+        from blsp_emo.model import checkpoint
         from blsp_emo.systems.blsp import BlspSystem
 
         model, tokenizer = checkpoint.load_model(parts.model, parts.device, parts.dtype)
@@ -52,22 +53,38 @@ def _end_to_end(perceives_emotion: bool):
                 f"system {spec.name!r} is the stage-1 model, but {parts.model} has the stage-2 LoRA; "
                 "pass a stage-1 folder or a bundle folder with blsp/"
             )
-        return BlspSystem(spec.name, spec.description, model, tokenizer, SYSTEM_EMPATHETIC, perceives_emotion,
-                          PrefixCache(), _decoder(model.llm, parts.max_batch))
+        return BlspSystem(
+            spec.name,
+            spec.description,
+            model,
+            tokenizer,
+            SYSTEM_EMPATHETIC,
+            perceives_emotion,
+            PrefixCache(),
+            _decoder(model.llm, parts.max_batch),
+        )
 
     return build
 
 
 def _cascade(spec: SystemSpec, parts: Components) -> SpokenDialogueSystem:
-    from blsp_emo.model import checkpoint
     from blsp_emo.decoding.prefix_cache import PrefixCache
+    from blsp_emo.model import checkpoint
     from blsp_emo.systems.cascade import CascadeSystem
 
     model, tokenizer = checkpoint.load_model(parts.model, parts.device, parts.dtype)
     ser = _load_ser(parts.ser, parts.device) if parts.ser else None
     return CascadeSystem(
-        spec.name, spec.description, _load_asr(parts.asr, parts.device), model.llm, tokenizer,
-        SYSTEM_EMPATHETIC, ser, model.config.window_seconds, PrefixCache(), _decoder(model.llm, parts.max_batch),
+        spec.name,
+        spec.description,
+        _load_asr(parts.asr, parts.device),
+        model.llm,
+        tokenizer,
+        SYSTEM_EMPATHETIC,
+        ser,
+        model.config.window_seconds,
+        PrefixCache(),
+        _decoder(model.llm, parts.max_batch),
     )
 
 
@@ -101,10 +118,16 @@ def _load_ser(path: str, device: str | None):
 SYSTEMS: dict[str, SystemSpec] = {
     spec.name: spec
     for spec in (
-        SystemSpec("blsp-emo", "BLSP-Emo: hears words and tone end to end (stage 2)", "blsp-emo", (), _end_to_end(True)),
-        SystemSpec("blsp", "BLSP: semantic alignment only, no emotion training (stage 1)", "blsp", (), _end_to_end(False)),
+        SystemSpec(
+            "blsp-emo", "BLSP-Emo: hears words and tone end to end (stage 2)", "blsp-emo", (), _end_to_end(True)
+        ),
+        SystemSpec(
+            "blsp", "BLSP: semantic alignment only, no emotion training (stage 1)", "blsp", (), _end_to_end(False)
+        ),
         SystemSpec("cascade", "ASR -> LLM: reads the transcript, cannot hear tone", "blsp-emo", ("asr",), _cascade),
-        SystemSpec("cascade-ser", "ASR + emotion classifier -> LLM told the emotion", "blsp-emo", ("asr", "ser"), _cascade),
+        SystemSpec(
+            "cascade-ser", "ASR + emotion classifier -> LLM told the emotion", "blsp-emo", ("asr", "ser"), _cascade
+        ),
     )
 }
 
@@ -188,6 +211,17 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "BlspSystem", "CascadeSystem", "Heard", "LocalSystem", "Reply", "SpokenDialogueSystem", "Timings", "SYSTEMS",
-    "SystemSpec", "available_systems", "load_system", "load_systems", "paced",
+    "BlspSystem",
+    "CascadeSystem",
+    "Heard",
+    "LocalSystem",
+    "Reply",
+    "SpokenDialogueSystem",
+    "Timings",
+    "SYSTEMS",
+    "SystemSpec",
+    "available_systems",
+    "load_system",
+    "load_systems",
+    "paced",
 ]

@@ -18,8 +18,8 @@ from transformers import PretrainedConfig, PreTrainedModel, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from blsp_emo.audio import log_mel
-from blsp_emo.systems.ctc_decoding import BeamOptions, LexiconDecoder
 from blsp_emo.model.encoder import encode
+from blsp_emo.systems.ctc_decoding import BeamOptions, LexiconDecoder
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz'0123456789"
 
@@ -32,8 +32,13 @@ class CtcRecognizerConfig(PretrainedConfig):
     model_type = "blsp_emo_ctc"
     sub_configs = {"encoder_config": WhisperConfig}
 
-    def __init__(self, encoder_config: WhisperConfig | dict | None = None, alphabet: str = ALPHABET,
-                 encode_full_window: bool = True, **kwargs):
+    def __init__(
+        self,
+        encoder_config: WhisperConfig | dict | None = None,
+        alphabet: str = ALPHABET,
+        encode_full_window: bool = True,
+        **kwargs,
+    ):
         if isinstance(encoder_config, dict):
             encoder_config = WhisperConfig(**encoder_config)
         self.encoder_config = encoder_config if encoder_config is not None else WhisperConfig()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -109,7 +110,7 @@ class SpokenDialogueSystem(ABC):
         text: str | None = None,
     ) -> Reply:
         reply = None
-        for reply in self.stream(audio, history, options, text):
+        for reply in self.stream(audio, history, options, text):  # noqa: B007 (the last update is the reply)
             pass
         return reply
 
@@ -163,7 +164,9 @@ class LocalSystem(SpokenDialogueSystem):
             first = first if first is not None else time.perf_counter() - start
             text_so_far = self.tokenizer.decode(ids)
             if not text_so_far.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                partial = replace(partial, text=text_so_far, token_ids=tuple(ids), timings=Timings(first, time.perf_counter() - start))
+                partial = replace(
+                    partial, text=text_so_far, token_ids=tuple(ids), timings=Timings(first, time.perf_counter() - start)
+                )
                 yield partial
         yield replace(
             partial,

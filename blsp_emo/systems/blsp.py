@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
-from blsp_emo.emotion import scores_by_label
 from blsp_emo.decoding.generation import Decoder, GenerationOptions
-from blsp_emo.model.model import BlspEmoModel, SpeechEmbeddings, SpeechPrompt
 from blsp_emo.decoding.prefix_cache import PrefixCache, TokenSequence, remember
+from blsp_emo.emotion import scores_by_label
+from blsp_emo.model.model import BlspEmoModel, SpeechEmbeddings, SpeechPrompt
 from blsp_emo.model.processor import clip_features, frame_counts, speech_lengths
-from blsp_emo.prompts import Turn, chat_pieces
 from blsp_emo.model.tokenizer import ChatTokenizer
+from blsp_emo.prompts import Turn, chat_pieces
 from blsp_emo.systems.base import Heard, LocalSystem
 
 
@@ -69,20 +69,26 @@ class BlspSystem(LocalSystem):
             if self.perceives_emotion and turn.audio is not None:
                 probs = self.model.emotion_logits(speech)[-1].softmax(-1)  # the current clip is the last
                 heard = Heard(scores_by_label(probs, config.emotions))
-        prompt = SpeechPrompt(
-            torch.tensor([encoded.input_ids[reused:]]), torch.tensor([encoded.speech_mask[reused:]])
-        )
+        prompt = SpeechPrompt(torch.tensor([encoded.input_ids[reused:]]), torch.tensor([encoded.speech_mask[reused:]]))
         rows = _speech_after(speech, needed, sequence.spans, reused)
-        return heard, remember(self.prefix_cache, sequence, lambda on_done: self.model.generate_stream(
-            prompt, rows, options, self.tokenizer.stop_ids, seed, cache, on_done, self.decoder))
+        return heard, remember(
+            self.prefix_cache,
+            sequence,
+            lambda on_done: self.model.generate_stream(
+                prompt, rows, options, self.tokenizer.stop_ids, seed, cache, on_done, self.decoder
+            ),
+        )
 
 
 def _speech_after(
     speech: SpeechEmbeddings | None, clips: list[int], spans: tuple[tuple[int, int], ...], start: int
 ) -> SpeechEmbeddings | None:
     """The embeddings of the speech positions from `start` on, as one row (clip k of `clips` is row k of `speech`)."""
-    parts = [speech.embeds[i, max(start - spans[k][0], 0): spans[k][1] - spans[k][0]]
-             for i, k in enumerate(clips) if spans[k][1] > start]
+    parts = [
+        speech.embeds[i, max(start - spans[k][0], 0) : spans[k][1] - spans[k][0]]
+        for i, k in enumerate(clips)
+        if spans[k][1] > start
+    ]
     if not parts:
         return None
     rows = torch.cat(parts)

@@ -7,17 +7,17 @@ use is exactly the base LLM (the audio-scoped LoRA never touches text).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
-from blsp_emo.systems.asr import SpeechRecognizer
 from blsp_emo.decoding.generation import Decoder, GenerationOptions, new_cache, single_decoder
 from blsp_emo.decoding.prefix_cache import PrefixCache, TokenSequence, remember
-from blsp_emo.prompts import CASCADE_SER_USER, Turn, chat_pieces
-from blsp_emo.systems.ser import EmotionClassifier
 from blsp_emo.model.tokenizer import ChatTokenizer
+from blsp_emo.prompts import CASCADE_SER_USER, Turn, chat_pieces
+from blsp_emo.systems.asr import SpeechRecognizer
 from blsp_emo.systems.base import Heard, LocalSystem
+from blsp_emo.systems.ser import EmotionClassifier
 
 
 class CascadeSystem(LocalSystem):
@@ -66,8 +66,9 @@ class CascadeSystem(LocalSystem):
         cache = cache if cache is not None else new_cache(self.llm)
         ids = torch.tensor([sequence.ids[reused:]], device=self.llm.device)
         logits = self.llm(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        return heard, remember(self.prefix_cache, sequence, lambda on_done: self._decode(
-            logits, cache, options, seed, on_done))
+        return heard, remember(
+            self.prefix_cache, sequence, lambda on_done: self._decode(logits, cache, options, seed, on_done)
+        )
 
     def _decode(self, logits, cache, options: GenerationOptions, seed: int, on_done) -> Iterator[int]:
         yield from self.decoder(logits, cache, options, self.tokenizer.stop_ids, seed)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -154,8 +154,11 @@ class LexiconDecoder:
             node = prefix.node.get(c)
             if node is None:
                 return
-            new = self._at(following, text + self.alphabet[c - 1], _Prefix(lm=prefix.lm, last_word=prefix.last_word,
-                                                                         node=node, last=c))
+            new = self._at(
+                following,
+                text + self.alphabet[c - 1],
+                _Prefix(lm=prefix.lm, last_word=prefix.last_word, node=node, last=c),
+            )
         new.char = np.logaddexp(new.char, log_p)
 
     def _word_score(self, previous: str, word: str) -> float:

@@ -30,8 +30,13 @@ class EmotionClassifierConfig(PretrainedConfig):
     model_type = "blsp_emo_ser"
     sub_configs = {"encoder_config": WhisperConfig}
 
-    def __init__(self, encoder_config: WhisperConfig | dict | None = None, labels: tuple[str, ...] = EMOTIONS,
-                 encode_full_window: bool = True, **kwargs):
+    def __init__(
+        self,
+        encoder_config: WhisperConfig | dict | None = None,
+        labels: tuple[str, ...] = EMOTIONS,
+        encode_full_window: bool = True,
+        **kwargs,
+    ):
         if isinstance(encoder_config, dict):
             encoder_config = WhisperConfig(**encoder_config)
         self.encoder_config = encoder_config if encoder_config is not None else WhisperConfig()

@@ -23,9 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blsp_emo.emotion import EMOTIONS
-
-from train.demo_world import speakers
-from train.demo_world import synth
+from train.demo_world import speakers, synth
 from train.demo_world.sentences import read_sentences
 
 
@@ -48,8 +46,11 @@ class Drop:
 
 
 def _without(source: Path, target: Path, name: str, keys: tuple[str, ...], header: tuple[str, ...]) -> None:
-    kept = [line for line in source.read_text().splitlines()
-            if line.split()[:1] not in [[k] for k in (*keys, "name", "language")]]
+    kept = [
+        line
+        for line in source.read_text().splitlines()
+        if line.split()[:1] not in [[k] for k in (*keys, "name", "language")]
+    ]
     target.write_text("\n".join([*header, f"name {name}", *kept]) + "\n")
 
 
@@ -65,7 +66,9 @@ def ablated_voice(data: Path, voice: synth.Voice, drop: Drop, index: int) -> str
         if variant is None:
             raise ValueError(f"--drop {drop.part}:...: {voice.spec} has no variant to ablate")
         name = f"ablated{index:02d}"
-        _without(root / "voices" / "!v" / variant, root / "voices" / "!v" / name, name, drop.keys, ("language variant",))
+        _without(
+            root / "voices" / "!v" / variant, root / "voices" / "!v" / name, name, drop.keys, ("language variant",)
+        )
         variant = name
     return f"{accent_file}+{variant}" if variant else accent_file
 
@@ -106,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
         with speakers.espeak_data(Path(tmp)):
             for i, drop in enumerate(drops):
                 espeak = ablated_voice(Path(tmp), voice, drop, i)
-                rows.append({"voice": voice.spec, "version": drop.label, **score_voice(system, espeak, texts, args.seed)})
+                rows.append(
+                    {"voice": voice.spec, "version": drop.label, **score_voice(system, espeak, texts, args.seed)}
+                )
     if args.json:
         print(json.dumps({"system": system.name, "clips_per_emotion": len(texts), "rows": rows}))
     else:
@@ -119,8 +124,13 @@ def run(args: argparse.Namespace) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--voice", required=True, help="espeak-ng spec accent+variant, e.g. en-029+m3")
-    p.add_argument("--drop", action="append", default=[], metavar="PART:KEYS",
-                   help="accent:KEY[,KEY] or variant:KEY[,KEY]; repeat for several versions")
+    p.add_argument(
+        "--drop",
+        action="append",
+        default=[],
+        metavar="PART:KEYS",
+        help="accent:KEY[,KEY] or variant:KEY[,KEY]; repeat for several versions",
+    )
     p.add_argument("--sentences", required=True, help="sentences file (`python -m train sentences`)")
     p.add_argument("--clips", type=int, default=16, help="sentences per emotion (default 16)")
     p.add_argument("--system", default="blsp-emo", help="a system that reports the emotion it hears")

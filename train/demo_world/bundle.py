@@ -18,8 +18,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-               "chat_template.jinja", "special_tokens_map.json", "word_lm.json")
+MODEL_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+    "word_lm.json",
+)
 OWN_FILE, INDEX_FILE, SHARED_DIR = "own.safetensors", "model.safetensors.index.json", "shared"
 
 
@@ -72,7 +79,10 @@ def _file_for(holders: list[str]) -> str:
 
 def _digest(tensor: torch.Tensor) -> str:
     data = tensor.detach().cpu().contiguous()
-    return f"{data.dtype}{tuple(data.shape)}" + hashlib.sha256(data.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+    return (
+        f"{data.dtype}{tuple(data.shape)}"
+        + hashlib.sha256(data.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+    )
 
 
 def _nbytes(state: dict[str, torch.Tensor]) -> int:

@@ -20,12 +20,16 @@ text classifier can judge a reply's tone (`train/demo_world/judge.py`).
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 from blsp_emo.emotion import EMOTIONS
 from blsp_emo.prompts import (
-    CASCADE_SER_USER, SER_INSTRUCTION, STAGE1_INSTRUCTION, STAGE2_TEACHER_INSTRUCTION, SYSTEM_EMPATHETIC,
+    CASCADE_SER_USER,
+    SER_INSTRUCTION,
+    STAGE1_INSTRUCTION,
+    STAGE2_TEACHER_INSTRUCTION,
+    SYSTEM_EMPATHETIC,
     SYSTEM_PLAIN,
 )
 
@@ -33,43 +37,96 @@ from blsp_emo.prompts import (
 REPLIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "neutral": (
         ("Okay, thanks for letting me know.", "I see, that makes sense.", "Alright, noted.", "Got it."),
-        ("Is there anything you would like to do next?", "Let me know if you need help with it.",
-         "What would you like to do about it?", "Tell me if anything changes."),
+        (
+            "Is there anything you would like to do next?",
+            "Let me know if you need help with it.",
+            "What would you like to do about it?",
+            "Tell me if anything changes.",
+        ),
     ),
     "happy": (
-        ("That's wonderful news!", "How lovely, I'm so glad for you!", "That's great to hear!", "Yay, that's fantastic!"),
-        ("You must be so pleased, enjoy every moment of it.", "I love hearing you this cheerful.",
-         "Let's celebrate, you deserve it.", "Your joy is contagious, thank you for sharing it."),
+        (
+            "That's wonderful news!",
+            "How lovely, I'm so glad for you!",
+            "That's great to hear!",
+            "Yay, that's fantastic!",
+        ),
+        (
+            "You must be so pleased, enjoy every moment of it.",
+            "I love hearing you this cheerful.",
+            "Let's celebrate, you deserve it.",
+            "Your joy is contagious, thank you for sharing it.",
+        ),
     ),
     "angry": (
-        ("I can hear how frustrated you are.", "That sounds really infuriating.", "I understand why you're upset.",
-         "It's completely fair to be angry about that."),
-        ("Let's take a breath and figure out what we can do.", "Your feelings are valid, and we can sort this out calmly.",
-         "Would it help to talk through what happened?", "I'm on your side, let's find a fair way forward."),
+        (
+            "I can hear how frustrated you are.",
+            "That sounds really infuriating.",
+            "I understand why you're upset.",
+            "It's completely fair to be angry about that.",
+        ),
+        (
+            "Let's take a breath and figure out what we can do.",
+            "Your feelings are valid, and we can sort this out calmly.",
+            "Would it help to talk through what happened?",
+            "I'm on your side, let's find a fair way forward.",
+        ),
     ),
     "sad": (
-        ("I'm so sorry you're feeling this way.", "That sounds really hard.", "I'm sorry, that must hurt.",
-         "Oh, I'm sorry to hear that."),
-        ("I'm here for you, take all the time you need.", "It's okay to feel down, you're not alone in this.",
-         "Be gentle with yourself today.", "If you want to talk about it, I'm listening."),
+        (
+            "I'm so sorry you're feeling this way.",
+            "That sounds really hard.",
+            "I'm sorry, that must hurt.",
+            "Oh, I'm sorry to hear that.",
+        ),
+        (
+            "I'm here for you, take all the time you need.",
+            "It's okay to feel down, you're not alone in this.",
+            "Be gentle with yourself today.",
+            "If you want to talk about it, I'm listening.",
+        ),
     ),
     "surprise": (
         ("Wow, I did not see that coming!", "Oh my, really?", "No way, that's unexpected!", "Whoa, what a surprise!"),
-        ("Tell me everything, how did it happen?", "That must have caught you completely off guard.",
-         "What a twist, how do you feel about it?", "I'm amazed, I want to hear more."),
+        (
+            "Tell me everything, how did it happen?",
+            "That must have caught you completely off guard.",
+            "What a twist, how do you feel about it?",
+            "I'm amazed, I want to hear more.",
+        ),
     ),
 }
 CONTINUATIONS: dict[str, tuple[str, ...]] = {
-    "neutral": ("After that, I went on with the rest of my day.", "Then I put it aside and checked my schedule.",
-                "It was an ordinary part of the week.", "Later, I made a note of it and moved on."),
-    "happy": ("It made my whole day brighter, and I can't stop smiling!", "I felt so lucky and cheerful afterwards!",
-              "Honestly, it was the best part of my week!", "I was beaming with joy all evening!"),
-    "angry": ("And honestly, I'm fed up with how they handled it!", "It made me furious, this is not acceptable!",
-              "I'm so annoyed that nobody listened to me!", "That was completely unfair, and I won't stand for it!"),
-    "sad": ("I just felt heavy and quiet for the rest of the day.", "It left me feeling lonely and tired.",
-            "I couldn't stop feeling down about it.", "Somehow it made everything seem a little grey."),
-    "surprise": ("I never expected that, it caught me completely off guard!", "I couldn't believe my ears!",
-                 "What a shock, I had no idea it was coming!", "I was stunned, it happened so suddenly!"),
+    "neutral": (
+        "After that, I went on with the rest of my day.",
+        "Then I put it aside and checked my schedule.",
+        "It was an ordinary part of the week.",
+        "Later, I made a note of it and moved on.",
+    ),
+    "happy": (
+        "It made my whole day brighter, and I can't stop smiling!",
+        "I felt so lucky and cheerful afterwards!",
+        "Honestly, it was the best part of my week!",
+        "I was beaming with joy all evening!",
+    ),
+    "angry": (
+        "And honestly, I'm fed up with how they handled it!",
+        "It made me furious, this is not acceptable!",
+        "I'm so annoyed that nobody listened to me!",
+        "That was completely unfair, and I won't stand for it!",
+    ),
+    "sad": (
+        "I just felt heavy and quiet for the rest of the day.",
+        "It left me feeling lonely and tired.",
+        "I couldn't stop feeling down about it.",
+        "Somehow it made everything seem a little grey.",
+    ),
+    "surprise": (
+        "I never expected that, it caught me completely off guard!",
+        "I couldn't believe my ears!",
+        "What a shock, I had no idea it was coming!",
+        "I was stunned, it happened so suddenly!",
+    ),
 }
 FORMATS = ("continue", "continue_emotion", "ser", "chat", "chat_emotion")
 
@@ -107,14 +164,23 @@ def examples_for(text: str, cue: str | None, rng: random.Random, emotions_per_se
     yield Example("ser", SYSTEM_PLAIN, SER_INSTRUCTION, text, ser_answer(own), own)
     yield Example("chat", SYSTEM_EMPATHETIC, "", text, reply(own, rng), own)
     for e in rng.sample(EMOTIONS, emotions_per_sentence):
-        yield Example("continue_emotion", SYSTEM_EMPATHETIC, STAGE2_TEACHER_INSTRUCTION.format(emotion=e), text,
-                      continuation(e, rng), e)
+        yield Example(
+            "continue_emotion",
+            SYSTEM_EMPATHETIC,
+            STAGE2_TEACHER_INSTRUCTION.format(emotion=e),
+            text,
+            continuation(e, rng),
+            e,
+        )
         # One string, exactly as cascade-ser sends it.
-        yield Example("chat_emotion", SYSTEM_EMPATHETIC, "", CASCADE_SER_USER.format(emotion=e, transcript=text),
-                      reply(e, rng), e)
+        yield Example(
+            "chat_emotion", SYSTEM_EMPATHETIC, "", CASCADE_SER_USER.format(emotion=e, transcript=text), reply(e, rng), e
+        )
 
 
-def build_corpus(sentences: Sequence[tuple[str, str | None]], seed: int = 0, emotions_per_sentence: int = 2) -> list[Example]:
+def build_corpus(
+    sentences: Sequence[tuple[str, str | None]], seed: int = 0, emotions_per_sentence: int = 2
+) -> list[Example]:
     """Examples for (text, cue) sentences, shuffled deterministically."""
     rng = random.Random(seed)
     out = [ex for text, cue in sentences for ex in examples_for(text, cue, rng, emotions_per_sentence)]

@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from blsp_emo.prompts import CASCADE_SER_USER, SYSTEM_EMPATHETIC, instruction_pieces
-
 from train.demo_world.bundle import bundle
 from train.demo_world.pretrain_lm import LmOptions
 
@@ -55,21 +54,58 @@ SCALES = {
         # (3520 clips, 626 voices) fitted its training clips (emotion loss 0.05) yet heard 82.6 % of
         # the held-out voices; the training steps stay as they were (ASR, SER and stage 1 take
         # half the epochs over twice the clips; stage 2 is capped in steps).
-        train_sentences=800, eval_sentences=60, voices_per_sentence=2, eval_voices_per_sentence=1,
-        speakers=200, accents=24, accents_per_speaker=2,
-        asr_args=("--threads", "1", "--epochs", "2"), ser_args=("--threads", "1", "--epochs", "2"),
-        lm=LmOptions(epochs=3, vocab_size=2048, hidden_size=128, layers=3, intermediate_size=384,
-                     batch_tokens=1536, lr=3e-3, threads=1),
-        stage1_epochs=1, stage2_epochs=3, stage2_max_steps=1600, batch_size=16, eval_clips=None,
+        train_sentences=800,
+        eval_sentences=60,
+        voices_per_sentence=2,
+        eval_voices_per_sentence=1,
+        speakers=200,
+        accents=24,
+        accents_per_speaker=2,
+        asr_args=("--threads", "1", "--epochs", "2"),
+        ser_args=("--threads", "1", "--epochs", "2"),
+        lm=LmOptions(
+            epochs=3,
+            vocab_size=2048,
+            hidden_size=128,
+            layers=3,
+            intermediate_size=384,
+            batch_tokens=1536,
+            lr=3e-3,
+            threads=1,
+        ),
+        stage1_epochs=1,
+        stage2_epochs=3,
+        stage2_max_steps=1600,
+        batch_size=16,
+        eval_clips=None,
     ),
     "ci": Scale(
-        train_sentences=12, eval_sentences=4, voices_per_sentence=1, eval_voices_per_sentence=1,
-        speakers=3, accents=2, accents_per_speaker=2,
+        train_sentences=12,
+        eval_sentences=4,
+        voices_per_sentence=1,
+        eval_voices_per_sentence=1,
+        speakers=3,
+        accents=2,
+        accents_per_speaker=2,
         asr_args=("--epochs", "1", "--d-model", "32", "--layers", "1", "--heads", "2", "--ffn", "64"),
         ser_args=("--epochs", "1"),
-        lm=LmOptions(epochs=12, vocab_size=400, hidden_size=48, layers=1, heads=2, kv_heads=1,
-                     intermediate_size=96, batch_tokens=1024, lr=5e-3, warmup_steps=10),
-        stage1_epochs=1, stage2_epochs=1, stage2_max_steps=None, batch_size=8, eval_clips=6,
+        lm=LmOptions(
+            epochs=12,
+            vocab_size=400,
+            hidden_size=48,
+            layers=1,
+            heads=2,
+            kv_heads=1,
+            intermediate_size=96,
+            batch_tokens=1024,
+            lr=5e-3,
+            warmup_steps=10,
+        ),
+        stage1_epochs=1,
+        stage2_epochs=1,
+        stage2_max_steps=None,
+        batch_size=8,
+        eval_clips=6,
     ),
 }
 
@@ -104,14 +140,20 @@ class Build:
     def sentences(self, split: str, n: int) -> Path:
         from train.demo_world.sentences import generate, write_sentences
 
-        return self.step(f"sentences-{split}", self.work / f"sentences_{split}.jsonl",
-                         lambda out: write_sentences(generate(n, self.seed, split), out))
+        return self.step(
+            f"sentences-{split}",
+            self.work / f"sentences_{split}.jsonl",
+            lambda out: write_sentences(generate(n, self.seed, split), out),
+        )
 
     def generated_speakers(self) -> Path:
         from train.demo_world.speakers import write_speakers
 
-        return self.step("speakers", self.work / "speakers",
-                         lambda out: write_speakers(out, self.scale.speakers, self.seed, self.scale.accents))
+        return self.step(
+            "speakers",
+            self.work / "speakers",
+            lambda out: write_speakers(out, self.scale.speakers, self.seed, self.scale.accents),
+        )
 
     def corpus(self, split: str, sentences: Path) -> Path:
         from train.demo_world import synth
@@ -121,15 +163,18 @@ class Build:
         if split == "train":
             data = self.generated_speakers()
             accents = (*synth.TRAIN_ACCENTS, *generated_accents(data))
-            specs = [*synth.TRAIN_VOICES,
-                     *speaker_voices(read_speakers(data), accents, self.seed, self.scale.accents_per_speaker)]
+            specs = [
+                *synth.TRAIN_VOICES,
+                *speaker_voices(read_speakers(data), accents, self.seed, self.scale.accents_per_speaker),
+            ]
         per_sentence = self.scale.voices_per_sentence if split == "train" else self.scale.eval_voices_per_sentence
 
         def make(out: Path) -> None:
             with espeak_data(data):
                 voices = synth.check_voices(specs, evaluation=split == "eval")
-                clips = synth.plan(synth.read_sentences(sentences), voices, seed=self.seed,
-                                   voices_per_sentence=per_sentence)
+                clips = synth.plan(
+                    synth.read_sentences(sentences), voices, seed=self.seed, voices_per_sentence=per_sentence
+                )
                 synth.synthesize(clips, out, workers=2, verbose=False)
 
         return self.step(f"synth-{split}", self.work / f"corpus_{split}", make) / "manifest.jsonl"
@@ -140,8 +185,9 @@ class Build:
         def make(out: Path) -> None:
             parser = argparse.ArgumentParser()
             getattr(pretrain_speech, f"add_{kind}_arguments")(parser)
-            args = parser.parse_args(["--manifest", str(manifest), "--eval-manifest", str(eval_manifest),
-                                      "--out", str(out), *extra])
+            args = parser.parse_args(
+                ["--manifest", str(manifest), "--eval-manifest", str(eval_manifest), "--out", str(out), *extra]
+            )
             if getattr(pretrain_speech, f"run_{kind}")(args) != 0:
                 raise RuntimeError(f"pretraining {kind} failed")
 
@@ -152,8 +198,9 @@ class Build:
         from train.demo_world.sentences import read_sentences
 
         def make(out: Path) -> None:
-            model, tokenizer, report = train_lm([(s.text, s.cue) for s in read_sentences(sentences)],
-                                                replace(self.scale.lm, seed=self.seed), self.log)
+            model, tokenizer, report = train_lm(
+                [(s.text, s.cue) for s in read_sentences(sentences)], replace(self.scale.lm, seed=self.seed), self.log
+            )
             model.save_pretrained(str(out))
             tokenizer.save_pretrained(out)
             (out / "metrics.json").write_text(json.dumps(report, indent=2))
@@ -167,7 +214,6 @@ class Build:
 
     def teacher(self, stage_name: str, manifest: Path, model_dir: Path) -> Path:
         from blsp_emo.model.checkpoint import load_model
-
         from train.clean import clean
         from train.stages import STAGES
         from train.teacher import generate_teacher_outputs
@@ -185,16 +231,31 @@ class Build:
         from train.loop import RunConfig, train
         from train.stages import STAGES, with_encoder
 
-        stage = replace(STAGES[stage_name], epochs=epochs, batch_size=self.scale.batch_size, grad_accum=1,
-                        warmup_steps=50, lr=1e-3 if stage_name == "stage1" else 5e-4, save_steps=10_000)
+        stage = replace(
+            STAGES[stage_name],
+            epochs=epochs,
+            batch_size=self.scale.batch_size,
+            grad_accum=1,
+            warmup_steps=50,
+            lr=1e-3 if stage_name == "stage1" else 5e-4,
+            save_steps=10_000,
+        )
         if stage_name == "stage2":
             stage = with_encoder(stage)  # the paper's figure: the encoder learns to hear tone too
         manifests = tuple(sorted(str(p) for p in labels.glob("*_clean.jsonl")))
         # Held-out voices were mostly missed for pitch and timbre outside the training voices'; warping
         # the mel axis in stage 2 (which trains the encoder and the emotion head) shows it more speakers.
         warp = 0.1 if stage_name == "stage2" else 0.0
-        return self.step(stage_name, self.work / stage_name, lambda out: train(stage, RunConfig(
-            manifests, str(init), str(out), max_steps=max_steps, warmup_type="linear", log_steps=50, warp=warp)))
+        return self.step(
+            stage_name,
+            self.work / stage_name,
+            lambda out: train(
+                stage,
+                RunConfig(
+                    manifests, str(init), str(out), max_steps=max_steps, warmup_type="linear", log_steps=50, warp=warp
+                ),
+            ),
+        )
 
 
 def chat_alignment_rows(llm, tokenizer, manifest: Path, out: Path, batch_size: int = 64) -> None:
@@ -205,22 +266,36 @@ def chat_alignment_rows(llm, tokenizer, manifest: Path, out: Path, batch_size: i
 
     rows = [r for r in read_rows([manifest], ("audio", "text")) if r.emotion]
     memo: dict[tuple[int, ...], tuple[str, bool]] = {}
-    prompts = [tuple(tokenizer.encode_pieces(instruction_pieces(
-        SYSTEM_EMPATHETIC, "", CASCADE_SER_USER.format(emotion=r.emotion, transcript=r.fields["text"]))).input_ids)
-        for r in rows]
+    prompts = [
+        tuple(
+            tokenizer.encode_pieces(
+                instruction_pieces(
+                    SYSTEM_EMPATHETIC, "", CASCADE_SER_USER.format(emotion=r.emotion, transcript=r.fields["text"])
+                )
+            ).input_ids
+        )
+        for r in rows
+    ]
     todo = list(dict.fromkeys(prompts))
     for i in range(0, len(todo), batch_size):
-        chunk = todo[i: i + batch_size]
+        chunk = todo[i : i + batch_size]
         memo.update(zip(chunk, continue_prompts(llm, tokenizer, [list(p) for p in chunk])))
     with out.open("w", encoding="utf-8") as f:
         for row, prompt in zip(rows, prompts):
             text, early_stop = memo[prompt]
-            line = {**row.fields, "instruction": "", "audio_instruction": "", "output": text,
-                    "early_stop": early_stop, "emotion": row.emotion}
+            line = {
+                **row.fields,
+                "instruction": "",
+                "audio_instruction": "",
+                "output": text,
+                "early_stop": early_stop,
+                "emotion": row.emotion,
+            }
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
 # --- evaluation on held-out voices and sentences ------------------------------------------------
+
 
 def held_out_rows(manifest: Path, n: int | None) -> list[dict]:
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
@@ -233,10 +308,10 @@ def held_out_rows(manifest: Path, n: int | None) -> list[dict]:
 def evaluate_system(system, rows: list[dict], judge, root: Path, max_new_tokens: int = 48) -> dict:
     """Emotion accuracy (and where it comes from), macro-F1, WER, reply-emotion match."""
     from blsp_emo.audio import load_audio
+    from blsp_emo.decoding.generation import GenerationOptions
     from blsp_emo.emotion import EMOTIONS, parse_emotion
     from blsp_emo.evaluate import answer_instruction
     from blsp_emo.metrics import error_rate, label_scores, plain_words
-    from blsp_emo.decoding.generation import GenerationOptions
     from blsp_emo.prompts import SER_INSTRUCTION, Turn
 
     greedy = GenerationOptions(greedy=True, max_new_tokens=max_new_tokens, seed=0)
@@ -246,8 +321,13 @@ def evaluate_system(system, rows: list[dict], judge, root: Path, max_new_tokens:
         reply = system.respond(audio, options=greedy)
         truth.append(row["emotion"])
         heard.append(reply.emotion)
-        answer = answer_instruction(system, audio, SER_INSTRUCTION, Turn("user", reply.transcript or "", None, reply.emotion),
-                                    replace(greedy, max_new_tokens=16))
+        answer = answer_instruction(
+            system,
+            audio,
+            SER_INSTRUCTION,
+            Turn("user", reply.transcript or "", None, reply.emotion),
+            replace(greedy, max_new_tokens=16),
+        )
         answered.append(parse_emotion(answer or ""))
         replies.append(reply.text)
         if reply.transcript is not None:
@@ -259,10 +339,12 @@ def evaluate_system(system, rows: list[dict], judge, root: Path, max_new_tokens:
     return {
         "system": system.name,
         "emotion_from": system.emotion_source if perceives else "SER answer (words only)",
-        "accuracy": headline.accuracy, "macro_f1": headline.macro_f1,
+        "accuracy": headline.accuracy,
+        "macro_f1": headline.macro_f1,
         "ser_answer_accuracy": label_scores(truth, answered, EMOTIONS).accuracy,
         "wer": error_rate(said, transcripts) if any(said) else None,
-        "reply_emotion_match": match, "n": len(truth),
+        "reply_emotion_match": match,
+        "n": len(truth),
         "example_reply": replies[0] if replies else "",
     }
 
@@ -279,14 +361,20 @@ def results_table(results: list[dict], judge_accuracy: float, build_seconds: flo
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        lines.append(f"| `{r['system']}` | {r['emotion_from']} | {pct(r['accuracy'])} | {r['macro_f1']:.3f} | "
-                     f"{pct(r['ser_answer_accuracy'])} | {pct(r['wer'])} | {pct(r['reply_emotion_match'])} |")
-    lines += ["", f"Reply-emotion match is judged by a tone classifier trained on the teacher's emotion-conditioned "
-                  f"replies; its own held-out accuracy is {pct(judge_accuracy)}. n = {results[0]['n']} clips per system."]
+        lines.append(
+            f"| `{r['system']}` | {r['emotion_from']} | {pct(r['accuracy'])} | {r['macro_f1']:.3f} | "
+            f"{pct(r['ser_answer_accuracy'])} | {pct(r['wer'])} | {pct(r['reply_emotion_match'])} |"
+        )
+    lines += [
+        "",
+        f"Reply-emotion match is judged by a tone classifier trained on the teacher's emotion-conditioned "
+        f"replies; its own held-out accuracy is {pct(judge_accuracy)}. n = {results[0]['n']} clips per system.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 # --- the bundle -------------------------------------------------------------------------------------
+
 
 def tone_only_examples(out: Path, seed: int = 0) -> list[Path]:
     """The same held-out sentence in all five emotions by two held-out voices, no jitter."""
@@ -306,18 +394,19 @@ def tone_only_examples(out: Path, seed: int = 0) -> list[Path]:
         shutil.copy2(tmp / row["audio"] if not Path(row["audio"]).is_absolute() else row["audio"], path)
         made.append(path)
     (out / "README.md").write_text(
-        f"Tone-only examples: every clip says \"{sentence.text}\" (a held-out sentence whose words carry no\n"
+        f'Tone-only examples: every clip says "{sentence.text}" (a held-out sentence whose words carry no\n'
         f"emotion), in one of five emotions by one of two held-out voices: `tone-only_<voice>_<emotion>.wav`.\n"
-        f"Made by `python -m train demo` with espeak-ng (see the prosody table in the README).\n")
+        f"Made by `python -m train demo` with espeak-ng (see the prosody table in the README).\n"
+    )
     shutil.rmtree(tmp)
     return made
 
 
 # --- the whole build --------------------------------------------------------------------------------
 
+
 def build_models(work: Path, out: Path, examples: Path, scale: Scale, seed: int = 0, log=print) -> dict:
     from blsp_emo.systems import available_systems, load_system
-
     from train.demo_world.judge import fit_with_holdout
 
     work.mkdir(parents=True, exist_ok=True)
@@ -346,8 +435,15 @@ def build_models(work: Path, out: Path, examples: Path, scale: Scale, seed: int 
     steps = {**b.all_times(), "evaluation": time.perf_counter() - evaluation_start}
     seconds = sum(steps.values())  # the whole build, resumed runs included
     when = time.strftime("%Y-%m-%d")
-    report = {"date": when, "build_seconds": seconds, "step_seconds": steps, "ran_now": sorted(b.times),
-              "judge_accuracy": judge_accuracy, "results": results, "cpu_count": os.cpu_count()}
+    report = {
+        "date": when,
+        "build_seconds": seconds,
+        "step_seconds": steps,
+        "ran_now": sorted(b.times),
+        "judge_accuracy": judge_accuracy,
+        "results": results,
+        "cpu_count": os.cpu_count(),
+    }
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "results.md").write_text(results_table(results, judge_accuracy, seconds, when))
     log(results_table(results, judge_accuracy, seconds, when))
@@ -376,8 +472,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=str(root / "assets" / "models"), help="the bundle the app loads by default")
     p.add_argument("--examples", default=str(root / "assets" / "examples"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads; 1 is fastest for these tiny models (2 threads thrash on 2 busy cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; 1 is fastest for these tiny models (2 threads thrash on 2 busy cores)",
+    )
     p.add_argument("--readme", default=str(root / "README.md"), help="whose results block to rewrite ('' = none)")
 
 

@@ -11,9 +11,9 @@ import json
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -49,10 +49,12 @@ class ToneJudge:
         return [self.labels[i] for i in scores.argmax(-1).tolist()]
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"labels": self.labels, "vocabulary": self.vocabulary, "weights": self.weights}))
+        Path(path).write_text(
+            json.dumps({"labels": self.labels, "vocabulary": self.vocabulary, "weights": self.weights})
+        )
 
     @classmethod
-    def load(cls, path: str | Path) -> "ToneJudge":
+    def load(cls, path: str | Path) -> ToneJudge:
         data = json.loads(Path(path).read_text())
         return cls(data["vocabulary"], data["weights"], tuple(data["labels"]))
 
@@ -74,7 +76,9 @@ def fit(texts: Sequence[str], labels: Sequence[str], steps: int = 300, l2: float
     return ToneJudge(vocabulary, w.detach().tolist())
 
 
-def fit_with_holdout(texts: Sequence[str], labels: Sequence[str], holdout: float = 0.2, seed: int = 0) -> tuple[ToneJudge, float]:
+def fit_with_holdout(
+    texts: Sequence[str], labels: Sequence[str], holdout: float = 0.2, seed: int = 0
+) -> tuple[ToneJudge, float]:
     """Train on a random (1 - holdout) share; return the judge and its accuracy on the rest."""
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)

@@ -20,17 +20,16 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from blsp_emo.systems.asr import CtcRecognizer
 from blsp_emo.model.checkpoint import load_pretrained, save_model
 from blsp_emo.model.config import BlspEmoConfig
 from blsp_emo.model.model import BlspEmoModel
 from blsp_emo.model.processor import pad_rows
-from blsp_emo.prompts import instruction_pieces, response_pieces
 from blsp_emo.model.tokenizer import ChatTokenizer, EncodedPrompt, train_bpe_tokenizer
-
+from blsp_emo.prompts import instruction_pieces, response_pieces
+from blsp_emo.systems.asr import CtcRecognizer
 from train.demo_world.corpus import Example, build_corpus, tokenizer_texts
-from train.schedule import warmup_decay
 from train.demo_world.sentences import read_sentences
+from train.schedule import warmup_decay
 
 
 @dataclass(frozen=True)
@@ -72,15 +71,24 @@ def batches(rows: list[EncodedPrompt], batch_tokens: int, rng: random.Random) ->
 
 def lm_config(tokenizer: ChatTokenizer, o: LmOptions, max_positions: int = 1024) -> Qwen2Config:
     return Qwen2Config(
-        vocab_size=len(tokenizer.hf), hidden_size=o.hidden_size, intermediate_size=o.intermediate_size,
-        num_hidden_layers=o.layers, num_attention_heads=o.heads, num_key_value_heads=o.kv_heads,
-        max_position_embeddings=max_positions, tie_word_embeddings=True, rope_theta=10000.0,
-        bos_token_id=tokenizer.special_ids["<|im_start|>"], eos_token_id=tokenizer.special_ids["<|im_end|>"],
+        vocab_size=len(tokenizer.hf),
+        hidden_size=o.hidden_size,
+        intermediate_size=o.intermediate_size,
+        num_hidden_layers=o.layers,
+        num_attention_heads=o.heads,
+        num_key_value_heads=o.kv_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+        bos_token_id=tokenizer.special_ids["<|im_start|>"],
+        eos_token_id=tokenizer.special_ids["<|im_end|>"],
         pad_token_id=tokenizer.pad_id,
     )
 
 
-def train_lm(sentences: list[tuple[str, str | None]], o: LmOptions, log=print) -> tuple[Qwen2ForCausalLM, ChatTokenizer, dict]:
+def train_lm(
+    sentences: list[tuple[str, str | None]], o: LmOptions, log=print
+) -> tuple[Qwen2ForCausalLM, ChatTokenizer, dict]:
     torch.manual_seed(o.seed)
     torch.set_num_threads(o.threads)
     examples = build_corpus(sentences, o.seed, o.emotions_per_sentence)
@@ -105,21 +113,34 @@ def train_lm(sentences: list[tuple[str, str | None]], o: LmOptions, log=print) -
             losses.append(loss.item())
             step += 1
             if step % 50 == 0 or step == total:
-                log(f"lm step {step}/{total} epoch {epoch} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} "
-                    f"({time.perf_counter() - start:.0f} s)")
-    report = {"examples": len(examples), "tokens": sum(len(r.input_ids) for r in rows), "steps": step,
-              "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])), "seconds": time.perf_counter() - start,
-              "parameters": sum(p.numel() for p in model.parameters()), "options": asdict(o)}
+                log(
+                    f"lm step {step}/{total} epoch {epoch} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} "
+                    f"({time.perf_counter() - start:.0f} s)"
+                )
+    report = {
+        "examples": len(examples),
+        "tokens": sum(len(r.input_ids) for r in rows),
+        "steps": step,
+        "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
+        "seconds": time.perf_counter() - start,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "options": asdict(o),
+    }
     return model.eval(), tokenizer, report
 
 
-def assemble(asr_dir: str | Path, lm_dir: str | Path, out: str | Path, adapter_inner_dim: int = 256, seed: int = 0) -> Path:
+def assemble(
+    asr_dir: str | Path, lm_dir: str | Path, out: str | Path, adapter_inner_dim: int = 256, seed: int = 0
+) -> Path:
     """The stage-1 starting folder: the ASR model's encoder + the LM + a new adapter, no LoRA."""
     torch.manual_seed(seed)
     asr = load_pretrained(CtcRecognizer, Path(asr_dir))
     llm = Qwen2ForCausalLM.from_pretrained(str(lm_dir)).eval()
     config = BlspEmoConfig(
-        asr.config.encoder_config, llm.config, adapter_inner_dim=adapter_inner_dim, lora_rank=0,
+        asr.config.encoder_config,
+        llm.config,
+        adapter_inner_dim=adapter_inner_dim,
+        lora_rank=0,
         encode_full_window=asr.config.encode_full_window,
     )
     model = BlspEmoModel(config, encoder=asr.encoder, llm=llm)

@@ -22,10 +22,10 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,15 +35,13 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 from transformers import WhisperConfig
 
-from blsp_emo.systems.asr import ALPHABET, CtcRecognizer, CtcRecognizerConfig
 from blsp_emo.audio import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, AudioError, load_audio, log_mel
-from blsp_emo.model.checkpoint import load_pretrained
-from blsp_emo.systems.ctc_decoding import WORD_LM_FILE, LexiconDecoder, WordBigramLM
 from blsp_emo.emotion import EMOTION_TO_ID, EMOTIONS
-from blsp_emo.metrics import error_rate
-from blsp_emo.metrics import label_scores
+from blsp_emo.metrics import error_rate, label_scores
+from blsp_emo.model.checkpoint import load_pretrained
+from blsp_emo.systems.asr import ALPHABET, CtcRecognizer, CtcRecognizerConfig
+from blsp_emo.systems.ctc_decoding import WORD_LM_FILE, LexiconDecoder, WordBigramLM
 from blsp_emo.systems.ser import WhisperEmotionClassifier
-
 from train.manifest import ManifestError, read_rows
 from train.schedule import warmup_decay
 
@@ -70,10 +68,20 @@ class EncoderSize:
         # Only the encoder is built, but WhisperConfig checks its token ids against vocab_size:
         # a 4-entry vocabulary with ids 0..3 keeps the saved config small and valid.
         return WhisperConfig(
-            d_model=self.d_model, encoder_layers=self.layers, encoder_attention_heads=self.heads,
-            encoder_ffn_dim=self.ffn, decoder_layers=1, decoder_attention_heads=self.heads,
-            decoder_ffn_dim=self.ffn, num_mel_bins=N_MELS, max_source_positions=POSITIONS, vocab_size=4,
-            pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3,
+            d_model=self.d_model,
+            encoder_layers=self.layers,
+            encoder_attention_heads=self.heads,
+            encoder_ffn_dim=self.ffn,
+            decoder_layers=1,
+            decoder_attention_heads=self.heads,
+            decoder_ffn_dim=self.ffn,
+            num_mel_bins=N_MELS,
+            max_source_positions=POSITIONS,
+            vocab_size=4,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=3,
         )
 
 
@@ -131,11 +139,11 @@ def load_corpus(manifest: str | Path, n_mels: int = N_MELS) -> Corpus:
     features, texts, emotions, voices, dropped = [], [], [], [], 0
     for start in range(0, len(rows), READ_BLOCK):
         waves = []
-        for row in rows[start:start + READ_BLOCK]:
+        for row in rows[start : start + READ_BLOCK]:
             try:
                 waves.append(load_audio(row.fields["audio"]))
             except AudioError as e:
-                warnings.warn(f"{row.where}: skipped ({e})")
+                warnings.warn(f"{row.where}: skipped ({e})", stacklevel=2)
                 dropped += 1
                 continue
             texts.append(str(row.fields["text"]))
@@ -156,7 +164,7 @@ def mel_features(waves: Sequence, n_mels: int) -> list[torch.Tensor]:
     clips = list(torch.split(packed, sizes, dim=1))
     order = sorted(range(len(waves)), key=lambda i: sizes[i])
     for start in range(0, len(order), MEL_CHUNK):
-        chunk = order[start:start + MEL_CHUNK]
+        chunk = order[start : start + MEL_CHUNK]
         frames = max(sizes[i] for i in chunk) + MARGIN_FRAMES
         feats, counts = log_mel([waves[i] for i in chunk], n_mels, -(-frames // 100) * 100)
         if counts.tolist() != [sizes[i] for i in chunk]:
@@ -242,10 +250,10 @@ def spec_augment(batch: torch.Tensor, counts: torch.Tensor, generator: torch.Gen
         for _ in range(2):
             width = int(torch.randint(0, 11, (1,), generator=generator))
             start = int(torch.randint(0, n_mels - width + 1, (1,), generator=generator))
-            row[start:start + width, :count] = fill
+            row[start : start + width, :count] = fill
             width = int(torch.randint(0, min(40, count // 20) + 1, (1,), generator=generator))
             start = int(torch.randint(0, count - width + 1, (1,), generator=generator))
-            row[:, start:start + width] = fill
+            row[:, start : start + width] = fill
     return batch
 
 
@@ -264,7 +272,11 @@ class FitReport:
 
 
 def fit(
-    model: torch.nn.Module, corpus: Corpus, loss_fn: BatchLoss, options: FitOptions, name: str,
+    model: torch.nn.Module,
+    corpus: Corpus,
+    loss_fn: BatchLoss,
+    options: FitOptions,
+    name: str,
     after_epoch: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> FitReport:
     """AdamW with warmup + linear decay over `options.epochs` passes of length-bucketed batches;
@@ -272,7 +284,10 @@ def fit(
     accelerator = Accelerator()
     set_seed(options.seed)
     rng, generator = random.Random(options.seed), torch.Generator().manual_seed(options.seed)
-    plan = [length_batches(corpus.frames, int(options.batch_seconds * FRAMES_PER_SECOND), rng) for _ in range(options.epochs)]
+    plan = [
+        length_batches(corpus.frames, int(options.batch_seconds * FRAMES_PER_SECOND), rng)
+        for _ in range(options.epochs)
+    ]
     total = sum(map(len, plan))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=options.lr, betas=BETAS, eps=EPS, weight_decay=options.weight_decay)
@@ -294,15 +309,22 @@ def fit(
             optimizer.zero_grad()
             step, losses = step + 1, losses + [float(loss.detach())]
             if step % options.log_steps == 0 or step == total:
-                tqdm.write(f"{name} step {step}/{total} | epoch {epoch + 1} | loss {sum(losses) / len(losses):.4f} | "
-                           f"lr {lr:.2e} | grad_norm {float(norm):.3f} | {(time.perf_counter() - start) / step:.2f} s/step")
+                tqdm.write(
+                    f"{name} step {step}/{total} | epoch {epoch + 1} | loss {sum(losses) / len(losses):.4f} | "
+                    f"lr {lr:.2e} | grad_norm {float(norm):.3f} | {(time.perf_counter() - start) / step:.2f} s/step"
+                )
                 losses = []
         if after_epoch is not None:
             after_epoch(epoch + 1, accelerator.unwrap_model(model).eval())
             model.train()
     accelerator.unwrap_model(model).eval()
-    return FitReport(total, options.epochs, round(time.perf_counter() - start, 1),
-                     round(time.process_time() - cpu, 1), round(padding, 4))
+    return FitReport(
+        total,
+        options.epochs,
+        round(time.perf_counter() - start, 1),
+        round(time.process_time() - cpu, 1),
+        round(padding, 4),
+    )
 
 
 def training_batch(corpus: Corpus, batch: list[int], options: FitOptions, generator: torch.Generator):
@@ -347,8 +369,9 @@ def train_asr(corpus: Corpus, size: EncoderSize, options: FitOptions) -> tuple[C
     return model, fit(model, corpus, loss, options, "asr")
 
 
-def evaluate_asr(model: CtcRecognizer, corpus: Corpus, batch_seconds: float = 60.0,
-                 decoder: LexiconDecoder | None = None) -> dict:
+def evaluate_asr(
+    model: CtcRecognizer, corpus: Corpus, batch_seconds: float = 60.0, decoder: LexiconDecoder | None = None
+) -> dict:
     """Corpus WER and CER against the normalised manifest texts, plus a few examples: of `decoder`'s
     transcripts when given (with greedy CTC's WER beside them), else of greedy CTC's."""
     logits = predict(model, corpus, batch_seconds, _clip_log_probs)
@@ -386,7 +409,9 @@ def _by_voice(corpus: Corpus, items: list, score: Callable[[list], float]) -> di
     return {voice: round(score(some), 4) for voice, some in sorted(groups.items())}
 
 
-def build_ser(size: EncoderSize, init_encoder: str | None = None, freeze_encoder: bool = False) -> WhisperEmotionClassifier:
+def build_ser(
+    size: EncoderSize, init_encoder: str | None = None, freeze_encoder: bool = False
+) -> WhisperEmotionClassifier:
     """A fresh classifier of `size`, or one whose encoder starts as (a copy of) an ASR model's."""
     if init_encoder is None:
         model = WhisperEmotionClassifier.build(size.config(), EMOTIONS, encode_full_window=False)
@@ -460,20 +485,36 @@ def add_ser_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `ser`: the separate speech-emotion classifier of `cascade-ser`."""
     _add_common(parser, SER_FIT)
     _add_size(parser, SER_SIZE)
-    parser.add_argument("--init-encoder", metavar="ASR_DIR", help="start the encoder from this ASR model (and its size)")
-    parser.add_argument("--freeze-encoder", action="store_true",
-                        help="with --init-encoder, train only the head: a linear probe of the mean-pooled states")
+    parser.add_argument(
+        "--init-encoder", metavar="ASR_DIR", help="start the encoder from this ASR model (and its size)"
+    )
+    parser.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="with --init-encoder, train only the head: a linear probe of the mean-pooled states",
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser, recipes: dict[str, FitOptions]) -> None:
     add = parser.add_argument
     add("--manifest", required=True, help="training clips: JSON lines with audio, text (and emotion for ser)")
     add("--eval-manifest", help="held-out clips scored into DIR/metrics.json (reserved voices, eval sentences)")
-    add("--out", required=True, metavar="DIR", help="model folder to write (config.json, model.safetensors, metrics.json)")
-    helps = {"batch_seconds": "audio per batch, padding included", "lr": "peak of warmup + linear decay",
-             "warp": "formants scaled by up to 1 +- WARP per clip", "stretch": "tempo scaled by up to 1 +- STRETCH per clip"}
+    add(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="model folder to write (config.json, model.safetensors, metrics.json)",
+    )
+    helps = {
+        "batch_seconds": "audio per batch, padding included",
+        "lr": "peak of warmup + linear decay",
+        "warp": "formants scaled by up to 1 +- WARP per clip",
+        "stretch": "tempo scaled by up to 1 +- STRETCH per clip",
+    }
     for name in TUNED:
-        defaults = ", ".join(f"{mode} {getattr(fit, name):g}" if mode else f"{getattr(fit, name):g}" for mode, fit in recipes.items())
+        defaults = ", ".join(
+            f"{mode} {getattr(fit, name):g}" if mode else f"{getattr(fit, name):g}" for mode, fit in recipes.items()
+        )
         kind = int if name == "epochs" else float
         add(f"--{name.replace('_', '-')}", type=kind, help=f"{helps.get(name, '')} (default: {defaults})".lstrip())
     add("--no-spec-augment", dest="spec_augment", action="store_false", help="no time/frequency masks")
@@ -521,7 +562,9 @@ def run_asr(args: argparse.Namespace) -> int:
     model.save_pretrained(str(out))
     decoder = write_word_lm(model, train, out)
     scores = evaluate_asr(model, held_out, decoder=decoder) if held_out is not None else None
-    _write_metrics(out, "asr", args, options, train, feature_seconds, report, model, {"size": asdict(size), "eval": scores})
+    _write_metrics(
+        out, "asr", args, options, train, feature_seconds, report, model, {"size": asdict(size), "eval": scores}
+    )
     return 0
 
 
@@ -542,15 +585,32 @@ def run_ser(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_metrics(out: Path, command: str, args, options: FitOptions, train: Corpus, feature_seconds: float,
-                   report: FitReport, model: torch.nn.Module, extra: dict) -> None:
+def _write_metrics(
+    out: Path,
+    command: str,
+    args,
+    options: FitOptions,
+    train: Corpus,
+    feature_seconds: float,
+    report: FitReport,
+    model: torch.nn.Module,
+    extra: dict,
+) -> None:
     metrics = {
-        "command": command, "manifest": args.manifest, "eval_manifest": args.eval_manifest,
-        "train_clips": len(train.features), "train_hours": round(train.hours, 3), "dropped": train.dropped,
-        "params": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads(),
-        "options": asdict(options), "feature_seconds": feature_seconds, "fit": asdict(report),
+        "command": command,
+        "manifest": args.manifest,
+        "eval_manifest": args.eval_manifest,
+        "train_clips": len(train.features),
+        "train_hours": round(train.hours, 3),
+        "dropped": train.dropped,
+        "params": sum(p.numel() for p in model.parameters()),
+        "threads": torch.get_num_threads(),
+        "options": asdict(options),
+        "feature_seconds": feature_seconds,
+        "fit": asdict(report),
         "seconds_per_epoch": round(report.seconds / report.epochs, 1),
-        "cpu_seconds_per_epoch": round(report.cpu_seconds / report.epochs, 1), **extra,
+        "cpu_seconds_per_epoch": round(report.cpu_seconds / report.epochs, 1),
+        **extra,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     scores = extra.get("eval") or {}
@@ -559,8 +619,11 @@ def _write_metrics(out: Path, command: str, args, options: FitOptions, train: Co
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.pretrain_speech", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m train.pretrain_speech",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     add_asr_arguments(sub.add_parser("asr", help="CTC ASR: the speech encoder and the cascades' recogniser"))
     add_ser_arguments(sub.add_parser("ser", help="the separate speech-emotion classifier of cascade-ser"))

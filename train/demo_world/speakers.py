@@ -32,9 +32,9 @@ import random
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 PREFIX = "spk"
 ACCENT_PREFIX = "en-x-acc"
@@ -43,8 +43,32 @@ TRAIN_ACCENT_FILES = ("en", "en-US", "en-GB-scotland", "en-GB-x-rp", "en-US-nyc"
 DATA_FOLDER = "espeak-ng-data"  # the name espeak-ng expects inside ESPEAK_DATA_PATH
 RESERVED_ACCENT_FILES = ("en-029", "en-GB-x-gbcwmd")  # synth.RESERVED_ACCENTS
 # espeak-ng's English consonants, by its phoneme mnemonics (`espeak-ng -x` writes them).
-CONSONANTS = ("p", "b", "t", "d", "k", "g", "f", "v", "T", "D", "s", "z", "S", "Z", "tS", "dZ",
-              "m", "n", "N", "l", "r", "w", "j", "h")
+CONSONANTS = (
+    "p",
+    "b",
+    "t",
+    "d",
+    "k",
+    "g",
+    "f",
+    "v",
+    "T",
+    "D",
+    "s",
+    "z",
+    "S",
+    "Z",
+    "tS",
+    "dZ",
+    "m",
+    "n",
+    "N",
+    "l",
+    "r",
+    "w",
+    "j",
+    "h",
+)
 MAX_VOICES = 349  # espeak-ng's N_VOICES_LIST - 1: "maximum number 349 of (N_VOICES_LIST = 350 - 1) reached"
 
 
@@ -58,16 +82,20 @@ def draw_speaker(rng: random.Random) -> list[str]:
     lines = [f"pitch {base} {round(base * rng.uniform(1.2, 1.9))}"]
     tract = rng.uniform(0.88, 1.15)
     for k in range(9):
-        lines.append(f"formant {k} {round(100 * tract * rng.uniform(0.96, 1.04))} "
-                     f"{_uniform(rng, 75, 125)} {_uniform(rng, 80, 150)}")
+        lines.append(
+            f"formant {k} {round(100 * tract * rng.uniform(0.96, 1.04))} "
+            f"{_uniform(rng, 75, 125)} {_uniform(rng, 80, 150)}"
+        )
     if rng.random() < 0.5:
         lines.append("stressAdd " + " ".join(str(_uniform(rng, -20, 50)) for _ in range(8)))
     if rng.random() < 0.5:
         unstressed, stressed = _uniform(rng, 120, 200), _uniform(rng, 160, 240)
         final = _uniform(rng, 230, 320)
         middle = "0 0" if rng.random() < 0.5 else f"{_uniform(rng, 180, 240)} {_uniform(rng, 180, 240)}"
-        lines.append(f"stressLength {unstressed} {_uniform(rng, 0.8 * unstressed, unstressed)} {stressed} "
-                     f"{_uniform(rng, 0.85 * stressed, stressed)} {middle} {final} {_uniform(rng, final, final + 40)}")
+        lines.append(
+            f"stressLength {unstressed} {_uniform(rng, 0.8 * unstressed, unstressed)} {stressed} "
+            f"{_uniform(rng, 0.85 * stressed, stressed)} {middle} {final} {_uniform(rng, final, final + 40)}"
+        )
     lines.append(f"consonants {_uniform(rng, 50, 150)} {_uniform(rng, 50, 150)}")
     lines.append(f"voicing {_uniform(rng, 50, 160)}")
     if rng.random() < 0.25:
@@ -107,8 +135,10 @@ def write_speakers(out: Path, n: int, seed: int = 0, accents: int = 0) -> list[s
     _keep_english_only(data)
     shipped = sum(1 for p in (data / "lang").rglob("*") if p.is_file()) + len(list((data / "voices" / "!v").iterdir()))
     if shipped + n + accents > MAX_VOICES:
-        raise ValueError(f"espeak-ng lists at most {MAX_VOICES} voices and {shipped} are shipped: "
-                         f"ask for at most {MAX_VOICES - shipped} generated speakers and accents, not {n + accents}")
+        raise ValueError(
+            f"espeak-ng lists at most {MAX_VOICES} voices and {shipped} are shipped: "
+            f"ask for at most {MAX_VOICES - shipped} generated speakers and accents, not {n + accents}"
+        )
     _write_accents(data, accents, seed)
     names = []
     for i in range(n):
@@ -131,13 +161,21 @@ def _write_accents(data: Path, n: int, seed: int) -> None:
     a reserved accent."""
     parts = [_accent_parts(data / "lang" / "gmw" / name) for name in TRAIN_ACCENT_FILES]
     rules = sorted({rule for part in parts for rule in part["replace"]})
-    reserved = {rule for name in RESERVED_ACCENT_FILES for rule in _accent_parts(data / "lang" / "gmw" / name)["replace"]}
+    reserved = {
+        rule for name in RESERVED_ACCENT_FILES for rule in _accent_parts(data / "lang" / "gmw" / name)["replace"]
+    }
     for i in range(n):
         rng = random.Random(f"{seed}|accent|{i}")
         base, rhythm = rng.choice(parts), rng.choice(parts)
         name = f"{ACCENT_PREFIX}{i:02d}"
-        lines = [f"name {name}", f"language {name}", *base["table"], *rhythm["stress"],
-                 *(rule for rule in rules if rng.random() < 1 / 3), *random_substitutions(rng, reserved)]
+        lines = [
+            f"name {name}",
+            f"language {name}",
+            *base["table"],
+            *rhythm["stress"],
+            *(rule for rule in rules if rng.random() < 1 / 3),
+            *random_substitutions(rng, reserved),
+        ]
         (data / "lang" / "gmw" / name).write_text("\n".join(lines) + "\n")
 
 
@@ -192,8 +230,11 @@ def speaker_voices(names: list[str], accents: tuple[str, ...], seed: int = 0, pe
     variants, not the pairs)."""
     if not 1 <= per_speaker <= len(accents):
         raise ValueError(f"per_speaker must be in 1..{len(accents)} (the accents given), got {per_speaker}")
-    return [f"{accent}+{name}" for name in names
-            for accent in random.Random(f"{seed}|accent|{name}").sample(list(accents), per_speaker)]
+    return [
+        f"{accent}+{name}"
+        for name in names
+        for accent in random.Random(f"{seed}|accent|{name}").sample(list(accents), per_speaker)
+    ]
 
 
 @contextmanager

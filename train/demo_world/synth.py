@@ -30,18 +30,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import Iterable, Sequence
 from xml.sax.saxutils import escape
 
 import numpy as np
 
 from blsp_emo.audio import SAMPLE_RATE
 from blsp_emo.emotion import EMOTIONS
-
 from train.demo_world import speakers
 from train.demo_world.sentences import Sentence, read_sentences
 
@@ -90,18 +89,86 @@ RESERVED_VARIANTS = frozenset({"f5", "m8", "annie", "edward"})  # compared lower
 # (caleb and klatt6 are klatt; iven2-4 and steph3 differ from iven and steph2 in loudness only).
 TRAIN_ACCENTS = ("en-gb", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-us-nyc", "en-gb-x-gbclan")
 TRAIN_VARIANTS = (
-    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4",
-    "klatt", "klatt2", "klatt3", "klatt4", "klatt5",
-    "Alex", "Alicia", "Andrea", "Andy", "AnxiousAndy", "Denis", "Diogo", "Gene", "Gene2", "Henrique",
-    "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "Storm", "Tweaky",
-    "adam", "anika", "announcer", "antonio", "aunty", "belinda", "benjamin", "boris", "david", "ed",
-    "grandma", "grandpa", "gustave", "iven", "john", "kaukovalta", "linda", "marcelo", "max", "michel",
-    "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert", "sandro", "shelby",
-    "steph", "steph2", "travis", "victor", "zac",
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "klatt4",
+    "klatt5",
+    "Alex",
+    "Alicia",
+    "Andrea",
+    "Andy",
+    "AnxiousAndy",
+    "Denis",
+    "Diogo",
+    "Gene",
+    "Gene2",
+    "Henrique",
+    "Hugo",
+    "Jacky",
+    "Lee",
+    "Marco",
+    "Mario",
+    "Michael",
+    "Mike",
+    "Nguyen",
+    "Storm",
+    "Tweaky",
+    "adam",
+    "anika",
+    "announcer",
+    "antonio",
+    "aunty",
+    "belinda",
+    "benjamin",
+    "boris",
+    "david",
+    "ed",
+    "grandma",
+    "grandpa",
+    "gustave",
+    "iven",
+    "john",
+    "kaukovalta",
+    "linda",
+    "marcelo",
+    "max",
+    "michel",
+    "miguel",
+    "norbert",
+    "pablo",
+    "paul",
+    "pedro",
+    "quincy",
+    "rob",
+    "robert",
+    "sandro",
+    "shelby",
+    "steph",
+    "steph2",
+    "travis",
+    "victor",
+    "zac",
 )
 TRAIN_VOICES = tuple(f"{accent}+{variant}" for variant in TRAIN_VARIANTS for accent in TRAIN_ACCENTS)
 EVAL_VOICES = (
-    "en-029+m3", "en-gb-x-gbcwmd+f2", "en-us+f5", "en-gb+m8", "en-us-nyc+Annie", "en-gb-x-rp+edward",
+    "en-029+m3",
+    "en-gb-x-gbcwmd+f2",
+    "en-us+f5",
+    "en-gb+m8",
+    "en-us-nyc+Annie",
+    "en-gb-x-rp+edward",
 )
 TARGET_RMS = 0.04  # every voice's neutral loudness, so volume means the same for every speaker
 CALIBRATION_TEXT = "The letter from the office is on the kitchen table."
@@ -349,14 +416,24 @@ class Clip:
 
     def row(self) -> dict:
         return {
-            "audio": self.audio, "text": self.sentence.text, "emotion": self.emotion, "voice": self.voice.spec,
-            "sentence_id": self.sentence.id, "cue": self.sentence.cue, "prosody": asdict(self.setting),
+            "audio": self.audio,
+            "text": self.sentence.text,
+            "emotion": self.emotion,
+            "voice": self.voice.spec,
+            "sentence_id": self.sentence.id,
+            "cue": self.sentence.cue,
+            "prosody": asdict(self.setting),
         }
 
 
 def plan(
-    sentences: Sequence[Sentence], voices: Sequence[Voice], emotions: Sequence[str] = EMOTIONS,
-    seed: int = 0, jitter: float = 1.0, cue_match: float = 0.8, voices_per_sentence: int | None = None,
+    sentences: Sequence[Sentence],
+    voices: Sequence[Voice],
+    emotions: Sequence[str] = EMOTIONS,
+    seed: int = 0,
+    jitter: float = 1.0,
+    cue_match: float = 0.8,
+    voices_per_sentence: int | None = None,
 ) -> list[Clip]:
     """Every clip to make, in manifest order. Each clip's randomness is seeded by its own name,
     so the result does not depend on order, workers, or which clips already exist.
@@ -457,13 +534,17 @@ def measure_table(voices: Sequence[Voice], text: str = MEASURE_TEXT) -> list[dic
             setting = sample_setting(emotion, random.Random(0), amplitude, jitter=0.0)
             got = measure(render(text, voice.espeak, setting))
             base = base or got
-            rows.append({
-                "voice": voice.spec, "emotion": emotion, **asdict(got),
-                "duration_x": round(got.duration_s / base.duration_s, 2),
-                "f0_st": round(12 * float(np.log2(got.f0_hz / base.f0_hz)), 1),
-                "range_st": round(got.f0_range_st - base.f0_range_st, 1),
-                "rms_x": round(got.rms / base.rms, 2),
-            })
+            rows.append(
+                {
+                    "voice": voice.spec,
+                    "emotion": emotion,
+                    **asdict(got),
+                    "duration_x": round(got.duration_s / base.duration_s, 2),
+                    "f0_st": round(12 * float(np.log2(got.f0_hz / base.f0_hz)), 1),
+                    "range_st": round(got.f0_range_st - base.f0_range_st, 1),
+                    "rms_x": round(got.rms / base.rms, 2),
+                }
+            )
     return rows
 
 
@@ -485,23 +566,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `python -m train synth`."""
     add = parser.add_argument
     add("--sentences", help="from `python -m train sentences` (JSON lines), or plain text one per line")
-    add("--voices", help=f"comma-separated accent+variant (default: the {len(TRAIN_VOICES)} voices of "
-                         f"TRAIN_ACCENTS x TRAIN_VARIANTS; with --eval: {','.join(EVAL_VOICES)})")
-    add("--speakers", type=int, default=0, metavar="N",
-        help="add N generated speakers (train/demo_world/speakers.py), written under OUT/espeak-speakers")
-    add("--accents", type=int, default=0, metavar="N",
-        help="with --speakers: also N generated accents, recombined from the training accents' parts")
-    add("--accents-per-speaker", type=int, default=1, metavar="K",
-        help="with --speakers: each generated speaker speaks with K accents drawn for it (default 1)")
+    add(
+        "--voices",
+        help=f"comma-separated accent+variant (default: the {len(TRAIN_VOICES)} voices of "
+        f"TRAIN_ACCENTS x TRAIN_VARIANTS; with --eval: {','.join(EVAL_VOICES)})",
+    )
+    add(
+        "--speakers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N generated speakers (train/demo_world/speakers.py), written under OUT/espeak-speakers",
+    )
+    add(
+        "--accents",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --speakers: also N generated accents, recombined from the training accents' parts",
+    )
+    add(
+        "--accents-per-speaker",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with --speakers: each generated speaker speaks with K accents drawn for it (default 1)",
+    )
     add("--out", help="folder for manifest.jsonl and wav/")
-    add("--eval", action="store_true",
-        help="make a test set: only reserved voices (accent en-029, en-gb-x-gbcwmd; variant f5, m8, Annie, edward)")
+    add(
+        "--eval",
+        action="store_true",
+        help="make a test set: only reserved voices (accent en-029, en-gb-x-gbcwmd; variant f5, m8, Annie, edward)",
+    )
     add("--emotions", default=",".join(EMOTIONS), help="comma-separated subset (default: all five)")
     add("--seed", type=int, default=0, help="seeds the jitter and the cue sentences' emotions")
     add("--jitter", type=float, default=1.0, help="scale of the per-utterance jitter (0: the table means)")
     add("--cue-match", type=float, default=0.8, help="chance that a cue sentence is spoken in its cue's tone")
-    add("--voices-per-sentence", type=int, default=None, metavar="K",
-        help="speak each sentence with K voices drawn for it (default: every voice)")
+    add(
+        "--voices-per-sentence",
+        type=int,
+        default=None,
+        metavar="K",
+        help="speak each sentence with K voices drawn for it (default: every voice)",
+    )
     add("--workers", type=int, default=2, help="clips rendered at once")
     add("--quiet", action="store_true", help="no progress bar")
     add("--measure", action="store_true", help="print each emotion's acoustics per voice (no jitter) and exit")
@@ -518,8 +625,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--speakers adds training speakers: it needs --out DIR and cannot go with --eval")
         data_path = Path(args.out) / "espeak-speakers"
         names = speakers.write_speakers(data_path, args.speakers, args.seed, args.accents)
-        specs += speakers.speaker_voices(names, (*TRAIN_ACCENTS, *speakers.generated_accents(data_path)), args.seed,
-                                         args.accents_per_speaker)
+        specs += speakers.speaker_voices(
+            names, (*TRAIN_ACCENTS, *speakers.generated_accents(data_path)), args.seed, args.accents_per_speaker
+        )
     with speakers.espeak_data(data_path):
         return _run(args, check_voices(specs, evaluation=args.eval))
 
@@ -534,8 +642,15 @@ def _run(args: argparse.Namespace, voices: list[Voice]) -> int:
     if not 0.0 <= args.cue_match <= 1.0 or args.jitter < 0:
         raise ValueError(f"--cue-match must be in [0, 1] and --jitter >= 0; got {args.cue_match}, {args.jitter}")
     start = time.perf_counter()
-    clips = plan(read_sentences(args.sentences), voices, emotions, args.seed, args.jitter, args.cue_match,
-                 args.voices_per_sentence)
+    clips = plan(
+        read_sentences(args.sentences),
+        voices,
+        emotions,
+        args.seed,
+        args.jitter,
+        args.cue_match,
+        args.voices_per_sentence,
+    )
     summary = synthesize(clips, args.out, args.workers, verbose=not args.quiet)
     print(json.dumps({**summary, "voices": [v.spec for v in voices], "seconds": round(time.perf_counter() - start, 1)}))
     return 0
@@ -550,8 +665,9 @@ def _emotions(text: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.synth", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m train.synth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
