@@ -27,13 +27,9 @@ for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"),
     os.environ.setdefault(_key, _value)
 
 from blsp_emo.options import add_model_options, default_device  # noqa: E402
-from blsp_emo.serving.workers import (  # noqa: E402
-    WorkerError,
-    WorkerPool,
-    WorkerSpec,
-    apply_threads,
-    freeze_loaded,
-)
+from blsp_emo.serving.pool import WorkerPool  # noqa: E402
+from blsp_emo.serving.protocol import WorkerError, WorkerSpec  # noqa: E402
+from blsp_emo.serving.workers import apply_threads, freeze_loaded  # noqa: E402
 from blsp_emo.study import DB_ENV, DEFAULT_DB, DEFAULT_STUDY, StudyConfig, StudyConfigError  # noqa: E402
 from blsp_emo.systems import available_systems, load_systems  # noqa: E402
 from blsp_emo.tts import (  # noqa: E402
@@ -44,14 +40,13 @@ from blsp_emo.tts import (  # noqa: E402
     load_synthesizer,
 )
 
-_PAGE = ("build_demo", "launch", "Callbacks", "Exchange")  # webui.demo_page's names, offered here too
+# The page's names, offered here too, each from the module of webui that defines it.
+_PAGE = {"build_demo": "demo_page", "launch": "demo_page", "Callbacks": "callbacks", "Exchange": "callbacks"}
 
 
 def __getattr__(name: str):
     if name in _PAGE:
-        from webui import demo_page
-
-        return getattr(demo_page, name)
+        return getattr(importlib.import_module(f"webui.{_PAGE[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -14,16 +14,10 @@ import tiny
 from blsp_emo import GenerationOptions, available_systems
 from blsp_emo.audio import AudioError
 from blsp_emo.prompts import Turn
-from blsp_emo.serving import workers as workers_module
-from blsp_emo.serving.workers import (
-    RemoteSystem,
-    WorkerError,
-    WorkerPool,
-    WorkerSpec,
-    _home_key,
-    _Worker,
-    freeze_loaded,
-)
+from blsp_emo.serving import pool as pool_module
+from blsp_emo.serving.pool import RemoteSystem, WorkerPool, _home_key, _Worker
+from blsp_emo.serving.protocol import WorkerError, WorkerSpec
+from blsp_emo.serving.workers import freeze_loaded
 from blsp_emo.systems import Reply, Timings, load_systems, paced
 
 GREEDY = GenerationOptions(max_new_tokens=12, greedy=True)
@@ -191,7 +185,7 @@ def test_missing_models_are_notes_as_in_process(tmp_path):
 
 
 def test_a_worker_that_cannot_start_is_reported(monkeypatch, bundle_dir):
-    monkeypatch.setattr(workers_module.sys, "executable", "/bin/false")  # exits 1 at once, reading nothing
+    monkeypatch.setattr(pool_module.sys, "executable", "/bin/false")  # exits 1 at once, reading nothing
     with pytest.raises(WorkerError, match=r"model worker 0 \(pid \d+\) exited with code 1 while loading"):
         WorkerPool.start(WorkerSpec(("blsp-emo",), model=str(bundle_dir)), workers=1)
 
@@ -199,7 +193,7 @@ def test_a_worker_that_cannot_start_is_reported(monkeypatch, bundle_dir):
 def test_workers_exit_when_the_server_goes_away(bundle_dir):
     """A server killed outright leaves no worker behind: each sees its connections close."""
     script = (
-        "import sys; from blsp_emo.serving.workers import WorkerPool, WorkerSpec; "
+        "import sys; from blsp_emo.serving.pool import WorkerPool; from blsp_emo.serving.protocol import WorkerSpec; "
         f"pool = WorkerPool.start(WorkerSpec(('blsp',), model={str(bundle_dir)!r}, threads=1), workers=1); "
         "print(pool.pids[0], flush=True); sys.stdin.read()"
     )

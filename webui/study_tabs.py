@@ -3,7 +3,8 @@
 Built inside `webui.demo_page.build_demo` from a `StudyRunner` (blsp_emo.study), which does all the work: this
 module only lays out the page and turns its events into runner calls. A rater's progress lives in
 their session's `gr.State`; their plan and ratings live in the database, so the JSON API
-(`/study_begin`, `/study_trial`, `/study_submit`) carries only the rater id and survives a restart.
+(`/study_begin`, `/study_trial`, `/study_submit`, in `webui.study_api`) carries only the rater id and
+survives a restart.
 """
 
 from __future__ import annotations
@@ -31,12 +32,10 @@ from blsp_emo.study import (
     start_upload,
     write_report,
 )
+from webui.study_api import STUDY_QUEUE, _fail, api
 
 SIDES = "AB"
 PREFERENCE_CHOICES = [("A is better", "A"), ("B is better", "B"), ("Tie", "tie"), ("Both are bad", "both-bad")]
-# Study calls are small database writes (a reply is computed once per clip and system): they get
-# their own, wider lane of the queue so that raters do not wait behind model calls.
-STUDY_QUEUE = {"concurrency_id": "study", "concurrency_limit": 8}
 # The 0–10 scale on one line in a half-width column; the lock note stands out until it is lifted.
 CSS = """
 .study-scale .wrap { flex-wrap: nowrap !important; gap: 4px !important; }
@@ -55,10 +54,6 @@ class RaterState:
     heard: frozenset = frozenset()  # clips played to the end on this trial: "stimulus", "A", "B"
     submitted: bool = False
     own_audio: str | None = None
-
-
-def _fail(message: str) -> gr.Error:
-    return gr.Error(html.escape(message, quote=False), print_exception=False)
 
 
 def _stored_text(runner: StudyRunner) -> str:
@@ -316,57 +311,6 @@ class RateTab:
             )
         self.submit.click(self.send, [self.state, *self.inputs], [*unlock, self.reveal, self.next], **quiet)
         self.next.click(self.advance, [self.state], [*shown, self.done_box, self.done], **quiet)
-
-
-def api(runner: StudyRunner) -> None:
-    """JSON endpoints for scripted raters (the load test): the same runner calls as the page."""
-
-    def study_begin(consent: bool, keep_audio: bool = False) -> dict:
-        """Take part: returns a new anonymous rater id and the number of trials."""
-        try:
-            rater_id, plan = runner.begin(consent, keep_audio)
-        except PermissionError as e:
-            raise _fail(str(e)) from e
-        return {"rater_id": rater_id, "study_id": runner.config.id, "trials": len(plan)}
-
-    def study_trial(rater_id: str, trial: int) -> dict:
-        """Trial `trial` (0-based) of a rater: the clip id and replies A and B, with the key to submit with."""
-        try:
-            return runner.view(rater_id, int(trial)).to_json()
-        except LookupError as e:
-            raise _fail(str(e)) from e
-
-    def study_submit(
-        rater_id: str,
-        trial: int,
-        key: str,
-        shown_at: float,
-        empathy_a: int,
-        quality_a: int,
-        empathy_b: int,
-        quality_b: int,
-        preference: str,
-        reason: str = "",
-    ) -> dict:
-        """Store one trial's ratings once (same key or trial again: 'duplicate'); reveals A and B."""
-        try:
-            view = replace(runner.view(rater_id, int(trial)), key=key, shown_at=float(shown_at))
-            scores = {"empathy_a": empathy_a, "quality_a": quality_a, "empathy_b": empathy_b, "quality_b": quality_b}
-            return runner.submit(view, scores, preference, reason, listened=False).to_json()
-        except (LookupError, ValueError) as e:
-            raise _fail(str(e)) from e
-
-    def study_audit(token: str) -> dict:
-        """Admin: rows per idempotency key and the assignment balance (for the load test)."""
-        try:
-            check_admin(token)
-        except AdminTokenError as e:
-            raise _fail(str(e)) from e
-        counts = runner.store.assignment_counts(runner.config.id)
-        return {"keys": runner.store.key_counts(), "assignment": balance(counts, runner.config)}
-
-    for fn in (study_begin, study_trial, study_submit, study_audit):
-        gr.api(fn, api_name=fn.__name__, **STUDY_QUEUE)
 
 
 class ResultsTab:

@@ -1,0 +1,304 @@
+"""The page's event handlers (`Callbacks`) and a visitor's conversation (`Exchange`), kept in `gr.State`.
+
+Models are shared read-only by every visitor; a handler gets the visitor's state in and gives it back
+out. `webui.demo_tabs` lays out the components these handlers write to (`Callbacks.ui`).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import numpy as np
+
+from blsp_emo import GenerationOptions, Reply, SpokenDialogueSystem, load_audio
+from blsp_emo.audio import AudioError, to_pcm16
+from blsp_emo.systems import paced
+from blsp_emo.tts import NullSynthesizer, style_for
+
+try:  # ZeroGPU Spaces lend a GPU per call to functions marked with spaces.GPU; elsewhere a no-op
+    from spaces import GPU as _gpu
+except ImportError:
+
+    def _gpu(fn):
+        return fn
+
+
+HEARD_EXCHANGES = 4  # earlier turns stay on screen; every heard clip is encoded again each turn
+EMOJI = {"neutral": "😐", "happy": "😊", "angry": "😠", "sad": "😢", "surprise": "😮"}
+NO_MODEL = (
+    "No model is loaded, so nothing can answer yet. Build the demo-scale models with `python -m train demo` "
+    "(they land in `assets/models/`), or start with `python app.py --model DIR` (a trained BLSP-Emo folder or "
+    "bundle) — `--model cwang621/blsp-emo` where the hub and a GPU are available."
+)
+NO_AUDIO = "No audio: record (allow the microphone; it needs https or localhost) or upload a clip."
+NO_INPUT = "Nothing to send: record (allow the microphone; it needs https or localhost), upload a clip, or type."
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One user turn and its reply: what the chat shows, and what the system hears again next turn."""
+
+    shown: object  # the user's bubble: a file dict for speech, the text when typed
+    audio: np.ndarray | None  # (T,) 16 kHz, a spoken turn
+    text: str | None  # a typed turn
+    reply: Reply | None  # None until answered
+    card: str = ""  # the turn's card as the page showed it (put back when a later turn fails)
+
+
+Chat = tuple  # of Exchange: a visitor's conversation, immutable, kept in gr.State
+
+
+def _fail(message: str) -> gr.Error:
+    return gr.Error(html.escape(message, quote=False), title="Please check your input", print_exception=False)
+
+
+def _options(temperature, top_p, max_tokens, greedy, seed) -> GenerationOptions:
+    try:
+        return GenerationOptions(
+            max_new_tokens=int(max_tokens),
+            greedy=bool(greedy),
+            temperature=float(temperature),
+            top_p=float(top_p),
+            seed=None if seed in (None, "") else int(seed),
+        )
+    except ValueError as e:
+        raise _fail(str(e)) from e
+
+
+def _emotion(reply: Reply | None, typed: bool = False) -> dict | str | None:
+    """The emotion label's value: the scores heard, or why there are none (None: nothing said yet).
+
+    Always a value, never a component: a component in an update makes Gradio rebuild its config and
+    API schema, which costs the server more than a demo-scale reply (docs/serving.md).
+    """
+    if reply is None:
+        return None
+    if reply.emotion_scores:
+        return {f"{EMOJI.get(k, '')} {k}": v for k, v in reply.emotion_scores.items()}
+    return "⌨️ typed: no tone to hear" if typed else "🔇 this system hears no tone"
+
+
+def _transcript(reply: Reply) -> gr.Textbox:
+    return gr.Textbox(reply.transcript, visible=reply.transcript is not None)
+
+
+def _heard_outputs(ui: SimpleNamespace, reply: Reply, typed: bool, before: Exchange | None) -> dict:
+    """The emotion and transcript outputs of a turn, where the page shows `before`'s (None: a new chat).
+
+    The transcript box is a component only when it must appear or hide (a cascade's turn after
+    another system's); otherwise both are plain values, which Gradio sends without rebuilding.
+    """
+    shown_visible = before is not None and before.reply.transcript is not None
+    same_visibility = (reply.transcript is not None) == shown_visible
+    transcript = reply.transcript if same_visibility else _transcript(reply)
+    return {ui.emotion: _emotion(reply, typed), ui.transcript: transcript}
+
+
+def _heard_values(ui: SimpleNamespace, reply: Reply, typed: bool) -> dict:
+    """The emotion and transcript as plain values, for the updates after a turn's first."""
+    return {ui.emotion: _emotion(reply, typed), ui.transcript: reply.transcript}
+
+
+def _shown_outputs(ui: SimpleNamespace, shown: Exchange | None) -> dict:
+    """The emotion, transcript and card outputs as `shown` left them (None: as a new chat shows them)."""
+    if shown is None:
+        return {ui.emotion: None, ui.transcript: gr.Textbox(None, visible=False), ui.card: ""}
+    return {
+        ui.emotion: _emotion(shown.reply, shown.audio is None),
+        ui.transcript: _transcript(shown.reply),
+        ui.card: shown.card,
+    }
+
+
+def _timings(reply: Reply) -> str:
+    first = "" if reply.timings.first_token_s is None else f"first token {reply.timings.first_token_s:.2f} s · "
+    return f"{first}total {reply.timings.total_s:.2f} s · {len(reply.token_ids)} tokens"
+
+
+def _card(system: SpokenDialogueSystem, reply: Reply, options: GenerationOptions, model_label: str) -> str:
+    decoding = "greedy" if options.greedy else f"sampling T={options.temperature:g} top-p={options.top_p:g}"
+    return (
+        f"**{system.name}** — {system.description}  \nmodel `{model_label}` · seed `{reply.seed}` · "
+        f"{decoding} · ≤{options.max_new_tokens} tokens  \n{_timings(reply)}"
+    )
+
+
+def _heard(reply: Reply) -> str:
+    parts = [f"{EMOJI.get(reply.emotion, '')} heard as *{reply.emotion}*"] if reply.emotion else []
+    if reply.transcript is not None:
+        parts.append(f"“{reply.transcript}”")
+    return " · ".join(parts)
+
+
+def _validation(first_input_problem: str | None, n_inputs: int) -> list[dict]:
+    """A validator's answer: the problem (if any) is shown on the event's first input, an audio input."""
+    ok = first_input_problem is None
+    return [gr.validate(ok, first_input_problem or ""), *[gr.validate(True, "")] * (n_inputs - 1)]
+
+
+def _messages(chat: Chat, pending: tuple[object, Reply] | None = None) -> list[dict]:
+    exchanges = [(ex.shown, ex.reply) for ex in chat] + ([pending] if pending else [])
+    out = []
+    for shown, reply in exchanges:
+        heard = _heard(reply) if isinstance(shown, dict) else ""
+        out.append({"role": "user", "content": [shown, heard] if heard else shown})
+        out.append({"role": "assistant", "content": reply.text if reply.done or reply.text else "…"})
+    return out
+
+
+def _history(chat: Chat) -> list:
+    """The turns the system hears again: the latest few, as the released demo drops the oldest to fit."""
+    return [turn for ex in chat[-HEARD_EXCHANGES:] for turn in ex.reply.turns(ex.audio, ex.text)]
+
+
+class Callbacks:
+    """Every event handler: models are read, never written; per-visitor state comes in and goes out."""
+
+    def __init__(
+        self, systems, synthesizer, model_label: str, options: GenerationOptions, stream_interval: float = 0.0
+    ):
+        self.systems, self.synthesizer, self.model_label, self.options = systems, synthesizer, model_label, options
+        self.stream_interval = stream_interval
+        self.ui = SimpleNamespace()  # the components handlers write to, filled in while the page is built
+
+    def system(self, name: str | None) -> SpokenDialogueSystem:
+        if not self.systems:
+            raise gr.Error(NO_MODEL, title="No model loaded", print_exception=False)
+        if name not in (None, "", *self.systems):
+            raise _fail(f"unknown system {name!r}; available: {list(self.systems)}")
+        return self.systems[name] if name else next(iter(self.systems.values()))
+
+    def load(self, path: str | None, system: SpokenDialogueSystem) -> np.ndarray:
+        if path is None:
+            raise _fail(NO_AUDIO)
+        try:
+            return load_audio(path, max_seconds=system.window_seconds, name=Path(path).name)
+        except AudioError as e:
+            raise _fail(str(e)) from e
+
+    def audio_problem(self, audio, system_names: Sequence[str | None]) -> str | None:
+        """What is wrong with a clip for these systems, or None; validators show it on the audio input."""
+        try:
+            for name in system_names or [None]:
+                self.load(audio, self.system(name))
+        except gr.Error as e:
+            return e.message
+        return None
+
+    def check_turn(self, audio, text, chat, system_name, *settings) -> list[dict]:
+        spoken = audio is not None  # nothing at all is a notice from `talk`, not a mark on the input
+        return _validation(self.audio_problem(audio, [system_name]) if spoken else None, 4 + len(settings))
+
+    def check_respond(self, audio, system_name=None) -> list[dict]:
+        return _validation(self.audio_problem(audio, [system_name]), 2)
+
+    @_gpu
+    def talk(self, audio, text, chat: Chat, system_name, *settings):
+        text = (text or "").strip()
+        if not self.systems or (audio is None and not text):  # a notice; the page stays as it was
+            gr.Warning(NO_INPUT if self.systems else NO_MODEL)
+            yield gr.skip()
+            return
+        system, options = self.system(system_name), _options(*settings)
+        if audio is not None:
+            wave, typed, shown = self.load(audio, system), None, {"path": audio}
+        else:
+            wave, typed, shown = None, text, text
+        yield from self._turn(system, chat, Exchange(shown, wave, typed, None), options, chat[-1] if chat else None)
+
+    @_gpu
+    def regenerate(self, chat: Chat, system_name, *settings):
+        if not chat:
+            gr.Warning("Nothing to regenerate yet: say something first.")
+            yield gr.skip()
+            return
+        yield from self._turn(self.system(system_name), chat[:-1], chat[-1], _options(*settings), chat[-1])
+
+    def _turn(self, system, chat: Chat, user: Exchange, options: GenerationOptions, shown: Exchange | None):
+        """Answer `user` after `chat`; `shown` is the exchange whose emotion, transcript and card the page shows.
+
+        Every update gives every output a value: Gradio turns an output left out of an update into an
+        empty component update, which rebuilds that component and its API schema (more than a
+        demo-scale token costs; docs/serving.md). The card shows the reply's timings as it grows.
+        """
+        ui, reply, sent, typed = self.ui, None, False, user.audio is None
+        before = (*chat, user) if user is shown else chat  # the state as it stands (a regenerated turn is in it)
+        replies = system.stream(audio=user.audio, history=_history(chat), options=options, text=user.text)
+        try:
+            for i, reply in enumerate(paced(replies, self.stream_interval)):
+                # what was heard is known before the first token: only the first update may change the boxes
+                heard = _heard_outputs(ui, reply, typed, shown) if i == 0 else _heard_values(ui, reply, typed)
+                update = {
+                    ui.chatbot: _messages(chat, (user.shown, reply)),
+                    ui.chat: before,
+                    **heard,
+                    ui.card: _card(system, reply, options, self.model_label),
+                }
+                if not reply.done:  # the end goes out below, with the answered turn in the state
+                    sent = True
+                    yield update
+        except Exception:
+            if sent:  # the page shows the failed turn: put back what it showed before (as the next turn assumes)
+                yield {ui.chatbot: _messages(before), ui.chat: before, **_shown_outputs(ui, shown)}
+            raise
+        if reply is None:
+            raise RuntimeError(f"{system.name} streamed no reply")
+        answered = replace(user, reply=reply, card=update[ui.card])
+        yield {**update, ui.chatbot: _messages((*chat, answered)), ui.chat: (*chat, answered)}
+
+    def open_session(self) -> None:
+        """The page's load event: the request itself has Gradio build the session (see `build_demo`)."""
+
+    def clear_sent(self, chat: Chat):
+        """After a turn: empty the input it used, keep the other (a clip beside typed text was not sent)."""
+        spoken = bool(chat) and chat[-1].audio is not None
+        return (None, gr.skip()) if spoken else (gr.skip(), "")
+
+    def clear(self):
+        ui = self.ui
+        return {ui.chatbot: [], ui.chat: (), ui.reply_audio: None, ui.style: "", **_shown_outputs(ui, None)}
+
+    def start_compare(self, audio, seed):
+        """Fix one seed for every column, so the columns differ only by system (the clip is validated)."""
+        return GenerationOptions(seed=None if seed in (None, "") else int(seed)).resolved_seed()
+
+    @_gpu
+    def answer(self, name: str, audio, seed: int, *settings):
+        """One callback for every Compare column: which system answers is data, never a branch."""
+        system = self.system(name)
+        options = replace(_options(*settings), seed=seed)
+        replies = paced(system.stream(audio=self.load(audio, system), options=options), self.stream_interval)
+        for i, reply in enumerate(replies):  # every output each time, as in Callbacks._turn
+            heard = (_emotion(reply), _transcript(reply) if i == 0 else reply.transcript)
+            yield (*heard, reply.text, _timings(reply) + f" · seed `{reply.seed}`", reply if reply.done else None)
+
+    def speak(self, reply: Reply | None, enabled: bool = True):
+        return (None, "") if reply is None else self.voice(reply.text, reply.emotion, enabled)
+
+    def speak_last(self, chat: Chat, enabled: bool = True):
+        return self.speak(chat[-1].reply if chat else None, enabled)
+
+    def voice(self, text: str, emotion: str | None, enabled: bool = True):
+        """`text` spoken in the style for a user heard as `emotion`, and a line naming the style and why."""
+        if not enabled or isinstance(self.synthesizer, NullSynthesizer):
+            return None, "🔇 Spoken replies are off" + (
+                " (Settings)." if not enabled else " (started with --tts none)."
+            )
+        style = style_for(emotion)
+        audio = self.synthesizer.synthesize(text, style)
+        shown = None if audio is None else (audio[0], to_pcm16(audio[1]))
+        why = f"you sounded {emotion}" if emotion else "no emotion was heard"
+        return shown, f"🔊 Voice style **{style.name}**: {style.purpose} — {why}."
+
+    @_gpu
+    def respond(self, audio, system_name=None):
+        """The `/respond` API: the `python -m blsp_emo respond --json` object and the spoken reply."""
+        system = self.system(system_name)
+        reply = system.respond(audio=self.load(audio, system), options=self.options)
+        spoken, _ = self.speak(reply)
+        return {"file": Path(audio).name, **reply.to_json()}, spoken

@@ -1,0 +1,195 @@
+"""The layout of the Talk, Compare, API and Voices tabs, and which `Callbacks` each event runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+
+from blsp_emo import GenerationOptions
+from blsp_emo.tts import STYLES
+from webui.callbacks import EMOJI, Callbacks, _validation
+
+
+def _settings(ui: SimpleNamespace, systems, options: GenerationOptions) -> None:
+    with gr.Accordion("⚙️ Settings", open=False):
+        ui.system = gr.Dropdown(
+            list(systems),
+            value=next(iter(systems), None),
+            label="System (Talk)",
+            info="Switching starts a new conversation.",
+        )
+        ui.generation = [  # in the order of _options' parameters
+            gr.Slider(0.05, 1.5, options.temperature, step=0.05, label="Temperature"),
+            gr.Slider(0.05, 1.0, options.top_p, step=0.05, label="Top-p"),
+            gr.Slider(8, 1024, options.max_new_tokens, step=8, label="Max new tokens"),
+            gr.Checkbox(options.greedy, label="Greedy decoding (deterministic)"),
+            gr.Number(options.seed, precision=0, label="Seed (empty: a new one each turn)"),
+        ]
+        ui.seed = ui.generation[-1]
+        ui.tts_on = gr.Checkbox(True, label="Speak the reply")
+
+
+def _examples(audio: gr.Audio, examples_dir: Path) -> None:
+    clips = sorted(examples_dir.glob("*.wav")) if examples_dir.is_dir() else []
+    if clips:
+        gr.Examples(
+            [[str(c)] for c in clips],
+            inputs=[audio],
+            label="Example clips (one click, then Send)",
+            example_labels=[c.stem.replace("_", " ") for c in clips],
+            examples_per_page=10,
+        )
+
+
+def talk_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
+    ui = cb.ui
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            ui.chatbot = gr.Chatbot(
+                label="Conversation",
+                height=430,
+                feedback_options=None,
+                elem_id="chat",
+                placeholder="Record or upload a clip, or type, then **Send**.",
+            )
+            ui.audio_in = gr.Audio(
+                sources=["microphone", "upload"], type="filepath", label="Your voice", elem_id="voice"
+            )
+            ui.text_in = gr.Textbox(placeholder="…or type a message and press Enter", show_label=False)
+            with gr.Row():
+                send = gr.Button("Send", variant="primary", scale=2)
+                regen = gr.Button("🔄 Regenerate")
+                clear = gr.Button("🗑️ Clear")
+            _examples(ui.audio_in, examples_dir)
+        with gr.Column(scale=2, elem_id="side"):
+            ui.emotion = gr.Label(label="Detected emotion", num_top_classes=5, elem_id="emotion")
+            ui.transcript = gr.Textbox(label="Transcript (what the system read)", visible=False, interactive=False)
+            ui.reply_audio = gr.Audio(
+                label="Spoken reply", type="numpy", format="wav", autoplay=True, interactive=False, buttons=["download"]
+            )
+            ui.style = gr.Markdown(elem_classes=["note"])
+            ui.card = gr.Markdown(elem_classes=["card"])
+            _settings(ui, systems, cb.options)
+    ui.chat = gr.State((), time_to_live=3600)  # per visitor; dropped after 1 h idle
+    gen = [ui.system, *ui.generation]
+    # The inputs are not outputs of the streaming turn (it would have to send them at every update);
+    # a quick follow-up empties the one sent.
+    outputs = [ui.chatbot, ui.chat, ui.emotion, ui.transcript, ui.card]
+    spoken = {
+        "fn": cb.speak_last,
+        "inputs": [ui.chat, ui.tts_on],
+        "outputs": [ui.reply_audio, ui.style],
+        "api_visibility": "private",
+    }
+    talk = gr.on(
+        [send.click, ui.text_in.submit],
+        cb.talk,
+        [ui.audio_in, ui.text_in, ui.chat, *gen],
+        outputs,
+        api_name="talk",
+        api_visibility="undocumented",
+        concurrency_id="model",
+        validator=cb.check_turn,
+    )
+    talk.success(cb.clear_sent, [ui.chat], [ui.audio_in, ui.text_in], queue=False, api_visibility="private")
+    talk.success(**spoken)
+    again = regen.click(
+        cb.regenerate,
+        [ui.chat, *gen],
+        outputs,
+        api_name="regenerate",
+        api_visibility="undocumented",
+        concurrency_id="model",
+    )
+    again.success(**spoken)
+    clear_outputs = [*outputs, ui.reply_audio, ui.style]
+    clear.click(cb.clear, None, clear_outputs, cancels=[talk, again], api_visibility="private")
+    ui.system.change(cb.clear, None, clear_outputs, api_visibility="private")
+
+
+def compare_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
+    ui = cb.ui
+    gr.Markdown(
+        "One recording, answered by every system side by side with the same seed and the sampling settings "
+        "of **Talk ▸ Settings**. Systems that hear tone show an emotion; the others only read your words."
+    )
+    with gr.Row(equal_height=True):
+        audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Your voice", scale=3)
+        go = gr.Button("Answer with every system", variant="primary", scale=1)
+    _examples(audio, examples_dir)
+    seed = gr.State(None)
+    start = go.click(
+        cb.start_compare,
+        [audio, ui.seed],
+        [seed],
+        api_visibility="private",
+        validator=lambda audio, _seed: _validation(cb.audio_problem(audio, list(systems)), 2),
+    )
+    with gr.Row(equal_height=True, elem_id="columns"):
+        for name, system in systems.items():  # identical columns, one per system; no name checks
+            with gr.Column(min_width=220, elem_classes=["system-column"]):
+                gr.Markdown(f"### {name}\n{system.description}")
+                outputs = [
+                    gr.Label(label="Detected emotion", num_top_classes=3),
+                    gr.Textbox(label="Transcript", visible=False, interactive=False),
+                    gr.Textbox(label="Reply", lines=5, interactive=False),
+                    gr.Markdown(elem_classes=["note"]),
+                    gr.State(None),
+                ]
+                speech = [
+                    gr.Audio(label="Spoken reply", type="numpy", format="wav", interactive=False),
+                    gr.Markdown(elem_classes=["note"]),
+                ]
+                start.success(
+                    cb.answer,
+                    [gr.State(name), audio, seed, *ui.generation],
+                    outputs,
+                    api_visibility="private",
+                    concurrency_id="model",
+                ).success(cb.speak, [outputs[-1], ui.tts_on], speech, api_visibility="private")
+
+
+def api_tab(cb: Callbacks, systems) -> None:
+    gr.Markdown(
+        "Call the demo from Python with `pip install gradio_client`:\n```python\n"
+        'from gradio_client import Client, handle_file\nclient = Client("http://127.0.0.1:7860/")\n'
+        'result, speech_wav = client.predict(handle_file("clip.wav"), "blsp-emo", api_name="/respond")\n'
+        'print(result["emotion"], result["reply"])\n```\n`result` is the object `python -m blsp_emo respond '
+        "--json` prints (`file, system, emotion, emotion_scores, reply, transcript, timings`); the system "
+        "argument is optional. Try it here:"
+    )
+    with gr.Row():
+        audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="audio")
+        system = gr.Dropdown(list(systems), value=next(iter(systems), None), label="system", allow_custom_value=True)
+    go = gr.Button("Respond", variant="primary")
+    with gr.Row():
+        result, speech = gr.JSON(label="result"), gr.Audio(label="spoken reply", type="numpy", format="wav")
+    go.click(
+        cb.respond,
+        [audio, system],
+        [result, speech],
+        api_name="respond",
+        concurrency_id="model",
+        validator=cb.check_respond,
+    )
+
+
+def voices_tab(cb: Callbacks) -> None:
+    rows = "\n".join(
+        f"| {EMOJI.get(e, '')} {e} | **{s.name}** | {s.purpose} | {s.rate} | {s.pitch} | {s.volume} | {s.pitch_range} |"
+        for e, s in STYLES.items()
+        if e
+    )
+    header = "| you sounded | voice style | why | words/min | pitch | volume % | pitch range |\n" + "|---" * 7 + "|"
+    gr.Markdown(
+        f"The spoken reply keeps one voice; its prosody follows the emotion the system heard in you "
+        f"(backend: **{cb.synthesizer.name}**; espeak-ng units).\n\n{header}\n{rows}"
+    )
+    with gr.Row(equal_height=True):
+        text = gr.Textbox("I'm here for you. Tell me what happened.", label="Text", scale=3)
+        emotion = gr.Radio([e for e in STYLES if e], value="sad", label="As if you sounded", scale=2)
+        go = gr.Button("Hear it", scale=1)
+    audio, note = gr.Audio(label="Spoken", type="numpy", format="wav", autoplay=True), gr.Markdown()
+    go.click(cb.voice, [text, emotion], [audio, note], api_visibility="private")
