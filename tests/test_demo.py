@@ -8,7 +8,8 @@ import pytest
 from blsp_emo.emotion import EMOTIONS
 from blsp_emo.prompts import CASCADE_SER_USER, STAGE2_TEACHER_INSTRUCTION
 from train.demo_world import corpus
-from train.demo_world.demo import SCALES, build_models
+from train.demo_world.build_steps import SCALES
+from train.demo_world.demo import build_models
 from train.demo_world.judge import ToneJudge, fit_with_holdout
 
 

@@ -14,26 +14,49 @@ import torch
 import tiny
 from blsp_emo.audio import log_mel
 from blsp_emo.model.checkpoint import load_pretrained
-from blsp_emo.systems.asr import CtcRecognizer
+from blsp_emo.systems.asr import CtcRecognizer, CtcRecognizerConfig
 from blsp_emo.systems.ser import WhisperEmotionClassifier
 from train.demo_world import pretrain_speech as ps
+from train.demo_world.speech_corpus import (
+    N_MELS,
+    Corpus,
+    collate,
+    length_batches,
+    mel_features,
+    perturb,
+    spec_augment,
+    stretch_time,
+    warp_frequency,
+)
+from train.demo_world.speech_fit import FitOptions, fit
+from train.demo_world.speech_models import (
+    EncoderSize,
+    build_ser,
+    emotion_ids,
+    evaluate_asr,
+    normalize,
+    score_classifier,
+    train_ser,
+)
+from train.manifest import ManifestError
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)"
 )
-TINY = ps.EncoderSize(d_model=32, layers=2, heads=4, ffn=64)
+TINY = EncoderSize(d_model=32, layers=2, heads=4, ffn=64)
 
 
 def speak(text: str, voice: str = "en-us+m3") -> np.ndarray:
-    from train.demo_world.synth import Setting, Voice, render
+    from train.demo_world.prosody import Setting, render
+    from train.demo_world.voices import Voice
 
     return render(text, Voice.parse(voice).espeak, Setting(0, 0, 0, 0, amplitude=100))
 
 
-def corpus(waves, texts=None, emotions=None) -> ps.Corpus:
+def corpus(waves, texts=None, emotions=None) -> Corpus:
     n = len(waves)
-    return ps.Corpus(
-        tuple(ps.mel_features(waves, ps.N_MELS)), tuple(texts or [""] * n), tuple(emotions or [""] * n), tuple([""] * n)
+    return Corpus(
+        tuple(mel_features(waves, N_MELS)), tuple(texts or [""] * n), tuple(emotions or [""] * n), tuple([""] * n)
     )
 
 
@@ -41,8 +64,8 @@ def asr_loss(texts):
     return lambda model, features, counts, batch: model.ctc_loss(features, counts, [texts[i] for i in batch])
 
 
-def quiet(epochs: int, lr: float = 3e-3, batch_seconds: float = 60.0) -> ps.FitOptions:
-    return ps.FitOptions(
+def quiet(epochs: int, lr: float = 3e-3, batch_seconds: float = 60.0) -> FitOptions:
+    return FitOptions(
         epochs=epochs, lr=lr, batch_seconds=batch_seconds, warmup=0.05, spec_augment=False, log_steps=10_000
     )
 
@@ -51,7 +74,7 @@ def quiet(epochs: int, lr: float = 3e-3, batch_seconds: float = 60.0) -> ps.FitO
 
 
 def test_normalize_keeps_what_ctc_can_write():
-    assert ps.normalize("Is it at nine O'Clock?  Yes, Sam.") == "is it at nine o'clock yes sam"
+    assert normalize("Is it at nine O'Clock?  Yes, Sam.") == "is it at nine o'clock yes sam"
 
 
 # --- features and batches -----------------------------------------------------------------------
@@ -59,40 +82,40 @@ def test_normalize_keeps_what_ctc_can_write():
 
 def test_cached_features_equal_the_full_window_features():
     waves = [tiny.tone(s, f) for s, f in ((0.7, 200), (1.93, 300), (1.2, 150))]
-    cached = ps.mel_features(waves, ps.N_MELS)
-    full, counts = log_mel(waves, ps.N_MELS, 1000)
+    cached = mel_features(waves, N_MELS)
+    full, counts = log_mel(waves, N_MELS, 1000)
     for f, window, n in zip(cached, full, counts.tolist()):
-        assert f.dtype == torch.float16 and f.shape == (ps.N_MELS, n)
+        assert f.dtype == torch.float16 and f.shape == (N_MELS, n)
         torch.testing.assert_close(f.float(), window[:, :n], atol=2e-3, rtol=1e-3)
 
 
 def test_length_batches_group_similar_lengths():
     rng = random.Random(0)
     frames = [rng.randint(100, 600) for _ in range(500)]
-    batches = ps.length_batches(frames, 3000, random.Random(1))
+    batches = length_batches(frames, 3000, random.Random(1))
     assert sorted(i for b in batches for i in b) == list(range(500))
     assert all(len(b) * max(frames[i] for i in b) <= 3000 for b in batches)
     padded = sum(len(b) * max(frames[i] for i in b) for b in batches)
     assert 1 - sum(frames) / padded < 0.1  # random batches of 5 waste about 30 %
-    assert batches != ps.length_batches(frames, 3000, random.Random(2))  # each epoch differs
+    assert batches != length_batches(frames, 3000, random.Random(2))  # each epoch differs
 
 
 def test_collate_pads_to_an_even_width():
-    features, counts = ps.collate([torch.ones(80, 5, dtype=torch.float16), torch.ones(80, 2, dtype=torch.float16)])
+    features, counts = collate([torch.ones(80, 5, dtype=torch.float16), torch.ones(80, 2, dtype=torch.float16)])
     assert features.shape == (2, 80, 6) and features.dtype == torch.float32
     assert counts.tolist() == [5, 2] and features[1, :, 2:].abs().sum() == 0
 
 
 def test_augmentations():
-    clip = ps.mel_features([tiny.tone(1.0, 300)], ps.N_MELS)[0].float()
+    clip = mel_features([tiny.tone(1.0, 300)], N_MELS)[0].float()
     peak = int(clip.mean(1).argmax())
-    assert int(ps.warp_frequency(clip, 1.3).mean(1).argmax()) > peak  # formants (here the tone) move up
-    assert int(ps.warp_frequency(clip, 0.7).mean(1).argmax()) < peak
-    assert ps.stretch_time(clip, 0.8).shape == (ps.N_MELS, 125)  # slower: more frames
+    assert int(warp_frequency(clip, 1.3).mean(1).argmax()) > peak  # formants (here the tone) move up
+    assert int(warp_frequency(clip, 0.7).mean(1).argmax()) < peak
+    assert stretch_time(clip, 0.8).shape == (N_MELS, 125)  # slower: more frames
     g = torch.Generator().manual_seed(0)
-    assert torch.equal(ps.perturb(clip.half(), 0.0, 0.0, g), clip)
-    batch, counts = ps.collate([clip, clip[:, :60]])
-    masked = ps.spec_augment(batch, counts, g)
+    assert torch.equal(perturb(clip.half(), 0.0, 0.0, g), clip)
+    batch, counts = collate([clip, clip[:, :60]])
+    masked = spec_augment(batch, counts, g)
     assert masked.shape == batch.shape and not torch.equal(masked, batch)
     assert masked[1, :, 60:].abs().sum() == 0  # padding stays padding
 
@@ -105,11 +128,11 @@ def test_ctc_loss_falls_on_a_fixed_batch():
     texts = ["yes", "go home"]
     data = corpus([speak(t) for t in texts], texts)
     torch.manual_seed(0)
-    model = CtcRecognizer(ps.CtcRecognizerConfig(TINY.config(), encode_full_window=False))
-    features, counts = ps.collate(data.features)
+    model = CtcRecognizer(CtcRecognizerConfig(TINY.config(), encode_full_window=False))
+    features, counts = collate(data.features)
     with torch.no_grad():
         before = float(model.ctc_loss(features, counts, texts))
-    ps.fit(model, data, asr_loss(texts), quiet(epochs=30), "test")
+    fit(model, data, asr_loss(texts), quiet(epochs=30), "test")
     with torch.no_grad():
         assert float(model.ctc_loss(features, counts, texts)) < 0.5 * before
 
@@ -120,10 +143,10 @@ def test_overfit_model_transcribes_its_words(tmp_path):
     waves = [speak(t) for t in texts]
     data = corpus(waves, texts)
     torch.manual_seed(0)
-    model = CtcRecognizer(ps.CtcRecognizerConfig(ps.EncoderSize(64, 2, 4, 128).config(), encode_full_window=False))
-    ps.fit(model, data, asr_loss(texts), quiet(epochs=150, lr=5e-3), "test")
+    model = CtcRecognizer(CtcRecognizerConfig(EncoderSize(64, 2, 4, 128).config(), encode_full_window=False))
+    fit(model, data, asr_loss(texts), quiet(epochs=150, lr=5e-3), "test")
     assert [model.transcribe(w) for w in waves] == texts
-    assert ps.evaluate_asr(model, data)["wer"] == 0.0
+    assert evaluate_asr(model, data)["wer"] == 0.0
     model.save_pretrained(tmp_path)
     loaded = load_pretrained(CtcRecognizer, tmp_path)
     assert loaded.transcribe(waves[1]) == "go home"
@@ -134,23 +157,23 @@ def test_ser_loss_falls():
     emotions = ["sad", "sad", "happy", "happy", "sad", "happy"]
     data = corpus(waves, emotions=emotions)
     torch.manual_seed(0)
-    model = ps.build_ser(TINY)
-    labels = ps.emotion_ids(data)
-    features, counts = ps.collate(data.features)
+    model = build_ser(TINY)
+    labels = emotion_ids(data)
+    features, counts = collate(data.features)
 
     def loss() -> float:
         with torch.no_grad():
             return float(torch.nn.functional.cross_entropy(model(features, counts), labels))
 
     before = loss()
-    ps.train_ser(model, data, quiet(epochs=40, lr=3e-3))
+    train_ser(model, data, quiet(epochs=40, lr=3e-3))
     assert loss() < 0.5 * before
-    assert ps.score_classifier(model, data)["accuracy"] == 1.0
+    assert score_classifier(model, data)["accuracy"] == 1.0
 
 
 def test_ser_needs_an_emotion_per_row():
-    with pytest.raises(ps.ManifestError, match="no emotion label"):
-        ps.emotion_ids(corpus([tiny.tone(1.0)], emotions=[""]))
+    with pytest.raises(ManifestError, match="no emotion label"):
+        emotion_ids(corpus([tiny.tone(1.0)], emotions=[""]))
 
 
 # --- commands and folders -----------------------------------------------------------------------
@@ -202,8 +225,8 @@ def test_commands_write_folders_that_load_and_give_identical_outputs(manifest, t
 @pytest.mark.parametrize(
     "build",
     [
-        lambda: CtcRecognizer(ps.CtcRecognizerConfig(TINY.config(), encode_full_window=False)),
-        lambda: ps.build_ser(TINY),
+        lambda: CtcRecognizer(CtcRecognizerConfig(TINY.config(), encode_full_window=False)),
+        lambda: build_ser(TINY),
     ],
 )
 def test_saved_folders_load_and_give_identical_outputs(build, tmp_path):
@@ -211,7 +234,7 @@ def test_saved_folders_load_and_give_identical_outputs(build, tmp_path):
     model = build().eval()
     model.save_pretrained(tmp_path)
     loaded = load_pretrained(type(model), tmp_path)
-    features, counts = ps.collate(ps.mel_features([tiny.tone(1.3), tiny.tone(0.8, 300)], ps.N_MELS))
+    features, counts = collate(mel_features([tiny.tone(1.3), tiny.tone(0.8, 300)], N_MELS))
     with torch.no_grad():
         mine, theirs = model(features, counts), loaded(features, counts)
     mine, theirs = (mine[0], theirs[0]) if isinstance(mine, tuple) else (mine, theirs)
@@ -237,4 +260,4 @@ def test_bad_input_is_reported_with_the_fix(manifest, tmp_path, capsys):
     assert ps.main(["ser", "--manifest", str(manifest), "--out", str(tmp_path / "o"), "--freeze-encoder"]) == 2
     assert "pass --init-encoder" in capsys.readouterr().err
     with pytest.raises(ValueError, match="divisible"):
-        ps.EncoderSize(d_model=30, heads=4)
+        EncoderSize(d_model=30, heads=4)

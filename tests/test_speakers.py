@@ -11,11 +11,13 @@ from blsp_emo.emotion import EMOTIONS
 from train.__main__ import main
 from train.demo_world import ablate, speakers, synth
 from train.demo_world import sentences as sent
+from train.demo_world.prosody import Setting, measure, render
+from train.demo_world.voices import TRAIN_ACCENTS, Voice, VoiceError, check_voices, is_reserved
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)")
 
 TEXT = "The letter is at the front desk."
-NEUTRAL = synth.Setting(0, 0, 0, 0, amplitude=60)
+NEUTRAL = Setting(0, 0, 0, 0, amplitude=60)
 
 
 @pytest.fixture(scope="module")
@@ -43,20 +45,20 @@ def test_the_same_seed_writes_the_same_speakers_and_another_seed_others(generate
 
 def test_generated_voices_render_as_themselves_and_only_inside_their_data_folder(generated):
     out, names = generated
-    specs = speakers.speaker_voices(names, (*synth.TRAIN_ACCENTS, *speakers.generated_accents(out)))
-    with pytest.raises(synth.VoiceError, match="unknown variant 'spk"):
-        synth.check_voices(specs)
+    specs = speakers.speaker_voices(names, (*TRAIN_ACCENTS, *speakers.generated_accents(out)))
+    with pytest.raises(VoiceError, match="unknown variant 'spk"):
+        check_voices(specs)
     digests = set()
     with speakers.espeak_data(out):
-        voices = synth.check_voices(specs)
-        assert not any(map(synth.is_reserved, voices))
+        voices = check_voices(specs)
+        assert not any(map(is_reserved, voices))
         for voice in voices:
-            audio = synth.render(TEXT, voice.espeak, NEUTRAL)
-            assert synth.measure(audio).f0_hz > 50  # a voiced, pitched speaker
-            assert not np.array_equal(audio, synth.render(TEXT, synth.Voice(voice.accent, None).espeak, NEUTRAL))
+            audio = render(TEXT, voice.espeak, NEUTRAL)
+            assert measure(audio).f0_hz > 50  # a voiced, pitched speaker
+            assert not np.array_equal(audio, render(TEXT, Voice(voice.accent, None).espeak, NEUTRAL))
             digests.add(hashlib.md5(audio.tobytes()).hexdigest())
     assert len(digests) == len(voices)
-    assert synth.check_voices(["en-us+m3"])  # the system's voices again once the block ends
+    assert check_voices(["en-us+m3"])  # the system's voices again once the block ends
 
 
 def _lines(path):
@@ -156,17 +158,17 @@ def test_ablate_drop_names_the_form_it_wants():
 
 def test_an_ablated_voice_lacks_exactly_the_dropped_settings(tmp_path):
     speakers.write_speakers(tmp_path, 0)
-    voice = synth.Voice.parse("en-us+f5")
+    voice = Voice.parse("en-us+f5")
     with speakers.espeak_data(tmp_path):
-        plain = synth.render(TEXT, voice.espeak, NEUTRAL)
+        plain = render(TEXT, voice.espeak, NEUTRAL)
         espeak = ablate.ablated_voice(tmp_path, voice, ablate.Drop("variant", ("breath", "echo")), 0)
         variant = (tmp_path / speakers.DATA_FOLDER / "voices" / "!v" / espeak.split("+")[1]).read_text()
         assert "breath " not in variant and "echo " not in variant and "formant 0" in variant
-        assert not np.array_equal(synth.render(TEXT, espeak, NEUTRAL), plain)
+        assert not np.array_equal(render(TEXT, espeak, NEUTRAL), plain)
         accent = ablate.ablated_voice(tmp_path, voice, ablate.Drop("accent", ("replace",)), 1)
         lines = (tmp_path / speakers.DATA_FOLDER / "lang" / accent.split("+")[0]).read_text()
         assert "replace" not in lines and "phonemes en-us" in lines
-        assert accent.endswith("+f5") and synth.render(TEXT, accent, NEUTRAL).size
+        assert accent.endswith("+f5") and render(TEXT, accent, NEUTRAL).size
 
 
 def test_ablate_command_scores_each_version_for_a_system_that_hears_emotion(bundle_dir, tmp_path, capsys):

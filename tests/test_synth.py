@@ -14,6 +14,17 @@ from blsp_emo.audio import SAMPLE_RATE, load_audio
 from blsp_emo.emotion import EMOTIONS
 from train.demo_world import sentences as sent
 from train.demo_world import synth
+from train.demo_world.prosody import (
+    LIMITS,
+    MEASURE_TEXT,
+    PROSODY,
+    Setting,
+    measure,
+    render,
+    sample_setting,
+    voice_amplitude,
+)
+from train.demo_world.voices import EVAL_VOICES, TRAIN_VOICES, Voice, VoiceError, check_voices, is_reserved
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)")
 
@@ -100,7 +111,7 @@ def test_same_seed_same_bytes(corpus, sentences_file, tmp_path):
 
 
 def test_cue_sentences_mostly_take_their_tone():
-    voices = synth.check_voices(synth.TRAIN_VOICES)
+    voices = check_voices(TRAIN_VOICES)
     cue = [sent.Sentence(f"train{i:05d}", "I'm sick of your excuses.", "angry") for i in range(20)]
     clips = synth.plan(cue, voices, seed=3)
     assert len(clips) == 20 * len(voices)  # one clip per cue sentence and voice
@@ -121,12 +132,12 @@ def test_plain_text_sentences_file(tmp_path):
 @pytest.fixture(scope="module")
 def acoustics():
     """One sentence, one voice, each emotion at its table means (jitter off)."""
-    voice = synth.Voice.parse(VOICE)
-    amplitude = synth.voice_amplitude(voice.espeak)
+    voice = Voice.parse(VOICE)
+    amplitude = voice_amplitude(voice.espeak)
     out = {}
     for emotion in EMOTIONS:
-        setting = synth.sample_setting(emotion, random.Random(0), amplitude, jitter=0.0)
-        out[emotion] = synth.measure(synth.render(synth.MEASURE_TEXT, voice.espeak, setting))
+        setting = sample_setting(emotion, random.Random(0), amplitude, jitter=0.0)
+        out[emotion] = measure(render(MEASURE_TEXT, voice.espeak, setting))
     return out
 
 
@@ -162,22 +173,22 @@ def test_happy_and_surprise_are_higher(acoustics):
     ],
 )
 def test_each_ssml_knob_moves_its_measure(knob, low, high, measured):
-    voice = synth.Voice.parse(VOICE)
+    voice = Voice.parse(VOICE)
     base = dict(pitch=0, pitch_range=0, rate=0, volume=0, amplitude=60)
     got = []
     for value in (low, high):
-        audio = synth.render(synth.MEASURE_TEXT, voice.espeak, synth.Setting(**{**base, knob: value}))
-        got.append(getattr(synth.measure(audio), measured))
+        audio = render(MEASURE_TEXT, voice.espeak, Setting(**{**base, knob: value}))
+        got.append(getattr(measure(audio), measured))
     assert got[1] > 1.15 * got[0]
 
 
 def test_jitter_stays_within_the_table():
     rng = random.Random(0)
-    for emotion, prosody in synth.PROSODY.items():
+    for emotion, prosody in PROSODY.items():
         for _ in range(50):
-            setting = synth.sample_setting(emotion, rng, amplitude=60)
+            setting = sample_setting(emotion, rng, amplitude=60)
             for name, knob in vars(prosody).items():
-                value, (low, high) = getattr(setting, name), synth.LIMITS[name]
+                value, (low, high) = getattr(setting, name), LIMITS[name]
                 assert low <= value <= high
                 assert abs(value - knob.mean) <= knob.jitter + 0.5 or value in (low, high)  # clipped
 
@@ -189,35 +200,35 @@ def test_jitter_stays_within_the_table():
     "spec", ["en-029+m3", "en-029", "en-gb-x-gbcwmd+f2", "en-us+f5", "en+m8", "en-us+Annie", "en-gb-x-rp+edward"]
 )
 def test_reserved_voices_are_refused_for_training(spec):
-    assert synth.is_reserved(spec)
-    with pytest.raises(synth.VoiceError, match="reserved for evaluation"):
-        synth.check_voices([spec])
-    assert synth.check_voices([spec], evaluation=True)[0].spec == synth.Voice.parse(spec).spec
+    assert is_reserved(spec)
+    with pytest.raises(VoiceError, match="reserved for evaluation"):
+        check_voices([spec])
+    assert check_voices([spec], evaluation=True)[0].spec == Voice.parse(spec).spec
 
 
 def test_eval_refuses_training_voices_and_cli_reports_it(sentences_file, tmp_path, capsys):
-    with pytest.raises(synth.VoiceError, match="training voice"):
-        synth.check_voices(["en-us+m3"], evaluation=True)
+    with pytest.raises(VoiceError, match="training voice"):
+        check_voices(["en-us+m3"], evaluation=True)
     code = synth.main(["--sentences", str(sentences_file), "--out", str(tmp_path), "--voices", "en-us+m3,en-029+f2"])
     assert code == 2 and "en-029+f2 is reserved" in capsys.readouterr().err
     assert not (tmp_path / "manifest.jsonl").exists()
 
 
 def test_default_voices_follow_the_protocol():
-    assert len(synth.TRAIN_VOICES) >= 8 and not any(map(synth.is_reserved, synth.TRAIN_VOICES))
-    assert all(map(synth.is_reserved, synth.EVAL_VOICES))
-    assert len({synth.Voice.parse(v).accent for v in synth.TRAIN_VOICES}) >= 4
+    assert len(TRAIN_VOICES) >= 8 and not any(map(is_reserved, TRAIN_VOICES))
+    assert all(map(is_reserved, EVAL_VOICES))
+    assert len({Voice.parse(v).accent for v in TRAIN_VOICES}) >= 4
 
 
 def test_every_default_voice_renders_as_itself():
     """espeak-ng falls back to its default voice on a bad name without an error: every default
     voice must sound different from every other and from its accent without the variant."""
-    neutral = synth.Setting(0, 0, 0, 0, amplitude=60)
+    neutral = Setting(0, 0, 0, 0, amplitude=60)
     digests = {}
-    for spec in (*synth.TRAIN_VOICES, *synth.EVAL_VOICES):
-        voice = synth.Voice.parse(spec)
-        audio = synth.render("Hello there.", voice.espeak, neutral)
-        plain = synth.render("Hello there.", synth.Voice(voice.accent, None).espeak, neutral)
+    for spec in (*TRAIN_VOICES, *EVAL_VOICES):
+        voice = Voice.parse(spec)
+        audio = render("Hello there.", voice.espeak, neutral)
+        plain = render("Hello there.", Voice(voice.accent, None).espeak, neutral)
         assert not np.array_equal(audio, plain), f"{spec}: the variant had no effect"
         digests[spec] = hashlib.md5(audio.tobytes()).hexdigest()
     assert len(set(digests.values())) == len(digests)
@@ -232,12 +243,12 @@ def test_every_default_voice_renders_as_itself():
     ],
 )
 def test_unknown_voices_are_refused(spec, message):
-    with pytest.raises(synth.VoiceError, match=message):
-        synth.check_voices([spec])
+    with pytest.raises(VoiceError, match=message):
+        check_voices([spec])
 
 
 def test_alias_accent_keeps_its_variant():
-    assert synth.Voice.parse("en-gb+f3").espeak == "gmw/en+f3"  # `-v en-gb+f3` would drop the +f3
+    assert Voice.parse("en-gb+f3").espeak == "gmw/en+f3"  # `-v en-gb+f3` would drop the +f3
 
 
 # --- sentences ----------------------------------------------------------------------------------
@@ -285,7 +296,7 @@ def test_sentences_cli_round_trip(tmp_path, capsys):
 
 def test_voices_per_sentence_samples_voices_but_keeps_all_tones():
     sentences = sent.generate(6, seed=3, cue_fraction=0.0)
-    voices = synth.check_voices(["en-us+m3", "en-us+f3", "en-gb+m2"])
+    voices = check_voices(["en-us+m3", "en-us+f3", "en-gb+m2"])
     clips = synth.plan(sentences, voices, seed=0, voices_per_sentence=1)
     assert len(clips) == 6 * 5
     for s in sentences:

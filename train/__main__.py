@@ -19,7 +19,7 @@ import sys
 from dataclasses import replace
 
 from train.data import DataLimits
-from train.demo_world.synth import SynthesisError
+from train.demo_world.voices import SynthesisError
 from train.manifest import ManifestError
 from train.stages import STAGES, Stage, with_encoder
 
@@ -183,7 +183,7 @@ def _add_stage(sub, stage: Stage) -> None:
 
 
 def _add_demo_scale(sub) -> None:
-    """The demo-scale world (issue 5): corpus, stage-0 pretraining, assembly."""
+    """The demo-scale world (docs/demo_world.md): corpus, stage-0 pretraining, assembly."""
     from train.demo_world import ablate, demo, pretrain_lm, pretrain_speech, sentences, synth
 
     commands = (

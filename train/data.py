@@ -218,7 +218,7 @@ class Collator:
     def _warped(self, features: torch.Tensor, examples: list[Example]) -> torch.Tensor:
         """Each clip as another speaker might say it: formants and pitch moved together by a factor
         drawn from the clip's shuffled position and the stage seed, so a resumed run draws the same."""
-        from train.demo_world.pretrain_speech import warp_frequency
+        from train.demo_world.speech_corpus import warp_frequency
 
         out = features.clone()
         for i, e in enumerate(examples):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blsp_emo.emotion import EMOTIONS
-from train.demo_world import speakers, synth
+from train.demo_world import prosody, speakers, voices
 from train.demo_world.sentences import read_sentences
 
 
@@ -54,7 +54,7 @@ def _without(source: Path, target: Path, name: str, keys: tuple[str, ...], heade
     target.write_text("\n".join([*header, f"name {name}", *kept]) + "\n")
 
 
-def ablated_voice(data: Path, voice: synth.Voice, drop: Drop, index: int) -> str:
+def ablated_voice(data: Path, voice: voices.Voice, drop: Drop, index: int) -> str:
     """Write the ablated copy of `voice` into the data folder `data`; its espeak `-v` argument."""
     root = data / speakers.DATA_FOLDER
     accent_file, variant = voice.espeak.split("+")[0], voice.variant
@@ -78,13 +78,13 @@ def score_voice(system, espeak_voice: str, texts: list[str], seed: int = 0) -> d
     from blsp_emo.decoding.generation import GenerationOptions
 
     options = GenerationOptions(greedy=True, max_new_tokens=1, seed=0)
-    amplitude = synth.voice_amplitude(espeak_voice)
+    amplitude = prosody.voice_amplitude(espeak_voice)
     scores = {}
     for emotion in EMOTIONS:
         hits = 0
         for i, text in enumerate(texts):
-            setting = synth.sample_setting(emotion, random.Random(f"{seed}|{i}|{emotion}"), amplitude)
-            hits += system.respond(synth.render(text, espeak_voice, setting), options=options).emotion == emotion
+            setting = prosody.sample_setting(emotion, random.Random(f"{seed}|{i}|{emotion}"), amplitude)
+            hits += system.respond(prosody.render(text, espeak_voice, setting), options=options).emotion == emotion
         scores[emotion] = hits / len(texts)
     return scores
 
@@ -92,8 +92,8 @@ def score_voice(system, espeak_voice: str, texts: list[str], seed: int = 0) -> d
 def run(args: argparse.Namespace) -> int:
     from blsp_emo.systems import load_system
 
-    voice = synth.Voice.parse(args.voice)
-    synth.check_voices([voice.spec], evaluation=synth.is_reserved(voice))
+    voice = voices.Voice.parse(args.voice)
+    voices.check_voices([voice.spec], evaluation=voices.is_reserved(voice))
     if args.clips < 1:
         raise ValueError(f"--clips must be >= 1 sentence per emotion, got {args.clips}")
     drops = [Drop.parse(text) for text in args.drop]

@@ -50,177 +50,61 @@ class Sentence:
 
 # --- plain sentences: no emotion in the words ---------------------------------------------------
 
+# fmt: off
 SUBJECTS = (
-    "I",
-    "We",
-    "She",
-    "He",
-    "They",
-    "My brother",
-    "My sister",
-    "Our neighbour",
-    "The manager",
-    "The driver",
-    "My colleague",
-    "Her father",
-    "His mother",
-    "The teacher",
-    "Our landlord",
-    "The new assistant",
-    "My cousin",
-    "The technician",
-    "The receptionist",
-    "Your friend",
+    "I", "We", "She", "He", "They", "My brother", "My sister", "Our neighbour", "The manager", "The driver",
+    "My colleague", "Her father", "His mother", "The teacher", "Our landlord", "The new assistant", "My cousin",
+    "The technician", "The receptionist", "Your friend",
 )
 ASKED = ("you", *SUBJECTS[2:])  # "Did I ...?" and "Did we ...?" rarely ask anything
 # (past, base) forms: the past tense agrees with every subject, the base form follows "did"/"will".
 VERBS_ANY = (
-    ("picked up", "pick up"),
-    ("dropped off", "drop off"),
-    ("moved", "move"),
-    ("checked", "check"),
-    ("opened", "open"),
-    ("carried", "carry"),
-    ("brought", "bring"),
-    ("found", "find"),
-    ("packed", "pack"),
-    ("sorted", "sort"),
-    ("labelled", "label"),
-    ("counted", "count"),
-    ("returned", "return"),
-    ("collected", "collect"),
-    ("delivered", "deliver"),
-    ("weighed", "weigh"),
+    ("picked up", "pick up"), ("dropped off", "drop off"), ("moved", "move"), ("checked", "check"), ("opened", "open"),
+    ("carried", "carry"), ("brought", "bring"), ("found", "find"), ("packed", "pack"), ("sorted", "sort"),
+    ("labelled", "label"), ("counted", "count"), ("returned", "return"), ("collected", "collect"),
+    ("delivered", "deliver"), ("weighed", "weigh"),
 )
 VERBS_PAPER = (
-    ("printed", "print"),
-    ("signed", "sign"),
-    ("copied", "copy"),
-    ("scanned", "scan"),
-    ("filed", "file"),
-    ("read", "read"),
-    ("sent", "send"),
-    ("stamped", "stamp"),
+    ("printed", "print"), ("signed", "sign"), ("copied", "copy"), ("scanned", "scan"), ("filed", "file"),
+    ("read", "read"), ("sent", "send"), ("stamped", "stamp"),
 )
 # (noun phrase, is plural, is paper): paper things take VERBS_PAPER too.
 OBJECTS = (
-    ("the letter", False, True),
-    ("the report", False, True),
-    ("the forms", True, True),
-    ("the receipts", True, True),
-    ("the blue folder", False, True),
-    ("the invoice", False, True),
-    ("the schedule", False, True),
-    ("the manual", False, True),
-    ("the envelopes", True, True),
-    ("the catalogue", False, True),
-    ("the notes", True, True),
-    ("the order list", False, True),
-    ("the package", False, False),
-    ("the spare keys", True, False),
-    ("the boxes", True, False),
-    ("the samples", True, False),
-    ("the grey suitcase", False, False),
-    ("the chairs", True, False),
-    ("the toolbox", False, False),
-    ("the cables", True, False),
-    ("the parcel", False, False),
-    ("the umbrella", False, False),
-    ("the laptop", False, False),
-    ("the paint tins", True, False),
+    ("the letter", False, True), ("the report", False, True), ("the forms", True, True), ("the receipts", True, True),
+    ("the blue folder", False, True), ("the invoice", False, True), ("the schedule", False, True),
+    ("the manual", False, True), ("the envelopes", True, True), ("the catalogue", False, True),
+    ("the notes", True, True), ("the order list", False, True), ("the package", False, False),
+    ("the spare keys", True, False), ("the boxes", True, False), ("the samples", True, False),
+    ("the grey suitcase", False, False), ("the chairs", True, False), ("the toolbox", False, False),
+    ("the cables", True, False), ("the parcel", False, False), ("the umbrella", False, False),
+    ("the laptop", False, False), ("the paint tins", True, False),
 )
 PLACES = (
-    "from the office",
-    "at the front desk",
-    "in the hallway",
-    "near the station",
-    "to the library",
-    "from the post office",
-    "in the kitchen",
-    "on the second floor",
-    "at the bank",
-    "in the garage",
-    "next to the printer",
-    "at the corner shop",
-    "by the window",
-    "in the meeting room",
-    "at the school",
-    "to the warehouse",
-    "in the car",
-    "on the bottom shelf",
-    "at reception",
-    "in the basement",
-    "to the town hall",
-    "at the market",
-    "in the storage room",
-    "near the bus stop",
-    "by the back door",
-    "upstairs",
-    "across the street",
+    "from the office", "at the front desk", "in the hallway", "near the station", "to the library",
+    "from the post office", "in the kitchen", "on the second floor", "at the bank", "in the garage",
+    "next to the printer", "at the corner shop", "by the window", "in the meeting room", "at the school",
+    "to the warehouse", "in the car", "on the bottom shelf", "at reception", "in the basement", "to the town hall",
+    "at the market", "in the storage room", "near the bus stop", "by the back door", "upstairs", "across the street",
     "at the depot",
 )
 TIMES_PAST = (
-    "today",
-    "this morning",
-    "yesterday",
-    "last week",
-    "on Monday",
-    "on Tuesday afternoon",
-    "after lunch",
-    "before the meeting",
-    "at nine o'clock",
-    "this afternoon",
-    "last night",
-    "earlier",
-    "on Friday",
-    "at noon",
-    "around ten",
-    "on Wednesday",
-    "an hour ago",
+    "today", "this morning", "yesterday", "last week", "on Monday", "on Tuesday afternoon", "after lunch",
+    "before the meeting", "at nine o'clock", "this afternoon", "last night", "earlier", "on Friday", "at noon",
+    "around ten", "on Wednesday", "an hour ago",
 )
 TIMES_FUTURE = (
-    "tomorrow",
-    "next week",
-    "on Monday",
-    "after lunch",
-    "later today",
-    "on Thursday morning",
-    "before the meeting",
-    "at nine o'clock",
-    "this afternoon",
-    "at noon",
-    "next month",
-    "on Saturday",
+    "tomorrow", "next week", "on Monday", "after lunch", "later today", "on Thursday morning", "before the meeting",
+    "at nine o'clock", "this afternoon", "at noon", "next month", "on Saturday",
 )
 EVENTS = (
-    "meeting",
-    "bus",
-    "class",
-    "delivery",
-    "train",
-    "appointment",
-    "inspection",
-    "lecture",
-    "interview",
-    "shift",
-    "ferry",
-    "rehearsal",
-    "workshop",
-    "tour",
+    "meeting", "bus", "class", "delivery", "train", "appointment", "inspection", "lecture", "interview", "shift",
+    "ferry", "rehearsal", "workshop", "tour",
 )
 CLOCK = (
-    "at nine",
-    "at half past two",
-    "at a quarter to four",
-    "at noon",
-    "on Wednesday",
-    "after lunch",
-    "next week",
-    "at seven thirty",
-    "at ten past eight",
-    "on the first of the month",
-    "at six",
+    "at nine", "at half past two", "at a quarter to four", "at noon", "on Wednesday", "after lunch", "next week",
+    "at seven thirty", "at ten past eight", "on the first of the month", "at six",
 )
+# fmt: on
 
 
 def _plain(rng: random.Random) -> str:
@@ -258,6 +142,7 @@ def _lower(phrase: str) -> str:
 # --- cue sentences: the words name or imply the emotion ------------------------------------------
 
 # Each template's {} takes one filler; an opening and a closing address multiply the variety.
+# fmt: off
 CUES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "happy": (
         ("I can't believe we won the {}", ("prize", "contest", "final", "lottery", "match", "award", "raffle")),
@@ -269,151 +154,60 @@ CUES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     ),
     "angry": (
         ("This is so unfair, I'm furious about the {}", ("delay", "bill", "noise", "decision", "mess", "fine", "rent")),
-        (
-            "How dare you {}",
-            (
-                "lie to me",
-                "read my letters",
-                "take my car",
-                "ignore me like that",
-                "break your promise",
-                "touch my things",
-            ),
-        ),
+        ("How dare you {}", (
+            "lie to me", "read my letters", "take my car", "ignore me like that", "break your promise",
+            "touch my things",
+        )),
         ("I'm sick of your {}", ("excuses", "lies", "attitude", "complaints", "mess", "lateness")),
-        (
-            "Stop {} right now, I've had enough",
-            (
-                "shouting",
-                "interrupting me",
-                "lying",
-                "wasting my time",
-                "touching that",
-                "blaming me",
-            ),
-        ),
-        (
-            "I'm so angry they {} again",
-            (
-                "cancelled the order",
-                "raised the rent",
-                "lost my bag",
-                "blocked the driveway",
-                "ignored my calls",
-                "broke the gate",
-            ),
-        ),
-        (
-            "Don't you dare {}",
-            (
-                "walk away from me",
-                "raise your voice at me",
-                "call me a liar",
-                "slam that door",
-                "laugh at me",
-            ),
-        ),
+        ("Stop {} right now, I've had enough", (
+            "shouting", "interrupting me", "lying", "wasting my time", "touching that", "blaming me",
+        )),
+        ("I'm so angry they {} again", (
+            "cancelled the order", "raised the rent", "lost my bag", "blocked the driveway", "ignored my calls",
+            "broke the gate",
+        )),
+        ("Don't you dare {}", (
+            "walk away from me", "raise your voice at me", "call me a liar", "slam that door", "laugh at me",
+        )),
     ),
     "sad": (
         ("I miss my {} so much", ("grandmother", "old dog", "best friend", "father", "home town", "brother", "mother")),
         ("Nobody came to my {}, I feel so alone", ("party", "birthday", "show", "wedding", "exhibition", "graduation")),
         ("It hurts that my {} never called me back", ("sister", "son", "daughter", "old friend", "father", "partner")),
-        (
-            "Our {} died last night and I can't stop crying",
-            (
-                "dog",
-                "cat",
-                "old horse",
-                "rabbit",
-                "parrot",
-                "grandfather",
-            ),
-        ),
-        (
-            "I failed the {} again and I feel hopeless",
-            (
-                "exam",
-                "driving test",
-                "interview",
-                "audition",
-                "course",
-                "test",
-            ),
-        ),
-        (
-            "I'm heartbroken, they closed the {} where we met",
-            (
-                "cafe",
-                "library",
-                "park",
-                "bookshop",
-                "cinema",
-                "school",
-            ),
-        ),
+        ("Our {} died last night and I can't stop crying", (
+            "dog", "cat", "old horse", "rabbit", "parrot", "grandfather",
+        )),
+        ("I failed the {} again and I feel hopeless", (
+            "exam", "driving test", "interview", "audition", "course", "test",
+        )),
+        ("I'm heartbroken, they closed the {} where we met", (
+            "cafe", "library", "park", "bookshop", "cinema", "school",
+        )),
     ),
     "surprise": (
         ("Wait, you're telling me the {} is already here", ("package", "bus", "new manager", "snow", "baby", "storm")),
-        (
-            "I had no idea you could {}",
-            (
-                "play the piano",
-                "speak Japanese",
-                "fly a plane",
-                "juggle",
-                "sing like that",
-                "cook so well",
-            ),
-        ),
+        ("I had no idea you could {}", (
+            "play the piano", "speak Japanese", "fly a plane", "juggle", "sing like that", "cook so well",
+        )),
         ("Really, the {} was moved to tonight", ("concert", "meeting", "wedding", "party", "game", "flight")),
-        (
-            "Oh wow, I never expected to see you {}",
-            (
-                "here",
-                "at the airport",
-                "in this town",
-                "at the concert",
-                "on the news",
-                "so soon",
-            ),
-        ),
-        (
-            "No way, {} is getting married",
-            (
-                "my brother",
-                "your cousin",
-                "the manager",
-                "our teacher",
-                "your sister",
-                "my landlord",
-            ),
-        ),
+        ("Oh wow, I never expected to see you {}", (
+            "here", "at the airport", "in this town", "at the concert", "on the news", "so soon",
+        )),
+        ("No way, {} is getting married", (
+            "my brother", "your cousin", "the manager", "our teacher", "your sister", "my landlord",
+        )),
         ("What, the {} closed down overnight", ("bakery", "bank", "cinema", "bookshop", "factory", "old pub")),
-        (
-            "I'm so surprised you {}",
-            (
-                "finished already",
-                "remembered my name",
-                "came all this way",
-                "knew about that",
-                "found it so fast",
-                "got here first",
-            ),
-        ),
+        ("I'm so surprised you {}", (
+            "finished already", "remembered my name", "came all this way", "knew about that", "found it so fast",
+            "got here first",
+        )),
         ("I didn't expect the {} to be so huge", ("crowd", "house", "cake", "garden", "dog", "queue")),
-        (
-            "I'm astonished, the {} actually worked",
-            (
-                "old radio",
-                "plan",
-                "new recipe",
-                "magic trick",
-                "shortcut",
-                "experiment",
-            ),
-        ),
+        ("I'm astonished, the {} actually worked", (
+            "old radio", "plan", "new recipe", "magic trick", "shortcut", "experiment",
+        )),
     ),
 }
+# fmt: on
 OPENINGS = ("", "Honestly, ", "You know, ", "Well, ", "Listen, ")
 ADDRESSEES = ("", ", Sam", ", Maria", ", Tom", ", Priya", ", Alex", ", mum", ", Daniel", ", Grace", ", Leo")
 # Templates that ask (whatever their wording) or open with their own interjection take no opening.

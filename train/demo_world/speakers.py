@@ -38,10 +38,10 @@ from pathlib import Path
 
 PREFIX = "spk"
 ACCENT_PREFIX = "en-x-acc"
-# The training accents' files (synth.TRAIN_ACCENTS), whose parts generated accents recombine.
+# The training accents' files (voices.TRAIN_ACCENTS), whose parts generated accents recombine.
 TRAIN_ACCENT_FILES = ("en", "en-US", "en-GB-scotland", "en-GB-x-rp", "en-US-nyc", "en-GB-x-gbclan")
 DATA_FOLDER = "espeak-ng-data"  # the name espeak-ng expects inside ESPEAK_DATA_PATH
-RESERVED_ACCENT_FILES = ("en-029", "en-GB-x-gbcwmd")  # synth.RESERVED_ACCENTS
+RESERVED_ACCENT_FILES = ("en-029", "en-GB-x-gbcwmd")  # voices.RESERVED_ACCENTS
 # espeak-ng's English consonants, by its phoneme mnemonics (`espeak-ng -x` writes them).
 CONSONANTS = (
     "p",
