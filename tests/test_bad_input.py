@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 
 import tiny
-from blsp_emo.bench.loadtest import process_rss_mb, spawn_app
+from blsp_emo.bench.app_process import process_rss_mb, spawn_app
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000

@@ -12,7 +12,8 @@ import torch
 import tiny
 from blsp_emo.audio import log_mel
 from blsp_emo.bench.encoder_window import compare
-from blsp_emo.bench.latency import BenchOptions, EncoderTimer, PeakMemory, Report, Result, bench_clips
+from blsp_emo.bench.instruments import EncoderTimer, PeakMemory
+from blsp_emo.bench.measurements import BenchOptions, Report, Result, bench_clips
 from blsp_emo.bench.scales import building_on, random_systems, scale_config, word_tokenizer
 from blsp_emo.decoding.generation import GenerationOptions
 from blsp_emo.decoding.prefix_cache import PrefixCache, TokenSequence
@@ -152,7 +153,7 @@ def test_encoder_timer_sees_every_encoder_in_both_modes(bundle_dir, clip_path):
 def test_encoders_inside_plain_wrappers_are_found():
     from types import SimpleNamespace
 
-    from blsp_emo.bench.latency import _whisper_encoders
+    from blsp_emo.bench.instruments import _whisper_encoders
 
     asr = tiny.asr()
     system = SimpleNamespace(asr=SimpleNamespace(model=asr, decoder=object()), llm=torch.nn.Linear(2, 2))

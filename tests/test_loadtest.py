@@ -11,22 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from blsp_emo.bench.loadtest import (
-    LoadOptions,
-    PageLine,
-    Phase,
-    Visitor,
-    _overlapping,
-    check_loopback,
-    child_pids,
-    loadtest,
-    machine_stolen_s,
-    process_rss_mb,
-    ratio_interval,
-    round_summaries,
-    spawn_app,
-    tree_rss_mb,
-)
+from blsp_emo.bench.app_process import child_pids, machine_stolen_s, process_rss_mb, spawn_app, tree_rss_mb
+from blsp_emo.bench.load_report import Phase, _overlapping, ratio_interval, round_summaries
+from blsp_emo.bench.loadtest import loadtest
+from blsp_emo.bench.visitor_lines import PageLine
+from blsp_emo.bench.visitors import LoadOptions, Visitor, check_loopback
 
 ROOT = Path(__file__).resolve().parent.parent
 

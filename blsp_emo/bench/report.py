@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from blsp_emo.bench.latency import Report, Result
+from blsp_emo.bench.measurements import Report, Result
 
 # --- decode speed against the memory-bandwidth bound --------------------------------------------
 

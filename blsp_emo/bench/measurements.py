@@ -1,0 +1,273 @@
+"""The latency bench's measurements: its options, the clips, each system's replies timed side by
+side (medians over repeats), the last turn of a conversation with and without KV reuse, all in a
+`Report`."""
+
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from blsp_emo.audio import SAMPLE_RATE, load_audio
+from blsp_emo.bench.instruments import EncoderTimer, PeakMemory
+from blsp_emo.decoding.generation import GenerationOptions
+from blsp_emo.prompts import Turn
+from blsp_emo.systems import SpokenDialogueSystem
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples"
+CLIP_SECONDS = (1.0, 5.0, 15.0, 30.0)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    clip_seconds: tuple[float, ...] = CLIP_SECONDS
+    repeats: int = 5  # measured runs per (system, clip); medians are reported
+    warmup: int = 1  # unmeasured runs first (lazy init, allocator, caches)
+    new_tokens: int = 32  # every reply is exactly this long
+    turns: int = 3  # conversation length for the KV-reuse measurement; 0 skips it
+
+    def __post_init__(self):
+        if self.repeats < 1 or self.warmup < 0 or self.new_tokens < 1 or self.turns < 0:
+            raise ValueError(f"repeats and new_tokens must be >= 1, warmup and turns >= 0; got {self}")
+        if not self.clip_seconds or min(self.clip_seconds) <= 0:
+            raise ValueError(f"clip lengths must be positive seconds, got {self.clip_seconds}")
+
+    @property
+    def generation(self) -> GenerationOptions:
+        return GenerationOptions(max_new_tokens=self.new_tokens, min_new_tokens=self.new_tokens, greedy=True, seed=0)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One row of `--json` `results` (medians); `peak_gpu_mb` only where there is a GPU."""
+
+    system: str
+    clip_s: float
+    first_token_s: float
+    total_s: float
+    encoder_s: float
+    rtf: float
+    peak_rss_mb: float
+    peak_gpu_mb: float | None = None
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        if out["peak_gpu_mb"] is None:
+            del out["peak_gpu_mb"]
+        return out
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    """Time to first token of the last turn of a conversation, with and without KV-cache reuse."""
+
+    system: str
+    turns: int
+    clip_s: float
+    first_token_s_recompute: float
+    first_token_s_reuse: float
+    total_s_recompute: float
+    total_s_reuse: float
+    same_tokens: bool  # the reused cache gave the same greedy reply
+
+
+@dataclass
+class Report:
+    machine: dict
+    settings: dict
+    results: list[Result] = field(default_factory=list)
+    turns: list[TurnResult] = field(default_factory=list)
+    decode: dict = field(default_factory=dict)
+    serving: dict = field(default_factory=dict)  # bench_serving.to_json: decode step, concurrent replies, collection
+
+    def ratios(
+        self, numerator: str = "blsp-emo", denominators: Sequence[str] = ("cascade", "cascade-ser")
+    ) -> list[dict]:
+        """`numerator`'s times over each denominator's, per clip (cascade-ser: the pipeline that also hears tone)."""
+        rows = {(r.system, r.clip_s): r for r in self.results}
+        out = []
+        for denominator in denominators:
+            for (system, clip), r in rows.items():
+                base = rows.get((denominator, clip))
+                if system == numerator and base is not None:
+                    out.append(
+                        {
+                            "clip_s": clip,
+                            "of": f"{numerator}/{denominator}",
+                            "first_token": r.first_token_s / base.first_token_s,
+                            "total": r.total_s / base.total_s,
+                        }
+                    )
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "machine": self.machine,
+            "results": [r.to_json() for r in self.results],
+            "ratios": self.ratios(),
+            "turns": [asdict(t) for t in self.turns],
+            "decode": self.decode,
+            "serving": self.serving,
+            "settings": self.settings,
+        }
+
+
+# --- the clips ----------------------------------------------------------------------------------
+
+
+def bench_clips(seconds: Sequence[float], examples: Path = EXAMPLES) -> tuple[dict[float, np.ndarray], str]:
+    """One clip per length, cut from the bundled example speech played back to back (a tone if none)."""
+    files = sorted(examples.glob("*.wav")) if examples.is_dir() else []
+    if files:
+        speech = np.concatenate([load_audio(f) for f in files])
+        source = f"{examples.name}/*.wav back to back ({len(files)} clips)"
+    else:
+        t = np.arange(int(max(seconds) * SAMPLE_RATE)) / SAMPLE_RATE
+        speech = (0.3 * np.sin(2 * np.pi * (180 + 40 * np.sin(t)) * t)).astype(np.float32)
+        source = "a gliding tone (no example clips found)"
+    reps = int(np.ceil(max(seconds) * SAMPLE_RATE / speech.size))
+    speech = np.tile(speech, reps)
+    return {s: speech[: int(round(s * SAMPLE_RATE))].copy() for s in seconds}, source
+
+
+# --- running ------------------------------------------------------------------------------------
+
+
+def _timed_reply(system: SpokenDialogueSystem, clip: np.ndarray, options: GenerationOptions, history=()):
+    timer = EncoderTimer(system)
+    try:
+        reply = system.respond(clip, history=history, options=options)
+    finally:
+        timer.close()
+    return reply, timer.seconds
+
+
+def measure_clip(
+    systems: Sequence[SpokenDialogueSystem], clip_s: float, clip: np.ndarray, options: BenchOptions
+) -> list[Result]:
+    """Medians over `options.repeats` replies of each system to `clip`, after `options.warmup` unmeasured
+    ones. The systems take turns reply by reply, so a burst of load on the machine hits them alike."""
+    gen = options.generation
+    for _ in range(options.warmup):
+        for system in systems:
+            _cold(system)
+            system.respond(clip, options=gen)
+    runs: dict[str, dict[str, list[float]]] = {
+        s.name: {"first": [], "total": [], "encoder": [], "rss": [], "gpu": []} for s in systems
+    }
+    for _ in range(options.repeats):
+        for system in systems:
+            _cold(system)  # a first turn: nothing of this prompt is cached yet
+            with PeakMemory() as peak:
+                reply, encoder_s = _timed_reply(system, clip, gen)
+            if len(reply.token_ids) != options.new_tokens:
+                raise RuntimeError(
+                    f"{system.name} replied with {len(reply.token_ids)} tokens, not {options.new_tokens}"
+                )
+            run = runs[system.name]
+            run["first"].append(reply.timings.first_token_s)
+            run["total"].append(reply.timings.total_s)
+            run["encoder"].append(encoder_s)
+            run["rss"].append(peak.rss_mb)
+            if peak.gpu_mb is not None:
+                run["gpu"].append(peak.gpu_mb)
+    out = []
+    for name, run in runs.items():
+        total = statistics.median(run["total"])
+        out.append(
+            Result(
+                name,
+                clip_s,
+                statistics.median(run["first"]),
+                total,
+                statistics.median(run["encoder"]),
+                total / clip_s,
+                round(max(run["rss"]), 1),
+                round(max(run["gpu"]), 1) if run["gpu"] else None,
+            )
+        )
+    return out
+
+
+def measure_turns(system: SpokenDialogueSystem, clip_s: float, clip: np.ndarray, options: BenchOptions) -> TurnResult:
+    """The last turn of an `options.turns`-turn spoken conversation, re-encoding the history vs reusing its cache."""
+    gen = options.generation
+    history: list[Turn] = []
+    for _ in range(options.turns - 1):
+        reply = system.respond(clip, history=history, options=gen)
+        history.extend(reply.turns(clip))
+    without = _without_prefix_cache(system)
+    runs = {}
+    for label, sys_ in (("recompute", without), ("reuse", system)):
+        firsts, totals, tokens = [], [], None
+        for i in range(options.warmup + options.repeats):
+            _cold(system)
+            if label == "reuse":  # as in a conversation: only the turn before has left its cache
+                system.respond(clip, history=history[:-2], options=gen)
+            reply = sys_.respond(clip, history=history, options=gen)
+            if i >= options.warmup:
+                firsts.append(reply.timings.first_token_s)
+                totals.append(reply.timings.total_s)
+            tokens = reply.token_ids
+        runs[label] = (statistics.median(firsts), statistics.median(totals), tokens)
+    return TurnResult(
+        system.name,
+        options.turns,
+        clip_s,
+        runs["recompute"][0],
+        runs["reuse"][0],
+        runs["recompute"][1],
+        runs["reuse"][1],
+        runs["recompute"][2] == runs["reuse"][2],
+    )
+
+
+def _without_prefix_cache(system: SpokenDialogueSystem) -> SpokenDialogueSystem:
+    """A shallow copy of `system` that re-encodes the whole history every turn (the behaviour before reuse)."""
+    other = copy.copy(system)
+    if hasattr(other, "prefix_cache"):
+        other.prefix_cache = None
+    return other
+
+
+def has_prefix_cache(system: SpokenDialogueSystem) -> bool:
+    return getattr(system, "prefix_cache", None) is not None
+
+
+def _cold(system: SpokenDialogueSystem) -> None:
+    if has_prefix_cache(system):
+        system.prefix_cache.clear()
+
+
+def run(
+    systems: Sequence[SpokenDialogueSystem],
+    options: BenchOptions,
+    machine: dict,
+    settings: dict,
+    progress: Callable[[str], None] = lambda line: None,
+) -> Report:
+    clips, source = bench_clips(options.clip_seconds)
+    report = Report(machine, {**settings, **asdict(options), "clips": source})
+    for seconds in options.clip_seconds:
+        fitting = [s for s in systems if seconds <= s.window_seconds]
+        for system in systems:
+            if system not in fitting:
+                progress(f"skip {system.name} {seconds:g} s: longer than its {system.window_seconds:g} s window")
+        for result in measure_clip(fitting, seconds, clips[seconds], options) if fitting else []:
+            progress(
+                f"{result.system:12s} {seconds:5.1f} s  first {result.first_token_s * 1e3:8.1f} ms  "
+                f"total {result.total_s * 1e3:8.1f} ms  encoder {result.encoder_s * 1e3:7.1f} ms"
+            )
+            report.results.append(result)
+    if options.turns > 1:
+        seconds = 5.0 if 5.0 in clips else options.clip_seconds[0]
+        for system in systems:
+            if has_prefix_cache(system):
+                report.turns.append(measure_turns(system, seconds, clips[seconds], options))
+    report.machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    return report
