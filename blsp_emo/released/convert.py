@@ -333,7 +333,7 @@ def load_released(path: str | Path, dtype: torch.dtype | None = None) -> tuple[B
         _check_coverage(indexed, expected)
     filled: set[str] = set()
     for shard, names in files.items():
-        state = _read_shard(shard)
+        state = read_shard(shard)
         dtype = dtype or _stored_dtype(state)  # one dtype for the whole model
         if names is not None and names - state.keys():
             raise ReleasedCheckpointError(
@@ -394,7 +394,7 @@ def _check_coverage_done(filled: set[str], expected: dict) -> None:
         raise ReleasedCheckpointError(f"the checkpoint lacks {len(missing)} tensor(s) config.json calls for: {named}")
 
 
-def _read_shard(path: Path) -> dict[str, torch.Tensor]:
+def read_shard(path: Path) -> dict[str, torch.Tensor]:
     # weights_only: a pickle can run code; this allows tensors and plain containers only. mmap keeps
     # the shard on disk, so a 10 GB shard does not need 10 GB of RAM on top of the model.
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
