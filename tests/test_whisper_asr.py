@@ -1,0 +1,77 @@
+"""The cascades' pretrained Whisper recogniser: which sources it takes, and on real human recordings
+the same token ids as the CTranslate2 runtime gives for the same wheel."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blsp_emo.audio import load_audio, log_mel
+from blsp_emo.systems.whisper_asr import WhisperRecognizer, is_whisper_source
+
+# Real voices that ship with Debian's alsa-utils (packages-dev.txt): a person naming each speaker.
+ALSA = Path("/usr/share/sounds/alsa")
+SPOKEN = {
+    "Front_Center": "front center",
+    "Front_Left": "front left",
+    "Front_Right": "front right",
+    "Rear_Left": "rear left",
+    "Rear_Right": "rear right",
+    "Side_Left": "side left",
+    "Side_Right": "side right",
+}
+
+
+def test_whisper_sources_are_told_from_ctc_folders(tmp_path):
+    assert is_whisper_source("wheel") and is_whisper_source("openai/whisper-tiny.en")
+    (tmp_path / "ct2").mkdir()
+    (tmp_path / "ct2" / "model.bin").write_bytes(b"")
+    assert is_whisper_source(tmp_path / "ct2")
+    for name, model_type, whisper in (("hf", "whisper", True), ("ctc", "blsp_emo_ctc", False)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"model_type": model_type}))
+        assert is_whisper_source(tmp_path / name) == whisper
+    assert not is_whisper_source(tmp_path / "missing")
+
+
+def test_a_recognizer_needs_the_tokenizer():
+    with pytest.raises(ValueError, match="tokenizer"):
+        WhisperRecognizer(model=object.__new__(type("M", (), {"eval": lambda self: self})), tokenizer=None)
+
+
+def _words(text: str) -> str:
+    return " ".join("".join(c for c in text.lower().replace("centre", "center") if c.isalpha() or c == " ").split())
+
+
+@pytest.mark.wheels
+@pytest.mark.slow
+def test_cascade_transcripts_of_real_voices_equal_ctranslate2(bundle_dir):
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    clips = [ALSA / f"{name}.wav" for name in SPOKEN if (ALSA / f"{name}.wav").is_file()]
+    if not clips:
+        pytest.skip("needs Debian's alsa-utils (its recordings of a human voice)")
+    from blsp_emo.bases.sources import BaseSourceError, wheel_path
+    from blsp_emo.systems import load_system
+
+    try:
+        directory = wheel_path("encoder")
+    except BaseSourceError as e:
+        pytest.skip(str(e))
+    cascade = load_system("cascade", model=bundle_dir, asr="wheel")
+    recognizer = cascade.asr
+    runtime = ctranslate2.models.Whisper(str(directory), device="cpu", compute_type="float32")
+    generation = recognizer.model.generation_config
+    prompt = [generation.decoder_start_token_id, generation.no_timestamps_token_id]  # English-only tiny.en
+    right = 0
+    for clip in clips:
+        audio = load_audio(clip)
+        features, _ = log_mel([audio], 80, 3000)
+        [expected] = runtime.generate(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(features.numpy())), [prompt], beam_size=1
+        )  # greedy, as the cascade decodes
+        assert recognizer.token_ids(audio) == expected.sequences_ids[0], clip.name
+        reply = cascade.respond(audio)
+        assert reply.transcript == recognizer.transcribe(audio)
+        right += _words(reply.transcript) == SPOKEN[clip.stem]
+    assert right >= len(clips) - 1  # a real voice, heard right (one slip allowed: "rear" is often "rare")
