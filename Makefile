@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OFFLINE := HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False
 
-.PHONY: demo test test-fast test-wheels lint format setup setup-dev debian clean
+.PHONY: demo test test-fast test-wheels lint format screenshots setup setup-dev debian clean
 
 demo: setup
 	$(PY) app.py $(ARGS)
@@ -25,6 +25,10 @@ test-fast: setup-dev
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+
+# docs/screenshot.png and docs/screenshot-compare.png, from the running app in Debian's chromium.
+screenshots: setup-dev
+	$(OFFLINE) $(PY) -m webui.screenshots
 
 format: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format .

@@ -1,0 +1,82 @@
+"""The screenshots in docs/, taken from the running app by Debian's chromium (`make screenshots`).
+
+    python -m webui.screenshots [--out docs] [--clip assets/examples/X.wav] [-- app.py options]
+
+It starts `python app.py` on a free loopback port with the bundled models, uploads one example clip
+on the Talk tab and on the Compare tab, waits until every reply (and its spoken version) is shown,
+and writes `screenshot.png` (Talk) and `screenshot-compare.png` (Compare).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from blsp_emo.bench.app_process import ROOT, spawn_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-sync"]
+# Every progress tracker hidden: the turn, its card and the spoken reply are all done.
+IDLE = "() => [...document.querySelectorAll('[data-testid=status-tracker]')].every(t => t.classList.contains('hide'))"
+TIMEOUT_MS = 120_000  # a turn on a busy 2-core machine, with the models warming up
+
+
+def talk(page, clip: Path, out: Path) -> None:
+    page.get_by_role("button", name="Upload file").first.click()
+    with page.expect_response(lambda r: "/upload" in r.url):
+        page.locator("#voice input[type=file]").set_input_files(str(clip))
+    page.get_by_role("button", name="Send", exact=True).click()
+    page.wait_for_selector("#emotion .output-class", timeout=TIMEOUT_MS)
+    page.locator("#chat .bot").first.wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_function(IDLE, timeout=TIMEOUT_MS)
+    page.screenshot(path=str(out), full_page=True)
+
+
+def compare(page, clip: Path, out: Path) -> None:
+    page.get_by_role("tab", name="Compare").click()
+    panel = page.locator("[role=tabpanel]:visible")
+    panel.get_by_role("button", name="Upload file").first.click()
+    with page.expect_response(lambda r: "/upload" in r.url):
+        panel.locator("input[type=file]").first.set_input_files(str(clip))
+    panel.get_by_role("button", name="Answer with every system").click()
+    columns = panel.locator(".system-column")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.system-column textarea')].filter(t => t.value.trim()).length"
+        f" >= {columns.count()}",
+        timeout=TIMEOUT_MS,
+    )
+    page.wait_for_function(IDLE, timeout=TIMEOUT_MS)
+    page.screenshot(path=str(out), full_page=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m webui.screenshots", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=str(ROOT / "docs"), help="folder for the PNGs")
+    p.add_argument("--clip", default=str(ROOT / "assets/examples/tone-only_en-gb-x-gbcwmd-f2_sad.wav"))
+    p.add_argument("app_args", nargs="*", help="options for app.py (after --)")
+    args = p.parse_args(argv)
+    if not CHROMIUM.exists():
+        print("error: needs Debian's chromium (apt-get install -y chromium)", file=sys.stderr)
+        return 2
+    from playwright.sync_api import sync_playwright
+
+    out, clip = Path(args.out), Path(args.clip)
+    server = spawn_app(tuple(args.app_args))
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+            page = browser.new_context(viewport={"width": 1360, "height": 900}).new_page()
+            with page.expect_response(lambda r: "/run/predict" in r.url):  # the visitor's state is built
+                page.goto(server.url)
+            talk(page, clip, out / "screenshot.png")
+            compare(page, clip, out / "screenshot-compare.png")
+            browser.close()
+    finally:
+        server.stop()
+    print(f"wrote {out / 'screenshot.png'} and {out / 'screenshot-compare.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
