@@ -172,7 +172,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ModelNotFoundError as e:
             sys.exit(f"error: --revision {args.revision}: {e}")
     parts = dict(
-        model=model, asr=args.asr, ser=args.ser, device=args.device, dtype=args.dtype, max_batch=args.max_batch
+        model=model,
+        asr=args.asr,
+        ser=args.ser,
+        llm=args.llm,
+        device=args.device,
+        dtype=args.dtype,
+        max_batch=args.max_batch,
     )
     threads = _threads_per_call(args.concurrency)
     with ThreadPoolExecutor(1, thread_name_prefix="start-workers") as background:

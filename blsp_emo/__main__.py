@@ -71,7 +71,7 @@ def cmd_respond(args) -> int:
 def _load_system(args):
     """The system the model options name, on their device (default: cuda when available, else cpu)."""
     return load_system(
-        args.system, _pinned_model(args), args.asr, args.ser, args.device or default_device(), args.dtype
+        args.system, _pinned_model(args), args.asr, args.ser, args.device or default_device(), args.dtype, llm=args.llm
     )
 
 

