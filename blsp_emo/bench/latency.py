@@ -43,7 +43,8 @@ def _systems(args, device: str, dtype: torch.dtype) -> list[SpokenDialogueSystem
         from blsp_emo.systems import load_system
 
         dtype_name = {torch.float32: None, torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
-        return [load_system(n, model=args.model, device=args.device, dtype=dtype_name) for n in names]
+        parts = dict(model=args.model, asr=args.asr, llm=args.llm, device=args.device, dtype=dtype_name)
+        return [load_system(n, **parts) for n in names]
     if not args.random_weights:
         raise ValueError(
             f"--scale {args.scale} has no weights here: add --random-weights (or load real ones with "
@@ -86,6 +87,8 @@ def main(args) -> int:
         "random_weights": args.random_weights,
         "dtype": str(dtype).removeprefix("torch."),
         "model": args.model or ("bundled demo models" if args.scale == "demo" else "random"),
+        "cascade_asr": args.asr,
+        "cascade_llm": args.llm,
     }
     progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     report = run(systems, options, machine_info(device), settings, progress)
