@@ -4,7 +4,6 @@ import importlib.util
 import os
 import shutil
 import socket
-import time
 from pathlib import Path
 
 import numpy as np
@@ -106,13 +105,19 @@ def test_compare_columns_share_one_callback_and_one_seed(systems, clip_path):
     assert len(column_fns) == len(systems) and len({f.__func__ for f in column_fns}) == 1
     callbacks = column_fns[0].__self__
     seed = callbacks.start_compare(str(clip_path), None)
+    # blsp-emo hears tone through its emotion head, cascade-ser through its classifier; blsp and cascade do not.
+    hears_tone = {"blsp-emo", "cascade-ser"}
+    assert {name for name, system in systems.items() if system.emotion_source} == hears_tone
     for name in systems:
         (label, transcript, *_), *later = list(callbacks.answer(name, str(clip_path), seed, 0.5, 0.5, 12, False, None))
         *_, timings, reply = later[-1]
         assert reply.system == name and reply.seed == seed and f"seed `{seed}`" in timings
         assert isinstance(label, dict) == bool(reply.emotion_scores)
         assert transcript.visible == (reply.transcript is not None)
-        assert isinstance(label, dict) or "hears no tone" in label
+        if name in hears_tone:  # a score for every emotion, shown with its emoji
+            assert isinstance(label, dict) and {key.split()[-1] for key in label} == set(EMOTIONS), (name, label)
+        else:
+            assert label == "🔇 this system hears no tone", (name, label)
         # Components go with the first update only; later ones repeat plain values, never leave an
         # output out (Gradio would rebuild a left-out component at every update).
         assert later and all(isinstance(update[0], dict) == bool(reply.emotion_scores) for update in later)
@@ -219,12 +224,14 @@ def test_without_models_the_page_starts_and_says_how_to_get_one(tmp_path):
         respond("clip.wav")
 
 
+@pytest.mark.server
 def test_examples_are_picked_up_from_the_folder(server):
     config = _client(server).config
     datasets = [c for c in config["components"] if c["type"] == "dataset"]
     assert datasets and all("sad tone" in str(c["props"]) for c in datasets)
 
 
+@pytest.mark.server
 def test_the_pages_load_builds_the_visitors_session_so_the_first_turn_does_not(served):
     import httpx
 
@@ -238,6 +245,7 @@ def test_the_pages_load_builds_the_visitors_session_so_the_first_turn_does_not(s
     assert answer.status_code == 200 and session in served.state_holder
 
 
+@pytest.mark.server
 def test_respond_endpoint_returns_the_cli_json_and_a_wav(server, clip_path, synthesizer):
     result, speech = _client(server).predict(handle_file(str(clip_path)), api_name="/respond")
     assert list(result) == ["file", "system", "emotion", "emotion_scores", "reply", "transcript", "timings"]
@@ -252,6 +260,7 @@ def test_respond_endpoint_returns_the_cli_json_and_a_wav(server, clip_path, synt
         assert info.format == "WAV" and info.frames > 0.2 * info.samplerate
 
 
+@pytest.mark.server
 def test_respond_with_a_system_name_and_an_unknown_one(server, clip_path):
     client = _client(server)
     result, _ = client.predict(handle_file(str(clip_path)), "cascade", api_name="/respond")
@@ -276,6 +285,7 @@ def _bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
+@pytest.mark.server
 def test_bad_inputs_give_a_clear_message_and_the_server_stays_up(server, clip_path, tmp_path):
     client = _client(server)
     for case, (path, message) in _bad_inputs(tmp_path).items():
@@ -289,6 +299,7 @@ def test_bad_inputs_give_a_clear_message_and_the_server_stays_up(server, clip_pa
     assert result["reply"].strip()
 
 
+@pytest.mark.server
 def test_reply_streams_token_by_token(server):
     job = _talk(_client(server), text="I lost my keys today.", seed=3)
     final = job.result()
@@ -298,6 +309,7 @@ def test_reply_streams_token_by_token(server):
     assert _texts(final[0])[-1] == replies[-1].strip()
 
 
+@pytest.mark.server
 def test_two_visitors_at_once_never_see_each_others_turns(server, clip_path):
     a, b = _client(server), _client(server)
     first = [_talk(a, text="alpha one"), _talk(b, audio=handle_file(str(clip_path)))]
@@ -311,6 +323,7 @@ def test_two_visitors_at_once_never_see_each_others_turns(server, clip_path):
     assert not any("alpha" in t for t in texts_b) and not any("bravo" in t for t in texts_a)
 
 
+@pytest.mark.server
 def test_regenerate_replaces_the_last_reply(server):
     client = _client(server)
     _talk(client, text="hello there").result()
@@ -321,8 +334,19 @@ def test_regenerate_replaces_the_last_reply(server):
 
 
 CHROMIUM = Path("/usr/bin/chromium")
+# The recorder's clock (m:ss) has reached 2 s of audio heard from the fake microphone.
+RECORDED_2_S = """() => {
+    const shown = document.querySelector('#voice time.duration')?.textContent.trim() || '0:00';
+    const [minutes, seconds] = shown.split(':').map(Number);
+    return 60 * minutes + seconds >= 2;
+}"""
+# The turn succeeded (its success handler emptied the voice input) and every event it started, the spoken
+# reply included, has ended (Gradio hides an output's status tracker when its event is over).
+TURN_AND_SPEECH_DONE = """() => !document.querySelector('#voice audio')
+    && [...document.querySelectorAll('[data-testid=status-tracker]')].every(t => t.classList.contains('hide'))"""
 
 
+@pytest.mark.server
 @pytest.mark.browser
 def test_browser_upload_and_microphone_get_an_emotion_and_a_reply(server, clip_path, tmp_path):
     if not CHROMIUM.exists():
@@ -351,7 +375,7 @@ def test_browser_upload_and_microphone_get_an_emotion_and_a_reply(server, clip_p
         page.get_by_role("button", name="Send", exact=True).click()  # nothing recorded: said on the input
         page.get_by_text("Nothing to send").wait_for(timeout=10_000)
         page.get_by_role("button", name="Record", exact=True).first.click()  # Chromium's fake microphone
-        time.sleep(2.5)
+        page.wait_for_function(RECORDED_2_S, timeout=30_000)
         with page.expect_response(lambda r: "/upload" in r.url):  # Send is refused while an upload runs
             page.locator("button.stop-button").first.click()
         page.get_by_role("button", name="Send", exact=True).click()
@@ -362,7 +386,7 @@ def test_browser_upload_and_microphone_get_an_emotion_and_a_reply(server, clip_p
             page.locator("#voice input[type=file]").set_input_files(str(clip_path))
         page.get_by_role("button", name="Send", exact=True).click()
         page.wait_for_function("document.querySelectorAll('#chat .bot').length >= 2", timeout=30_000)
-        time.sleep(1.0)  # let the spoken reply and the card render for the screenshot
+        page.wait_for_function(TURN_AND_SPEECH_DONE, timeout=30_000)  # the final card and spoken reply are shown
         shot = tmp_path / "talk.png"
         page.screenshot(path=str(shot), full_page=True)
         emotion = page.locator("#emotion .output-class").inner_text()

@@ -23,6 +23,7 @@ from blsp_emo.bench.app_process import process_rss_mb, spawn_app
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
+pytestmark = pytest.mark.server  # the CLI and the app, each in a subprocess
 
 
 def _wav_header(n_bytes: int, rate: int = RATE) -> bytes:

@@ -91,13 +91,62 @@ def test_an_abandoned_reply_leaves_and_the_others_go_on(llm):
     long = GenerationOptions(greedy=True, max_new_tokens=30, min_new_tokens=30)
     logits, cache = _prefill(llm, PROMPTS[0])
     stream = batcher.decode(logits, cache, long, STOP, 0)
-    assert isinstance(next(stream), int)
-    stream.close()  # a visitor who left: the worker drops the reply at its next step
-    time.sleep(0.3)  # the 30 tokens would take a few milliseconds
-    assert cache.get_seq_length() < len(PROMPTS[0]) + 5  # it stopped growing
+    assert isinstance(next(stream), int)  # picked from the prefill's logits: no forward yet
+    stream.close()  # a visitor who left; alone, it decodes in this thread, so nothing steps it any more
+    assert cache.get_seq_length() == len(PROMPTS[0])
     tokens, _ = _together(batcher, llm, [(PROMPTS[2], long, 1)])[0]
     assert tokens == _alone(llm, PROMPTS[2], long, 1)[0]
-    assert batcher.largest_batch == 1  # the abandoned reply was gone before the next one came
+    # The abandoned reply was gone before the next one came: that one decoded alone, in its caller's thread.
+    assert batcher.largest_batch == 1 and batcher._worker is None
+    assert cache.get_seq_length() == len(PROMPTS[0])
+    batcher.close()
+
+
+def _wait_until(condition, what: str, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting after {seconds:g} s for {what}"
+        time.sleep(0.001)
+
+
+def test_a_reply_abandoned_in_the_worker_leaves_at_its_next_step(llm):
+    """The worker does not wait for readers (tokens queue up ahead of them), so here each of its forwards
+    waits for a permit: the test knows which forward is in flight when the visitor leaves."""
+    batcher = DecodeBatcher(llm)
+    sizes, gate, step = [], threading.Semaphore(0), batcher.step
+
+    def gated(tokens, *args):
+        if threading.current_thread().name == "decode-batcher":
+            assert gate.acquire(timeout=60), "no permit came for this forward"
+        sizes.append(len(tokens))
+        return step(tokens, *args)
+
+    batcher.step = gated
+    long = GenerationOptions(greedy=True, max_new_tokens=30, min_new_tokens=30)
+    logits, cache = _prefill(llm, PROMPTS[0])
+    leaving = batcher.decode(logits, cache, long, STOP, 0)
+    staying = batcher.decode(*_prefill(llm, PROMPTS[2]), long, STOP, 1)
+    heard = [next(leaving)]  # alone, in this thread
+    kept = [next(staying)]  # the worker picked it and now waits in its first forward, [staying]
+    joining = threading.Thread(target=lambda: heard.append(next(leaving)))  # steps, then hands itself over
+    joining.start()
+
+    def handed_over():
+        with batcher._lock:  # the hand-over puts it in the worker's queue under the lock
+            return batcher._queued == 2
+
+    _wait_until(handed_over, "the first reply to join the worker")
+    gate.release()  # the worker's first forward; its next one steps both replies and waits
+    joining.join(timeout=60)
+    assert not joining.is_alive() and len(heard) == 2
+    leaving.close()  # the visitor leaves while the forward of [staying, leaving] waits
+    gate.release(100)  # every later forward
+    kept += list(staying)
+    assert kept == _alone(llm, PROMPTS[2], long, 1)[0]
+    # The forward in flight when it left fed its second token, then it was dropped: its cache holds the
+    # prompt and the two tokens it heard, and no later forward stepped it.
+    assert cache.get_seq_length() == len(PROMPTS[0]) + len(heard)
+    assert sizes.count(2) == 1 and sizes[-1] == 1
     batcher.close()
 
 
@@ -173,8 +222,7 @@ def test_a_reply_decoding_alone_joins_the_batch_when_another_comes(llm):
         target=lambda: second.update(tokens=list(batcher.decode(*_prefill(llm, PROMPTS[2]), long, STOP, 1)))
     )
     other.start()
-    while batcher._queued == 0:  # the second reply is in the worker
-        time.sleep(0.001)
+    _wait_until(lambda: batcher._queued > 0, "the second reply to reach the worker")
     tokens += list(first)  # the first hands itself over after its next step, then reads the worker
     other.join()
     want, want_cache = _alone(llm, PROMPTS[0], short, 0)
@@ -195,8 +243,7 @@ def test_a_reply_with_no_token_left_when_it_reaches_the_worker_still_ends(llm):
     tokens = [next(first), next(first)]  # both tokens out; the second is not stepped yet
     other = threading.Thread(target=lambda: list(batcher.decode(*_prefill(llm, PROMPTS[2]), long, STOP, 1)))
     other.start()
-    while batcher._queued == 0:
-        time.sleep(0.001)
+    _wait_until(lambda: batcher._queued > 0, "the second reply to reach the worker")
     rest = []
     reader = threading.Thread(target=lambda: rest.append(list(first)), daemon=True)  # steps, hands over, reads
     reader.start()

@@ -188,6 +188,7 @@ def test_bench_clips_have_the_asked_lengths():
     assert all(np.abs(c).max() > 0.01 for c in clips.values()) and source
 
 
+@pytest.mark.server
 def test_bench_json_schema_from_the_command_line(bundle_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
@@ -248,6 +249,7 @@ def test_bench_json_schema_from_the_command_line(bundle_dir):
     assert "\nfull garbage collection, systems loaded:" in out.stderr
 
 
+@pytest.mark.server
 def test_bench_refuses_impossible_settings(bundle_dir):
     with pytest.raises(ValueError):
         BenchOptions(repeats=0)
@@ -294,6 +296,7 @@ def test_encoder_window_study_measures_a_change_at_released_semantics(model_and_
         assert r.encoder_s_clip > 0 and r.encoder_s_full > 0
 
 
+@pytest.mark.server
 @pytest.mark.gpu
 def test_full_scale_random_weights_on_a_gpu():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

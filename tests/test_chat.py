@@ -45,6 +45,7 @@ def test_missing_portaudio_is_one_clear_line(monkeypatch):
         next(microphone_turns(10.0, read_line=lambda: ""))
 
 
+@pytest.mark.server
 def test_chat_cli_without_microphone_exits_nonzero(model_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(
@@ -61,6 +62,7 @@ def test_chat_cli_without_microphone_exits_nonzero(model_dir):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--file" in lines[0]
 
 
+@pytest.mark.server
 def test_chat_cli_with_files_saves_spoken_replies(model_dir, clip_path, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(

@@ -13,6 +13,7 @@ import tiny
 
 KEYS = {"file", "system", "emotion", "emotion_scores", "reply", "transcript", "timings"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.server  # every test runs the CLI in a subprocess
 
 
 def run(*args):

@@ -171,7 +171,9 @@ def test_tiny_greedy_tokens_equal_ctranslate2(tiny):
     ctranslate2 = pytest.importorskip("ctranslate2")
     _, _, ct2_dir, _ = tiny
     loaded = load_ct2_whisper(ct2_dir)
-    runtime = ctranslate2.models.Whisper(ct2_dir, device="cpu", compute_type="float32")
+    # intra_threads=0 (its default) sets the process's OpenMP threads to every core, torch's included: every
+    # later test would then run two torch threads on the shared 2-core machine (conftest keeps one).
+    runtime = ctranslate2.models.Whisper(ct2_dir, device="cpu", compute_type="float32", intra_threads=1)
     rng = np.random.default_rng(0)
     for _ in range(2):
         features = rng.standard_normal((1, 8, 100)).astype(np.float32)  # 100 frames = 2 x 50 positions

@@ -361,6 +361,7 @@ def test_the_7b_config_is_our_default_architecture():
 # --- entry points -----------------------------------------------------------------------------------
 
 
+@pytest.mark.server
 @pytest.mark.slow
 def test_convert_cli_round_trip(tmp_path, release, clip_path, capsys):
     src, dst = release[0], tmp_path / "converted"

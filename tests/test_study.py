@@ -109,6 +109,7 @@ def test_a_study_naming_a_system_the_app_did_not_load_is_refused(study, systems)
         StudyRunner(study, {k: v for k, v in systems.items() if k != "cascade"}, StudyStore(":memory:"))
 
 
+@pytest.mark.server
 def test_app_refuses_a_bad_study_at_start_naming_it(tmp_path):
     path = write_study(tmp_path)
     raw = json.loads(path.read_text())
@@ -290,6 +291,7 @@ def test_admin_token_is_required_and_compared_exactly():
     check_admin("correct horse", environ=env)
 
 
+@pytest.mark.server
 def test_export_refuses_without_the_admin_token(study, tmp_path):
     store = StudyStore(tmp_path / "r.sqlite")
     plan = store.begin_rater(study, "rater", False)
@@ -327,6 +329,7 @@ def test_hub_upload_is_off_by_default_and_configured_for_a_private_dataset(tmp_p
         UploadSettings.from_env({"BLSP_EMO_STUDY_UPLOAD_REPO": "lab/ratings", "BLSP_EMO_STUDY_UPLOAD_EVERY": "soon"})
 
 
+@pytest.mark.server
 def test_an_upload_that_cannot_reach_the_hub_stops_the_app_saying_why(tmp_path, bundle_dir):
     env = {**__import__("os").environ, "BLSP_EMO_STUDY_UPLOAD_REPO": "lab/ratings", "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(

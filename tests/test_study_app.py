@@ -19,6 +19,12 @@ from webui import study_tabs  # noqa: E402
 
 TOKEN = "tab-test-admin-token"
 CHROMIUM = Path("/usr/bin/chromium")
+# The Results gallery shows every plot the report wrote, each image decoded.
+PLOTS_LOADED = """() => {
+    const names = ['scores.png', 'bradley_terry.png', 'preferences.png'];
+    const images = [...document.querySelectorAll('img')];
+    return names.every(name => images.some(i => i.src.endsWith('/' + name) && i.complete && i.naturalWidth > 0));
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +54,7 @@ def test_without_a_study_the_app_has_no_rate_tab(runner):
     assert not any(getattr(fn, "api_name", None) == "study_begin" for fn in demo.fns.values())
 
 
+@pytest.mark.server
 def test_api_rater_sees_blind_replies_then_the_reveal(server, runner):
     client = _client(server)
     with pytest.raises(AppError, match="I agree"):
@@ -80,6 +87,7 @@ def test_api_rater_sees_blind_replies_then_the_reveal(server, runner):
         client.predict(begin["rater_id"], 7, api_name="/study_trial")
 
 
+@pytest.mark.server
 def test_results_and_audit_refuse_without_the_admin_token(server, runner):
     with pytest.raises(AppError, match="wrong or missing admin token"):
         _client(server).predict("not-the-token", api_name="/study_audit")
@@ -92,6 +100,7 @@ def test_results_and_audit_refuse_without_the_admin_token(server, runner):
     assert len(gallery.value) == 3 and export.value is not None
 
 
+@pytest.mark.server
 @pytest.mark.browser
 def test_browser_rater_consents_listens_rates_and_sees_the_reveal(server, runner, tmp_path, clip_path):
     if not CHROMIUM.exists():
@@ -163,7 +172,7 @@ def test_browser_rater_consents_listens_rates_and_sees_the_reveal(server, runner
         page.locator("#admin-token input").fill(TOKEN)
         page.get_by_role("button", name="Show results").click()
         page.locator("#study-results").get_by_text("Bradley–Terry").first.wait_for(timeout=60_000)
-        page.wait_for_timeout(1500)  # let the plots load for the screenshot
+        page.wait_for_function(PLOTS_LOADED, timeout=30_000)  # the report's three plots, for the screenshot
         page.screenshot(path=str(tmp_path / "results.png"), full_page=True)
         browser.close()
     print(f"screenshots: {tmp_path}")

@@ -110,6 +110,7 @@ def test_same_seed_same_bytes(corpus, sentences_file, tmp_path):
     assert _rows(tmp_path) == _rows(corpus)
 
 
+@pytest.mark.slow
 def test_cue_sentences_mostly_take_their_tone():
     voices = check_voices(TRAIN_VOICES)
     cue = [sent.Sentence(f"train{i:05d}", "I'm sick of your excuses.", "angry") for i in range(20)]
@@ -220,6 +221,7 @@ def test_default_voices_follow_the_protocol():
     assert len({Voice.parse(v).accent for v in TRAIN_VOICES}) >= 4
 
 
+@pytest.mark.slow
 def test_every_default_voice_renders_as_itself():
     """espeak-ng falls back to its default voice on a bad name without an error: every default
     voice must sound different from every other and from its accent without the variant."""

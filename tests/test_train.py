@@ -245,6 +245,7 @@ def test_stage2_trains_adapter_lora_and_head_and_its_losses_fall(stage1_model, s
     assert ce[-1] < 0.7 * ce[0] and er[-1] < 0.9 * er[0], (ce, er)
 
 
+@pytest.mark.server
 def test_the_result_loads_with_model(work, stage2_model):
     out = subprocess.run(
         [

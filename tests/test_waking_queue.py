@@ -46,6 +46,7 @@ def echo_app():
     demo.close()
 
 
+@pytest.mark.server
 def test_waiting_events_start_when_a_slot_frees(echo_app):
     demo, overlapped = echo_app
     client = Client(demo.local_url, verbose=False)
@@ -55,6 +56,7 @@ def test_waiting_events_start_when_a_slot_frees(echo_app):
     client.close()
 
 
+@pytest.mark.server
 def test_an_idle_queue_does_not_look_for_work(echo_app, monkeypatch):
     demo, _ = echo_app
     looks = []
@@ -76,6 +78,7 @@ class _CountingList(list):
         return super().__iter__()
 
 
+@pytest.mark.server
 def test_progress_is_sent_while_a_job_runs_and_not_looked_for_while_none_does(echo_app):
     demo, _ = echo_app
     client = Client(demo.local_url, verbose=False)

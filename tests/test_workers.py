@@ -44,6 +44,7 @@ def _idle(pool: WorkerPool) -> bool:
     return all(w.alive and w.busy == 0 and len(w.free) == len(w.connections) for w in pool._workers)
 
 
+@pytest.mark.server
 def test_every_system_answers_as_it_does_in_process(pool, local):
     clip = tiny.tone(2.0, 180.0)
     assert list(pool.systems) == list(local) and pool.notes == []
@@ -67,6 +68,7 @@ def test_every_system_answers_as_it_does_in_process(pool, local):
     assert _idle(pool)
 
 
+@pytest.mark.server
 def test_closing_a_stream_cancels_the_reply_and_frees_its_connection(pool):
     system = pool.systems["blsp-emo"]
     for i in range(6):  # more than the pool's 4 connections: one not given back would block the next call
@@ -77,6 +79,7 @@ def test_closing_a_stream_cancels_the_reply_and_frees_its_connection(pool):
     assert len(system.respond(text="tell me a story", options=LONG).token_ids) >= LONG.min_new_tokens
 
 
+@pytest.mark.server
 def test_errors_come_back_with_their_type_and_message(pool, tmp_path):
     system = pool.systems["blsp-emo"]
     with pytest.raises(ValueError, match="the message is empty"):
@@ -90,6 +93,7 @@ def test_errors_come_back_with_their_type_and_message(pool, tmp_path):
     assert _idle(pool) and system.respond(text="still here?", options=GREEDY).done
 
 
+@pytest.mark.server
 def test_concurrent_calls_run_in_different_workers(pool, local):
     """Two calls at once go to the two workers (each the least busy), and neither sees the other's turn."""
     system, here = pool.systems["cascade"], local["cascade"]
@@ -138,6 +142,7 @@ def test_routing_prefers_the_least_busy_worker_then_home():
         pool._acquire(key=0)
 
 
+@pytest.mark.server
 def test_a_killed_worker_is_named_and_the_others_go_on(bundle_dir):
     spec = WorkerSpec(("blsp-emo",), model=str(bundle_dir), threads=1, slots=1)
     pool = WorkerPool.start(spec, workers=2, restart=False)
@@ -160,6 +165,7 @@ def test_a_killed_worker_is_named_and_the_others_go_on(bundle_dir):
         pool.close()
 
 
+@pytest.mark.server
 def test_a_killed_worker_is_replaced_and_later_calls_wait_for_it(bundle_dir):
     pool = WorkerPool.start(WorkerSpec(("blsp",), model=str(bundle_dir), threads=1, slots=2), workers=1)
     try:
@@ -175,6 +181,7 @@ def test_a_killed_worker_is_replaced_and_later_calls_wait_for_it(bundle_dir):
         pool.close()
 
 
+@pytest.mark.server
 def test_missing_models_are_notes_as_in_process(tmp_path):
     pool = WorkerPool.start(WorkerSpec(("blsp-emo", "cascade"), model=str(tmp_path / "missing"), threads=1), workers=1)
     try:
@@ -184,12 +191,14 @@ def test_missing_models_are_notes_as_in_process(tmp_path):
         pool.close()
 
 
+@pytest.mark.server
 def test_a_worker_that_cannot_start_is_reported(monkeypatch, bundle_dir):
     monkeypatch.setattr(pool_module.sys, "executable", "/bin/false")  # exits 1 at once, reading nothing
     with pytest.raises(WorkerError, match=r"model worker 0 \(pid \d+\) exited with code 1 while loading"):
         WorkerPool.start(WorkerSpec(("blsp-emo",), model=str(bundle_dir)), workers=1)
 
 
+@pytest.mark.server
 def test_workers_exit_when_the_server_goes_away(bundle_dir):
     """A server killed outright leaves no worker behind: each sees its connections close."""
     script = (
@@ -212,6 +221,7 @@ def test_workers_exit_when_the_server_goes_away(bundle_dir):
         pytest.fail(f"worker {pid} still running {deadline} s after its server was killed")
 
 
+@pytest.mark.server
 def test_a_server_of_workers_never_imports_torch():
     """The page's process decodes audio and streams replies without the model code (it starts sooner)."""
     code = (
@@ -241,6 +251,7 @@ def test_after_the_freeze_loaded_objects_are_left_out_and_new_garbage_is_still_c
         gc.unfreeze()
 
 
+@pytest.mark.server
 def test_a_paced_worker_sends_the_first_token_and_the_end_and_still_cancels(bundle_dir, local):
     spec = WorkerSpec(("blsp-emo",), model=str(bundle_dir), threads=1, slots=1, stream_interval=60.0)
     paced_pool = WorkerPool.start(spec, workers=1)
