@@ -46,8 +46,7 @@ FIXED_BATCH = [
     "4",
     "--grad-accum",
     "1",
-    "--shuffle-buffer",
-    "1",
+    "--no-shuffle",
     "--warmup-steps",
     "0",
     "--log-steps",
@@ -349,7 +348,7 @@ def test_dataset_drops_and_counts_what_cannot_train(bad_clips, tokenizer):
         _teacher_row(bad_clips / "good.wav", output="", early_stop=True),
     ]
     manifest = _write_manifest(bad_clips / "rows.jsonl", rows)
-    dataset = ManifestDataset([manifest], STAGES["stage2"], tokenizer, DataLimits(max_seconds=10.0), shuffle_buffer=1)
+    dataset = ManifestDataset([manifest], STAGES["stage2"], tokenizer, DataLimits(max_seconds=10.0), shuffle=False)
     examples = list(dataset)
     assert [e.emotion for e in examples] == [-100, EMOTIONS.index("sad")]  # unlabeled rows train too
     assert dataset.report.kept == 2
@@ -367,10 +366,33 @@ def test_dataset_drops_and_counts_what_cannot_train(bad_clips, tokenizer):
     assert int((batch.training.speech.labels != -100).sum()) == int((batch.training.text.labels != -100).sum())
 
 
+def test_an_epoch_shuffles_the_whole_manifest_and_ranks_share_it(bad_clips, tokenizer):
+    """A manifest ordered corpus by corpus trains mixed from the first step: the order is a
+    permutation of every row (not a buffer read in file order), the same on every rank, new each epoch."""
+    happy = [_teacher_row(bad_clips / "good.wav", emotion="happy", text=f"happy {i}") for i in range(40)]
+    sad = [_teacher_row(bad_clips / "good.wav", emotion="sad", text=f"sad {i}") for i in range(40)]
+    manifests = [_write_manifest(bad_clips / "a.jsonl", happy), _write_manifest(bad_clips / "b.jsonl", sad)]
+
+    def texts(rank=0, world=1, epoch=0, start=0):
+        dataset = ManifestDataset(manifests, STAGES["stage2"], tokenizer, rank=rank, world_size=world)
+        dataset.set_epoch(epoch, start)
+        return [e.text_row.input_ids for e in dataset]
+
+    order = texts()
+    assert sorted(map(tuple, order)) == sorted(map(tuple, texts(epoch=0)))  # every row once
+    assert len(order) == 80 and order == texts()  # seeded
+    first = [tokenizer.decode(ids) for ids in order[:10]]
+    assert any("sad" in t for t in first) and any("happy" in t for t in first)  # mixed from the start
+    assert texts(epoch=1) != order
+    halves = texts(rank=0, world=2), texts(rank=1, world=2)
+    assert halves[0] == order[0::2] and halves[1] == order[1::2]
+    assert texts(start=30) == order[30:]  # a resumed run reads only the rows after its position
+
+
 def test_warp_augments_each_clip_reproducibly(bad_clips, tokenizer):
     rows = [_teacher_row(bad_clips / "good.wav", emotion="sad"), _teacher_row(bad_clips / "good.wav", emotion="happy")]
     manifest = _write_manifest(bad_clips / "warp.jsonl", rows)
-    examples = list(ManifestDataset([manifest], STAGES["stage2"], tokenizer, DataLimits(), shuffle_buffer=1))
+    examples = list(ManifestDataset([manifest], STAGES["stage2"], tokenizer, DataLimits(), shuffle=False))
     config = tiny.model(tok=tokenizer)[0].config
     plain = Collator(STAGES["stage2"], tokenizer, config)(examples).training.speech
     warped = Collator(STAGES["stage2"], tokenizer, config, warp=0.2)(examples).training.speech

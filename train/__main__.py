@@ -68,7 +68,7 @@ def cmd_stage(args) -> int:
         mixed_precision=args.mixed_precision,
         warmup_type=args.warmup_type,
         limits=DataLimits(args.min_seconds, args.max_seconds, args.max_length),
-        shuffle_buffer=args.shuffle_buffer,
+        shuffle=not args.no_shuffle,
         warp=args.warp,
     )
     train(stage, run)
@@ -179,7 +179,11 @@ def _add_stage(sub, stage: Stage) -> None:
         "--max-seconds", type=float, default=30.0, help="drop longer clips (and those beyond the encoder window)"
     )
     run.add_argument("--max-length", type=int, default=256, help="drop rows whose text sequence has more tokens")
-    run.add_argument("--shuffle-buffer", type=int, default=10_000, help="rows shuffled at a time (1: file order)")
+    run.add_argument(
+        "--no-shuffle",
+        action="store_true",
+        help="train in file order (default: the whole manifest shuffled each epoch)",
+    )
     p.set_defaults(func=cmd_stage, lora_rank=16)
 
 

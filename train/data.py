@@ -1,7 +1,9 @@
 """Training data: teacher-output manifests streamed row by row into `TrainingBatch`es.
 
-Nothing is loaded ahead: lines are read lazily, shuffled in a bounded buffer, and each clip is
-decoded only when its row is reached, so a 1.9M-row manifest costs a few megabytes. Rows that
+Nothing is loaded ahead: each epoch shuffles the place of every line of every manifest (as the
+released run shuffles its whole dataset: a buffer read in file order would train a corpus-ordered
+manifest corpus by corpus while the learning rate decays), then reads each row by its place and
+decodes its clip only when the row is reached, so a 1.9M-row manifest costs tens of megabytes. Rows that
 cannot train are dropped and counted by reason (docs/paper.md §3.5: shorter than 1 s, longer than
 30 s, unreadable, more than 256 text tokens); the run goes on and the report names examples.
 
@@ -29,7 +31,7 @@ from blsp_emo.model.model import SpeechPrompt, TrainingBatch
 from blsp_emo.model.processor import clip_features, pad_rows, speech_lengths
 from blsp_emo.model.tokenizer import IGNORE_INDEX, ChatTokenizer, EncodedPrompt
 from blsp_emo.prompts import Piece, Speech, instruction_pieces, response_pieces
-from train.manifest import TEACHER_KEYS, Row, read_rows
+from train.manifest import TEACHER_KEYS, Row, RowPlace, RowReader, row_places
 from train.stages import Stage
 
 REASONS = ("missing_file", "unreadable", "silent", "too_short", "too_long", "too_many_tokens", "no_target")
@@ -90,18 +92,17 @@ class ManifestDataset(IterableDataset):
         stage: Stage,
         tokenizer: ChatTokenizer,
         limits: DataLimits = DataLimits(),
-        shuffle_buffer: int = 10_000,
+        shuffle: bool = True,
         seed: int = 1,
         rank: int = 0,
         world_size: int = 1,
     ):
-        if shuffle_buffer < 1 or not 0 <= rank < world_size:
-            raise ValueError(
-                f"need shuffle_buffer >= 1 and 0 <= rank < world_size, got {shuffle_buffer}, {rank}, {world_size}"
-            )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got {rank}, {world_size}")
         self.manifests = list(manifests)
         self.stage, self.tokenizer, self.limits = stage, tokenizer, limits
-        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.shuffle, self.seed = shuffle, seed
+        self._places: list[RowPlace] | None = None  # indexed once, on the first pass
         self.rank, self.world_size = rank, world_size
         self.epoch, self.start = 0, 0
         self.report = DataReport()
@@ -113,14 +114,22 @@ class ManifestDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[Example]:
         seed = self.seed * 100_003 + self.epoch  # a different order each epoch, the same on every rank
-        rows = _shuffled(read_rows(self.manifests, TEACHER_KEYS), self.shuffle_buffer, seed)
-        for position, row in enumerate(rows):
-            if position < self.start or position % self.world_size != self.rank:
-                continue  # skipped before decoding: resuming costs a line read per row
-            example = self._example(row, position)
-            if example is not None:
-                self.report.kept += 1
-                yield example
+        if self._places is None:
+            self._places = row_places(self.manifests)
+        order = list(range(len(self._places)))
+        if self.shuffle:
+            random.Random(seed).shuffle(order)
+        read = RowReader(self.manifests, TEACHER_KEYS)
+        try:
+            for position in range(self.start, len(order)):
+                if position % self.world_size != self.rank:
+                    continue  # skipped before reading: resuming costs nothing per skipped row
+                example = self._example(read(self._places[order[position]]), position)
+                if example is not None:
+                    self.report.kept += 1
+                    yield example
+        finally:
+            read.close()
 
     def _example(self, row: Row, position: int) -> Example | None:
         fields = row.fields
@@ -165,21 +174,6 @@ class ManifestDataset(IterableDataset):
             self.report.drop("too_short", f"{path} ({audio.size / SAMPLE_RATE:.2f} s)")
             return None
         return audio
-
-
-def _shuffled(rows: Iterator[Row], buffer_size: int, seed: int) -> Iterator[Row]:
-    """Rows in a seeded buffer-shuffled order; a buffer of 1 keeps the file order."""
-    rng = random.Random(seed)
-    buffer: list[Row] = []
-    for row in rows:
-        if len(buffer) < buffer_size:
-            buffer.append(row)
-            continue
-        i = rng.randrange(buffer_size)
-        yield buffer[i]
-        buffer[i] = row
-    rng.shuffle(buffer)
-    yield from buffer
 
 
 @dataclass(frozen=True)

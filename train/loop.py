@@ -53,7 +53,7 @@ class RunConfig:
     mixed_precision: str = "auto"  # auto: bf16 on a GPU that has it, else no
     warmup_type: str = "log"  # see schedule.py
     limits: DataLimits = field(default_factory=DataLimits)
-    shuffle_buffer: int = 10_000
+    shuffle: bool = True  # over the whole manifest, each epoch
     warp: float = 0.0  # speaker augmentation: each clip's mel axis scaled by 1 +- up to `warp` (VTLP)
 
     def __post_init__(self):
@@ -110,7 +110,7 @@ def train(stage: Stage, run: RunConfig) -> Path:
         stage,
         tokenizer,
         limits,
-        run.shuffle_buffer,
+        run.shuffle,
         stage.seed,
         accelerator.process_index,
         accelerator.num_processes,

@@ -57,6 +57,52 @@ def read_rows(paths: Sequence[str | Path], required: Sequence[str] = RAW_KEYS) -
                     yield _row(path, number, line, required)
 
 
+@dataclass(frozen=True)
+class RowPlace:
+    """Where a row's line starts: enough to read that one row again without reading the others."""
+
+    file: int  # index into the manifest list
+    offset: int  # byte offset of the line
+    line: int  # 1-based, for messages
+
+
+def row_places(paths: Sequence[str | Path]) -> list[RowPlace]:
+    """The place of every non-empty line of every manifest: 24 bytes a row in a tuple, so a
+    1.9M-row corpus indexes in tens of megabytes and can be shuffled as a whole."""
+    places = []
+    for file, path in enumerate(map(Path, paths)):
+        if not path.is_file():
+            raise ManifestError(f"manifest {path} does not exist")
+        with path.open("rb") as f:
+            offset = 0
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    places.append(RowPlace(file, offset, number))
+                offset += len(line)
+    return places
+
+
+class RowReader:
+    """Rows by place (from `row_places` over the same paths), checked like `read_rows`', each
+    manifest opened once for the reader's life."""
+
+    def __init__(self, paths: Sequence[str | Path], required: Sequence[str] = RAW_KEYS):
+        self.paths, self.required = [Path(p) for p in paths], tuple(required)
+        self._files: dict[int, object] = {}
+
+    def __call__(self, place: RowPlace) -> Row:
+        f = self._files.get(place.file)
+        if f is None:
+            f = self._files[place.file] = self.paths[place.file].open("rb")
+        f.seek(place.offset)
+        return _row(self.paths[place.file], place.line, f.readline().decode("utf-8"), self.required)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
 def _row(path: Path, number: int, line: str, required: Sequence[str]) -> Row:
     where = f"{path}:{number}"
     try:
