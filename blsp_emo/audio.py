@@ -7,7 +7,6 @@ says what to do; the CLI and the app show that line, never a traceback.
 from __future__ import annotations
 
 import io
-import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +24,16 @@ MIN_SECONDS = 0.1
 SILENCE_PEAK = 1e-4  # -80 dBFS: quieter than any real microphone's noise floor
 # 30 s of MP3 or AAC at the highest bitrates is under 2 MB; this bounds what the fallback decoders read.
 MAX_OTHER_FORMAT_BYTES = 32 * 2**20
+# Header bounds, checked before a sample is decoded. A 165 kB FLAC of 8 channels at 655,350 Hz lasting
+# 29 s passes the duration check and would decode to 608 MB of float32 (a decompression bomb).
+# 192 kHz is the highest rate of studio interfaces and hi-res files (no microphone records above it),
+# and 8 channels is 7.1 surround, the widest layout an ordinary file carries. Together with the
+# duration limit they bound the samples a clip can have; decoding reads `BLOCK_FRAMES` frames at a
+# time and mixes them to mono as it goes, so what sits in memory is at most one mono clip
+# (30 s x 192 kHz x 4 B = 23 MB) plus one block (64 k frames x 8 channels x 4 B = 2 MB).
+MAX_SAMPLE_RATE = 192_000
+MAX_CHANNELS = 8
+BLOCK_FRAMES = 2**16
 
 
 class AudioError(ValueError):
@@ -51,6 +60,10 @@ class NotAudioError(AudioError):
     pass
 
 
+class AudioFormatError(AudioError):
+    """A sample rate or channel count beyond what any microphone or speech clip has (refused from the header)."""
+
+
 AudioSource = str | Path | bytes | np.ndarray | tuple
 
 
@@ -70,11 +83,13 @@ def load_audio(source: AudioSource, max_seconds: float = MAX_SECONDS, name: str 
         samples, rate = _decode_file(Path(source), max_seconds, name)
     elif isinstance(source, bytes):
         name = name or "uploaded audio"
-        samples, rate = _decode_bytes(source, name)
+        samples, rate = _decode_bytes(source, max_seconds, name)
     elif isinstance(source, tuple):
         rate, samples = source
         name = name or "recorded audio"
-        samples = _to_float(np.asarray(samples))
+        samples = np.asarray(samples)
+        _check_format(name, int(rate), samples.shape[1] if samples.ndim == 2 else 1)
+        samples = _to_float(samples)
     elif isinstance(source, np.ndarray):
         name = name or "waveform"
         samples, rate = _to_float(source), SAMPLE_RATE
@@ -91,47 +106,100 @@ def _decode_file(path: Path, max_seconds: float, name: str) -> tuple[np.ndarray,
     if path.stat().st_size == 0:
         raise EmptyAudioError(f"{name}: the file is empty (0 bytes); record or choose a clip")
     try:
-        info = sf.info(str(path))
-    except Exception:  # libsndfile cannot read it: try librosa's decoders before giving up
+        f = sf.SoundFile(str(path))
+    except Exception:  # libsndfile cannot read it: try the fallback decoders before giving up
         size = path.stat().st_size
-        if size > MAX_OTHER_FORMAT_BYTES:  # librosa's fallback reads the whole file into memory first
+        if size > MAX_OTHER_FORMAT_BYTES:  # bounds what the fallback decoders are given at all
             raise NotAudioError(
                 f"{name}: {size / 2**20:.0f} MB in a format libsndfile cannot read is not a clip of at most "
                 f"{max_seconds:g} s; use a WAV, FLAC, OGG or MP3 clip"
             ) from None
-        return _decode_with_librosa(path, name)
-    # Refuse long files before reading them, so a 2-hour upload costs no memory.
-    if info.frames / info.samplerate > max_seconds:
-        raise _too_long(name, info.frames / info.samplerate, max_seconds)
-    try:
-        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:
-        raise NotAudioError(f"{name}: the audio data is corrupt or truncated ({e})") from e
-    return samples, rate
+        return _decode_other(path, max_seconds, name)
+    with f:
+        return _read_mono(f, max_seconds, name, "the audio data is corrupt or truncated")
 
 
-def _decode_bytes(data: bytes, name: str) -> tuple[np.ndarray, int]:
+def _decode_bytes(data: bytes, max_seconds: float, name: str) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
     if not data:
         raise EmptyAudioError(f"{name}: no audio data (0 bytes)")
     try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        f = sf.SoundFile(io.BytesIO(data))
     except Exception as e:
         raise NotAudioError(f"{name}: not a readable audio file ({e})") from e
-    return samples, rate
+    with f:
+        return _read_mono(f, max_seconds, name, "not a readable audio file")
 
 
-def _decode_with_librosa(path: Path, name: str) -> tuple[np.ndarray, int]:
-    import librosa
+def _check_format(name: str, rate: int, channels: int) -> None:
+    """Refuse, from the header, rates and channel counts no speech clip has (see MAX_SAMPLE_RATE)."""
+    if not 0 < rate <= MAX_SAMPLE_RATE:
+        raise AudioFormatError(
+            f"{name}: a sample rate of {rate:,} Hz is outside the limit of {MAX_SAMPLE_RATE:,} Hz; "
+            f"resample the clip (16 kHz is enough)"
+        )
+    if not 0 < channels <= MAX_CHANNELS:
+        raise AudioFormatError(
+            f"{name}: {channels} channels is more than the limit of {MAX_CHANNELS}; mix the clip down to mono"
+        )
 
+
+def _read_mono(f, max_seconds: float, name: str, corrupt: str) -> tuple[np.ndarray, int]:
+    """An open `soundfile.SoundFile` as mono float32, checked from its header before anything is decoded,
+    then read a block at a time: its channels are never all in memory at once."""
+    rate, channels, frames = int(f.samplerate), int(f.channels), int(f.frames)
+    _check_format(name, rate, channels)
+    # Refuse long files before reading them, so a 2-hour upload costs no memory.
+    if frames > max_seconds * rate:
+        raise _too_long(name, frames / rate, max_seconds)
+    mono = np.empty(frames, np.float32)
+    block = np.empty((min(BLOCK_FRAMES, max(frames, 1)), channels), np.float32)
+    done = 0
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # librosa warns before its audioread fallback
-            samples, rate = librosa.load(str(path), sr=None, mono=False)
+        while done < frames:
+            n = len(f.read(out=block[: frames - done]))
+            if n == 0:
+                break
+            np.mean(block[:n], axis=1, out=mono[done : done + n])
+            done += n
     except Exception as e:
-        raise NotAudioError(f"{name}: not a readable audio file; use WAV, FLAC, OGG or MP3 ({type(e).__name__})") from e
-    return np.atleast_2d(samples).T, rate
+        raise NotAudioError(f"{name}: {corrupt} ({e})") from e
+    return mono[:done], rate
+
+
+def _decode_other(path: Path, max_seconds: float, name: str) -> tuple[np.ndarray, int]:
+    """Formats libsndfile cannot read (AAC, M4A, WebM...), through audioread (ffmpeg), as librosa's
+    fallback decodes them, but checked from the stream's header and mixed to mono a buffer at a time."""
+    import audioread
+
+    unreadable = f"{name}: not a readable audio file; use WAV, FLAC, OGG or MP3"
+    try:
+        f = audioread.audio_open(str(path))
+    except Exception as e:
+        raise NotAudioError(f"{unreadable} ({type(e).__name__})") from e
+    with f:
+        rate, channels, duration = int(f.samplerate), int(f.channels), float(f.duration or 0.0)
+        _check_format(name, rate, channels)
+        if duration > max_seconds + 1.0:  # the header's duration is an estimate; the decoded length decides
+            raise _too_long(name, duration, max_seconds)
+        limit = int((max_seconds + 1.0) * rate)  # a header that lies about the duration stops here
+        parts, frames, rest = [], 0, b""
+        try:
+            for buffer in f:  # 16-bit interleaved PCM; a buffer may end inside a frame
+                data = rest + bytes(buffer)
+                whole = len(data) - len(data) % (2 * channels)
+                rest = data[whole:]
+                block = np.frombuffer(data[:whole], "<i2").reshape(-1, channels)
+                parts.append(block.mean(axis=1, dtype=np.float32) / np.float32(32768.0))
+                frames += len(block)
+                if frames > limit:
+                    raise _too_long(name, max(duration, frames / rate), max_seconds)
+        except AudioError:
+            raise
+        except Exception as e:
+            raise NotAudioError(f"{unreadable} ({type(e).__name__})") from e
+    return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), rate
 
 
 def _to_float(samples: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from blsp_emo.microphone import MicrophoneError, check_input, play, record
 from blsp_emo.options import GenerationOptions
 from blsp_emo.prompts import Turn
 from blsp_emo.systems import SpokenDialogueSystem
+from blsp_emo.systems.base import text_problem
 
 
 def converse(
@@ -61,7 +62,10 @@ def microphone_turns(window_seconds: float, read_line: Callable[[], str] = input
         except EOFError:
             return
         if line.strip():
-            yield line.strip()
+            if problem := text_problem(line.strip()):
+                print(f"error: {problem}", file=out)
+            else:
+                yield line.strip()
             continue
         stop = threading.Event()
         result: list[np.ndarray] = []

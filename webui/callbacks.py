@@ -7,6 +7,9 @@ out. `webui.demo_tabs` lays out the components these handlers write to (`Callbac
 from __future__ import annotations
 
 import html
+import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +21,7 @@ import numpy as np
 from blsp_emo import GenerationOptions, Reply, SpokenDialogueSystem, load_audio
 from blsp_emo.audio import AudioError, to_pcm16
 from blsp_emo.systems import paced
+from blsp_emo.systems.base import PromptTooLongError, TextTooLongError, text_problem
 from blsp_emo.tts import NullSynthesizer, style_for
 
 try:  # ZeroGPU Spaces lend a GPU per call to functions marked with spaces.GPU; elsewhere a no-op
@@ -29,6 +33,14 @@ except ImportError:
 
 
 HEARD_EXCHANGES = 4  # earlier turns stay on screen; every heard clip is encoded again each turn
+# Gradio runs an event's validator when the request arrives, outside the queue and its concurrency
+# limit (in the server's thread pool, 40 threads): decoding is limited here instead. A clip decodes
+# to at most 27 MB at its peak (8 channels at 192 kHz, 29 s; blsp_emo.audio.MAX_SAMPLE_RATE), so this
+# bounds decoding at about 110 MB.
+DECODES_AT_ONCE = 4
+# Clips the validator decoded, kept for the handler that runs next, so an upload is decoded once.
+# Each is at most 30 s of 16 kHz float32 (1.9 MB).
+DECODED_KEPT = 16
 EMOJI = {"neutral": "😐", "happy": "😊", "angry": "😠", "sad": "😢", "surprise": "😮"}
 NO_MODEL = (
     "No model is loaded, so nothing can answer yet. Build the demo-scale models with `python -m train demo` "
@@ -165,6 +177,9 @@ class Callbacks:
         self.systems, self.synthesizer, self.model_label, self.options = systems, synthesizer, model_label, options
         self.stream_interval = stream_interval
         self.ui = SimpleNamespace()  # the components handlers write to, filled in while the page is built
+        self._decoded: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (path, size, mtime, window) -> clip
+        self._decoded_lock = threading.Lock()
+        self._decoding = threading.BoundedSemaphore(DECODES_AT_ONCE)
 
     def system(self, name: str | None) -> SpokenDialogueSystem:
         if not self.systems:
@@ -174,12 +189,30 @@ class Callbacks:
         return self.systems[name] if name else next(iter(self.systems.values()))
 
     def load(self, path: str | None, system: SpokenDialogueSystem) -> np.ndarray:
+        """The clip at `path` for `system`, decoded once per request: the validator decodes it and the
+        handler after it gets the same waveform (the clip is keyed by path, size, mtime and window)."""
         if path is None:
             raise _fail(NO_AUDIO)
         try:
-            return load_audio(path, max_seconds=system.window_seconds, name=Path(path).name)
+            stat = os.stat(path)
+            key = (path, stat.st_size, stat.st_mtime_ns, system.window_seconds)
+        except OSError:
+            key = None  # load_audio names the problem
+        with self._decoded_lock:
+            if key in self._decoded:
+                self._decoded.move_to_end(key)
+                return self._decoded[key]
+        try:
+            with self._decoding:
+                wave = load_audio(path, max_seconds=system.window_seconds, name=Path(path).name)
         except AudioError as e:
             raise _fail(str(e)) from e
+        if key is not None:
+            with self._decoded_lock:
+                self._decoded[key] = wave
+                while len(self._decoded) > DECODED_KEPT:
+                    self._decoded.popitem(last=False)
+        return wave
 
     def audio_problem(self, audio, system_names: Sequence[str | None]) -> str | None:
         """What is wrong with a clip for these systems, or None; validators show it on the audio input."""
@@ -191,8 +224,15 @@ class Callbacks:
         return None
 
     def check_turn(self, audio, text, chat, system_name, *settings) -> list[dict]:
-        spoken = audio is not None  # nothing at all is a notice from `talk`, not a mark on the input
-        return _validation(self.audio_problem(audio, [system_name]) if spoken else None, 4 + len(settings))
+        n_inputs = 4 + len(settings)
+        if audio is None:  # typed (a clip beside text is what is sent); nothing at all is a notice from `talk`
+            problem = text_problem(text)
+            return [
+                gr.validate(True, ""),
+                gr.validate(problem is None, problem or ""),
+                *_validation(None, n_inputs - 2),
+            ]
+        return _validation(self.audio_problem(audio, [system_name]), n_inputs)
 
     def check_respond(self, audio, system_name=None) -> list[dict]:
         return _validation(self.audio_problem(audio, [system_name]), 2)
@@ -207,6 +247,8 @@ class Callbacks:
         system, options = self.system(system_name), _options(*settings)
         if audio is not None:
             wave, typed, shown = self.load(audio, system), None, {"path": audio}
+        elif problem := text_problem(text):
+            raise _fail(problem)
         else:
             wave, typed, shown = None, text, text
         yield from self._turn(system, chat, Exchange(shown, wave, typed, None), options, chat[-1] if chat else None)
@@ -242,9 +284,11 @@ class Callbacks:
                 if not reply.done:  # the end goes out below, with the answered turn in the state
                     sent = True
                     yield update
-        except Exception:
+        except Exception as e:
             if sent:  # the page shows the failed turn: put back what it showed before (as the next turn assumes)
                 yield {ui.chatbot: _messages(before), ui.chat: before, **_shown_outputs(ui, shown)}
+            if isinstance(e, (TextTooLongError, PromptTooLongError)):
+                raise _fail(str(e)) from e
             raise
         if reply is None:
             raise RuntimeError(f"{system.name} streamed no reply")
@@ -282,6 +326,12 @@ class Callbacks:
 
     def speak_last(self, chat: Chat, enabled: bool = True):
         return self.speak(chat[-1].reply if chat else None, enabled)
+
+    def voice_typed(self, text: str, emotion: str | None):
+        """The Voices tab: typed text, bounded as a typed turn is (speech of 100,000 characters is hours long)."""
+        if problem := text_problem(text):
+            raise _fail(problem)
+        return self.voice(text, emotion)
 
     def voice(self, text: str, emotion: str | None, enabled: bool = True):
         """`text` spoken in the style for a user heard as `emotion`, and a line naming the style and why."""

@@ -192,4 +192,4 @@ def voices_tab(cb: Callbacks) -> None:
         emotion = gr.Radio([e for e in STYLES if e], value="sad", label="As if you sounded", scale=2)
         go = gr.Button("Hear it", scale=1)
     audio, note = gr.Audio(label="Spoken", type="numpy", format="wav", autoplay=True), gr.Markdown()
-    go.click(cb.voice, [text, emotion], [audio, note], api_visibility="private")
+    go.click(cb.voice_typed, [text, emotion], [audio, note], api_visibility="private")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +17,32 @@ from blsp_emo.options import GenerationOptions
 from blsp_emo.prompts import Turn
 
 if TYPE_CHECKING:  # a server of remote systems never loads a tokenizer
-    from blsp_emo.model.tokenizer import ChatTokenizer
+    from blsp_emo.model.tokenizer import ChatTokenizer, EncodedPrompt
+
+# A typed turn's limit in characters. A 30 s spoken turn is about 80 words (450 characters); 2,000
+# characters is a long paragraph (about 350 words, some 500 Qwen tokens), well inside the prompt
+# window below. Unbounded text cost quadratically: 100,000 characters made a worker try to allocate
+# 40 GB, and 50,000 took 2.7 GB and 17 s.
+MAX_TEXT_CHARS = 2_000
+# The prompt's limit in tokens: the released chat demo's `max_window_size` (docs/paper.md §2.4, §6), which
+# leaves Qwen-7B-Chat's 8,192 positions room for the reply. A model with a shorter context gets its
+# context less the reply's `max_new_tokens`. Earlier turns are dropped, oldest first, to fit.
+MAX_PROMPT_TOKENS = 6_144
+
+
+class TextTooLongError(ValueError):
+    """A typed turn longer than `MAX_TEXT_CHARS`; its message is user-facing."""
+
+
+class PromptTooLongError(ValueError):
+    """The current turn alone does not fit the prompt window; its message is user-facing."""
+
+
+def text_problem(text: str | None) -> str | None:
+    """What is wrong with a typed message's length, as one line, or None."""
+    if text is not None and len(text) > MAX_TEXT_CHARS:
+        return f"Your message is {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,} — shorten it."
+    return None
 
 
 @dataclass(frozen=True)
@@ -180,12 +205,55 @@ class LocalSystem(SpokenDialogueSystem):
         if (audio is None) == (text is None):
             raise ValueError("give exactly one of audio or text for the user turn")
         if text is not None:
+            if problem := text_problem(text):
+                raise TextTooLongError(problem)
             if not text.strip():
                 raise ValueError("the message is empty; type something or record audio")
             return Turn("user", text.strip())
         return Turn("user", audio=load_audio(audio, max_seconds=self.window_seconds))
 
     tokenizer: ChatTokenizer
+
+    def context_tokens(self) -> int | None:
+        """How many positions the LLM has (None: unknown; `MAX_PROMPT_TOKENS` alone bounds the prompt)."""
+        return None
+
+    def _fit_prompt(
+        self,
+        turn: Turn,
+        history: tuple[Turn, ...],
+        options: GenerationOptions,
+        encode: Callable[[tuple[Turn, ...]], EncodedPrompt],
+    ) -> tuple[tuple[Turn, ...], EncodedPrompt]:
+        """The history that fits the prompt window with `turn`, and the prompt `encode` makes of both.
+
+        The one place every local system bounds its prompt: whole exchanges are dropped, oldest first
+        (the released demo trims its history to fit 6,144 tokens too), and a turn that does not fit on
+        its own is refused with `PromptTooLongError`. `encode(turns)` encodes the prompt of those turns.
+        """
+        context = self.context_tokens()
+        limit = MAX_PROMPT_TOKENS if context is None else min(MAX_PROMPT_TOKENS, context - options.max_new_tokens)
+        encoded = encode((*history, turn))
+        if len(encoded.input_ids) <= limit:
+            return history, encoded
+        # Cut only where a user turn starts; fewer turns never make a longer prompt, so bisect.
+        starts = [i for i, t in enumerate(history) if t.role == "user" and i > 0] + [len(history)]
+        alone = encode((turn,))
+        if len(alone.input_ids) > limit:
+            raise PromptTooLongError(
+                f"This turn alone is {len(alone.input_ids):,} tokens; the model's prompt limit is "
+                f"{max(limit, 0):,} tokens — shorten it{' or lower max new tokens' if context else ''}."
+            )
+        low, high, best = 0, len(starts) - 1, (len(history), alone)
+        while low <= high:
+            mid = (low + high) // 2
+            kept = history[starts[mid] :]
+            encoded = encode((*kept, turn))
+            if len(encoded.input_ids) <= limit:
+                best, high = (starts[mid], encoded), mid - 1
+            else:
+                low = mid + 1
+        return history[best[0] :], best[1]
 
     @abstractmethod
     def _answer(

@@ -46,16 +46,23 @@ class BlspSystem(LocalSystem):
         self.prefix_cache = prefix_cache  # None: every turn re-encodes the whole history
         self.decoder = decoder  # None: `decode` in the caller's thread
 
+    def context_tokens(self) -> int | None:
+        return self.model.llm.config.max_position_embeddings
+
     @torch.inference_mode()
     def _answer(
         self, turn: Turn, history: tuple[Turn, ...], options: GenerationOptions, seed: int
     ) -> tuple[Heard, Iterator[int]]:
-        turns = (*history, turn)
-        clips = [t.audio for t in turns if t.role == "user" and t.audio is not None]
         config = self.model.config
-        encoded = self.tokenizer.encode_pieces(
-            chat_pieces(self.system_prompt, turns), speech_lengths(frame_counts(clips, config), config)
-        )
+
+        def encode(turns: tuple[Turn, ...]):
+            clips = _clips(turns)
+            return self.tokenizer.encode_pieces(
+                chat_pieces(self.system_prompt, turns), speech_lengths(frame_counts(clips, config), config)
+            )
+
+        history, encoded = self._fit_prompt(turn, history, options, encode)
+        clips = _clips((*history, turn))
         sequence = TokenSequence.of(encoded.input_ids, encoded.speech_mask, clips)
         reused, cache = self.prefix_cache.lookup(sequence, self.model.llm.config) if self.prefix_cache else (0, None)
         # Encode only clips not wholly in the reused prefix, and the current one for the emotion head.
@@ -78,6 +85,10 @@ class BlspSystem(LocalSystem):
                 prompt, rows, options, self.tokenizer.stop_ids, seed, cache, on_done, self.decoder
             ),
         )
+
+
+def _clips(turns: tuple[Turn, ...]) -> list:
+    return [t.audio for t in turns if t.role == "user" and t.audio is not None]
 
 
 def _speech_after(

@@ -53,6 +53,9 @@ class CascadeSystem(LocalSystem):
             return Turn("user", CASCADE_SER_USER.format(emotion=turn.emotion, transcript=turn.text))
         return Turn(turn.role, turn.text)
 
+    def context_tokens(self) -> int | None:
+        return self.llm.config.max_position_embeddings
+
     @torch.inference_mode()
     def _answer(
         self, turn: Turn, history: tuple[Turn, ...], options: GenerationOptions, seed: int
@@ -60,8 +63,15 @@ class CascadeSystem(LocalSystem):
         heard = self._hear(turn)
         if turn.audio is not None:
             turn = Turn("user", heard.transcript or "", None, heard.emotion)
-        pieces = chat_pieces(self.system_prompt, [self._as_text(t) for t in (*history, turn)], speech_turns=False)
-        sequence = TokenSequence(tuple(self.tokenizer.encode_pieces(pieces).input_ids), (), ())
+        history, encoded = self._fit_prompt(
+            turn,
+            history,
+            options,
+            lambda turns: self.tokenizer.encode_pieces(
+                chat_pieces(self.system_prompt, [self._as_text(t) for t in turns], speech_turns=False)
+            ),
+        )
+        sequence = TokenSequence(tuple(encoded.input_ids), (), ())
         reused, cache = self.prefix_cache.lookup(sequence, self.llm.config) if self.prefix_cache else (0, None)
         cache = cache if cache is not None else new_cache(self.llm)
         ids = torch.tensor([sequence.ids[reused:]], device=self.llm.device)
