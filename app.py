@@ -96,6 +96,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help=f"ratings database (default: ${DB_ENV}, else {DEFAULT_DB}); put it on a mounted volume",
     )
+    p.add_argument(
+        "--study-invite",
+        default=None,
+        help="invitation code raters must give to begin (default: $BLSP_EMO_STUDY_INVITE; none: anyone may rate)",
+    )
     return p.parse_args(argv)
 
 

@@ -1,6 +1,7 @@
 """The Rate and Results tabs in the app: the JSON API through gradio_client, and a rater in a real browser."""
 
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,9 +63,12 @@ def test_api_rater_sees_blind_replies_then_the_reveal(server, runner):
     begin = client.predict(True, False, api_name="/study_begin")
     assert begin["trials"] == 2
     plan = runner.store.plan(begin["rater_id"])
+    view0 = None
     for trial in plan:
         view = client.predict(begin["rater_id"], trial.index, api_name="/study_trial")
         assert not any(name in str(view) for name in SYSTEMS)
+        time.sleep(view["listen_seconds"])  # the clips' length: a sooner 'played' is refused
+        client.predict(begin["rater_id"], trial.index, view["key"], api_name="/study_played")
         answer = client.predict(
             begin["rater_id"],
             trial.index,
@@ -79,10 +83,15 @@ def test_api_rater_sees_blind_replies_then_the_reveal(server, runner):
             api_name="/study_submit",
         )
         assert answer["status"] == "stored" and (answer["a"], answer["b"]) == (trial.system_a, trial.system_b)
-    again = client.predict(begin["rater_id"], 0, "another-key", 0.0, 1, 1, 1, 1, "B", "", api_name="/study_submit")
+        view0 = view0 or view
+    again = client.predict(begin["rater_id"], 0, view0["key"], 0.0, 1, 1, 1, 1, "B", "", api_name="/study_submit")
     assert again["status"] == "duplicate" and again["next_trial"] is None
+    with pytest.raises(AppError, match="not issued") as refused:  # a key it was not handed out with
+        client.predict(begin["rater_id"], 0, "another-key", 0.0, 1, 1, 1, 1, "B", "", api_name="/study_submit")
+    assert not any(name in str(refused.value) for name in SYSTEMS)
     rows = [r for r in runner.store.ratings() if r["rater_id"] == begin["rater_id"]]
     assert [r["preference"] for r in rows] == ["A", "A"] and rows[0]["reason"] == "warmer"
+    assert all(r["listened"] == 1 for r in rows)  # the server saw the clips played
     with pytest.raises(AppError, match="no trial|outside"):
         client.predict(begin["rater_id"], 7, api_name="/study_trial")
 

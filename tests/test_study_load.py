@@ -174,6 +174,7 @@ def test_report_on_the_load_test_ratings_writes_tables_and_plots(setup):
             "200",
         ],
         cwd=ROOT,
+        env={**os.environ, "BLSP_EMO_ADMIN_TOKEN": TOKEN},  # the report, like the export, is for the admin
         capture_output=True,
         text=True,
         timeout=300,

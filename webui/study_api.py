@@ -22,22 +22,43 @@ def _fail(message: str) -> gr.Error:
     return gr.Error(html.escape(message, quote=False), print_exception=False)
 
 
-def api(runner: StudyRunner) -> None:
-    """JSON endpoints for scripted raters (the load test): the same runner calls as the page."""
+def client_address(request: gr.Request | None) -> str | None:
+    """The caller's address, for the per-address cap on new raters (counted in memory, never stored)."""
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None)
 
-    def study_begin(consent: bool, keep_audio: bool = False) -> dict:
-        """Take part: returns a new anonymous rater id and the number of trials."""
+
+def api(runner: StudyRunner) -> None:
+    """JSON endpoints for scripted raters (the load test): the same runner calls as the page.
+
+    The server accepts only what it handed out: a trial must be fetched (`/study_trial`, which
+    issues its key and records when it was shown) before `/study_submit` takes it with that key,
+    and `/study_played` is refused until the clips could have been played to the end; ratings
+    without it are stored flagged and left out of the analysis.
+    """
+
+    def study_begin(consent: bool, keep_audio: bool = False, invite: str = "", request: gr.Request = None) -> dict:
+        """Take part: returns a new anonymous rater id and the number of trials (`invite`: the code, when set)."""
         try:
-            rater_id, plan = runner.begin(consent, keep_audio)
+            rater_id, plan = runner.begin(consent, keep_audio, client=client_address(request), invite=invite)
         except PermissionError as e:
             raise _fail(str(e)) from e
         return {"rater_id": rater_id, "study_id": runner.config.id, "trials": len(plan)}
 
     def study_trial(rater_id: str, trial: int) -> dict:
-        """Trial `trial` (0-based) of a rater: the clip id and replies A and B, with the key to submit with."""
+        """Trial `trial` (0-based) of a rater: the clip id and replies A and B, the key to submit with,
+        the server's shown-at time and how long the clips last."""
         try:
             return runner.view(rater_id, int(trial)).to_json()
         except LookupError as e:
+            raise _fail(str(e)) from e
+
+    def study_played(rater_id: str, trial: int, key: str) -> dict:
+        """The trial's clips were played to the end (refused sooner after fetching than they last)."""
+        try:
+            runner.trial(rater_id, int(trial))
+            return {"played_at": runner.played(rater_id, int(trial), key)}
+        except (LookupError, ValueError, PermissionError) as e:
             raise _fail(str(e)) from e
 
     def study_submit(
@@ -52,12 +73,15 @@ def api(runner: StudyRunner) -> None:
         preference: str,
         reason: str = "",
     ) -> dict:
-        """Store one trial's ratings once (same key or trial again: 'duplicate'); reveals A and B."""
+        """Store one fetched trial's ratings once, with the key it was issued with (again: 'duplicate');
+        reveals A and B only once this rater's rating of this trial is stored. `shown_at` is ignored
+        (the server's is stored)."""
+        del shown_at  # the server recorded when it handed the trial out
         try:
-            view = replace(runner.view(rater_id, int(trial)), key=key, shown_at=float(shown_at))
+            view = replace(runner.issued_view(rater_id, int(trial)), key=key)
             scores = {"empathy_a": empathy_a, "quality_a": quality_a, "empathy_b": empathy_b, "quality_b": quality_b}
-            return runner.submit(view, scores, preference, reason, listened=False).to_json()
-        except (LookupError, ValueError) as e:
+            return runner.submit(view, scores, preference, reason).to_json()
+        except (LookupError, ValueError, PermissionError) as e:
             raise _fail(str(e)) from e
 
     def study_audit(token: str) -> dict:
@@ -69,5 +93,5 @@ def api(runner: StudyRunner) -> None:
         counts = runner.store.assignment_counts(runner.config.id)
         return {"keys": runner.store.key_counts(), "assignment": balance(counts, runner.config)}
 
-    for fn in (study_begin, study_trial, study_submit, study_audit):
+    for fn in (study_begin, study_trial, study_played, study_submit, study_audit):
         gr.api(fn, api_name=fn.__name__, **STUDY_QUEUE)

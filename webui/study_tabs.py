@@ -22,6 +22,7 @@ from blsp_emo.study import (
     AdminTokenError,
     StudyConfig,
     StudyConfigError,
+    StudyLimits,
     StudyRunner,
     StudyStore,
     StudyStoreError,
@@ -32,7 +33,7 @@ from blsp_emo.study import (
     start_upload,
     write_report,
 )
-from webui.study_api import STUDY_QUEUE, _fail, api
+from webui.study_api import STUDY_QUEUE, _fail, api, client_address
 
 SIDES = "AB"
 PREFERENCE_CHOICES = [("A is better", "A"), ("B is better", "B"), ("Tie", "tie"), ("Both are bad", "both-bad")]
@@ -114,6 +115,12 @@ class RateTab:
             self.agree = gr.Checkbox(label="I agree to take part and to the storage described above")
             self.keep = gr.Checkbox(
                 label="Keep my own recordings for the researchers (optional)", visible=cfg.allow_own_recording
+            )
+            self.invite = gr.Textbox(
+                label="Invitation code",
+                type="password",
+                visible=bool(self.runner.limits.invite),
+                elem_id="study-invite",
             )
             self.start = gr.Button("Start the study", variant="primary")
         with gr.Column(visible=False, elem_id="study-trial") as self.trial_box:
@@ -210,11 +217,19 @@ class RateTab:
             self.lock: lock,
         }
 
-    def begin(self, agree: bool, keep: bool, profile: gr.OAuthProfile | None = None):
-        # Gradio passes the signed-in user on a Space with `hf_oauth: true`, None elsewhere.
+    def begin(
+        self,
+        agree: bool,
+        keep: bool,
+        profile: gr.OAuthProfile | None = None,
+        invite: str = "",
+        request: gr.Request = None,
+    ):
+        # Gradio passes the signed-in user on a Space with `hf_oauth: true`, None elsewhere, and the request
+        # (its address counts toward the cap on new raters per address, in memory only).
         login = profile.get("preferred_username") if profile else None
         try:
-            rater_id, plan = self.runner.begin(agree, keep, login=login)
+            rater_id, plan = self.runner.begin(agree, keep, login=login, client=client_address(request), invite=invite)
         except PermissionError as e:
             return _notice(str(e))
         done = self.runner.store.submitted_trials(rater_id)
@@ -226,8 +241,14 @@ class RateTab:
     def heard(self, what: str, state: RaterState | None):
         if state is None:
             return gr.skip()
-        state = replace(state, heard=state.heard | {what})
-        return {self.state: state, **self._unlock(state)}
+        heard = replace(state, heard=state.heard | {what})
+        if _needed(heard.view) <= heard.heard and not heard.submitted:
+            try:  # the server's own record: refused if the clips cannot have been played to the end yet
+                self.runner.played(heard.view.rater_id, heard.view.index, heard.view.key)
+            except (LookupError, PermissionError) as e:
+                gr.Warning(html.escape(str(e), quote=False))
+                return {self.state: state, **self._unlock(state)}  # still locked: play it again to the end
+        return {self.state: heard, **self._unlock(heard)}
 
     def answer_own(self, audio, state: RaterState):
         if state is None or state.submitted:
@@ -238,7 +259,10 @@ class RateTab:
             view = self.runner.view(state.view.rater_id, state.view.index, own_audio=audio)
         except (ValueError, PermissionError) as e:
             return _notice(str(e))
-        return self._show(RaterState(view, frozenset({"stimulus"}), own_audio=audio))  # they made the clip
+        state = RaterState(view, frozenset({"stimulus"}), own_audio=audio)  # they made the clip
+        if _needed(view) <= state.heard:  # nothing else to hear: the server records the play now
+            self.runner.played(view.rater_id, view.index, view.key)
+        return self._show(state)
 
     def send(self, state: RaterState | None, *answers):
         if state is None:
@@ -255,9 +279,12 @@ class RateTab:
         if not _needed(state.view) <= state.heard:
             return _notice(LOCKED.format(""))
         keys = [f"{q.id}_{s.lower()}" for s in SIDES for q in self.runner.config.questions]
-        result = self.runner.submit(
-            state.view, dict(zip(keys, scores)), preference, reason, listened=True, own_audio=state.own_audio
-        )
+        try:
+            result = self.runner.submit(
+                state.view, dict(zip(keys, scores)), preference, reason, own_audio=state.own_audio
+            )
+        except (LookupError, ValueError, PermissionError) as e:  # refused (too fast, …): nothing was stored
+            return _notice(str(e))
         state = replace(state, submitted=True)
         again = "" if result.stored else " (this trial was already recorded; it counts once)"
         finished = result.next_trial is None
@@ -300,7 +327,7 @@ class RateTab:
             self.next,
         ]
         quiet = {"api_visibility": "private", "show_progress": "hidden", **STUDY_QUEUE}
-        self.start.click(self.begin, [self.agree, self.keep], shown, **quiet)
+        self.start.click(self.begin, [self.agree, self.keep, self.invite], shown, **quiet)
         unlock = [self.state, *self.inputs, self.submit, self.lock]
         self.stimulus.stop(lambda s: self.heard("stimulus", s), [self.state], unlock, **quiet)
         for side, speech in zip(SIDES, self.speeches):
@@ -327,12 +354,13 @@ class ResultsTab:
         with gr.Row(equal_height=True):
             token = gr.Textbox(type="password", label="Admin token", scale=3, elem_id="admin-token")
             show = gr.Button("Show results", variant="primary", scale=1)
+        unplayed = gr.Checkbox(label="Also count ratings whose audio was not played (left out by default)")
         summary = gr.Markdown(elem_id="study-results")
         plots = gr.Gallery(label="Plots", columns=2, height="auto", object_fit="contain", visible=False)
         export = gr.File(label="ratings.csv (every rating)", visible=False)
-        show.click(self.show, [token], [summary, plots, export], api_visibility="private")
+        show.click(self.show, [token, unplayed], [summary, plots, export], api_visibility="private")
 
-    def show(self, token: str):
+    def show(self, token: str, include_unplayed: bool = False):
         try:
             check_admin(token)
         except AdminTokenError as e:
@@ -340,7 +368,9 @@ class ResultsTab:
         out = tempfile.mkdtemp(prefix="blsp-emo-report-")
         rows = self.runner.store.ratings(self.runner.config.id)
         counts = self.runner.store.assignment_counts(self.runner.config.id)
-        report = write_report(rows, out, n_boot=500, assignment=balance(counts, self.runner.config))
+        report = write_report(
+            rows, out, n_boot=500, assignment=balance(counts, self.runner.config), include_unplayed=include_unplayed
+        )
         csv_path = f"{out}/ratings.csv"
         self.runner.store.export_csv(csv_path, self.runner.config.id)
         body = report.markdown.split("\n![")[0]  # the plots go to the gallery
@@ -363,8 +393,10 @@ def runner_from_args(args, config: StudyConfig | None, systems, synthesizer) -> 
         )
         return None
     try:
-        runner = StudyRunner(config, systems, StudyStore.from_env(args.study_db), synthesizer)
-    except (StudyConfigError, StudyStoreError, AudioError) as e:
+        # --study-invite (when app.py has it) or $BLSP_EMO_STUDY_INVITE: the code a rater must give to begin
+        limits = StudyLimits.from_env(invite=getattr(args, "study_invite", None))
+        runner = StudyRunner(config, systems, StudyStore.from_env(args.study_db), synthesizer, limits)
+    except (StudyConfigError, StudyStoreError, AudioError, ValueError) as e:
         sys.exit(f"error: study: {e}")
     try:
         settings = UploadSettings.from_env()
@@ -376,7 +408,8 @@ def runner_from_args(args, config: StudyConfig | None, systems, synthesizer) -> 
             "token (HF_TOKEN); or unset BLSP_EMO_STUDY_UPLOAD_REPO"
         )
     threading.Thread(target=runner.warm, name="study-warm", daemon=True).start()  # replies ready for rater one
-    print(f"study {config.id!r}: ratings in {runner.store.path}", file=sys.stderr)
+    invite = "; an invitation code is needed to begin" if limits.invite else ""
+    print(f"study {config.id!r}: ratings in {runner.store.path}{invite}", file=sys.stderr)
     return runner
 
 

@@ -1,9 +1,10 @@
 """`study loadtest`: N simulated raters take the app's study at once through its JSON API.
 
 Each rater is a thread with its own `gradio_client.Client`: consent, then every trial of its plan
-(fetch, rate at random, submit), submitting its first trial twice as a double click would. A
-request that fails because the server went away is retried (with a new client) until the
-deadline, so the test also shows what a restart loses. Loopback addresses only.
+(fetch, wait as long as the clips last, report them played, rate at random, submit), submitting
+its first trial twice as a double click would. A request that fails because the server went away
+is retried (with a new client) until the deadline, so the test also shows what a restart loses.
+Loopback addresses only.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ class _Rater:
         begin = self.call("/study_begin", True, False)
         for trial in range(begin["trials"]):
             view = self.call("/study_trial", begin["rater_id"], trial)
+            time.sleep(view.get("listen_seconds", 0))  # "listen" to the clips: the server refuses a sooner 'played'
+            self.call("/study_played", begin["rater_id"], trial, view["key"])
             prefer = self.rng.choice(["A", "B", "A", "B", "tie", "both-bad"])
             scores = [self.rng.randint(0, 10) for _ in range(4)]
             args = (begin["rater_id"], trial, view["key"], view["shown_at"], *scores, prefer, "simulated rater")

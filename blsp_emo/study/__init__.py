@@ -13,23 +13,37 @@ from blsp_emo.study.access import ADMIN_TOKEN_ENV, AdminTokenError, check_admin
 from blsp_emo.study.assign import OWN_RECORDING, Trial, balance, plan_trials
 from blsp_emo.study.config import DEFAULT_STUDY, StudyConfig, StudyConfigError
 from blsp_emo.study.report import Report, write_report
-from blsp_emo.study.session import ReplyCache, StudyRunner, Submitted, TrialView
-from blsp_emo.study.store import DB_ENV, DEFAULT_DB, SCHEMA_VERSION, Rating, StudyStore, StudyStoreError
+from blsp_emo.study.schema import SCHEMA_VERSION, StudyStoreError
+from blsp_emo.study.session import INVITE_ENV, ReplyCache, StudyLimits, StudyRunner, Submitted, TrialView
+from blsp_emo.study.store import (
+    ABANDON_SECONDS,
+    DB_ENV,
+    DEFAULT_DB,
+    RateLimited,
+    Rating,
+    StudyRefusal,
+    StudyStore,
+)
 from blsp_emo.study.upload import UploadSettings, start_upload
 
 __all__ = [
+    "ABANDON_SECONDS",
     "ADMIN_TOKEN_ENV",
     "AdminTokenError",
     "DB_ENV",
     "DEFAULT_DB",
     "DEFAULT_STUDY",
+    "INVITE_ENV",
     "OWN_RECORDING",
+    "RateLimited",
     "Rating",
     "ReplyCache",
     "Report",
     "SCHEMA_VERSION",
     "StudyConfig",
     "StudyConfigError",
+    "StudyLimits",
+    "StudyRefusal",
     "StudyRunner",
     "StudyStore",
     "StudyStoreError",

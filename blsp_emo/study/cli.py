@@ -44,13 +44,16 @@ def cmd_report(args) -> int:
     from blsp_emo.study.assign import balance
     from blsp_emo.study.report import write_report
 
+    _admin(args)
     store = _db(args)
     rows = store.ratings(args.study)
     assignment = None
     if args.config:
         config = StudyConfig.load(args.config)
         assignment = balance(store.assignment_counts(config.id), config)
-    report = write_report(rows, args.out, n_boot=args.bootstrap, seed=args.seed, assignment=assignment)
+    report = write_report(
+        rows, args.out, args.bootstrap, args.seed, assignment=assignment, include_unplayed=args.include_unplayed
+    )
     print(report.markdown)
     print(f"wrote {', '.join(p.name for p in (*report.tables, *report.plots))} in {args.out}", file=sys.stderr)
     return 0
@@ -80,13 +83,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", help="only this study id")
     p.add_argument("--token", help=token_help)
     p.set_defaults(func=_guarded(cmd_export))
-    p = cmds.add_parser("report", help="tables, Bradley–Terry, agreement and PNG plots into a folder")
+    p = cmds.add_parser(
+        "report", help="tables, Bradley–Terry, agreement and PNG plots into a folder (needs the admin token)"
+    )
     p.add_argument("--db", help=f"ratings database (default: ${DB_ENV}, else {DEFAULT_DB})")
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--study", help="only this study id")
     p.add_argument("--config", help="the study file, to report how balanced the assignment was")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--include-unplayed",
+        action="store_true",
+        help="also count ratings whose audio the server never saw played (left out by default)",
+    )
+    p.add_argument("--token", help=token_help)
     p.set_defaults(func=_guarded(cmd_report))
     p = cmds.add_parser("loadtest", help="N simulated raters through a running app's study at once (loopback)")
     p.add_argument("--url", required=True, help="the app, e.g. http://127.0.0.1:7860/")

@@ -36,13 +36,37 @@ def analyse(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     }
 
 
+def split_unplayed(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(played, unplayed): ratings whose clips the server saw played, and the rest (flagged `listened` 0).
+
+    Rows without the field (synthetic or hand-made tables) count as played.
+    """
+    played, unplayed = [], []
+    for r in rows:
+        (unplayed if r.get("listened", 1) in (0, False, "0", "False", "") else played).append(r)
+    return played, unplayed
+
+
 def write_report(
-    rows: list[dict], out: str | Path, n_boot: int = 1000, seed: int = 0, assignment: dict | None = None
+    rows: list[dict],
+    out: str | Path,
+    n_boot: int = 1000,
+    seed: int = 0,
+    assignment: dict | None = None,
+    include_unplayed: bool = False,
 ) -> Report:
-    """Analyse `rows` (export rows) and write tables, plots and report.md into `out`."""
+    """Analyse `rows` (export rows) and write tables, plots and report.md into `out`.
+
+    Ratings whose audio the server never saw played are left out unless `include_unplayed`; the
+    report says how many.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    played, unplayed = split_unplayed(rows)
+    if not include_unplayed:
+        rows = played
     summary = analyse(rows, n_boot, seed)
+    summary["unplayed"] = {"ratings": len(unplayed), "included": include_unplayed}
     if assignment is not None:
         summary["assignment"] = assignment
     tables = (
@@ -114,6 +138,17 @@ def to_markdown(summary: dict, plots: list[str] = ()) -> str:
         f"{p['both_bad']} | {p['win_rate_1']:.2f} |"
         for p in summary["pairwise"]
     ]
+    unplayed = summary.get("unplayed") or {}
+    if unplayed.get("ratings"):
+        lines += [
+            "",
+            f"{_n(unplayed['ratings'], 'rating')} whose audio was not played "
+            + (
+                "are included above."
+                if unplayed["included"]
+                else "left out (the server never saw the clips played; `--include-unplayed` counts them)."
+            ),
+        ]
     agree = summary.get("agreement") or {}
     if agree:
         lines += [

@@ -4,79 +4,48 @@ Every write is one `BEGIN IMMEDIATE … COMMIT` on its own connection, with `syn
 rating is on disk before the rater sees it acknowledged, and a killed server loses nothing that
 was acknowledged. The idempotency key (and one rating per rater and trial) make a double click, a
 retried request or a resubmitted page record once.
+
+The server accepts only what it handed out (`submit_issued`): a trial is *issued* to its rater when
+first shown, with a random key and the server's own shown-at time (`issue`); a rating must carry
+that key, takes its shown-at time from the issue, and is flagged unless the server saw the clip
+played for as long as it lasts (`mark_played`). Plans whose rater went quiet for `ABANDON_SECONDS`
+stop counting in the balancing, except for the trials they rated.
 """
 
 from __future__ import annotations
 
 import csv
+import hmac
 import os
 import random
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from blsp_emo.study.assign import Condition, Trial, plan_trials
 from blsp_emo.study.config import PREFERENCES, SCALE, StudyConfig
+from blsp_emo.study.schema import StudyStoreError, migrate
 
-SCHEMA_VERSION = 1
+# A plan whose rater did nothing (no trial shown, played or rated) for 30 minutes is abandoned: its
+# unrated trials stop counting in the pair balancing. A trial takes a minute or two and a plan a
+# few, so 30 minutes is far beyond a rater who is still at it, yet short enough that a burst of
+# begun-and-dropped plans cannot steer which pairs the next raters see for long.
+ABANDON_SECONDS = 30 * 60
+PLAY_SLACK_SECONDS = 0.25  # a clip reported played this much before its length is up still counts
 DEFAULT_DB = Path("runs") / "study" / "ratings.sqlite"
 DB_ENV = "BLSP_EMO_STUDY_DB"
 
-_SCHEMA = """
-CREATE TABLE raters (
-    rater_id TEXT PRIMARY KEY,
-    study_id TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    consent_audio INTEGER NOT NULL CHECK (consent_audio IN (0, 1))
-);
-CREATE TABLE assignments (
-    rater_id TEXT NOT NULL REFERENCES raters(rater_id),
-    trial INTEGER NOT NULL,
-    study_id TEXT NOT NULL,
-    stimulus TEXT NOT NULL,
-    pair_first TEXT NOT NULL,
-    pair_second TEXT NOT NULL,
-    swapped INTEGER NOT NULL CHECK (swapped IN (0, 1)),
-    PRIMARY KEY (rater_id, trial)
-);
-CREATE INDEX assignments_by_study ON assignments (study_id);
-CREATE TABLE ratings (
-    id INTEGER PRIMARY KEY,
-    idempotency_key TEXT NOT NULL UNIQUE,
-    study_id TEXT NOT NULL,
-    rater_id TEXT NOT NULL REFERENCES raters(rater_id),
-    trial INTEGER NOT NULL,
-    stimulus TEXT NOT NULL,
-    system_a TEXT NOT NULL,
-    system_b TEXT NOT NULL,
-    swapped INTEGER NOT NULL,
-    empathy_a INTEGER NOT NULL CHECK (empathy_a BETWEEN 0 AND 10),
-    quality_a INTEGER NOT NULL CHECK (quality_a BETWEEN 0 AND 10),
-    empathy_b INTEGER NOT NULL CHECK (empathy_b BETWEEN 0 AND 10),
-    quality_b INTEGER NOT NULL CHECK (quality_b BETWEEN 0 AND 10),
-    preference TEXT NOT NULL CHECK (preference IN ('A', 'B', 'tie', 'both-bad')),
-    winner TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    reply_a TEXT NOT NULL,
-    reply_b TEXT NOT NULL,
-    revision_a TEXT NOT NULL,
-    revision_b TEXT NOT NULL,
-    shown_at REAL NOT NULL,
-    submitted_at REAL NOT NULL,
-    rating_seconds REAL NOT NULL,
-    listened INTEGER NOT NULL,
-    audio_path TEXT,
-    UNIQUE (rater_id, trial)
-);
-CREATE INDEX ratings_by_study ON ratings (study_id);
-"""
+
+class StudyRefusal(PermissionError):
+    """A submission or call the server does not accept (not issued, forged key, too fast); says why."""
 
 
-class StudyStoreError(RuntimeError):
-    """A database this code cannot use (newer schema, unwritable path); the message says which and why."""
+class RateLimited(StudyRefusal):
+    """Too many requests from one rater or client address; the message says when to try again."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +103,7 @@ class StudyStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._transaction() as db:
-                self._migrate(db)
+                migrate(db)
         except (sqlite3.Error, OSError) as e:
             raise StudyStoreError(
                 f"study database {self.path}: {e}; pass --study-db PATH (or set {DB_ENV}) to a writable file"
@@ -165,19 +134,6 @@ class StudyStore:
         finally:
             db.close()
 
-    def _migrate(self, db: sqlite3.Connection) -> None:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StudyStoreError(
-                f"schema version {version} was written by a newer blsp_emo (this one reads "
-                f"≤ {SCHEMA_VERSION}); upgrade, or use another --study-db"
-            )
-        if version == 0:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
     def schema_version(self) -> int:
         with self._transaction(write=False) as db:
             return db.execute("PRAGMA user_version").fetchone()[0]
@@ -185,18 +141,29 @@ class StudyStore:
     # --- raters and their plans ------------------------------------------------------------------
 
     def begin_rater(
-        self, config: StudyConfig, rater_id: str, consent_audio: bool, rng: random.Random | None = None
+        self,
+        config: StudyConfig,
+        rater_id: str,
+        consent_audio: bool,
+        rng: random.Random | None = None,
+        now: float | None = None,
     ) -> list[Trial]:
-        """Register a rater and store their plan, counted against every earlier plan in one transaction."""
+        """Register a rater and store their plan, counted against every live plan in one transaction."""
         rng = rng or random.Random()
+        now = time.time() if now is None else now
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM raters WHERE rater_id=?", (rater_id,)).fetchone():
+                db.execute("UPDATE raters SET active_at=? WHERE rater_id=?", (now, rater_id))
                 return self._plan(db, rater_id)
-            conditions, stimuli = self._usage(db, config.id)
+            conditions, stimuli = self._usage(db, config.id, now)
             trials = plan_trials(config, conditions, stimuli, rng)
-            db.execute("INSERT INTO raters VALUES (?, ?, ?, ?)", (rater_id, config.id, time.time(), int(consent_audio)))
+            db.execute(
+                "INSERT INTO raters (rater_id, study_id, created_at, consent_audio, active_at) VALUES (?, ?, ?, ?, ?)",
+                (rater_id, config.id, now, int(consent_audio), now),
+            )
             db.executemany(
-                "INSERT INTO assignments VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO assignments (rater_id, trial, study_id, stimulus, pair_first, pair_second, swapped) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(rater_id, t.index, config.id, t.stimulus, *t.pair, int(t.swapped)) for t in trials],
             )
         return trials
@@ -219,33 +186,127 @@ class StudyStore:
         return [Trial(i, s, (a, b), bool(w)) for i, s, a, b, w in rows]
 
     @staticmethod
-    def _usage(db, study_id: str) -> tuple[dict[Condition, int], dict]:
+    def _usage(db, study_id: str, now: float | None = None) -> tuple[dict[Condition, int], dict]:
+        """Conditions and clips of the live plans: every rated trial, and the unrated trials of raters
+        active in the last ABANDON_SECONDS (an abandoned plan's unrated trials do not steer balancing)."""
+        now = time.time() if now is None else now
+        live = (
+            "FROM assignments a JOIN raters r ON r.rater_id = a.rater_id WHERE a.study_id=? AND "
+            "(COALESCE(r.active_at, r.created_at) > ? OR EXISTS "
+            "(SELECT 1 FROM ratings g WHERE g.rater_id = a.rater_id AND g.trial = a.trial))"
+        )
+        args = (study_id, now - ABANDON_SECONDS)
         conditions = {
             ((a, b), bool(w)): n
             for a, b, w, n in db.execute(
-                "SELECT pair_first, pair_second, swapped, COUNT(*) FROM assignments WHERE study_id=? "
-                "GROUP BY pair_first, pair_second, swapped",
-                (study_id,),
+                f"SELECT a.pair_first, a.pair_second, a.swapped, COUNT(*) {live} "
+                "GROUP BY a.pair_first, a.pair_second, a.swapped",
+                args,
             )
         }
         stimuli = {
             ((a, b), s): n
             for a, b, s, n in db.execute(
-                "SELECT pair_first, pair_second, stimulus, COUNT(*) FROM assignments WHERE study_id=? "
-                "GROUP BY pair_first, pair_second, stimulus",
-                (study_id,),
+                f"SELECT a.pair_first, a.pair_second, a.stimulus, COUNT(*) {live} "
+                "GROUP BY a.pair_first, a.pair_second, a.stimulus",
+                args,
             )
         }
         return conditions, stimuli
 
-    def assignment_counts(self, study_id: str) -> dict[Condition, int]:
+    def assignment_counts(self, study_id: str, now: float | None = None) -> dict[Condition, int]:
+        """Trials per condition that count in the balancing (abandoned plans' unrated trials left out)."""
         with self._transaction(write=False) as db:
-            return self._usage(db, study_id)[0]
+            return self._usage(db, study_id, now)[0]
+
+    # --- what the server handed out ------------------------------------------------------------
+
+    def issue(
+        self,
+        rater_id: str,
+        trial: int,
+        stimulus: str,
+        listen_seconds: float,
+        reissue: bool = False,
+        now: float | None = None,
+    ) -> tuple[str, float]:
+        """The trial's submission key and shown-at time, made (and stored) the first time it is shown.
+
+        Showing it again returns the same key and time, so a reloaded page or a retried request
+        submits once. `reissue` (the rater's own recording replaces the clip) keeps the key but
+        restarts the clock and forgets an earlier play.
+        """
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT issued_key, issued_at FROM assignments WHERE rater_id=? AND trial=?", (rater_id, trial)
+            ).fetchone()
+            if row is None:
+                raise LookupError(f"rater {rater_id!r} has no trial {trial}; start the study first")
+            key, issued_at = row
+            if key is None or reissue:
+                key, issued_at = key or secrets.token_hex(16), now
+                db.execute(
+                    "UPDATE assignments SET issued_key=?, issued_at=?, issued_stimulus=?, listen_seconds=?, "
+                    "played_at=NULL WHERE rater_id=? AND trial=?",
+                    (key, issued_at, stimulus, float(listen_seconds), rater_id, trial),
+                )
+            db.execute("UPDATE raters SET active_at=? WHERE rater_id=?", (now, rater_id))
+        return key, issued_at
+
+    def issued(self, rater_id: str, trial: int) -> dict | None:
+        """What was handed out for a trial (key, shown-at, clip, listening time, played-at), None if nothing."""
+        with self._transaction(write=False) as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute(
+                "SELECT issued_key, issued_at, issued_stimulus, listen_seconds, played_at FROM assignments "
+                "WHERE rater_id=? AND trial=? AND issued_key IS NOT NULL",
+                (rater_id, trial),
+            ).fetchone()
+        return dict(row) if row else None
+
+    def mark_played(self, rater_id: str, trial: int, key: str, now: float | None = None) -> float:
+        """Record that the trial's clips were played; refused for a trial not issued with this key, or
+        sooner after the issue than the clips last. Returns the stored played-at time."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            row = self._issued_row(db, rater_id, trial, key)
+            issued_at, listen, played = row
+            if played is not None:
+                return played
+            elapsed = now - issued_at
+            if elapsed + PLAY_SLACK_SECONDS < (listen or 0.0):
+                raise StudyRefusal(
+                    f"trial {trial}'s clips last {listen:.1f} s, but it was shown only {elapsed:.1f} s ago: "
+                    "play them to the end first"
+                )
+            db.execute("UPDATE assignments SET played_at=? WHERE rater_id=? AND trial=?", (now, rater_id, trial))
+            db.execute("UPDATE raters SET active_at=? WHERE rater_id=?", (now, rater_id))
+        return now
+
+    @staticmethod
+    def _issued_row(db, rater_id: str, trial: int, key: str) -> tuple:
+        row = db.execute(
+            "SELECT issued_key, issued_at, listen_seconds, played_at FROM assignments WHERE rater_id=? AND trial=?",
+            (rater_id, trial),
+        ).fetchone()
+        if row is None:
+            raise StudyRefusal(f"rater {rater_id!r} has no trial {trial}; start the study first")
+        issued_key, *rest = row
+        if issued_key is None:
+            raise StudyRefusal(f"trial {trial} was never shown to this rater: fetch it first")
+        if not isinstance(key, str) or not hmac.compare_digest(key.encode(), issued_key.encode()):
+            raise StudyRefusal(f"this key was not issued for trial {trial}: submit with the key it was shown with")
+        return tuple(rest)
 
     # --- ratings ---------------------------------------------------------------------------------
 
     def submit(self, rating: Rating) -> bool:
-        """Record `rating` in one transaction; False when its key (or its trial) was already recorded."""
+        """Record `rating` as given, in one transaction; False when its key (or its trial) was already recorded.
+
+        For trusted callers only (tests, imports): it takes the rating's shown-at time and listened
+        flag as they are. What raters send goes through `submit_issued`.
+        """
         with self._transaction() as db:
             planned = db.execute(
                 "SELECT 1 FROM assignments WHERE rater_id=? AND trial=? AND study_id=?",
@@ -256,17 +317,57 @@ class StudyStore:
                     f"rater {rating.rater_id!r} has no trial {rating.trial} in study {rating.study_id!r}; "
                     "start the study first"
                 )
-            row = {
-                **asdict(rating),
-                "winner": rating.winner,
-                "rating_seconds": round(rating.submitted_at - rating.shown_at, 3),
-            }
-            names = ", ".join(row)
-            cursor = db.execute(
-                f"INSERT INTO ratings ({names}) VALUES ({', '.join('?' * len(row))}) ON CONFLICT DO NOTHING",
-                [_sql(v) for v in row.values()],
-            )
-            return cursor.rowcount == 1
+            return self._insert(db, rating)
+
+    def submit_issued(self, rating: Rating, min_interval: float = 0.0, now: float | None = None) -> bool:
+        """Record a rater's submission only as the server handed it out, in one transaction.
+
+        Refused (`StudyRefusal`, nothing stored) unless the trial was issued to this rater and the
+        rating carries the key it was issued with. The stored shown-at time is the issue's, the
+        submitted-at time is `now`, and `listened` is whether the server saw the clips played
+        (`mark_played`), whatever the rating says. False (a duplicate) only when this rater's rating
+        of this very trial is already stored. A rater's new rating less than `min_interval` seconds
+        after their previous one is refused (`RateLimited`).
+        """
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            issued_at, _, played = self._issued_row(db, rating.rater_id, rating.trial, rating.idempotency_key)
+            if db.execute(
+                "SELECT 1 FROM ratings WHERE rater_id=? AND trial=?", (rating.rater_id, rating.trial)
+            ).fetchone():
+                return False
+            (last,) = db.execute(
+                "SELECT MAX(submitted_at) FROM ratings WHERE rater_id=?", (rating.rater_id,)
+            ).fetchone()
+            if last is not None and now - last < min_interval:
+                raise RateLimited(
+                    f"too fast: one rating every {min_interval:g} s per rater; try again in "
+                    f"{min_interval - (now - last):.1f} s"
+                )
+            rating = replace(rating, shown_at=float(issued_at), submitted_at=now, listened=played is not None)
+            stored = self._insert(db, rating)
+            if not stored:  # only a key from an older database could collide; say so, reveal nothing
+                raise StudyRefusal(f"this key was already used for another rating than trial {rating.trial}")
+            db.execute("UPDATE raters SET active_at=? WHERE rater_id=?", (now, rating.rater_id))
+            return True
+
+    @staticmethod
+    def _insert(db, rating: Rating) -> bool:
+        row = {
+            **asdict(rating),
+            "winner": rating.winner,
+            "rating_seconds": round(rating.submitted_at - rating.shown_at, 3),
+        }
+        names = ", ".join(row)
+        cursor = db.execute(
+            f"INSERT INTO ratings ({names}) VALUES ({', '.join('?' * len(row))}) ON CONFLICT DO NOTHING",
+            [_sql(v) for v in row.values()],
+        )
+        return cursor.rowcount == 1
+
+    def has_rating(self, rater_id: str, trial: int) -> bool:
+        with self._transaction(write=False) as db:
+            return bool(db.execute("SELECT 1 FROM ratings WHERE rater_id=? AND trial=?", (rater_id, trial)).fetchone())
 
     def submitted_trials(self, rater_id: str) -> set[int]:
         with self._transaction(write=False) as db:
