@@ -1,5 +1,6 @@
 """The app's Gradio queue waits for work instead of polling, and still starts every event."""
 
+import inspect
 import socket
 import threading
 import time
@@ -103,6 +104,7 @@ def test_the_app_uses_it_with_its_settings_and_the_gradio_internals_it_drives_ex
         "get_events",
         "process_events",
         "push",
+        "get_active_worker_count",
         "broadcast_estimations",
         "_cancel_asyncio_tasks",
         "send_message",
@@ -121,5 +123,12 @@ def test_the_app_uses_it_with_its_settings_and_the_gradio_internals_it_drives_ex
         "blocks",
         "stopped",
         "progress_update_sleep_when_free",
+        "max_size",
     ):
         assert hasattr(queue, name), name
+    # the bound: Gradio's push checks `max_size` then awaits (the validator) before it appends to the
+    # event's concurrency id's queue; `WakingQueue` reads an event's lane from the page's events
+    assert "await" in inspect.getsource(Queue.push).split("max_size", 1)[1].split(".queue.append(event)")[0]
+    assert hasattr(demo, "fns") and hasattr(demo, "state_holder")
+    assert all(hasattr(fn, "concurrency_id") for fn in demo.fns.values())
+    assert all(hasattr(q, "queue") for q in queue.event_queue_per_concurrency_id.values())

@@ -19,6 +19,7 @@ from blsp_emo import GenerationOptions, SpokenDialogueSystem
 from blsp_emo.tts import NullSynthesizer, SpeechSynthesizer
 from webui import demo_tabs, study_tabs
 from webui.callbacks import NO_MODEL, Callbacks
+from webui.study_api import STUDY_QUEUE, STUDY_WAITING
 from webui.waking_queue import WakingQueue
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -54,17 +55,20 @@ def build_demo(
         notes: one-line problems to show under the banner (systems that failed to load, no TTS).
         options: the default generation settings (also those of the `/respond` API).
         concurrency: model calls run at once, shared by Talk, Compare and the API.
-        max_queue: requests waiting beyond which visitors are told the app is busy.
+        max_queue: requests waiting beyond which visitors are told the app is busy (the study's calls
+            have a bound of their own, `study_api.STUDY_WAITING`).
         stream_interval: seconds between updates of a streaming reply (0: every token).
         study: the blind rating study of the Rate and Results tabs; None for no such tabs.
     """
     synthesizer = synthesizer or NullSynthesizer()
     cb = Callbacks(dict(systems), synthesizer, model_label, options, stream_interval)
     with gr.Blocks(title="BLSP-Emo: empathetic speech chat") as demo:
+        cb.files.install(demo)  # what a visitor's session leaves on disk ends with it (webui/storage.py)
         gr.Markdown(
             "# 🎙️ BLSP-Emo · empathetic speech chat\nSpeak to it and see the emotion it hears in your "
             "voice, read and hear a reply that takes your tone into account, and compare with systems "
-            "that only read your words. Audio is processed for your session only and not stored.",
+            "that only read your words. Your audio and the spoken replies are kept only while your page "
+            "is open: they are deleted when you close it, at the latest about an hour after they were made.",
             elem_id="title",
         )
         gr.Markdown(
@@ -90,7 +94,10 @@ def build_demo(
     # kept; every 50 events keeps the summary fresh and its cost per event small (docs/serving.md).
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(ANALYTICS_EVERY))
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
-    demo._queue = WakingQueue.like(demo._queue)  # Gradio's own looks for work every millisecond
+    # Gradio's own queue looks for work every millisecond and overfills under a burst of joins; the
+    # study's events wait in a lane of their own, not refused because model requests filled theirs.
+    lanes = {STUDY_QUEUE["concurrency_id"]: STUDY_WAITING} if study is not None else {}
+    demo._queue = WakingQueue.like(demo._queue, lanes=lanes)
     return demo
 
 

@@ -16,6 +16,9 @@ from blsp_emo.study import AdminTokenError, StudyRunner, balance, check_admin
 # Study calls are small database writes (a reply is computed once per clip and system): they get
 # their own, wider lane of the queue so that raters do not wait behind model calls.
 STUDY_QUEUE = {"concurrency_id": "study", "concurrency_limit": 8}
+# Study calls that may wait in their lane, counted apart from the model's `max_queue`, so that a flood
+# of model requests cannot refuse raters (`webui.waking_queue`): 50 raters at once fit without a retry.
+STUDY_WAITING = 64
 
 
 def _fail(message: str) -> gr.Error:

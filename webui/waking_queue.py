@@ -9,14 +9,26 @@ only moments a waiting event can become ready, and looks once a second anyway. I
 which Gradio runs every 10 ms for as long as the app runs, runs only while a job does: progress
 (`gr.Progress`) exists only then.
 
+Its bound on waiting events is exact and has lanes. Gradio's `push` compares the queue's size with
+`max_size` and appends the event only after awaiting the event's validator, so a burst of joins all
+pass the check and the queue overfills (40 at once held 38 against 16). `WakingQueue.push` checks
+first, and counts a join that passed as waiting from that moment (it has reserved a slot) until
+Gradio appends its event or refuses it, all without an await between check and reservation. The
+concurrency ids in `lanes` (the rating study's) have bounds of their own, apart from the shared
+bound of the others (the model's), so a flood of model requests cannot refuse raters; `max_size`
+is the sum of the bounds, which Gradio's own check can then never reach (`docs/serving.md`).
+
 It overrides Gradio internals of the pinned release (gradio 6.31: `requirements.txt`);
-`tests/test_waking_queue.py` checks that they are still there and serves events through it.
+`tests/test_waking_queue.py` checks that they are still there and serves events through it, and
+`tests/test_queue_bound.py` bursts joins at it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
+from collections.abc import Mapping
 
 from gradio.queueing import Queue
 from gradio.utils import run_coro_in_background, set_task_name
@@ -26,18 +38,57 @@ class WakingQueue(Queue):
     """A `gradio.queueing.Queue` whose dispatch loop waits for work instead of polling."""
 
     idle_look_s = 1.0  # with no wake-up, look anyway after this long (a wake-up that was missed costs this)
+    busy = "The demo is busy: {waiting} requests are already waiting. Please try again in a minute."
+
+    def __init__(self, *args, lanes: Mapping[str, int] | None = None, **kwargs):
+        """Gradio's `Queue` arguments, and `lanes`: concurrency ids whose events may wait up to a bound
+        of their own; the other events share what is left of `max_size` (None: no bound)."""
+        super().__init__(*args, **kwargs)
+        self.lanes = dict(lanes or {})
+        if self.max_size is not None and self.max_size < sum(self.lanes.values()):
+            raise ValueError(f"max_size {self.max_size} is less than the lanes' bounds {self.lanes}")
+        self._joining: Counter[str | None] = Counter()  # per lane: joins past the check, not yet appended or refused
 
     @classmethod
-    def like(cls, queue: Queue) -> WakingQueue:
-        """A waking queue with the settings `Blocks.queue` gave `queue`."""
+    def like(cls, queue: Queue, lanes: Mapping[str, int] | None = None) -> WakingQueue:
+        """A waking queue with the settings `Blocks.queue` gave `queue`, whose `max_size` stays the
+        bound of the shared lane, plus `lanes` (concurrency id: its own bound on waiting events)."""
+        lanes = dict(lanes or {})
         return cls(
             live_updates=queue.live_updates,
             concurrency_count=queue.max_thread_count,
             update_intervals=queue.update_intervals,
-            max_size=queue.max_size,
+            max_size=None if queue.max_size is None else queue.max_size + sum(lanes.values()),
             blocks=queue.blocks,
             default_concurrency_limit=queue.default_concurrency_limit,
+            lanes=lanes,
         )
+
+    def _lane(self, body) -> str | None:
+        """The lane of the event `body` asks for: its concurrency id if that has a bound of its own,
+        else None (the shared lane). Read from the page's events, not the caller's session: looking a
+        session up builds it, which costs more than a turn and must not come before the check."""
+        fn = self.blocks.fns.get(body.fn_index)
+        if fn is None and body.session_hash in self.blocks.state_holder:  # an event `gr.render` made
+            fn = self.blocks.state_holder[body.session_hash].blocks_config.fns.get(body.fn_index)
+        concurrency_id = getattr(fn, "concurrency_id", None)
+        return concurrency_id if concurrency_id in self.lanes else None
+
+    def bound(self, lane: str | None) -> int | None:
+        """How many events of `lane` may wait (joins being checked included); None: no bound."""
+        if lane is not None:
+            return self.lanes[lane]
+        return None if self.max_size is None else self.max_size - sum(self.lanes.values())
+
+    def waiting(self, lane: str | None) -> int:
+        """Events of `lane` waiting for a slot, and joins of it that passed the check and are not yet
+        appended or refused."""
+        queues = self.event_queue_per_concurrency_id
+        if lane is not None:
+            appended = len(queues[lane].queue) if lane in queues else 0
+        else:
+            appended = sum(len(q.queue) for cid, q in queues.items() if cid not in self.lanes)
+        return appended + self._joining[lane]
 
     def start(self):
         self._work = asyncio.Event()  # made here: `start` runs in the server's event loop
@@ -49,8 +100,21 @@ class WakingQueue(Queue):
         if work is not None:
             work.set()
 
-    async def push(self, *args, **kwargs):
-        answer = await super().push(*args, **kwargs)
+    async def push(self, body, request, username):
+        if body.fn_index is None:
+            return await super().push(body, request, username)  # Gradio's answer to that
+        lane = self._lane(body)
+        bound = self.bound(lane)
+        if bound is not None and self.waiting(lane) >= bound:
+            return False, self.busy.format(waiting=self.waiting(lane)), "queue_full"
+        # Reserved before any await: Gradio's push awaits the event's validator before it appends the
+        # event (or refuses it), and until then this join counts as waiting. Gradio's own size check
+        # then sees fewer than `max_size` waiting, the sum of the bounds, and always lets it through.
+        self._joining[lane] += 1
+        try:
+            answer = await super().push(body, request, username)
+        finally:  # appended, refused, failed or cancelled: no longer joining (no await since the append)
+            self._joining[lane] -= 1
         self._wake()  # a new event may be ready to start
         return answer
 
