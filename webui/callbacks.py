@@ -23,6 +23,7 @@ from blsp_emo.audio import AudioError, to_pcm16
 from blsp_emo.systems import paced
 from blsp_emo.systems.base import PromptTooLongError, TextTooLongError, text_problem
 from blsp_emo.tts import NullSynthesizer, style_for
+from webui import storage
 
 try:  # ZeroGPU Spaces lend a GPU per call to functions marked with spaces.GPU; elsewhere a no-op
     from spaces import GPU as _gpu
@@ -180,6 +181,7 @@ class Callbacks:
         self._decoded: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (path, size, mtime, window) -> clip
         self._decoded_lock = threading.Lock()
         self._decoding = threading.BoundedSemaphore(DECODES_AT_ONCE)
+        self.files = storage.FILES  # uploads used and replies made, deleted when their session ends
 
     def system(self, name: str | None) -> SpokenDialogueSystem:
         if not self.systems:
@@ -193,6 +195,7 @@ class Callbacks:
         handler after it gets the same waveform (the clip is keyed by path, size, mtime and window)."""
         if path is None:
             raise _fail(NO_AUDIO)
+        self.files.claim(path)
         try:
             stat = os.stat(path)
             key = (path, stat.st_size, stat.st_mtime_ns, system.window_seconds)
@@ -341,7 +344,9 @@ class Callbacks:
             )
         style = style_for(emotion)
         audio = self.synthesizer.synthesize(text, style)
-        shown = None if audio is None else (audio[0], to_pcm16(audio[1]))
+        # a file of its own per reply: Gradio would write a waveform to a name made from its samples,
+        # rewriting it in place while another visitor with the same reply downloads it
+        shown = None if audio is None else self.files.write_wav(audio[0], to_pcm16(audio[1]))
         why = f"you sounded {emotion}" if emotion else "no emotion was heard"
         return shown, f"🔊 Voice style **{style.name}**: {style.purpose} — {why}."
 

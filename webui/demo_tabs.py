@@ -10,6 +10,7 @@ import gradio as gr
 from blsp_emo import GenerationOptions
 from blsp_emo.tts import STYLES
 from webui.callbacks import EMOJI, Callbacks, _validation
+from webui.storage import spoken_reply
 
 
 def _settings(ui: SimpleNamespace, systems, options: GenerationOptions) -> None:
@@ -66,7 +67,7 @@ def talk_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
         with gr.Column(scale=2, elem_id="side"):
             ui.emotion = gr.Label(label="Detected emotion", num_top_classes=5, elem_id="emotion")
             ui.transcript = gr.Textbox(label="Transcript (what the system read)", visible=False, interactive=False)
-            ui.reply_audio = gr.Audio(
+            ui.reply_audio = spoken_reply(
                 label="Spoken reply", type="numpy", format="wav", autoplay=True, interactive=False, buttons=["download"]
             )
             ui.style = gr.Markdown(elem_classes=["note"])
@@ -139,7 +140,7 @@ def compare_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
                     gr.State(None),
                 ]
                 speech = [
-                    gr.Audio(label="Spoken reply", type="numpy", format="wav", interactive=False),
+                    spoken_reply(label="Spoken reply", type="numpy", format="wav", interactive=False),
                     gr.Markdown(elem_classes=["note"]),
                 ]
                 start.success(
@@ -165,7 +166,7 @@ def api_tab(cb: Callbacks, systems) -> None:
         system = gr.Dropdown(list(systems), value=next(iter(systems), None), label="system", allow_custom_value=True)
     go = gr.Button("Respond", variant="primary")
     with gr.Row():
-        result, speech = gr.JSON(label="result"), gr.Audio(label="spoken reply", type="numpy", format="wav")
+        result, speech = gr.JSON(label="result"), spoken_reply(label="spoken reply", type="numpy", format="wav")
     go.click(
         cb.respond,
         [audio, system],
@@ -191,5 +192,5 @@ def voices_tab(cb: Callbacks) -> None:
         text = gr.Textbox("I'm here for you. Tell me what happened.", label="Text", scale=3)
         emotion = gr.Radio([e for e in STYLES if e], value="sad", label="As if you sounded", scale=2)
         go = gr.Button("Hear it", scale=1)
-    audio, note = gr.Audio(label="Spoken", type="numpy", format="wav", autoplay=True), gr.Markdown()
+    audio, note = spoken_reply(label="Spoken", type="numpy", format="wav", autoplay=True), gr.Markdown()
     go.click(cb.voice_typed, [text, emotion], [audio, note], api_visibility="private")

@@ -33,6 +33,7 @@ from blsp_emo.study import (
     start_upload,
     write_report,
 )
+from webui import storage
 from webui.study_api import STUDY_QUEUE, _fail, api, client_address
 
 SIDES = "AB"
@@ -61,7 +62,8 @@ def _stored_text(runner: StudyRunner) -> str:
     own = (
         (
             " If you answer with **your own recording**, it is used to make the two replies and is kept only if you "
-            "tick the box below; otherwise it is discarded."
+            "tick the box below; otherwise it is deleted when you close the page (at the latest about an hour "
+            "after you made it)."
         )
         if runner.config.allow_own_recording
         else ""
@@ -84,7 +86,9 @@ def _notice(message: str):
 
 
 def _speech(speech):
-    return None if speech is None else (speech[0], to_pcm16(speech[1]))
+    # a file of its own each time: every rater hears the same reply, and Gradio would rewrite the one
+    # file named by its samples in place while another rater downloads it (webui/storage.py)
+    return None if speech is None else storage.FILES.write_wav(speech[0], to_pcm16(speech[1]))
 
 
 def _needed(view: TrialView) -> frozenset:
@@ -144,7 +148,7 @@ class RateTab:
                             gr.Textbox(show_label=False, lines=4, interactive=False, elem_id=f"study-reply-{side}")
                         )
                         self.speeches.append(
-                            gr.Audio(
+                            storage.spoken_reply(
                                 label=f"Reply {side} spoken",
                                 type="numpy",
                                 format="wav",
@@ -255,6 +259,7 @@ class RateTab:
             return gr.skip()
         if audio is None:
             return _notice("record or upload a clip first, then press the button")
+        storage.FILES.claim(audio)  # deleted with the session; runner keeps a copy only with consent
         try:
             view = self.runner.view(state.view.rater_id, state.view.index, own_audio=audio)
         except (ValueError, PermissionError) as e:
