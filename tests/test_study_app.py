@@ -12,7 +12,7 @@ from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 import app  # noqa: E402
-from blsp_emo.study import StudyConfig, StudyRunner, StudyStore  # noqa: E402
+from blsp_emo.study import StudyConfig, StudyLimits, StudyRunner, StudyStore  # noqa: E402
 from blsp_emo.systems import load_systems  # noqa: E402
 from blsp_emo.tts import NullSynthesizer  # noqa: E402
 from study_fixtures import SYSTEMS, write_study  # noqa: E402
@@ -33,7 +33,10 @@ def runner(bundle_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("study-app")
     systems, notes = load_systems(SYSTEMS, model=str(bundle_dir))
     assert notes == []
-    return StudyRunner(StudyConfig.load(write_study(root / "study", trials=2)), systems, StudyStore(root / "r.sqlite"))
+    # A scripted rater answers two trials within seconds: the per-rater pace limit (tested in
+    # test_study_security) would refuse the second submit on a fast machine and not on a slow one.
+    config, store = StudyConfig.load(write_study(root / "study", trials=2)), StudyStore(root / "r.sqlite")
+    return StudyRunner(config, systems, store, limits=StudyLimits(submit_interval=0.0))
 
 
 @pytest.fixture(scope="module")
