@@ -1,19 +1,24 @@
 # Two commands on a fresh Debian machine: `make demo` and `make test`.
 # Each installs what is missing (Debian packages when root, a .venv, pinned pip packages), then runs.
 # `make test-fast` is the quick loop (no subprocess servers, no browser, no demo build);
+# `make test-browser` and `make test-wheels` run the Chromium tests and those on the real weights;
 # `make lint` checks formatting and lint rules (ruff; `make format` applies them).
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 OFFLINE := HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False
 
-.PHONY: demo test test-fast test-wheels lint format screenshots setup setup-dev debian clean
+.PHONY: demo test test-fast test-browser test-wheels lint format screenshots setup setup-dev debian clean
 
 demo: setup
 	$(PY) app.py $(ARGS)
 
 test: setup-dev
-	$(OFFLINE) $(PY) -m pytest -q -m "not wheels" $(PYTEST_ARGS)
+	$(OFFLINE) $(PY) -m pytest -q -m "not wheels and not browser" $(PYTEST_ARGS)
+
+# The page driven by Debian's chromium through Playwright (a fake microphone, a rater's whole flow).
+test-browser: setup-dev
+	$(OFFLINE) $(PY) -m pytest -q -m browser $(PYTEST_ARGS)
 
 # The tests that read the real pretrained weights (minutes: the wheels are 160 MB of models).
 test-wheels: setup-dev
