@@ -22,7 +22,7 @@ from blsp_emo.study import StudyConfig, StudyStore, balance
 from study_fixtures import SYSTEMS, write_study
 
 pytest.importorskip("gradio_client")
-pytestmark = [pytest.mark.slow, pytest.mark.server]  # `python app.py` in a subprocess
+pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.load]  # `python app.py` in a subprocess, 50 raters
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "load-test-admin-token"
