@@ -37,7 +37,7 @@ def test_whisper_sources_are_told_from_ctc_folders(tmp_path):
 
 def test_a_recognizer_needs_the_tokenizer():
     with pytest.raises(ValueError, match="tokenizer"):
-        WhisperRecognizer(model=object.__new__(type("M", (), {"eval": lambda self: self})), tokenizer=None)
+        WhisperRecognizer(model=None, tokenizer=None)  # refused before the model is touched
 
 
 def _words(text: str) -> str:

@@ -7,6 +7,7 @@ Whisper reads the 30 s window it was trained on, whatever the clip's length.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,5 @@ def is_whisper_source(source: str | Path) -> bool:
         return True
     config = path / "config.json"
     if config.is_file():
-        import json
-
         return json.loads(config.read_text()).get("model_type") == "whisper"
     return not path.exists() and str(source).count("/") == 1  # a hub id such as openai/whisper-tiny.en
