@@ -26,6 +26,7 @@ from pathlib import Path
 for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"), ("GRADIO_ANALYTICS_ENABLED", "False")):
     os.environ.setdefault(_key, _value)
 
+from blsp_emo.model.weights import CorruptWeightsError  # noqa: E402
 from blsp_emo.options import add_model_options, default_device  # noqa: E402
 from blsp_emo.serving.pool import WorkerPool  # noqa: E402
 from blsp_emo.serving.protocol import WorkerError, WorkerSpec  # noqa: E402
@@ -147,7 +148,10 @@ def _systems(names: Sequence[str], parts: dict, threads: int, starting: Future |
     """The systems, the notes on those that did not load, and their worker pool (None: in this process)."""
     if starting is None:
         apply_threads(threads)
-        return (*load_systems(names, **{**parts, "device": parts["device"] or default_device()}), None)
+        try:
+            return (*load_systems(names, **{**parts, "device": parts["device"] or default_device()}), None)
+        except CorruptWeightsError as e:
+            sys.exit(f"error: {e}")
     try:
         pool = starting.result()
     except WorkerError as e:

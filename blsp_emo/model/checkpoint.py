@@ -2,6 +2,7 @@
 
 A model folder holds `config.json` + `model.safetensors` (our layout, written by `save_pretrained`)
 and the tokenizer files. Loading refuses missing or unexpected tensors instead of dropping them.
+A damaged weight file is named before transformers reads it (`blsp_emo.model.weights`).
 A folder in the released BLSP-Emo layout (pickled Qwen-v1 shards, `qwen.tiktoken`) is converted in
 memory on every load; `convert_released` writes it once in our layout.
 """
@@ -16,10 +17,9 @@ import torch
 
 from blsp_emo.model.model import BlspEmoModel
 from blsp_emo.model.tokenizer import ChatTokenizer
+from blsp_emo.model.weights import BUNDLED_MODELS as BUNDLED_MODELS  # where callers have found it
+from blsp_emo.model.weights import check_weights
 from blsp_emo.released import convert as released
-
-# Demo-scale models built by `python -m train demo`: one folder per component.
-BUNDLED_MODELS = Path(__file__).resolve().parents[2] / "assets" / "models"
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -61,6 +61,7 @@ def load_pretrained(cls, path: Path, device: str | None = None, dtype=None, **kw
     """`cls.from_pretrained`, refusing a checkpoint whose tensors do not match the model exactly."""
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{path} has no config.json; is it a model folder?")
+    check_weights(path)  # a damaged file is named here; transformers' error names none
     model, info = cls.from_pretrained(str(path), dtype=_dtype(dtype), output_loading_info=True, **kwargs)
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if problems:

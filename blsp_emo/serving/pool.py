@@ -136,12 +136,16 @@ class _Door:
                         _check_loading(workers.values(), deadline, self.closed)
                         continue
                     try:
-                        _, pid, infos, notes = conn.recv()
+                        kind, pid, *said = conn.recv()
                     except (EOFError, OSError):
                         continue
                     if pid not in workers:  # from a worker given up on earlier
                         conn.close()
                         continue
+                    if kind == "failed":  # its one line says why; the log has nothing more
+                        conn.close()  # which lets it exit
+                        raise WorkerError(said[0])
+                    infos, notes = said
                     workers[pid].connections.append(conn)
                     workers[pid].free.append(conn)
             except BaseException:

@@ -4,6 +4,8 @@ The configuration a worker is started with (`WorkerSpec`), what it reports of ea
 (`SystemInfo`), and the messages of a call. Messages are pickled tuples on one connection:
 
     worker -> pool, once per connection:  ("ready", pid, infos, notes)
+    worker -> pool, instead, once:        ("failed", pid, message), when its models cannot load
+                                          for a reason a line says (a damaged weight file)
     pool -> worker:                       ("stream", name, audio, history, options, text), ("cancel",)
     worker -> pool, for a call:           ("reply", reply)..., then one of TERMINAL:
                                           ("end", None), ("error", exception), ("cancelled", None)

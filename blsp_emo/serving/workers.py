@@ -17,6 +17,7 @@ import threading
 import traceback
 from multiprocessing.connection import Client, Connection
 
+from blsp_emo.model.weights import CorruptWeightsError
 from blsp_emo.options import default_device
 from blsp_emo.serving.protocol import SystemInfo, WorkerSpec
 from blsp_emo.systems.base import SpokenDialogueSystem, paced
@@ -48,12 +49,14 @@ def serve(config: dict) -> None:
 
     spec = WorkerSpec(**{**config["spec"], "names": tuple(config["spec"]["names"])})
     apply_threads(spec.threads)
-    systems, notes = load_systems(spec.names, **{**spec.parts(), "device": spec.device or default_device()})
+    try:
+        systems, notes = load_systems(spec.names, **{**spec.parts(), "device": spec.device or default_device()})
+    except CorruptWeightsError as e:  # the pool says it in one line, as a server that loads in process would
+        _report_failure(config, str(e))
+        sys.exit(2)
     infos = [SystemInfo.of(s) for s in systems.values()]
     freeze_loaded()
-    connections = [
-        Client(config["address"], family="AF_UNIX", authkey=bytes.fromhex(config["key"])) for _ in range(spec.slots)
-    ]
+    connections = [_connect(config) for _ in range(spec.slots)]
     answering = [
         threading.Thread(target=_answer_calls, args=(conn, systems, spec.stream_interval), name=f"slot-{i}")
         for i, conn in enumerate(connections)
@@ -63,6 +66,18 @@ def serve(config: dict) -> None:
         thread.start()
     for thread in answering:
         thread.join()
+
+
+def _connect(config: dict) -> Connection:
+    return Client(config["address"], family="AF_UNIX", authkey=bytes.fromhex(config["key"]))
+
+
+def _report_failure(config: dict, message: str) -> None:
+    """Tell the pool why the models did not load, and wait until it has read it (it closes the
+    connection): a worker that exited first would be reported by its exit code alone."""
+    conn = _connect(config)
+    conn.send(("failed", os.getpid(), message))
+    conn.poll(60)
 
 
 def _answer_calls(conn: Connection, systems: dict[str, SpokenDialogueSystem], interval: float) -> None:

@@ -214,13 +214,20 @@ def _part(explicit, bundle: Path | None, folder: str) -> str | None:
 
 
 def load_systems(names: Sequence[str], **parts) -> tuple[dict[str, SpokenDialogueSystem], list[str]]:
-    """The systems whose models load, and one line per reason others did not (a page shows them)."""
+    """The systems whose models load, and one line per reason others did not (a page shows them).
+
+    A damaged weight file (`CorruptWeightsError`) is raised, not noted: the install is broken, and a
+    page that quietly serves without that system would hide it from whoever runs the app.
+    """
     from blsp_emo.model.checkpoint import ModelNotFoundError
+    from blsp_emo.model.weights import CorruptWeightsError
 
     systems, failed = {}, {}
     for name in names:
         try:
             systems[name] = load_system(name, **parts)
+        except CorruptWeightsError:
+            raise
         except (ModelNotFoundError, OSError, ValueError, RuntimeError) as e:  # e.g. another shape
             failed.setdefault(str(e), []).append(name)
     return systems, [f"{', '.join(who)} not loaded: {why}" for why, who in failed.items()]

@@ -1,0 +1,105 @@
+"""The degraded points of the hostile review (docs/robustness.md): each failure a visitor or whoever
+runs the app can meet is one line that names what happened and what to do, never a traceback or
+Gradio's generic error.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from blsp_emo.model.weights import CorruptWeightsError, check_weights
+from blsp_emo.systems import load_systems
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+FIX = "copy or download the model folder again (or re-run the build that wrote it)"
+
+
+def _run(*args, env=None, timeout=240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *map(str, args)], cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _damaged_copy(model_dir: Path, folder: Path, how: str) -> Path:
+    """`model_dir` copied to `folder` with its weight file damaged `how`."""
+    shutil.copytree(model_dir, folder)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    damaged = {
+        "header cut": data[:3000],  # a download stopped early
+        "tensors cut": data[:-1000],
+        "zeros": bytes(len(data)),  # a disk that lost the blocks
+        "empty": b"",
+    }[how]
+    weights.write_bytes(damaged)
+    return weights
+
+
+@pytest.mark.parametrize("how", ["header cut", "tensors cut", "zeros", "empty"])
+def test_a_damaged_weight_file_is_named_with_the_fix(model_dir, tmp_path, how):
+    weights = _damaged_copy(model_dir, tmp_path / "model", how)
+    with pytest.raises(CorruptWeightsError) as raised:
+        check_weights(weights.parent)
+    message = str(raised.value)
+    assert message.startswith(f"{weights}: the weight file is damaged (") and message.endswith(FIX)
+    assert "\n" not in message
+    # raised, not turned into a note on a page that then serves without the model
+    with pytest.raises(CorruptWeightsError, match="the weight file is damaged"):
+        load_systems(["blsp-emo"], model=str(weights.parent))
+
+
+def test_a_sharded_folder_names_the_damaged_shard_even_outside_it(model_dir, tmp_path):
+    folder = tmp_path / "bundle" / "blsp-emo"
+    shutil.copytree(model_dir, folder)
+    shared = tmp_path / "bundle" / "shared.safetensors"  # the bundle's shards sit beside its folders
+    (folder / "model.safetensors").rename(shared)
+    index = {"metadata": {}, "weight_map": {"adapter.fc1.weight": "../shared.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    check_weights(folder)  # intact: nothing to say
+    shared.write_bytes(shared.read_bytes()[:-10])
+    with pytest.raises(CorruptWeightsError, match=r"shared\.safetensors: the weight file is damaged"):
+        check_weights(folder)
+    shared.unlink()
+    with pytest.raises(CorruptWeightsError, match="missing, though the folder's index names it"):
+        check_weights(folder)
+
+
+def test_the_bundled_models_name_their_rebuild():
+    from blsp_emo.model import weights
+
+    assert "python -m train demo" in weights._damaged(weights.BUNDLED_MODELS / "blsp" / "own.safetensors", "why")
+
+
+def _one_error_line(out: subprocess.CompletedProcess, *expected: str) -> str:
+    """The single `error:` line of a run that failed, holding each of `expected`."""
+    assert out.returncode != 0, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out.stderr
+    assert all(part in errors[0] for part in expected), errors[0]
+    return errors[0]
+
+
+@pytest.mark.server
+def test_the_cli_and_the_app_name_a_damaged_weight_file_and_exit(model_dir, clip_path, tmp_path):
+    weights = _damaged_copy(model_dir, tmp_path / "model", "header cut")
+    cli = _run("-m", "blsp_emo", "respond", clip_path, "--model", weights.parent)
+    _one_error_line(cli, str(weights), FIX)
+    port = _free_port()  # free: the run fails on the weights, not the port
+    for workers in ("1", "0"):  # the models load in a worker process, or in the app's own
+        app = _run("app.py", "--model", weights.parent, "--tts", "none", "--port", port, "--workers", workers)
+        _one_error_line(app, str(weights), FIX)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
