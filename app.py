@@ -1,6 +1,6 @@
 """The BLSP-Emo demo: talk, see the emotion you were heard in, hear an empathetic reply, compare.
 
-    python app.py [--model DIR_OR_HUB_ID] [--systems blsp-emo,cascade] [--tts espeak|pyttsx3|none]
+    python app.py [--model DIR_OR_HUB_ID] [--systems blsp-emo,cascade] [--tts piper|espeak|pyttsx3|none]
                   [--workers N] [--host 0.0.0.0] [--port 7860]
 
 This file starts the app. It reads the options, starts the model worker processes
@@ -26,7 +26,6 @@ from pathlib import Path
 for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"), ("GRADIO_ANALYTICS_ENABLED", "False")):
     os.environ.setdefault(_key, _value)
 
-from blsp_emo.model.weights import CorruptWeightsError  # noqa: E402
 from blsp_emo.options import add_model_options, default_device  # noqa: E402
 from blsp_emo.serving.pool import WorkerPool  # noqa: E402
 from blsp_emo.serving.protocol import WorkerError, WorkerSpec  # noqa: E402
@@ -35,6 +34,7 @@ from blsp_emo.study import DB_ENV, DEFAULT_DB, DEFAULT_STUDY, StudyConfig, Study
 from blsp_emo.systems import available_systems, load_systems  # noqa: E402
 from blsp_emo.tts import (  # noqa: E402
     DEFAULT_SYNTHESIZER,
+    DEFAULT_SYNTHESIZER_NOTE,
     NullSynthesizer,
     SynthesizerUnavailableError,
     available_synthesizers,
@@ -61,7 +61,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=",".join(available_systems()),
         help="comma-separated systems to offer (default: every one whose models load)",
     )
-    p.add_argument("--tts", choices=available_synthesizers(), default=DEFAULT_SYNTHESIZER)
+    p.add_argument(
+        "--tts",
+        choices=available_synthesizers(),
+        default=DEFAULT_SYNTHESIZER,
+        help=f"voice of the spoken replies (default: {DEFAULT_SYNTHESIZER}; piper, the neural voice, where installed)",
+    )
     p.add_argument("--concurrency", type=int, default=2, help="model calls at once (default: 2)")
     p.add_argument(
         "--workers",
@@ -148,10 +153,7 @@ def _systems(names: Sequence[str], parts: dict, threads: int, starting: Future |
     """The systems, the notes on those that did not load, and their worker pool (None: in this process)."""
     if starting is None:
         apply_threads(threads)
-        try:
-            return (*load_systems(names, **{**parts, "device": parts["device"] or default_device()}), None)
-        except CorruptWeightsError as e:
-            sys.exit(f"error: {e}")
+        return (*load_systems(names, **{**parts, "device": parts["device"] or default_device()}), None)
     try:
         pool = starting.result()
     except WorkerError as e:
@@ -205,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         try:
             synthesizer = load_synthesizer(args.tts)
+            if args.tts == DEFAULT_SYNTHESIZER and DEFAULT_SYNTHESIZER_NOTE:
+                notes = [*notes, DEFAULT_SYNTHESIZER_NOTE]  # why the replies are not in the neural voice
         except SynthesizerUnavailableError as e:
             synthesizer, notes = NullSynthesizer(), [*notes, f"spoken replies off: {e}"]
         for note in notes:

@@ -106,12 +106,12 @@ def cmd_chat(args) -> int:
 
     from blsp_emo.chat import converse, microphone_turns, speaker
     from blsp_emo.microphone import MicrophoneError
-    from blsp_emo.tts import SynthesizerUnavailableError, load_synthesizer
+    from blsp_emo.tts import DEFAULT_SYNTHESIZER, SynthesizerUnavailableError, load_synthesizer
 
     options = _options(args)
     system = _load_system(args)
     try:
-        speak = speaker(load_synthesizer(args.tts), Path(args.save) if args.save else None)
+        speak = speaker(load_synthesizer(args.tts or DEFAULT_SYNTHESIZER), Path(args.save) if args.save else None)
         if args.file:
             turns = [load_audio(f, max_seconds=system.window_seconds) for f in args.file]
         else:
@@ -246,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", nargs="+", metavar="CLIP", help="answer these clips as turns instead of recording")
     _add_model_args(p)
     _add_generation_args(p)
-    p.add_argument("--tts", default="espeak", help="espeak, pyttsx3 or none: speak each reply")
+    p.add_argument(
+        "--tts", default=None, help="piper, espeak, pyttsx3 or none: speak each reply (default: piper where installed)"
+    )
     p.add_argument("--save", metavar="DIR", help="where to keep reply audio when there is no speaker")
     p.set_defaults(func=cmd_chat)
     _add_bench_parser(sub)  # bench | loadtest
