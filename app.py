@@ -15,8 +15,10 @@ serves it; both come from `webui.demo_page` when first used, so that importing t
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +28,7 @@ from pathlib import Path
 for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"), ("GRADIO_ANALYTICS_ENABLED", "False")):
     os.environ.setdefault(_key, _value)
 
+from blsp_emo.model.weights import CorruptWeightsError  # noqa: E402
 from blsp_emo.options import add_model_options, default_device  # noqa: E402
 from blsp_emo.serving.pool import WorkerPool  # noqa: E402
 from blsp_emo.serving.protocol import WorkerError, WorkerSpec  # noqa: E402
@@ -140,6 +143,55 @@ def study_config(args: argparse.Namespace) -> StudyConfig | None:
         sys.exit(f"error: study: {e}")
 
 
+def check_port(args: argparse.Namespace) -> None:
+    """Exit with one line if the app could not serve where asked. Gradio finds out only when it
+    serves, after the models have loaded (46 s for the released model), and with a traceback.
+
+    Gradio serves on --port (or $GRADIO_SERVER_PORT) if given, else on the first free port of the
+    100 from 7860; it binds as here, with SO_REUSEADDR, so a port merely in TIME_WAIT counts as free.
+    """
+    host = args.host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    if args.port is not None:
+        ports, named = [args.port], "--port"
+    else:
+        ports, named = _gradio_ports(), "$GRADIO_SERVER_PORT"
+    if not 1 <= ports[0] <= 65535:
+        sys.exit(f"error: {named} {ports[0]} is not a port number; choose one in 1–65535")
+    ports = [p for p in ports if p <= 65535]
+    if not any(_port_free(host, p) for p in ports):
+        which = (
+            f"port {ports[0]} on {host} is" if len(ports) == 1 else f"ports {ports[0]}–{ports[-1]} on {host} are all"
+        )
+        sys.exit(
+            f"error: {which} in use by another program; choose a free port with --port N (or "
+            "GRADIO_SERVER_PORT=N), or stop what listens there"
+        )
+
+
+def _gradio_ports() -> list[int]:
+    """The ports Gradio tries when none is given: $GRADIO_NUM_PORTS (100) from $GRADIO_SERVER_PORT (7860)."""
+    raw = os.environ.get("GRADIO_SERVER_PORT", "7860"), os.environ.get("GRADIO_NUM_PORTS", "100")
+    try:
+        start, count = (int(v) for v in raw)
+    except ValueError:
+        sys.exit(f"error: GRADIO_SERVER_PORT={raw[0]!r} / GRADIO_NUM_PORTS={raw[1]!r}: whole numbers, please")
+    return list(range(start, start + max(count, 1)))
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether `port` on `host` can be bound now; exits naming the address if nothing could be."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(address)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            return False
+        sys.exit(f"error: cannot serve on {host}:{port} ({e}); check --host (127.0.0.1, 0.0.0.0) and --port")
+    return True
+
+
 def _threads_per_call(concurrency: int) -> int:
     """Torch threads for each model call: the cores split between the calls that run at once (0: leave
     torch's default, as OMP_NUM_THREADS asks). Torch's default gives every call all cores, and two
@@ -153,7 +205,10 @@ def _systems(names: Sequence[str], parts: dict, threads: int, starting: Future |
     """The systems, the notes on those that did not load, and their worker pool (None: in this process)."""
     if starting is None:
         apply_threads(threads)
-        return (*load_systems(names, **{**parts, "device": parts["device"] or default_device()}), None)
+        try:
+            return (*load_systems(names, **{**parts, "device": parts["device"] or default_device()}), None)
+        except CorruptWeightsError as e:
+            sys.exit(f"error: {e}")
     try:
         pool = starting.result()
     except WorkerError as e:
@@ -173,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.workers = default_workers(args)
     if args.workers < 0:
         sys.exit(f"error: --workers must be >= 0, got {args.workers}")
-    study = study_config(args)  # a bad study file stops here, before any model loads
+    check_port(args)  # an occupied port stops here, before any model loads
+    study = study_config(args)  # so does a bad study file
     model, label = args.model, args.model or "assets/models (bundled demo models)"
     if args.revision:  # pin a hub revision: load that snapshot
         from blsp_emo.model.checkpoint import ModelNotFoundError, resolve

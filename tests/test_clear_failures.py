@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,29 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
+@pytest.mark.server
+def test_an_occupied_port_is_named_before_any_model_loads(model_dir, tmp_path):
+    # A damaged model folder: were the models loaded first, the error would name the weight file.
+    weights = _damaged_copy(model_dir, tmp_path / "model", "header cut")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        asked = {
+            "--port": ("--port", port),
+            "$GRADIO_SERVER_PORT": (),  # Gradio's own variable; GRADIO_NUM_PORTS=1 leaves it no other port
+        }
+        for how, port_args in asked.items():
+            env = {**ENV, "GRADIO_SERVER_PORT": str(port), "GRADIO_NUM_PORTS": "1"} if not port_args else None
+            start = time.monotonic()
+            out = _run("app.py", "--host", "127.0.0.1", *port_args, "--model", weights.parent, env=env)
+            line = _one_error_line(out, f"port {port} on 127.0.0.1 is in use", "--port N", "GRADIO_SERVER_PORT=N")
+            assert str(weights) not in line, how
+            assert time.monotonic() - start < 120, how  # seconds, not a model load (generous: a busy machine)
+
+
+@pytest.mark.server
+def test_a_port_out_of_range_is_refused_at_once():
+    out = _run("app.py", "--port", "70000", timeout=120)
+    _one_error_line(out, "--port 70000 is not a port number; choose one in 1–65535")
