@@ -190,7 +190,7 @@ def _add_stage(sub, stage: Stage) -> None:
 def _add_demo_scale(sub) -> None:
     """The demo-scale world (docs/demo_world.md): corpus, stage-0 pretraining, assembly."""
     from train import init
-    from train.demo_world import ablate, demo, pretrain_lm, pretrain_speech, sentences, synth
+    from train.demo_world import ablate, bases_build, demo, pretrain_lm, pretrain_speech, sentences, synth
 
     commands = (
         (
@@ -248,6 +248,13 @@ def _add_demo_scale(sub) -> None:
             demo.__doc__,
             demo.add_arguments,
             demo.run,
+        ),
+        (
+            "world",
+            "the demo world on the pretrained bases: corpus, recording chain, SER, stages 1 and 2 (resumable)",
+            bases_build.__doc__,
+            bases_build.add_arguments,
+            bases_build.run,
         ),
         (
             "ablate",

