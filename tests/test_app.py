@@ -19,8 +19,9 @@ import tiny  # noqa: E402
 from blsp_emo import GenerationOptions, available_systems  # noqa: E402
 from blsp_emo.emotion import EMOTIONS  # noqa: E402
 from blsp_emo.systems import load_systems  # noqa: E402
-from blsp_emo.tts import NullSynthesizer, load_synthesizer  # noqa: E402
+from blsp_emo.tts import NEUTRAL, NullSynthesizer, SpeechSynthesizer, load_synthesizer  # noqa: E402
 from webui import demo_page
+from webui.callbacks import Callbacks
 
 OPTIONS = GenerationOptions(max_new_tokens=12, greedy=True)  # deterministic: a sampled reply may be empty
 TALK = {"system_name": "blsp-emo", "temperature": 0.5, "top_p": 0.5, "max_tokens": 12, "greedy": False, "seed": None}
@@ -89,6 +90,35 @@ def test_build_demo_constructs_with_every_part(systems):
     assert not any(isinstance(b, gr.Dataset) for b in demo.blocks.values())  # no example clips, no Examples
     labels = [b for b in demo.blocks.values() if isinstance(b, gr.Label)]
     assert len(labels) == 1 + len(systems)  # Talk + one per Compare column
+
+
+class _StyleRecorder(SpeechSynthesizer):
+    """Says a fixed tone and remembers the style it was asked for."""
+
+    name = "recorder"
+
+    def __init__(self):
+        self.styles = []
+
+    def synthesize(self, text, style=NEUTRAL):
+        self.styles.append(style)
+        return 16000, np.zeros(1600, np.float32)
+
+
+def test_the_reply_voice_policy_picks_the_style(monkeypatch, tmp_path):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # the reply WAVs land here
+    recorder = _StyleRecorder()
+    cb = Callbacks({}, recorder, "stub", OPTIONS)
+    _, soothing = cb.voice("I hear you.", "sad")  # soothe by default
+    _, mirroring = cb.voice("I hear you.", "sad", policy="mirror")
+    assert [s.name for s in recorder.styles] == ["gentle", "downcast"]
+    assert "**gentle** (soothe)" in soothing and "**downcast** (mirror)" in mirroring
+    cb.speak_last((), True, "mirror")  # no reply yet: nothing spoken
+    with pytest.raises(gr.Error, match="unknown reply voice 'echo'"):
+        cb.voice_typed("I hear you.", "sad", "echo")
+    demo = app.build_demo({}, recorder, examples_dir=Path("/nonexistent"))
+    radios = [b for b in demo.blocks.values() if isinstance(b, gr.Radio) and b.label == "Reply voice"]
+    assert len(radios) == 2 and all(r.value == "soothe" for r in radios)  # Talk settings and the Voices tab
 
 
 def test_the_queue_recomputes_its_monitoring_summary_only_every_so_many_events(monkeypatch):

@@ -22,7 +22,8 @@ from blsp_emo import GenerationOptions, Reply, SpokenDialogueSystem, load_audio
 from blsp_emo.audio import AudioError, to_pcm16
 from blsp_emo.systems import paced
 from blsp_emo.systems.base import PromptTooLongError, TextTooLongError, text_problem
-from blsp_emo.tts import NullSynthesizer, style_for
+from blsp_emo.tts import NullSynthesizer
+from blsp_emo.voice_style import DEFAULT_POLICY, POLICIES, style_for
 from webui import storage
 
 try:  # ZeroGPU Spaces lend a GPU per call to functions marked with spaces.GPU; elsewhere a no-op
@@ -324,31 +325,34 @@ class Callbacks:
             heard = (_emotion(reply), _transcript(reply) if i == 0 else reply.transcript)
             yield (*heard, reply.text, _timings(reply) + f" · seed `{reply.seed}`", reply if reply.done else None)
 
-    def speak(self, reply: Reply | None, enabled: bool = True):
-        return (None, "") if reply is None else self.voice(reply.text, reply.emotion, enabled)
+    def speak(self, reply: Reply | None, enabled: bool = True, policy: str = DEFAULT_POLICY):
+        return (None, "") if reply is None else self.voice(reply.text, reply.emotion, enabled, policy)
 
-    def speak_last(self, chat: Chat, enabled: bool = True):
-        return self.speak(chat[-1].reply if chat else None, enabled)
+    def speak_last(self, chat: Chat, enabled: bool = True, policy: str = DEFAULT_POLICY):
+        return self.speak(chat[-1].reply if chat else None, enabled, policy)
 
-    def voice_typed(self, text: str, emotion: str | None):
+    def voice_typed(self, text: str, emotion: str | None, policy: str = DEFAULT_POLICY):
         """The Voices tab: typed text, bounded as a typed turn is (speech of 100,000 characters is hours long)."""
         if problem := text_problem(text):
             raise _fail(problem)
-        return self.voice(text, emotion)
+        return self.voice(text, emotion, policy=policy)
 
-    def voice(self, text: str, emotion: str | None, enabled: bool = True):
-        """`text` spoken in the style for a user heard as `emotion`, and a line naming the style and why."""
+    def voice(self, text: str, emotion: str | None, enabled: bool = True, policy: str = DEFAULT_POLICY):
+        """`text` spoken in the style for a user heard as `emotion` under the voice `policy` (soothe or
+        mirror), and a line naming the style and why."""
+        if policy not in POLICIES:
+            raise _fail(f"unknown reply voice {policy!r}; choose one of {list(POLICIES)}")
         if not enabled or isinstance(self.synthesizer, NullSynthesizer):
             return None, "🔇 Spoken replies are off" + (
                 " (Settings)." if not enabled else " (started with --tts none)."
             )
-        style = style_for(emotion)
+        style = style_for(emotion, policy)
         audio = self.synthesizer.synthesize(text, style)
         # a file of its own per reply: Gradio would write a waveform to a name made from its samples,
         # rewriting it in place while another visitor with the same reply downloads it
         shown = None if audio is None else self.files.write_wav(audio[0], to_pcm16(audio[1]))
         why = f"you sounded {emotion}" if emotion else "no emotion was heard"
-        return shown, f"🔊 Voice style **{style.name}**: {style.purpose} — {why}."
+        return shown, f"🔊 Voice style **{style.name}** ({policy}): {style.purpose} — {why}."
 
     @_gpu
     def respond(self, audio, system_name=None):

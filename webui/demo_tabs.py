@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from blsp_emo import GenerationOptions
-from blsp_emo.tts import STYLES
+from blsp_emo.voice_style import DEFAULT_POLICY, POLICIES, POLICY_HELP
 from webui.callbacks import EMOJI, Callbacks, _validation
 from webui.storage import spoken_reply
 
@@ -30,6 +30,16 @@ def _settings(ui: SimpleNamespace, systems, options: GenerationOptions) -> None:
         ]
         ui.seed = ui.generation[-1]
         ui.tts_on = gr.Checkbox(True, label="Speak the reply")
+        ui.policy = _policy_radio()
+
+
+def _policy_radio() -> gr.Radio:
+    return gr.Radio(
+        list(POLICIES),
+        value=DEFAULT_POLICY,
+        label="Reply voice",
+        info=" · ".join(f"{name}: {why}" for name, why in POLICY_HELP.items()),
+    )
 
 
 def _examples(audio: gr.Audio, examples_dir: Path) -> None:
@@ -80,7 +90,7 @@ def talk_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
     outputs = [ui.chatbot, ui.chat, ui.emotion, ui.transcript, ui.card]
     spoken = {
         "fn": cb.speak_last,
-        "inputs": [ui.chat, ui.tts_on],
+        "inputs": [ui.chat, ui.tts_on, ui.policy],
         "outputs": [ui.reply_audio, ui.style],
         "api_visibility": "private",
     }
@@ -149,7 +159,7 @@ def compare_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
                     outputs,
                     api_visibility="private",
                     concurrency_id="model",
-                ).success(cb.speak, [outputs[-1], ui.tts_on], speech, api_visibility="private")
+                ).success(cb.speak, [outputs[-1], ui.tts_on, ui.policy], speech, api_visibility="private")
 
 
 def api_tab(cb: Callbacks, systems) -> None:
@@ -179,18 +189,26 @@ def api_tab(cb: Callbacks, systems) -> None:
 
 def voices_tab(cb: Callbacks) -> None:
     rows = "\n".join(
-        f"| {EMOJI.get(e, '')} {e} | **{s.name}** | {s.purpose} | {s.rate} | {s.pitch} | {s.volume} | {s.pitch_range} |"
-        for e, s in STYLES.items()
+        f"| {EMOJI.get(e, '')} {e} | {policy} | **{s.name}** | {s.purpose} | {s.rate} | {s.pitch} | {s.volume} | "
+        f"{s.pitch_range} |"
+        for policy, styles in POLICIES.items()
+        for e, s in styles.items()
         if e
     )
-    header = "| you sounded | voice style | why | words/min | pitch | volume % | pitch range |\n" + "|---" * 7 + "|"
+    header = (
+        "| you sounded | reply voice | voice style | why | words/min | pitch | volume % | pitch range |\n"
+        + "|---" * 8
+        + "|"
+    )
     gr.Markdown(
         f"The spoken reply keeps one voice; its prosody follows the emotion the system heard in you "
-        f"(backend: **{cb.synthesizer.name}**; espeak-ng units).\n\n{header}\n{rows}"
+        f"(backend: **{cb.synthesizer.name}**; in espeak-ng units, which the neural voice maps onto its pace, pitch "
+        f"and loudness). **Reply voice** picks the policy: soothe or mirror (Talk ▸ Settings; beside the text below).\n\n{header}\n{rows}"
     )
     with gr.Row(equal_height=True):
         text = gr.Textbox("I'm here for you. Tell me what happened.", label="Text", scale=3)
-        emotion = gr.Radio([e for e in STYLES if e], value="sad", label="As if you sounded", scale=2)
+        emotion = gr.Radio([e for e in POLICIES[DEFAULT_POLICY] if e], value="sad", label="As if you sounded", scale=2)
+        policy = _policy_radio()
         go = gr.Button("Hear it", scale=1)
     audio, note = spoken_reply(label="Spoken", type="numpy", format="wav", autoplay=True), gr.Markdown()
-    go.click(cb.voice_typed, [text, emotion], [audio, note], api_visibility="private")
+    go.click(cb.voice_typed, [text, emotion, policy], [audio, note], api_visibility="private")
