@@ -4,8 +4,6 @@ import json
 
 import pytest
 import soundfile as sf
-import torch
-from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 import tiny
 from train.demo_world.bases_build import SCALES, build_world
@@ -13,26 +11,8 @@ from train.demo_world.bases_build import SCALES, build_world
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory):
-    """A random tiny Whisper in the Hugging Face layout, and a tiny chat LM trained for seconds on the
-    demo sentences (a random LM would stop or babble whitespace, leaving the teacher nothing to say)."""
-    from train.demo_world.build_steps import SCALES as SCRATCH_SCALES
-    from train.demo_world.pretrain_lm import train_lm
-    from train.demo_world.sentences import generate
-
     folder = tmp_path_factory.mktemp("bases")
-    enc = tiny.encoder_config()
-    sizes = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "num_mel_bins")
-    config = WhisperConfig(
-        **{k: getattr(enc, k) for k in (*sizes, "max_source_positions")},
-        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=16, vocab_size=64, max_target_positions=16,
-        pad_token_id=0, bos_token_id=1, eos_token_id=1, decoder_start_token_id=2,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    WhisperForConditionalGeneration(config).save_pretrained(folder / "whisper")
-    sentences = [(s.text, s.cue) for s in generate(12, 0, "train")]
-    llm, tokenizer, _ = train_lm(sentences, SCRATCH_SCALES["ci"].lm, log=lambda *a: None)
-    llm.save_pretrained(folder / "llm")
-    tokenizer.save_pretrained(folder / "llm")
+    tiny.write_bases(folder, chat_lm=True)
     return folder
 
 

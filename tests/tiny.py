@@ -102,3 +102,37 @@ def tone(seconds: float, freq: float = 220.0, amplitude: float = 0.3, rate: int 
     rng = np.random.default_rng(int(freq))
     wave = amplitude * np.sin(2 * np.pi * (freq + 20 * t) * t) + 0.01 * rng.standard_normal(t.size)
     return wave.astype(np.float32)
+
+
+def write_bases(folder, chat_lm: bool = False):
+    """Tiny pretrained-base folders in the Hugging Face layouts `blsp_emo.bases` reads: a random
+    Whisper (`folder/whisper`) and a Qwen2 LLM with a chat tokenizer (`folder/llm`). `chat_lm`
+    trains the LLM for seconds on the demo sentences, so that it writes text (a random one stops
+    at once or babbles whitespace, leaving a teacher nothing to say)."""
+    from pathlib import Path
+
+    from transformers import Qwen2ForCausalLM, WhisperForConditionalGeneration
+
+    folder = Path(folder)
+    enc = encoder_config()
+    sizes = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "num_mel_bins")
+    config = WhisperConfig(
+        **{k: getattr(enc, k) for k in (*sizes, "max_source_positions")},
+        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=16, vocab_size=64, max_target_positions=16,
+        pad_token_id=0, bos_token_id=1, eos_token_id=1, decoder_start_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    WhisperForConditionalGeneration(config).save_pretrained(folder / "whisper")
+    if chat_lm:
+        from train.demo_world.build_steps import SCALES
+        from train.demo_world.pretrain_lm import train_lm
+        from train.demo_world.sentences import generate
+
+        sentences = [(s.text, s.cue) for s in generate(12, 0, "train")]
+        llm, tok, _ = train_lm(sentences, SCALES["ci"].lm, log=lambda *a: None)
+    else:
+        tok = tokenizer()
+        llm = Qwen2ForCausalLM(llm_config(len(tok.hf)))
+    llm.save_pretrained(folder / "llm")
+    tok.save_pretrained(folder / "llm")
+    return folder / "whisper", folder / "llm"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from blsp_emo.model import on_bases
 from blsp_emo.model.model import BlspEmoModel
 from blsp_emo.model.tokenizer import ChatTokenizer
 from blsp_emo.model.weights import BUNDLED_MODELS as BUNDLED_MODELS  # where callers have found it
@@ -86,6 +87,12 @@ def load_model(
     path = resolve(name_or_path, revision)
     if released.is_released_layout(path):
         model, tokenizer = released.load_released(path, _dtype(dtype))
+        return place(model, device).eval(), tokenizer
+    if on_bases.is_on_bases(path):  # trained parts only; the bases come from their sources
+        check_weights(path)
+        model, tokenizer = on_bases.load_on_bases(path)
+        # The bases are shared by every model on them, so a dtype or device applies to all of them.
+        model = model.to(_dtype(dtype)) if dtype is not None else model
         return place(model, device).eval(), tokenizer
     model = load_pretrained(BlspEmoModel, path, device, dtype)
     return model, ChatTokenizer.from_pretrained(path)

@@ -1,0 +1,127 @@
+"""A model stored as what training changed, on top of the pretrained bases it names by hash.
+
+A BLSP-Emo model on Whisper tiny.en and SmolLM2 is 153 M parameters, of which training changes the
+adapter, the LoRA and the emotion head: about 10 M. The folder keeps only those tensors
+(`trained.safetensors`, half precision) beside `config.json`, whose `bases` record each base's
+source and SHA-256 (`blsp_emo.bases.sources`). Loading converts or finds the bases in the cache,
+refuses a base with another hash, builds the composite on them and lays the stored tensors over it.
+
+A tensor is stored when it differs from the base's, so a stage that also trained the encoder
+stores the encoder too, and nothing needs to know which parts a stage trained. Bases are loaded
+once per process and shared read-only by every model built on them (the LoRA acts only inside
+its own scope, so two composites can share one LLM).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from blsp_emo.model.config import BlspEmoConfig
+from blsp_emo.model.model import BlspEmoModel
+from blsp_emo.model.tokenizer import ChatTokenizer
+
+TRAINED_FILE = "trained.safetensors"
+STORED_DTYPE = torch.float16  # trained parts are small numbers; fp16 keeps 10 mantissa bits (bf16: 7)
+
+
+class TrainedPartsError(ValueError):
+    """The stored tensors do not fit the composite built on the named bases."""
+
+
+def is_on_bases(folder: Path) -> bool:
+    return (folder / TRAINED_FILE).is_file() and not (folder / "model.safetensors").exists()
+
+
+@lru_cache(maxsize=4)
+def base_modules(encoder_source: str, encoder_sha: str, llm_source: str, llm_sha: str):
+    """(Whisper encoder, LLM, LLM tokenizer) of the recorded bases, each checked against its hash."""
+    from blsp_emo.bases.sources import check_base, load_llm, load_whisper, prepare
+
+    encoder, llm = prepare("encoder", encoder_source), prepare("llm", llm_source)
+    check_base({"source": encoder_source, "sha256": encoder_sha}, encoder, "this model")
+    check_base({"source": llm_source, "sha256": llm_sha}, llm, "this model")
+    whisper, _ = load_whisper(encoder)
+    language_model, tokenizer = load_llm(llm)
+    return whisper.model.encoder.requires_grad_(False), language_model.requires_grad_(False), tokenizer
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+
+    from blsp_emo.model.weights import CorruptWeightsError
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CorruptWeightsError(
+            f"{path} is damaged ({e}); rebuild it with `python -m train world`, or copy it again"
+        ) from e
+
+
+def _bases(config: BlspEmoConfig, folder: Path):
+    bases = getattr(config, "bases", None) or {}
+    if set(bases) != {"encoder", "llm"}:
+        raise TrainedPartsError(
+            f"{folder / 'config.json'} names no encoder and LLM base (bases: {sorted(bases)}); a folder with "
+            f"{TRAINED_FILE} needs them: rebuild it with `python -m train world`"
+        )
+    e, m = bases["encoder"], bases["llm"]
+    return base_modules(e["source"], e["sha256"], m["source"], m["sha256"])
+
+
+def reference_state(config: BlspEmoConfig, folder: Path) -> dict[str, torch.Tensor]:
+    """The bases' tensors under the names the composite gives them (encoder.*, llm.*)."""
+    encoder, llm, _ = _bases(config, folder)
+    return {
+        **{f"encoder.{k}": v for k, v in encoder.state_dict().items()},
+        **{f"llm.{k}": v for k, v in llm.state_dict().items()},
+    }
+
+
+def save_on_bases(model: BlspEmoModel, tokenizer: ChatTokenizer, folder: str | Path) -> dict:
+    """Write `model` as its changes over its bases; returns what was stored (tensors, bytes)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    reference = reference_state(model.config, folder)
+    changed = {
+        k: v.detach().to("cpu", STORED_DTYPE).contiguous()
+        for k, v in model.state_dict().items()
+        if k not in reference or not torch.equal(v.detach().cpu(), reference[k])
+    }
+    save_file(changed, str(folder / TRAINED_FILE), metadata={"format": "pt"})
+    model.config.save_pretrained(str(folder))
+    tokenizer.save_pretrained(folder)
+    return {"tensors": len(changed), "bytes": (folder / TRAINED_FILE).stat().st_size}
+
+
+def load_on_bases(folder: Path) -> tuple[BlspEmoModel, ChatTokenizer]:
+    """The composite on its recorded bases with the stored tensors laid over it (float32, eval)."""
+    import copy
+
+    config = BlspEmoConfig.from_pretrained(str(folder))
+    encoder, llm, _ = _bases(config, folder)
+    stored = _read(folder / TRAINED_FILE)
+    # A stage that changed a base part gets its own copy: the shared one stays the base.
+    if any(k.startswith("encoder.") for k in stored):
+        encoder = copy.deepcopy(encoder)
+    if any(k.startswith("llm.") for k in stored):
+        llm = copy.deepcopy(llm)
+    model = BlspEmoModel(config, encoder=encoder, llm=llm)
+    names = set(model.state_dict())
+    unknown = sorted(set(stored) - names)
+    if unknown:
+        raise TrainedPartsError(
+            f"{folder / TRAINED_FILE} holds tensors the composite lacks ({unknown[:3]}); it was made for "
+            "another architecture: rebuild it with `python -m train world`"
+        )
+    missing = sorted(k for k in names - set(stored) if not k.startswith(("encoder.", "llm.")))
+    if missing:
+        raise TrainedPartsError(
+            f"{folder / TRAINED_FILE} lacks trained tensors {missing[:3]}; the file is incomplete: rebuild it"
+        )
+    model.load_state_dict({k: v.float() for k, v in stored.items()}, strict=False)
+    return model.eval(), ChatTokenizer.from_pretrained(folder)

@@ -1,0 +1,92 @@
+"""A model stored as its trained parts over bases named by hash: what is stored, what loads, what is refused."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import tiny
+from blsp_emo.bases import sources
+from blsp_emo.model.checkpoint import load_model
+from blsp_emo.model.model import BlspEmoModel
+from blsp_emo.model.on_bases import TRAINED_FILE, TrainedPartsError, base_modules, load_on_bases, save_on_bases
+from blsp_emo.model.processor import build_prompt
+from blsp_emo.model.weights import CorruptWeightsError
+from blsp_emo.prompts import SYSTEM_EMPATHETIC, Speech, instruction_pieces
+from train.init import build_composite
+
+
+@pytest.fixture()
+def composite(tmp_path, monkeypatch):
+    """A composite on tiny bases, its new parts moved off their initial values as training would."""
+    monkeypatch.setenv("BLSP_EMO_CACHE", str(tmp_path / "cache"))
+    whisper, llm = tiny.write_bases(tmp_path / "bases")
+    encoder, language_model = sources.prepare("encoder", str(whisper)), sources.prepare("llm", str(llm))
+    model, tokenizer = build_composite(encoder, language_model, lora_rank=4, encode_full_window=False)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in [*model.adapter.parameters(), *model.lora.parameters(), *model.emotion_head.parameters()]:
+            p.add_(torch.randn_like(p) * 0.05)
+    return model, tokenizer
+
+
+def logits(model: BlspEmoModel, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    clip = tiny.tone(1.5)
+    prompt = build_prompt(tokenizer, instruction_pieces(SYSTEM_EMPATHETIC, "", Speech(0)), [clip], model.config)
+    with torch.inference_mode():
+        speech = model.encode_speech(prompt.input_features, prompt.frame_counts)
+        return model.speech_forward(prompt, speech).logits, model.emotion_logits(speech)
+
+
+def test_only_what_training_changed_is_stored_and_it_loads_back(composite, tmp_path):
+    model, tokenizer = composite
+    stored = save_on_bases(model, tokenizer, tmp_path / "m")
+    with safe_open(str(tmp_path / "m" / TRAINED_FILE), "pt") as f:
+        names = list(f.keys())
+    assert names and all(n.startswith(("adapter.", "lora.", "emotion_head.")) for n in names)
+    full = sum(p.numel() for p in model.parameters())
+    assert stored["bytes"] < 0.5 * full * 4  # not the bases
+
+    again, _ = load_model(str(tmp_path / "m"))
+    (a, ea), (b, eb) = logits(model, tokenizer), logits(again, tokenizer)
+    assert torch.allclose(a, b, atol=2e-3) and torch.allclose(ea, eb, atol=2e-3)  # fp16-stored parts
+    assert again.config.bases == model.config.bases
+
+
+def test_a_stage_that_changed_the_encoder_stores_it_and_keeps_the_shared_base_intact(composite, tmp_path):
+    model, tokenizer = composite
+    with torch.no_grad():
+        model.encoder.layer_norm.weight.add_(0.5)
+    save_on_bases(model, tokenizer, tmp_path / "m")
+    loaded, _ = load_on_bases(tmp_path / "m")
+    assert torch.allclose(loaded.encoder.layer_norm.weight, model.encoder.layer_norm.weight.half().float())
+    # Another model on the same bases still gets the base encoder, not this model's.
+    encoder, _, _ = base_modules(*(model.config.bases[k][f] for k in ("encoder", "llm") for f in ("source", "sha256")))
+    assert not torch.equal(encoder.layer_norm.weight, loaded.encoder.layer_norm.weight)
+
+
+def test_a_different_base_or_a_damaged_file_is_refused_by_name(composite, tmp_path):
+    model, tokenizer = composite
+    save_on_bases(model, tokenizer, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["bases"]["llm"]["sha256"] = "0" * 64
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(sources.BaseMismatchError, match="was built on the llm base"):
+        load_on_bases(tmp_path / "m")
+
+    save_on_bases(model, tokenizer, tmp_path / "n")
+    (tmp_path / "n" / TRAINED_FILE).write_bytes(b"not a safetensors file")
+    with pytest.raises(CorruptWeightsError, match=str(tmp_path / "n" / TRAINED_FILE)):
+        load_on_bases(tmp_path / "n")
+
+
+def test_a_file_missing_trained_tensors_is_refused(composite, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, tokenizer = composite
+    save_on_bases(model, tokenizer, tmp_path / "m")
+    state = load_file(str(tmp_path / "m" / TRAINED_FILE))
+    save_file({k: v for k, v in state.items() if not k.startswith("emotion_head")}, str(tmp_path / "m" / TRAINED_FILE))
+    with pytest.raises(TrainedPartsError, match="lacks trained tensors"):
+        load_on_bases(tmp_path / "m")
