@@ -14,8 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from blsp_emo import GenerationOptions
 from blsp_emo.model.weights import CorruptWeightsError, check_weights
+from blsp_emo.serving.pool import WorkerPool
+from blsp_emo.serving.protocol import WorkerError, WorkerSpec
 from blsp_emo.systems import load_systems
+from blsp_emo.tts import NullSynthesizer
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
@@ -130,3 +134,71 @@ def test_an_occupied_port_is_named_before_any_model_loads(model_dir, tmp_path):
 def test_a_port_out_of_range_is_refused_at_once():
     out = _run("app.py", "--port", "70000", timeout=120)
     _one_error_line(out, "--port 70000 is not a port number; choose one in 1–65535")
+
+
+# --- a model worker killed mid-request ---------------------------------------------------------
+
+ENDLESS = GenerationOptions(max_new_tokens=1500, min_new_tokens=1500, greedy=True)  # still decoding when killed
+SETTINGS = ("blsp-emo", 0.5, 0.5, 8, True, 0)  # system, temperature, top-p, max tokens, greedy, seed
+
+
+def _page_callbacks(systems):
+    import app
+
+    demo = app.build_demo(systems, NullSynthesizer(), options=GenerationOptions(max_new_tokens=8, greedy=True))
+    return next(fn.fn.__self__ for fn in demo.fns.values() if fn.api_name == "talk")
+
+
+@pytest.mark.server
+def test_a_worker_killed_mid_reply_is_one_line_to_the_visitor_and_the_next_turn_is_answered(bundle_dir):
+    gr = pytest.importorskip("gradio")
+    from webui.callbacks import Exchange
+
+    pool = WorkerPool.start(WorkerSpec(("blsp-emo",), model=str(bundle_dir), threads=1, slots=1), workers=1)
+    try:
+        cb = _page_callbacks(pool.systems)
+        turn = cb._turn(pool.systems["blsp-emo"], (), Exchange("hello", None, "hello", None), ENDLESS, None)
+        assert len(next(turn)[cb.ui.chatbot]) == 2  # the reply is streaming
+        victim = pool._workers[0].process
+        victim.kill()
+        victim.wait()
+        updates = []
+        with pytest.raises(gr.Error) as raised:
+            for update in turn:
+                updates.append(update)
+        assert raised.value.title == "The model stopped" and raised.value.message == (
+            f"The model stopped while answering: model worker 0 (pid {victim.pid}) exited with code -9 during "
+            "the reply; a new one is starting in its place — send your turn again."
+        )
+        assert updates[-1][cb.ui.chat] == () and updates[-1][cb.ui.chatbot] == []  # the cut turn is taken back
+        chat = list(cb.talk(None, "are you back?", (), *SETTINGS))[-1][cb.ui.chat]  # waits for the new worker
+        assert chat[-1].reply.done and pool.pids[0] != victim.pid
+    finally:
+        pool.close()
+
+
+class _Stopped:
+    """A system whose worker ends as it answers."""
+
+    name, description, window_seconds, emotion_source = "blsp-emo", "stops", 30.0, None
+
+    def stream(self, *args, **kwargs):
+        raise WorkerError("The model stopped while answering: model worker 0 (pid 1) exited with code -9 …")
+        yield
+
+    def respond(self, *args, **kwargs):
+        return list(self.stream())[-1]
+
+
+def test_every_model_call_of_the_page_says_a_stopped_worker_in_one_line(clip_path):
+    gr = pytest.importorskip("gradio")
+    cb = _page_callbacks({"blsp-emo": _Stopped()})
+    calls = {
+        "talk": lambda: list(cb.talk(None, "hi", (), *SETTINGS)),
+        "compare": lambda: list(cb.answer("blsp-emo", str(clip_path), 0, *SETTINGS[1:])),
+        "respond": lambda: cb.respond(str(clip_path), "blsp-emo"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(gr.Error, match="The model stopped while answering: model worker 0") as raised:
+            call()
+        assert raised.value.title == "The model stopped", name

@@ -22,6 +22,8 @@ from blsp_emo.systems import Reply, Timings, load_systems, paced
 
 GREEDY = GenerationOptions(max_new_tokens=12, greedy=True)
 LONG = GenerationOptions(max_new_tokens=64, min_new_tokens=48, greedy=True)  # long enough to cancel midway
+# Far longer than a kill takes: the worker is still decoding (not done and waiting) when it is killed.
+ENDLESS = GenerationOptions(max_new_tokens=1500, min_new_tokens=1500, greedy=True)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -142,6 +144,19 @@ def test_routing_prefers_the_least_busy_worker_then_home():
         pool._acquire(key=0)
 
 
+def _killed_mid_reply(pool: WorkerPool, system, index: int, text: str) -> tuple[int, WorkerError]:
+    """Kill worker `index` while it answers `text` (a reply far longer than the wait for its first
+    update); the pid it had and the error the caller got."""
+    replies = system.stream(text=text, options=ENDLESS)
+    assert not next(replies).done
+    victim = pool._workers[index].process
+    victim.kill()
+    victim.wait()
+    with pytest.raises(WorkerError) as raised:
+        list(replies)
+    return victim.pid, raised.value
+
+
 @pytest.mark.server
 def test_a_killed_worker_is_named_and_the_others_go_on(bundle_dir):
     spec = WorkerSpec(("blsp-emo",), model=str(bundle_dir), threads=1, slots=1)
@@ -149,16 +164,15 @@ def test_a_killed_worker_is_named_and_the_others_go_on(bundle_dir):
     try:
         system = pool.systems["blsp-emo"]
         homed = next(f"hello {i}" for i in range(100) if _home_key(None, (), f"hello {i}") % 2 == 0)
-        victim = pool._workers[0].process
-        victim.kill()
-        victim.wait()
-        with pytest.raises(WorkerError, match=rf"model worker 0 \(pid {victim.pid}\) exited with code -9"):
-            system.respond(text=homed, options=GREEDY)
-        assert system.respond(text=homed, options=GREEDY).done  # worker 1 answers from now on
-        pool._workers[1].process.kill()
-        pool._workers[1].process.wait()
-        with pytest.raises(WorkerError):
-            system.respond(text=homed, options=GREEDY)
+        idle = pool._workers[0].process
+        idle.kill()  # while idle: its next call had not started, so worker 1 takes it
+        idle.wait()
+        assert system.respond(text=homed, options=GREEDY).done and not pool._workers[0].alive
+        pid, error = _killed_mid_reply(pool, system, 1, homed)
+        assert str(error) == (
+            f"The model stopped while answering: model worker 1 (pid {pid}) exited with code -9 during the reply; "
+            "the other workers, if any, go on — send your turn again."
+        )
         with pytest.raises(WorkerError, match="every model worker has stopped"):
             system.respond(text=homed, options=GREEDY)
     finally:
@@ -169,14 +183,17 @@ def test_a_killed_worker_is_named_and_the_others_go_on(bundle_dir):
 def test_a_killed_worker_is_replaced_and_later_calls_wait_for_it(bundle_dir):
     pool = WorkerPool.start(WorkerSpec(("blsp",), model=str(bundle_dir), threads=1, slots=2), workers=1)
     try:
-        system, (old,) = pool.systems["blsp"], pool.pids
-        pool._workers[0].process.kill()
-        pool._workers[0].process.wait()
-        with pytest.raises(WorkerError, match=rf"pid {old}\) exited with code -9 .*; a new one is starting in its"):
-            system.respond(text="hello?", options=GREEDY)
+        system = pool.systems["blsp"]
+        old, error = _killed_mid_reply(pool, system, 0, "hello?")
+        assert f"(pid {old}) exited with code -9 during the reply; a new one is starting in its place" in str(error)
+        assert str(error).endswith("send your turn again.")
         assert system.respond(text="are you back?", options=GREEDY).done  # waits for the new worker
         (new,) = pool.pids
         assert new != old and _idle(pool)
+        pool._workers[0].process.kill()  # killed while idle: the next call waits for its replacement
+        pool._workers[0].process.wait()
+        assert system.respond(text="still there?", options=GREEDY).done
+        assert pool.pids[0] not in (old, new) and _idle(pool)
     finally:
         pool.close()
 

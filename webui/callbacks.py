@@ -20,6 +20,7 @@ import numpy as np
 
 from blsp_emo import GenerationOptions, Reply, SpokenDialogueSystem, load_audio
 from blsp_emo.audio import AudioError, to_pcm16
+from blsp_emo.serving.protocol import WorkerError
 from blsp_emo.systems import paced
 from blsp_emo.systems.base import PromptTooLongError, TextTooLongError, text_problem
 from blsp_emo.tts import NullSynthesizer
@@ -69,6 +70,12 @@ Chat = tuple  # of Exchange: a visitor's conversation, immutable, kept in gr.Sta
 
 def _fail(message: str) -> gr.Error:
     return gr.Error(html.escape(message, quote=False), title="Please check your input", print_exception=False)
+
+
+def _stopped(error: WorkerError) -> gr.Error:
+    """A model worker's end, as the visitor reads it: Gradio shows the message of a gr.Error only (any
+    other error reaches the page as a bare "Error"), and the pool's line says what to do."""
+    return gr.Error(html.escape(str(error), quote=False), title="The model stopped", print_exception=False)
 
 
 def _options(temperature, top_p, max_tokens, greedy, seed) -> GenerationOptions:
@@ -293,6 +300,8 @@ class Callbacks:
                 yield {ui.chatbot: _messages(before), ui.chat: before, **_shown_outputs(ui, shown)}
             if isinstance(e, (TextTooLongError, PromptTooLongError)):
                 raise _fail(str(e)) from e
+            if isinstance(e, WorkerError):
+                raise _stopped(e) from e
             raise
         if reply is None:
             raise RuntimeError(f"{system.name} streamed no reply")
@@ -321,9 +330,12 @@ class Callbacks:
         system = self.system(name)
         options = replace(_options(*settings), seed=seed)
         replies = paced(system.stream(audio=self.load(audio, system), options=options), self.stream_interval)
-        for i, reply in enumerate(replies):  # every output each time, as in Callbacks._turn
-            heard = (_emotion(reply), _transcript(reply) if i == 0 else reply.transcript)
-            yield (*heard, reply.text, _timings(reply) + f" · seed `{reply.seed}`", reply if reply.done else None)
+        try:
+            for i, reply in enumerate(replies):  # every output each time, as in Callbacks._turn
+                heard = (_emotion(reply), _transcript(reply) if i == 0 else reply.transcript)
+                yield (*heard, reply.text, _timings(reply) + f" · seed `{reply.seed}`", reply if reply.done else None)
+        except WorkerError as e:
+            raise _stopped(e) from e
 
     def speak(self, reply: Reply | None, enabled: bool = True, policy: str = DEFAULT_POLICY):
         return (None, "") if reply is None else self.voice(reply.text, reply.emotion, enabled, policy)
@@ -358,6 +370,9 @@ class Callbacks:
     def respond(self, audio, system_name=None):
         """The `/respond` API: the `python -m blsp_emo respond --json` object and the spoken reply."""
         system = self.system(system_name)
-        reply = system.respond(audio=self.load(audio, system), options=self.options)
+        try:
+            reply = system.respond(audio=self.load(audio, system), options=self.options)
+        except WorkerError as e:
+            raise _stopped(e) from e
         spoken, _ = self.speak(reply)
         return {"file": Path(audio).name, **reply.to_json()}, spoken

@@ -227,20 +227,15 @@ class WorkerPool:
         self, name: str, audio, history: tuple[Turn, ...], options: GenerationOptions, text: str | None
     ) -> Iterator[Reply]:
         """Run `name`'s `stream` in a worker; closing the iterator early cancels the reply there."""
-        worker, conn = self._acquire(_home_key(audio, history, text))
+        worker, conn = self._send(("stream", name, audio, history, options, text), _home_key(audio, history, text))
         finished = broken = False
         try:
-            try:
-                conn.send(("stream", name, audio, history, options, text))
-            except OSError as e:
-                broken = True
-                raise WorkerError(self._lost(worker, "before the call")) from e
             while True:
                 try:
                     kind, value = conn.recv()
                 except (EOFError, OSError) as e:
                     broken = True
-                    raise WorkerError(self._lost(worker, "during a reply")) from e
+                    raise WorkerError(self._lost(worker)) from e
                 if kind == "reply":
                     yield value
                     continue
@@ -253,9 +248,23 @@ class WorkerPool:
                 broken = not _cancel(conn)
             self._release(worker, conn, broken)
 
-    def _lost(self, worker: _Worker, when: str) -> str:
-        then = "a new one is starting in its place; try again" if self._restart else "the other workers, if any, go on"
-        return f"{worker.stopped()} {when}; {then}"
+    def _send(self, call: tuple, key: int) -> tuple[_Worker, Connection]:
+        """A worker's connection that has taken `call`. A worker found stopped before the call (killed
+        while idle) is retired, replaced, and the call goes to the next one: none of it ran, so the
+        visitor need not hear of it."""
+        for _ in range(len(self._workers) + 1):
+            worker, conn = self._acquire(key)
+            try:
+                conn.send(call)
+                return worker, conn
+            except OSError:
+                self._release(worker, conn, broken=True)
+        raise WorkerError(f"{worker.stopped()} before the call, as did every worker tried; restart the app")
+
+    def _lost(self, worker: _Worker) -> str:
+        """What a caller whose reply a worker's end cut short is told: one line, what happened and what to do."""
+        then = "a new one is starting in its place" if self._restart else "the other workers, if any, go on"
+        return f"The model stopped while answering: {worker.stopped()} during the reply; {then} — send your turn again."
 
     def _acquire(self, key: int) -> tuple[_Worker, Connection]:
         """A free connection of the least busy worker, the home one (`key`) among equals."""
