@@ -5,6 +5,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+# The largest seed taken: the largest whole number a browser's number field holds exactly (2**53 - 1),
+# so a seed shown on the page can be typed back to replay the turn. torch would take up to 2**64 - 1,
+# and fails past it with "Overflow when unpacking long long", which a visitor cannot act on.
+MAX_SEED = 2**53 - 1
+
 
 @dataclass(frozen=True)
 class GenerationOptions:
@@ -28,6 +33,10 @@ class GenerationOptions:
             raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}; use greedy=True")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(
+                f"seed {self.seed} is outside 0–{MAX_SEED:,}; choose one in that range, or none for a new one each time"
+            )
         if self.top_k < 0 or self.repetition_penalty <= 0:
             raise ValueError(
                 f"top_k must be >= 0 and repetition_penalty > 0, got {self.top_k}, {self.repetition_penalty}"

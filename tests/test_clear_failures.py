@@ -202,3 +202,24 @@ def test_every_model_call_of_the_page_says_a_stopped_worker_in_one_line(clip_pat
         with pytest.raises(gr.Error, match="The model stopped while answering: model worker 0") as raised:
             call()
         assert raised.value.title == "The model stopped", name
+
+
+# --- a seed outside the range ------------------------------------------------------------------
+
+
+def test_a_seed_outside_the_range_is_one_line_naming_it_and_the_range(clip_path, capsys):
+    gr = pytest.importorskip("gradio")
+    from blsp_emo.__main__ import main
+    from blsp_emo.options import MAX_SEED
+
+    cb = _page_callbacks({"blsp-emo": _Stopped()})  # refused before any model call
+    for seed in (2**70, -1, MAX_SEED + 1):
+        expected = f"seed {seed} is outside 0–9,007,199,254,740,991; choose one in that range, or none for a new one"
+        with pytest.raises(gr.Error) as refused:
+            list(cb.talk(None, "hi", (), "blsp-emo", 0.5, 0.5, 8, True, seed))
+        assert refused.value.message.startswith(expected)
+        with pytest.raises(gr.Error, match=f"seed {seed} is outside"):  # Compare fixes its columns' seed
+            cb.start_compare(str(clip_path), seed)
+        assert main(["respond", str(clip_path), "--seed", str(seed)]) == 2  # refused before loading a model
+        assert capsys.readouterr().err.startswith(f"error: {expected}")
+    assert GenerationOptions(seed=MAX_SEED).resolved_seed() == MAX_SEED

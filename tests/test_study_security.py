@@ -100,6 +100,33 @@ def test_a_trial_never_issued_or_a_forged_key_is_refused_and_nothing_is_stored(s
     assert runner.store.ratings() == []
 
 
+def test_a_trial_index_that_is_not_a_trial_is_one_line_naming_it_and_the_range(study, systems, tmp_path):
+    runner = _runner(study, systems, tmp_path)
+    api = _endpoints(runner)
+    rater = api["study_begin"](True)["rater_id"]
+    calls = {
+        "study_trial": lambda index: api["study_trial"](rater, index),
+        "study_played": lambda index: api["study_played"](rater, index, "a" * 32),
+        "study_submit": lambda index: _submit(api, rater, index, "a" * 32),
+    }
+    refusals = {
+        "abc": "trial 'abc' is not a trial number; this rater's trials are 0–1",
+        1.5: "trial 1.5 is not a trial number; this rater's trials are 0–1",  # int() would take trial 1
+        True: "trial True is not a trial number; this rater's trials are 0–1",
+        2**70: f"trial {2**70} is outside this rater's plan (0–1)",
+        -1: "trial -1 is outside this rater's plan (0–1)",
+    }
+    for name, call in calls.items():
+        for index, message in refusals.items():
+            with pytest.raises(gr.Error) as refused:
+                call(index)
+            assert refused.value.message == message, (name, index)
+    with pytest.raises(gr.Error, match="trial 'abc' is not a trial number; trials are numbered from 0"):
+        api["study_trial"]("no-such-rater", "abc")
+    assert api["study_trial"](rater, "1")["key"] == api["study_trial"](rater, 1.0)["key"]  # a number as text
+    assert runner.store.ratings() == []
+
+
 def test_the_stored_shown_at_is_the_servers_never_the_clients(study, systems, tmp_path):
     runner = _runner(study, systems, tmp_path)
     api = _endpoints(runner)

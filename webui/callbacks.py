@@ -322,7 +322,10 @@ class Callbacks:
 
     def start_compare(self, audio, seed):
         """Fix one seed for every column, so the columns differ only by system (the clip is validated)."""
-        return GenerationOptions(seed=None if seed in (None, "") else int(seed)).resolved_seed()
+        try:
+            return GenerationOptions(seed=None if seed in (None, "") else int(seed)).resolved_seed()
+        except ValueError as e:
+            raise _fail(str(e)) from e
 
     @_gpu
     def answer(self, name: str, audio, seed: int, *settings):

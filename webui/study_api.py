@@ -25,6 +25,21 @@ def _fail(message: str) -> gr.Error:
     return gr.Error(html.escape(message, quote=False), print_exception=False)
 
 
+def trial_number(runner: StudyRunner, rater_id: str, value) -> int:
+    """`value` as a trial number. An API caller may send any JSON ("abc", 1.5, true), and `int()`
+    turns some into a generic error and others (1.5) silently into another trial; the refusal names
+    the value and this rater's range."""
+    if isinstance(value, str) and value.strip().removeprefix("-").isdigit():
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value  # a whole number outside the plan is refused by the runner, naming the range
+    plan = runner.store.plan(rater_id)
+    accepted = f"this rater's trials are 0–{len(plan) - 1}" if plan else "trials are numbered from 0"
+    raise _fail(f"trial {value!r} is not a trial number; {accepted}")
+
+
 def client_address(request: gr.Request | None) -> str | None:
     """The caller's address, for the per-address cap on new raters (counted in memory, never stored)."""
     client = getattr(request, "client", None)
@@ -51,16 +66,18 @@ def api(runner: StudyRunner) -> None:
     def study_trial(rater_id: str, trial: int) -> dict:
         """Trial `trial` (0-based) of a rater: the clip id and replies A and B, the key to submit with,
         the server's shown-at time and how long the clips last."""
+        index = trial_number(runner, rater_id, trial)
         try:
-            return runner.view(rater_id, int(trial)).to_json()
+            return runner.view(rater_id, index).to_json()
         except LookupError as e:
             raise _fail(str(e)) from e
 
     def study_played(rater_id: str, trial: int, key: str) -> dict:
         """The trial's clips were played to the end (refused sooner after fetching than they last)."""
+        index = trial_number(runner, rater_id, trial)  # outside: a gr.Error is a ValueError too
         try:
-            runner.trial(rater_id, int(trial))
-            return {"played_at": runner.played(rater_id, int(trial), key)}
+            runner.trial(rater_id, index)
+            return {"played_at": runner.played(rater_id, index, key)}
         except (LookupError, ValueError, PermissionError) as e:
             raise _fail(str(e)) from e
 
@@ -80,8 +97,9 @@ def api(runner: StudyRunner) -> None:
         reveals A and B only once this rater's rating of this trial is stored. `shown_at` is ignored
         (the server's is stored)."""
         del shown_at  # the server recorded when it handed the trial out
+        index = trial_number(runner, rater_id, trial)
         try:
-            view = replace(runner.issued_view(rater_id, int(trial)), key=key)
+            view = replace(runner.issued_view(rater_id, index), key=key)
             scores = {"empathy_a": empathy_a, "quality_a": quality_a, "empathy_b": empathy_b, "quality_b": quality_b}
             return runner.submit(view, scores, preference, reason).to_json()
         except (LookupError, ValueError, PermissionError) as e:
