@@ -10,6 +10,7 @@ Praat comes from `praat-parselmouth`, imported on first use.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 ANALYSIS_FLOOR_HZ, ANALYSIS_CEILING_HZ = 50.0, 400.0
 # The measurement tracks down to 40 Hz: a voice lowered by several semitones must still be seen.
 MEASURE_FLOOR_HZ, MEASURE_CEILING_HZ = 40.0, 500.0
+_SEEDED = threading.Lock()  # Praat's random generator is one per process
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,50 @@ class ProsodyShift:
         return self.semitones != 0 or self.range_factor != 1 or self.duration_factor != 1
 
 
-def apply(rate: int, samples: np.ndarray, shift: ProsodyShift) -> np.ndarray:
-    """`samples` (T,) with `shift` imposed: float32, clipped to [-1, 1] only where a gain overshoots."""
-    out = _psola(rate, samples, shift) if shift.moves_pitch_or_time and samples.size else samples
-    out = np.asarray(out, dtype=np.float32) * np.float32(shift.gain)
-    return np.clip(out, -1.0, 1.0)
+def apply(
+    rate: int,
+    samples: np.ndarray,
+    shift: ProsodyShift,
+    clip: bool = True,
+    resynthesize: bool = False,
+    seed: int | None = None,
+) -> np.ndarray:
+    """`samples` (T,) with `shift` imposed, as float32.
+
+    `clip`: cut what a gain pushed past [-1, 1] (a player's range); without it, a later stage (a
+    recording chain's gain) decides. `resynthesize`: run PSOLA even when the shift moves neither
+    pitch nor time, so every clip of a corpus carries the same processing (else only the neutral
+    ones would be free of its traces, and a model could learn those for emotion). `seed`: the same
+    output every time (Praat draws random periods for unvoiced stretches it lengthens).
+    """
+    moves = (shift.moves_pitch_or_time or resynthesize) and samples.size
+    out = (
+        (_psola(rate, samples, shift) if seed is None else _seeded_psola(rate, samples, shift, seed))
+        if moves
+        else samples
+    )
+    out = np.asarray(out, dtype=np.float32) * np.float32(shift.gain * _level_kept(samples, out))
+    return np.clip(out, -1.0, 1.0) if clip else out
+
+
+def _level_kept(before: np.ndarray, after: np.ndarray) -> float:
+    # PSOLA adds or drops pitch pulses: 3 semitones down loses ~10 % of the RMS, 6 up adds ~20 %.
+    # Undo that, so the gain alone sets the energy (a stretch leaves the mean power as it was).
+    if after is before:
+        return 1.0
+    power = float(np.mean(np.square(after, dtype=np.float64)))
+    return float(np.sqrt(np.mean(np.square(before, dtype=np.float64)) / power)) if power > 0 else 1.0
+
+
+def _seeded_psola(rate: int, samples: np.ndarray, shift: ProsodyShift, seed: int) -> np.ndarray:
+    from parselmouth.praat import run
+
+    with _SEEDED:
+        run(f"random_initializeWithSeedUnsafelyButPredictably ({int(seed)})")
+        try:
+            return _psola(rate, samples, shift)
+        finally:  # other callers get unpredictable draws again
+            run("random_initializeSafelyAndUnpredictably ()")
 
 
 def _psola(rate: int, samples: np.ndarray, shift: ProsodyShift) -> np.ndarray:

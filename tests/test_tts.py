@@ -222,7 +222,7 @@ def test_pyttsx3_serialised_requests_keep_their_text_and_style(pyttsx3_synth):
 @pytest.fixture(scope="module")
 def piper():
     if problem := tts.piper_problem():
-        pytest.skip(f"the Piper voice is not installed: {problem}")
+        pytest.skip(f"Piper cannot run here: {problem}")
     return tts.load_synthesizer("piper", noise_scale=0.0, noise_w=0.0)  # zero noise: the same audio every time
 
 

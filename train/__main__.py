@@ -190,7 +190,16 @@ def _add_stage(sub, stage: Stage) -> None:
 def _add_demo_scale(sub) -> None:
     """The demo-scale world (docs/demo_world.md): corpus, stage-0 pretraining, assembly."""
     from train import init
-    from train.demo_world import ablate, bases_build, demo, pretrain_lm, pretrain_speech, sentences, synth
+    from train.demo_world import (
+        ablate,
+        bases_build,
+        demo,
+        neural_voice,
+        pretrain_lm,
+        pretrain_speech,
+        sentences,
+        synth,
+    )
 
     commands = (
         (
@@ -213,6 +222,13 @@ def _add_demo_scale(sub) -> None:
             synth.__doc__,
             synth.add_arguments,
             synth.run,
+        ),
+        (
+            "neural-voice",
+            "emotional speech in the neural voice (Piper + Praat); --measure prints each emotion's shift",
+            neural_voice.__doc__,
+            neural_voice.add_arguments,
+            neural_voice.run,
         ),
         (
             "pretrain-asr",
