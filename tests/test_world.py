@@ -6,6 +6,7 @@ import pytest
 import soundfile as sf
 
 import tiny
+from blsp_emo.emotion import EMOTIONS
 from train.demo_world.bases_build import SCALES, build_world
 
 
@@ -40,3 +41,27 @@ def test_the_world_builds_on_given_bases_and_resumes(bases, tmp_path, monkeypatc
     again = build_world(work, scale, str(bases / "whisper"), str(bases / "llm"), log=lines.append)
     assert again == parts
     assert not [line for line in lines if line.endswith("...") and "recording" not in line]
+
+
+def test_the_neural_corpus_says_a_seeded_share_of_the_sentences_in_every_tone(tmp_path):
+    pytest.importorskip("piper")
+    from blsp_emo.tts import piper_problem
+    from train.demo_world.bases_build import NEURAL_VOICE, write_neural_corpus
+    from train.demo_world.sentences import generate, write_sentences
+
+    if piper_problem():
+        pytest.skip(piper_problem())
+    sentences = [s for s in generate(40, 0, "train") if s.cue is None][:6]
+    write_sentences(sentences, tmp_path / "s.jsonl")
+    manifest = write_neural_corpus(tmp_path / "s.jsonl", tmp_path / "a", share=0.5, seed=3)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    said = {r["sentence_id"] for r in rows}
+    assert 0 < len(said) < 6 and all(r["voice"] == NEURAL_VOICE for r in rows)
+    for sid in said:  # a plain sentence in all five tones
+        assert sorted(r["emotion"] for r in rows if r["sentence_id"] == sid) == sorted(EMOTIONS)
+    again = write_neural_corpus(tmp_path / "s.jsonl", tmp_path / "b", share=0.5, seed=3)
+    assert again.read_text() == manifest.read_text()
+    first = rows[0]["audio"]
+    assert (tmp_path / "a" / first).read_bytes() == (
+        tmp_path / "b" / first
+    ).read_bytes()  # the same seed, the same file

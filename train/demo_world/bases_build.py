@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from blsp_emo.emotion import EMOTIONS
 from train.demo_world.build_steps import Build
 
 
@@ -50,11 +51,11 @@ SCALES = {
         accents=24,
         accents_per_speaker=2,
         neural_share=0.35,
-        ser_epochs=3,
+        ser_epochs=2,
         stage1_steps=200,
-        stage2_steps=500,
+        stage2_steps=400,
         batch_size=8,
-        teacher_batch=32,
+        teacher_batch=64,
         eval_clips=None,
     ),
     "ci": WorldScale(
@@ -119,7 +120,8 @@ class BasesBuild(Build):
         from blsp_emo.bases.sources import prepare
 
         encoder = prepare("encoder", self.encoder_source)
-        extra = ("--init-encoder", str(encoder.folder), "--epochs", str(self.scale.ser_epochs), "--threads", "1")
+        # A pretrained encoder is fine-tuned gently (the scratch world's 1e-3 suits a 1M-parameter one).
+        extra = ("--init-encoder", str(encoder.folder), "--epochs", str(self.scale.ser_epochs), "--lr", "1e-4")
         return self.speech_model("ser", manifest, eval_manifest, extra)
 
     def teacher(self, stage_name: str, manifest: Path, model_dir: Path) -> Path:
@@ -176,21 +178,47 @@ class BasesBuild(Build):
 
     def neural(self, split: str, sentences: Path) -> Path | None:
         """The neural voice's clips of a share of the sentences (none when the voice is absent)."""
-        try:
-            from train.demo_world import neural_voice
-        except ImportError:
-            return None
+        from blsp_emo.tts import piper_problem
+
         share = self.scale.neural_share if split == "train" else 1.0
-        if share <= 0 or not neural_voice.available():
+        if share <= 0 or piper_problem():
+            self.log(f"[demo] neural-{split}: skipped ({piper_problem() or 'share 0'})")
             return None
         return (
             self.step(
                 f"neural-{split}",
                 self.work / f"neural_{split}",
-                lambda out: neural_voice.write_corpus(sentences, out, share=share, seed=self.seed),
+                lambda out: write_neural_corpus(sentences, out, share, self.seed),
             )
             / "manifest.jsonl"
         )
+
+
+NEURAL_VOICE = "piper:en_US-joe-medium"
+
+
+def write_neural_corpus(sentences: Path, out: Path, share: float, seed: int = 0) -> Path:
+    """A seeded share of `sentences`, each in every tone (a cue sentence in one, as espeak's corpus
+    has it), spoken by the neural voice with the tone's prosody (`neural_voice.py`)."""
+    import random
+
+    from train.demo_world.acoustics import write_clip
+    from train.demo_world.neural_voice import render
+    from train.demo_world.sentences import read_sentences
+    from train.demo_world.synth import emotions_for
+
+    chosen = [s for s in read_sentences(sentences) if random.Random(f"{seed}|{s.id}|neural").random() < share]
+    rows = []
+    for sentence in chosen:
+        for emotion in emotions_for(sentence, NEURAL_VOICE, EMOTIONS, seed):
+            name = f"wav/{sentence.id}_piper-joe_{emotion}.wav"
+            rate, audio = render(sentence.text, emotion, random.Random(f"{seed}|{sentence.id}|joe|{emotion}"))
+            if not (out / name).exists():
+                write_clip(out / name, rate, audio)
+            row = {"audio": name, "text": sentence.text, "emotion": emotion, "voice": NEURAL_VOICE}
+            rows.append({**row, "sentence_id": sentence.id, "cue": sentence.cue})
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return out / "manifest.jsonl"
 
 
 def build_world(work: Path, scale: WorldScale, encoder: str = "wheel", llm: str = "wheel", seed: int = 0, log=print):
@@ -203,9 +231,9 @@ def build_world(work: Path, scale: WorldScale, encoder: str = "wheel", llm: str 
     recorded = b.recorded("train", [c for c in corpora if c is not None])
     eval_manifest = b.corpus("eval", eval_sentences)
     init = b.init()
-    ser = b.ser(recorded, eval_manifest)
     stage1 = b.stage("stage1", b.teacher("stage1", recorded, init), init, max_steps=scale.stage1_steps)
     stage2 = b.stage("stage2", b.teacher("stage2", recorded, init), stage1, max_steps=scale.stage2_steps)
+    ser = b.ser(recorded, eval_manifest)
     return {"blsp-emo": stage2, "blsp": stage1, "ser": ser, "eval_manifest": eval_manifest, "train": recorded}
 
 

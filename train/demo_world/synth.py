@@ -91,18 +91,20 @@ def plan(
         if voices_per_sentence is not None:
             chosen = random.Random(f"{seed}|{sentence.id}|voices").sample(list(voices), voices_per_sentence)
         for voice in chosen:
-            for emotion in _emotions_for(sentence, voice, emotions, seed, cue_match):
+            for emotion in emotions_for(sentence, voice.spec, emotions, seed, cue_match):
                 rng = random.Random(f"{seed}|{sentence.id}|{voice.spec}|{emotion}")
                 amplitude = voice_amplitude(voice.espeak)  # cached; only the voices drawn are calibrated
                 clips.append(Clip(sentence, voice, emotion, sample_setting(emotion, rng, amplitude, jitter)))
     return clips
 
 
-def _emotions_for(sentence: Sentence, voice: Voice, emotions: Sequence[str], seed: int, cue_match: float) -> list[str]:
+def emotions_for(
+    sentence: Sentence, voice: str, emotions: Sequence[str], seed: int, cue_match: float = 0.8
+) -> list[str]:
     """All emotions for a plain sentence; one for a cue sentence, its cue with probability cue_match."""
     if sentence.cue is None:
         return list(emotions)
-    rng = random.Random(f"{seed}|{sentence.id}|{voice.spec}|cue")
+    rng = random.Random(f"{seed}|{sentence.id}|{voice}|cue")
     if sentence.cue in emotions and rng.random() < cue_match:
         return [sentence.cue]
     others = [e for e in emotions if e != sentence.cue] or list(emotions)
