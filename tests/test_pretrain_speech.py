@@ -261,3 +261,20 @@ def test_bad_input_is_reported_with_the_fix(manifest, tmp_path, capsys):
     assert "pass --init-encoder" in capsys.readouterr().err
     with pytest.raises(ValueError, match="divisible"):
         EncoderSize(d_model=30, heads=4)
+
+
+def test_ser_on_a_pretrained_whisper_tunes_only_its_top_layers(tmp_path):
+    import tiny
+    from train.demo_world.speech_models import build_ser
+
+    whisper, _ = tiny.write_bases(tmp_path)
+    model = build_ser(None, str(whisper), tune_layers=1)
+    trainable = {
+        name.split(".")[0] + "." + name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad
+    }
+    last = len(model.encoder.layers) - 1
+    assert {n for n in trainable if n.startswith("encoder.")} == {"encoder.layers", "encoder.layer_norm"}
+    assert all(p.requires_grad for p in model.encoder.layers[last].parameters())
+    assert not any(p.requires_grad for p in model.encoder.layers[0].parameters())
+    with pytest.raises(ValueError, match="tune_layers must be in 0..2"):
+        build_ser(None, str(whisper), tune_layers=5)

@@ -121,7 +121,9 @@ class BasesBuild(Build):
 
         encoder = prepare("encoder", self.encoder_source)
         # A pretrained encoder is fine-tuned gently (the scratch world's 1e-3 suits a 1M-parameter one).
+        # Its top two layers only: the bundle stores what changed, and it must stay small.
         extra = ("--init-encoder", str(encoder.folder), "--epochs", str(self.scale.ser_epochs), "--lr", "1e-4")
+        extra += ("--tune-layers", "2")
         return self.speech_model("ser", manifest, eval_manifest, extra)
 
     def teacher(self, stage_name: str, manifest: Path, model_dir: Path) -> Path:

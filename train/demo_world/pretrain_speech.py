@@ -79,6 +79,12 @@ def add_ser_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --init-encoder, train only the head: a linear probe of the mean-pooled states",
     )
+    parser.add_argument(
+        "--tune-layers",
+        type=int,
+        metavar="K",
+        help="with --init-encoder, fine-tune only the encoder's top K layers (and its final norm)",
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser, recipes: dict[str, FitOptions]) -> None:
@@ -159,7 +165,7 @@ def run_ser(args: argparse.Namespace) -> int:
         raise ValueError("--freeze-encoder probes a trained encoder: pass --init-encoder ASR_DIR too")
     mode = "scratch" if not args.init_encoder else "probe" if args.freeze_encoder else "fine-tune"
     options, out = _setup(args, SER_FIT[mode])
-    model = build_ser(_size(args, SER_SIZE), args.init_encoder, args.freeze_encoder)  # before features: fail fast
+    model = build_ser(_size(args, SER_SIZE), args.init_encoder, args.freeze_encoder, args.tune_layers)  # fail fast
     train, held_out, feature_seconds = _corpora(args)
     report = train_ser(model, train, options)
     model.save_pretrained(str(out))

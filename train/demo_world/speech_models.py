@@ -122,7 +122,7 @@ def _by_voice(corpus: Corpus, items: list, score: Callable[[list], float]) -> di
 
 
 def build_ser(
-    size: EncoderSize, init_encoder: str | None = None, freeze_encoder: bool = False
+    size: EncoderSize, init_encoder: str | None = None, freeze_encoder: bool = False, tune_layers: int | None = None
 ) -> WhisperEmotionClassifier:
     """A fresh classifier of `size`, or one whose encoder starts as (a copy of) an ASR model's."""
     if init_encoder is None:
@@ -132,6 +132,16 @@ def build_ser(
         model = WhisperEmotionClassifier.build(encoder.config, EMOTIONS, encode_full_window=False)
         model.encoder.load_state_dict(encoder.state_dict())
     model.encoder.requires_grad_(not freeze_encoder)
+    if tune_layers is not None and not freeze_encoder:
+        # Only the top layers (and the final norm) move: what a pretrained encoder's lower layers
+        # know of speech stays, and a bundle stores only what changed.
+        layers = model.encoder.layers
+        if not 0 <= tune_layers <= len(layers):
+            raise ValueError(f"tune_layers must be in 0..{len(layers)} (the encoder's layers), got {tune_layers}")
+        model.encoder.requires_grad_(False)
+        for layer in layers[len(layers) - tune_layers :]:
+            layer.requires_grad_(True)
+        model.encoder.layer_norm.requires_grad_(True)
     return model
 
 
