@@ -324,3 +324,76 @@ def test_the_terminal_chat_refuses_a_long_typed_line_and_takes_the_next(monkeypa
     out = io.StringIO()
     assert list(chat.microphone_turns(10.0, read_line=read_line, out=out)) == ["hello"]
     assert "error: Your message is 3,000 characters; the limit is 2,000 — shorten it." in out.getvalue()
+
+
+# --- the server's whole process tree through the bomb and the long text ------------------------
+
+TREE_GROWTH_MB = 300  # the issue's acceptance: the tree grows by at most this over its idle size
+
+
+class _TreePeak:
+    """The resident memory of a process and everything under it (the model workers), sampled every
+    20 ms in a thread while the block runs: a bomb decoded whole would be there for seconds."""
+
+    def __init__(self, pid: int):
+        from blsp_emo.bench.app_process import process_rss_mb, process_tree
+
+        self.pids, self._rss = process_tree(pid), process_rss_mb
+        self.idle = self.now()
+        self.peak = self.idle
+
+    def now(self) -> float:
+        return sum(self._rss(p) for p in self.pids)
+
+    def __enter__(self):
+        import threading
+
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._done.wait(0.02):
+            self.peak = max(self.peak, self.now())
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+
+
+@pytest.mark.server
+def test_the_servers_process_tree_stays_bounded_through_the_bomb_and_the_long_text(bundle_dir, bomb, clip_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError, ValidationError
+
+    from blsp_emo.bench.app_process import spawn_app
+
+    server = spawn_app(("--model", str(bundle_dir), "--tts", "none", "--systems", "blsp-emo"))
+    try:
+        client = Client(server.url, verbose=False, download_files=False, httpx_kwargs={"timeout": 120})
+        assert client.predict(handle_file(str(clip_path)), "blsp-emo", api_name="/respond")[0]["reply"] is not None
+        talk = lambda audio, text, seed=0: client.predict(audio, text, *SETTINGS[:-1], seed, api_name="/talk")  # noqa: E731
+        attacks = {  # each request, and the line its caller must get
+            "bomb to /respond": (lambda: client.predict(handle_file(str(bomb)), api_name="/respond"), "655,350 Hz"),
+            "bomb to /talk": (lambda: talk(handle_file(str(bomb)), ""), "655,350 Hz"),
+            "100,000 characters": (lambda: talk(None, "a" * 100_000), "Your message is 100,000 characters"),
+            "seed 2**70": (lambda: talk(None, "hi", 2**70), f"seed {2**70} is outside 0–9,007,199,254,740,991"),
+        }
+        tree = _TreePeak(server.process.pid)
+        assert len(tree.pids) == 2  # the server and its model worker
+        with tree, ThreadPoolExecutor(4) as pool:
+            for name, (attack, line) in attacks.items():
+                with pytest.raises(ValidationError if name != "seed 2**70" else AppError, match=line):
+                    attack()
+            bombs = [pool.submit(attacks["bomb to /respond"][0]) for _ in range(4)]  # four at once: 3.9 GB before
+            for job in bombs:
+                with pytest.raises(ValidationError, match="a sample rate of 655,350 Hz is outside the limit"):
+                    job.result(timeout=180)
+        print(f"server tree: {tree.idle:.0f} MB idle, {tree.peak:.0f} MB at the peak of the attacks")
+        assert tree.peak - tree.idle <= TREE_GROWTH_MB, f"{tree.idle:.0f} MB idle -> {tree.peak:.0f} MB peak"
+        assert len(talk(None, "still there?")[0]) == 2 and server.process.poll() is None
+    finally:
+        server.stop()
