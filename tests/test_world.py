@@ -1,6 +1,7 @@
 """`python -m train world` at CI size, on tiny bases written here (a random Whisper, a tiny chat LM)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import soundfile as sf
@@ -20,7 +21,8 @@ def bases(tmp_path_factory):
 @pytest.mark.slow
 def test_the_world_builds_on_given_bases_and_resumes(bases, tmp_path, monkeypatch):
     monkeypatch.setenv("BLSP_EMO_CACHE", str(tmp_path / "cache"))
-    work, scale = tmp_path / "work", SCALES["ci"]
+    monkeypatch.chdir(tmp_path)
+    work, scale = Path("work"), SCALES["ci"]  # relative, as `--work runs/world` is
     lines = []
     parts = build_world(work, scale, str(bases / "whisper"), str(bases / "llm"), log=lines.append)
 

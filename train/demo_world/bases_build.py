@@ -97,7 +97,9 @@ class BasesBuild(Build):
             for line in manifest.read_text(encoding="utf-8").splitlines():
                 row = json.loads(line)
                 audio = Path(row["audio"])
-                rows.append({**row, "audio": str(audio if audio.is_absolute() else manifest.parent / audio)})
+                rows.append(
+                    {**row, "audio": str(audio if audio.is_absolute() else (manifest.parent / audio).resolve())}
+                )
         joined.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         self.log(f"[demo] recording {len(rows)} {split} clips through drawn chains ...")
         return record_corpus(joined, self.work / f"recorded_{split}", seed=self.seed)
