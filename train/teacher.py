@@ -30,6 +30,7 @@ from train.manifest import RAW_KEYS, Row, read_rows
 from train.stages import Stage
 
 MAX_NEW_TOKENS = 48  # docs/paper.md §2.4
+CHUNK = 16  # batches of rows read at once (see generate_teacher_outputs)
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,10 @@ def generate_teacher_outputs(
     # voices shares one generation (exact, not an approximation).
     memo: dict[tuple[int, ...], tuple[str, bool]] = {}
     with out.open("a", encoding="utf-8") as f:
-        for batch in _batches(todo(), batch_size):
+        # Rows are taken CHUNK batches at a time and their distinct prompts generated together:
+        # a sentence in five tones by two voices is one prompt for stage 1, so batching rows
+        # would generate a handful of prompts per batch and pay a whole batch's steps for them.
+        for batch in _batches(todo(), batch_size * CHUNK):
             instructions = [stage.teacher_prompt(row.emotion) for row in batch]
             # Instruction and transcript are tokenised as separate pieces, as the KL teacher sees
             # them in training (the released teacher joined them into one string, docs/paper.md §2.3).
@@ -153,9 +157,10 @@ def generate_teacher_outputs(
                 ).input_ids
                 for instr, row in zip(instructions, batch)
             ]
-            missing = list(dict.fromkeys(tuple(p) for p in prompts if tuple(p) not in memo))
-            if missing:
-                memo.update(zip(missing, continue_prompts(llm, tokenizer, [list(p) for p in missing], max_new_tokens)))
+            missing = sorted(dict.fromkeys(tuple(p) for p in prompts if tuple(p) not in memo), key=len)
+            for i in range(0, len(missing), batch_size):  # sorted by length: little padding
+                chunk = missing[i : i + batch_size]
+                memo.update(zip(chunk, continue_prompts(llm, tokenizer, [list(p) for p in chunk], max_new_tokens)))
             for row, instr, (text, early_stop) in zip(batch, instructions, (memo[tuple(p)] for p in prompts)):
                 line = {
                     **row.fields,
@@ -166,7 +171,7 @@ def generate_teacher_outputs(
                 }
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
                 early += early_stop
-            f.flush()  # a kill loses at most the batch in flight
+            f.flush()  # a kill loses at most the rows in flight
             written += len(batch)
     bar.close()
     return {
