@@ -1,4 +1,4 @@
-"""`python -m blsp_emo <command>`: systems, respond, evaluate, convert, bench, loadtest, study (the command line in README.md)."""
+"""`python -m blsp_emo <command>`: systems, respond, evaluate, convert, bench, loadtest, calibrate, evidence-reference, lexical-emotion, study (the command line in README.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 
 from blsp_emo import GenerationOptions, available_systems, load_system
 from blsp_emo.audio import AudioError, load_audio
+from blsp_emo.evidence_cli import add_commands as add_evidence_commands
+from blsp_emo.evidence_cli import add_respond_option, evidence_kit, respond_evidence
 from blsp_emo.model.checkpoint import ModelNotFoundError, convert_released, resolve
 from blsp_emo.options import add_model_options, default_device
 
@@ -44,6 +46,7 @@ def cmd_systems(args) -> int:
 def cmd_respond(args) -> int:
     options = _options(args)  # validate before loading anything
     system = _load_system(args)
+    kit = evidence_kit(args, system) if args.evidence else None
     failed = 0
     for path in args.files:
         try:
@@ -52,10 +55,13 @@ def cmd_respond(args) -> int:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
+        evidence = respond_evidence(kit, path, reply, system.window_seconds) if kit else None
         if args.json:
             out = {"file": path, **reply.to_json()}
             if args.greedy:
                 out["token_ids"] = list(reply.token_ids)
+            if args.evidence:
+                out["evidence"] = evidence
             print(json.dumps(out, ensure_ascii=False), flush=True)
         else:
             scores = ", ".join(f"{k} {v:.2f}" for k, v in reply.emotion_scores.items())
@@ -65,6 +71,8 @@ def cmd_respond(args) -> int:
             print(
                 f"  reply: {reply.text}\n  first token {reply.timings.first_token_s or 0:.2f} s, total {reply.timings.total_s:.2f} s"
             )
+            for line in (evidence or {}).get("lines", []):
+                print(f"  evidence: {line}")
     return 1 if failed else 0
 
 
@@ -177,6 +185,12 @@ def _add_bench_parser(sub) -> None:
         action="store_true",
         help="instead: what clip-length encoding changes vs the released 30 s window (random weights)",
     )
+    p.add_argument(
+        "--tts",
+        default=None,
+        help="the voice whose time to first audio is measured: piper, espeak, pyttsx3, or none to skip it "
+        "(default: the app's, piper where installed)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("loadtest", help="concurrent simulated visitors against a running app (loopback only)")
@@ -219,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_generation_args(p)
     p.add_argument("--json", action="store_true")
+    add_respond_option(p)
     p.set_defaults(func=cmd_respond)
     p = sub.add_parser("evaluate", help="score a system on a labelled manifest (--task ser)")
     p.add_argument("--task", required=True, choices=["ser"], help="ser: speech emotion recognition")
@@ -252,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="DIR", help="where to keep reply audio when there is no speaker")
     p.set_defaults(func=cmd_chat)
     _add_bench_parser(sub)  # bench | loadtest
+    add_evidence_commands(sub)  # calibrate | evidence-reference | lexical-emotion
     from blsp_emo.study.cli import add_commands as add_study_commands
 
     add_study_commands(sub)  # study check | export | report | loadtest

@@ -182,6 +182,14 @@ def test_ratios_pair_systems_on_the_same_clip():
     assert report.ratios() == [{"clip_s": 5.0, "of": "blsp-emo/cascade", "first_token": 0.25, "total": 0.5}]
 
 
+def test_time_to_first_audio_is_reported_where_a_voice_spoke():
+    spoken = Result("blsp-emo", 5.0, 0.1, 1.0, 0.05, 0.2, 100.0, first_audio_s=0.3)
+    report = Report({}, {}, [spoken, Result("cascade", 5.0, 0.4, 2.0, 0.05, 0.4, 100.0, first_audio_s=0.6)])
+    assert spoken.to_json()["first_audio_s"] == 0.3 and report.ratios()[0]["first_audio"] == 0.5
+    silent = Result("blsp-emo", 5.0, 0.1, 1.0, 0.05, 0.2, 100.0)  # --tts none
+    assert set(silent.to_json()) == RESULT_KEYS
+
+
 def test_bench_clips_have_the_asked_lengths():
     clips, source = bench_clips([1.0, 5.0, 30.0])
     assert {s: c.size for s, c in clips.items()} == {1.0: 16000, 5.0: 80000, 30.0: 480000}
@@ -232,9 +240,11 @@ def test_bench_json_schema_from_the_command_line(bundle_dir):
         ("blsp-emo", 5.0),
         ("cascade", 5.0),
     ]
+    assert report["settings"]["voice"] in ("piper", "espeak", "pyttsx3")  # the app's default voice
     for r in report["results"]:
-        assert set(r) == RESULT_KEYS
+        assert set(r) - {"first_audio_s"} == RESULT_KEYS  # no first audio: the tiny model's 3 tokens said nothing
         assert 0 < r["first_token_s"] <= r["total_s"] and 0 < r["encoder_s"] < r["total_s"]
+        assert r.get("first_audio_s", 1.0) > r["first_token_s"]
         assert r["rtf"] == pytest.approx(r["total_s"] / r["clip_s"]) and r["peak_rss_mb"] > 50
     assert [q["clip_s"] for q in report["ratios"]] == [1.0, 5.0]
     assert {t["system"] for t in report["turns"]} == {"blsp-emo", "cascade"}

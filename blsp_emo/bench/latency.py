@@ -24,6 +24,7 @@ from blsp_emo.bench import serving as bench_serving
 from blsp_emo.bench.instruments import machine_info
 from blsp_emo.bench.measurements import BenchOptions, bench_clips, run
 from blsp_emo.systems import SpokenDialogueSystem
+from blsp_emo.tts import SpeechSynthesizer
 
 # --- the command --------------------------------------------------------------------------------
 
@@ -65,6 +66,19 @@ def _refuse_full_on_cpu(args, device: str) -> None:
         )
 
 
+def _voice(name: str | None) -> tuple[SpeechSynthesizer | None, str]:
+    """The voice whose time to first audio is measured (None for `--tts none`), and its name."""
+    from blsp_emo.tts import DEFAULT_SYNTHESIZER, SynthesizerUnavailableError, available_synthesizers, load_synthesizer
+
+    name = name or DEFAULT_SYNTHESIZER
+    if name not in available_synthesizers():
+        raise ValueError(f"--tts {name!r} is no voice; choose one of {available_synthesizers()}")
+    try:
+        return (None, "none") if name == "none" else (load_synthesizer(name), name)
+    except SynthesizerUnavailableError as e:
+        raise ValueError(f"--tts {name}: {e}") from e
+
+
 def _print(lines: Iterator[str]) -> None:
     for line in lines:
         print(line, flush=True)
@@ -91,7 +105,8 @@ def main(args) -> int:
         "cascade_llm": args.llm,
     }
     progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
-    report = run(systems, options, machine_info(device), settings, progress)
+    voice, settings["voice"] = _voice(args.tts)
+    report = run(systems, options, machine_info(device), settings, progress, voice)
     from blsp_emo.bench.report import copy_bandwidth, decode_bound, format_report
 
     llm = next((getattr(s, "model", None) for s in systems if getattr(s, "model", None) is not None), None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import os
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +18,10 @@ from blsp_emo.audio import SAMPLE_RATE, load_audio
 from blsp_emo.bench.instruments import EncoderTimer, PeakMemory
 from blsp_emo.decoding.generation import GenerationOptions
 from blsp_emo.prompts import Turn
+from blsp_emo.spoken_reply import complete_sentences, time_to_first_audio
 from blsp_emo.systems import SpokenDialogueSystem
+from blsp_emo.tts import SpeechSynthesizer
+from blsp_emo.voice_style import DEFAULT_POLICY, style_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples"
 CLIP_SECONDS = (1.0, 5.0, 15.0, 30.0)
@@ -44,7 +48,8 @@ class BenchOptions:
 
 @dataclass(frozen=True)
 class Result:
-    """One row of `--json` `results` (medians); `peak_gpu_mb` only where there is a GPU."""
+    """One row of `--json` `results` (medians); `peak_gpu_mb` only where there is a GPU, `first_audio_s`
+    only where a voice speaks (`--tts`)."""
 
     system: str
     clip_s: float
@@ -54,12 +59,10 @@ class Result:
     rtf: float
     peak_rss_mb: float
     peak_gpu_mb: float | None = None
+    first_audio_s: float | None = None  # time to first audio: the first sentence complete, then synthesized
 
     def to_json(self) -> dict:
-        out = asdict(self)
-        if out["peak_gpu_mb"] is None:
-            del out["peak_gpu_mb"]
-        return out
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("peak_gpu_mb", "first_audio_s")}
 
 
 @dataclass(frozen=True)
@@ -95,14 +98,15 @@ class Report:
             for (system, clip), r in rows.items():
                 base = rows.get((denominator, clip))
                 if system == numerator and base is not None:
-                    out.append(
-                        {
-                            "clip_s": clip,
-                            "of": f"{numerator}/{denominator}",
-                            "first_token": r.first_token_s / base.first_token_s,
-                            "total": r.total_s / base.total_s,
-                        }
-                    )
+                    ratio = {
+                        "clip_s": clip,
+                        "of": f"{numerator}/{denominator}",
+                        "first_token": r.first_token_s / base.first_token_s,
+                        "total": r.total_s / base.total_s,
+                    }
+                    if r.first_audio_s is not None and base.first_audio_s is not None:
+                        ratio["first_audio"] = r.first_audio_s / base.first_audio_s
+                    out.append(ratio)
         return out
 
     def to_json(self) -> dict:
@@ -139,32 +143,50 @@ def bench_clips(seconds: Sequence[float], examples: Path = EXAMPLES) -> tuple[di
 
 
 def _timed_reply(system: SpokenDialogueSystem, clip: np.ndarray, options: GenerationOptions, history=()):
+    """The reply, the seconds inside its encoders, and its first sentence with the seconds from the
+    start until that sentence was complete (None: the reply said nothing)."""
     timer = EncoderTimer(system)
+    start, first, reply = time.perf_counter(), None, None
     try:
-        reply = system.respond(clip, history=history, options=options)
+        for reply in system.stream(clip, history=history, options=options):
+            if first is None and (sentences := complete_sentences(reply.text, reply.done)):
+                first = (sentences[0], time.perf_counter() - start)
     finally:
         timer.close()
-    return reply, timer.seconds
+    return reply, timer.seconds, first
+
+
+def _first_audio(first: tuple[str, float] | None, reply, voice: SpeechSynthesizer | None) -> float | None:
+    """Time to first audio, in the voice style the page would use (`spoken_reply.time_to_first_audio`)."""
+    if voice is None or first is None:
+        return None
+    return time_to_first_audio(first[1], first[0], voice, style_for(reply.emotion, DEFAULT_POLICY))
 
 
 def measure_clip(
-    systems: Sequence[SpokenDialogueSystem], clip_s: float, clip: np.ndarray, options: BenchOptions
+    systems: Sequence[SpokenDialogueSystem],
+    clip_s: float,
+    clip: np.ndarray,
+    options: BenchOptions,
+    voice: SpeechSynthesizer | None = None,
 ) -> list[Result]:
     """Medians over `options.repeats` replies of each system to `clip`, after `options.warmup` unmeasured
-    ones. The systems take turns reply by reply, so a burst of load on the machine hits them alike."""
+    ones. The systems take turns reply by reply, so a burst of load on the machine hits them alike.
+    With a `voice`, each reply's time to first audio too (its first sentence, spoken after the reply)."""
     gen = options.generation
     for _ in range(options.warmup):
         for system in systems:
             _cold(system)
-            system.respond(clip, options=gen)
+            reply, _, first = _timed_reply(system, clip, gen)
+            _first_audio(first, reply, voice)  # the voice's first use loads it
     runs: dict[str, dict[str, list[float]]] = {
-        s.name: {"first": [], "total": [], "encoder": [], "rss": [], "gpu": []} for s in systems
+        s.name: {"first": [], "total": [], "encoder": [], "rss": [], "gpu": [], "audio": []} for s in systems
     }
     for _ in range(options.repeats):
         for system in systems:
             _cold(system)  # a first turn: nothing of this prompt is cached yet
             with PeakMemory() as peak:
-                reply, encoder_s = _timed_reply(system, clip, gen)
+                reply, encoder_s, first = _timed_reply(system, clip, gen)
             if len(reply.token_ids) != options.new_tokens:
                 raise RuntimeError(
                     f"{system.name} replied with {len(reply.token_ids)} tokens, not {options.new_tokens}"
@@ -176,22 +198,24 @@ def measure_clip(
             run["rss"].append(peak.rss_mb)
             if peak.gpu_mb is not None:
                 run["gpu"].append(peak.gpu_mb)
-    out = []
-    for name, run in runs.items():
-        total = statistics.median(run["total"])
-        out.append(
-            Result(
-                name,
-                clip_s,
-                statistics.median(run["first"]),
-                total,
-                statistics.median(run["encoder"]),
-                total / clip_s,
-                round(max(run["rss"]), 1),
-                round(max(run["gpu"]), 1) if run["gpu"] else None,
-            )
-        )
-    return out
+            if (audio_s := _first_audio(first, reply, voice)) is not None:
+                run["audio"].append(audio_s)
+    return [_result(name, clip_s, run) for name, run in runs.items()]
+
+
+def _result(name: str, clip_s: float, run: dict[str, list[float]]) -> Result:
+    total = statistics.median(run["total"])
+    return Result(
+        name,
+        clip_s,
+        statistics.median(run["first"]),
+        total,
+        statistics.median(run["encoder"]),
+        total / clip_s,
+        round(max(run["rss"]), 1),
+        round(max(run["gpu"]), 1) if run["gpu"] else None,
+        statistics.median(run["audio"]) if run["audio"] else None,
+    )
 
 
 def measure_turns(system: SpokenDialogueSystem, clip_s: float, clip: np.ndarray, options: BenchOptions) -> TurnResult:
@@ -250,7 +274,9 @@ def run(
     machine: dict,
     settings: dict,
     progress: Callable[[str], None] = lambda line: None,
+    voice: SpeechSynthesizer | None = None,
 ) -> Report:
+    """Every system on every clip length (`voice`: the voice whose time to first audio is measured)."""
     clips, source = bench_clips(options.clip_seconds)
     report = Report(machine, {**settings, **asdict(options), "clips": source})
     for seconds in options.clip_seconds:
@@ -258,9 +284,10 @@ def run(
         for system in systems:
             if system not in fitting:
                 progress(f"skip {system.name} {seconds:g} s: longer than its {system.window_seconds:g} s window")
-        for result in measure_clip(fitting, seconds, clips[seconds], options) if fitting else []:
+        for result in measure_clip(fitting, seconds, clips[seconds], options, voice) if fitting else []:
+            audio = "" if result.first_audio_s is None else f"  first audio {result.first_audio_s * 1e3:8.1f} ms"
             progress(
-                f"{result.system:12s} {seconds:5.1f} s  first {result.first_token_s * 1e3:8.1f} ms  "
+                f"{result.system:12s} {seconds:5.1f} s  first {result.first_token_s * 1e3:8.1f} ms{audio}  "
                 f"total {result.total_s * 1e3:8.1f} ms  encoder {result.encoder_s * 1e3:7.1f} ms"
             )
             report.results.append(result)

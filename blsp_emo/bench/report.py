@@ -61,21 +61,24 @@ def format_report(report: Report) -> Iterator[str]:
         f"clips: {s['clips']}; {s['new_tokens']} greedy tokens per reply; median of {s['repeats']} after "
         f"{s['warmup']} warm-up; scale {s.get('scale')}"
     )
+    yield f"first audio: the time until the reply's first sentence is complete, plus speaking it ({s.get('voice')} voice)"
     yield ""
-    yield "| system | clip s | first token ms | total ms | encoder ms | RTF | peak RSS MB |"
-    yield "|---|---|---|---|---|---|---|"
+    yield "| system | clip s | first token ms | first audio ms | total ms | encoder ms | RTF | peak RSS MB |"
+    yield "|---|---|---|---|---|---|---|---|"
     for r in report.results:
+        audio = "–" if r.first_audio_s is None else f"{r.first_audio_s * 1e3:.1f}"
         yield (
-            f"| `{r.system}` | {r.clip_s:g} | {r.first_token_s * 1e3:.1f} | {r.total_s * 1e3:.1f} | "
+            f"| `{r.system}` | {r.clip_s:g} | {r.first_token_s * 1e3:.1f} | {audio} | {r.total_s * 1e3:.1f} | "
             f"{r.encoder_s * 1e3:.1f} | {r.rtf:.4f} | {r.peak_rss_mb:.0f} |"
         )
     ratios = report.ratios()
     if ratios:
         yield ""
-        yield "| ratio | clip s | first token | total |"
-        yield "|---|---|---|---|"
+        yield "| ratio | clip s | first token | first audio | total |"
+        yield "|---|---|---|---|---|"
         for q in ratios:
-            yield f"| {q['of']} | {q['clip_s']:g} | {q['first_token']:.2f} | {q['total']:.2f} |"
+            audio = f"{q['first_audio']:.2f}" if "first_audio" in q else "–"
+            yield f"| {q['of']} | {q['clip_s']:g} | {q['first_token']:.2f} | {audio} | {q['total']:.2f} |"
     if report.turns:
         yield ""
         yield "| system | turn | first token ms, re-encode history | with KV reuse | total ms, re-encode | with reuse | same reply |"
