@@ -38,6 +38,20 @@ def test_the_world_builds_on_given_bases_and_resumes(bases, tmp_path, monkeypatc
     assert set(config["bases"]) == {"encoder", "llm"}  # the composite names what it was built on
     assert (parts["ser"] / "config.json").is_file()
 
+    # The bundle keeps what training changed, names its bases, and every system loads from it.
+    from train.demo_world.bases_build import finish_world
+
+    report = finish_world(work, parts, Path("bundle"), scale, real=None, log=lines.append)
+    full = sum(f.stat().st_size for f in parts["blsp-emo"].glob("*.safetensors"))
+    assert 0 < report["bundle_bytes"]["blsp-emo"] < full / 2
+    assert json.loads(Path("bundle/bundle.json").read_text())["asr"] == str(bases / "whisper")
+    by_set = {}
+    for r in report["results"]:
+        by_set.setdefault(r["group"], set()).add(r["system"])
+        assert 0 <= r["accuracy"] <= 1 and r["n"] == scale.eval_clips
+    assert set(by_set) >= {"a", "b"} and all(len(names) == 4 for names in by_set.values())
+    assert "| `blsp-emo` |" in Path("bundle/results.md").read_text()
+
     # A rerun finds every step done; only the recording step looks (and keeps every clip).
     lines.clear()
     again = build_world(work, scale, str(bases / "whisper"), str(bases / "llm"), log=lines.append)

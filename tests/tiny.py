@@ -123,6 +123,7 @@ def write_bases(folder, chat_lm: bool = False):
     )  # fmt: skip
     torch.manual_seed(0)
     WhisperForConditionalGeneration(config).save_pretrained(folder / "whisper")
+    _whisper_tokenizer(folder / "whisper", config.vocab_size)
     if chat_lm:
         from train.demo_world.build_steps import SCALES
         from train.demo_world.pretrain_lm import train_lm
@@ -136,3 +137,21 @@ def write_bases(folder, chat_lm: bool = False):
     llm.save_pretrained(folder / "llm")
     tok.save_pretrained(folder / "llm")
     return folder / "whisper", folder / "llm"
+
+
+def _whisper_tokenizer(folder, vocab_size: int) -> None:
+    """A word-level tokenizer in Whisper's clothes, so a cascade can transcribe with the tiny Whisper."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import WhisperTokenizerFast
+
+    special = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"]
+    words = special + [f"w{i}" for i in range(vocab_size - len(special))]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=special[0]))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.save(str(folder / "tokenizer.json"))
+    end = special[0]
+    tok = WhisperTokenizerFast(
+        tokenizer_file=str(folder / "tokenizer.json"), unk_token=end, bos_token=end, eos_token=end, pad_token=end
+    )
+    tok.add_special_tokens({"additional_special_tokens": special[1:]})
+    tok.save_pretrained(folder)

@@ -49,7 +49,7 @@ def base_modules(encoder_source: str, encoder_sha: str, llm_source: str, llm_sha
     return whisper.model.encoder.requires_grad_(False), language_model.requires_grad_(False), tokenizer
 
 
-def _read(path: Path) -> dict[str, torch.Tensor]:
+def read_changes(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
 
     from blsp_emo.model.weights import CorruptWeightsError
@@ -82,20 +82,25 @@ def reference_state(config: BlspEmoConfig, folder: Path) -> dict[str, torch.Tens
     }
 
 
+def save_changes(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], folder: Path) -> dict:
+    """Write the tensors of `state` that `reference` lacks or holds with other values, in half precision."""
+    changed = {
+        k: v.detach().to("cpu", STORED_DTYPE).contiguous()
+        for k, v in state.items()
+        if k not in reference or not torch.equal(v.detach().cpu(), reference[k])
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(changed, str(folder / TRAINED_FILE), metadata={"format": "pt"})
+    return {"tensors": len(changed), "bytes": (folder / TRAINED_FILE).stat().st_size}
+
+
 def save_on_bases(model: BlspEmoModel, tokenizer: ChatTokenizer, folder: str | Path) -> dict:
     """Write `model` as its changes over its bases; returns what was stored (tensors, bytes)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    reference = reference_state(model.config, folder)
-    changed = {
-        k: v.detach().to("cpu", STORED_DTYPE).contiguous()
-        for k, v in model.state_dict().items()
-        if k not in reference or not torch.equal(v.detach().cpu(), reference[k])
-    }
-    save_file(changed, str(folder / TRAINED_FILE), metadata={"format": "pt"})
+    stored = save_changes(model.state_dict(), reference_state(model.config, folder), folder)
     model.config.save_pretrained(str(folder))
     tokenizer.save_pretrained(folder)
-    return {"tensors": len(changed), "bytes": (folder / TRAINED_FILE).stat().st_size}
+    return stored
 
 
 def load_on_bases(folder: Path) -> tuple[BlspEmoModel, ChatTokenizer]:
@@ -104,7 +109,7 @@ def load_on_bases(folder: Path) -> tuple[BlspEmoModel, ChatTokenizer]:
 
     config = BlspEmoConfig.from_pretrained(str(folder))
     encoder, llm, _ = _bases(config, folder)
-    stored = _read(folder / TRAINED_FILE)
+    stored = read_changes(folder / TRAINED_FILE)
     # A stage that changed a base part gets its own copy: the shared one stays the base.
     if any(k.startswith("encoder.") for k in stored):
         encoder = copy.deepcopy(encoder)

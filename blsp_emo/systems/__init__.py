@@ -54,7 +54,7 @@ def _end_to_end(perceives_emotion: bool):
                 f"system {spec.name!r} is the stage-1 model, but {parts.model} has the stage-2 LoRA; "
                 "pass a stage-1 folder or a bundle folder with blsp/"
             )
-        return BlspSystem(
+        system = BlspSystem(
             spec.name,
             spec.description,
             model,
@@ -64,8 +64,20 @@ def _end_to_end(perceives_emotion: bool):
             PrefixCache(),
             _decoder(model.llm, parts.max_batch),
         )
+        if perceives_emotion:
+            system.calibration = _calibration(checkpoint.resolve(parts.model), system)
+        return system
 
     return build
+
+
+def _calibration(folder: Path, system: SpokenDialogueSystem):
+    """The emotion head's `calibration.json` in `folder` when fitted on these weights, else T = 1."""
+    from blsp_emo.calibration import CALIBRATION_FILE, IDENTITY, load_calibration
+
+    if not (folder / CALIBRATION_FILE).is_file():
+        return IDENTITY  # no file: skip hashing the weights
+    return load_calibration(folder, system.revision())
 
 
 def _cascade(spec: SystemSpec, parts: Components) -> SpokenDialogueSystem:
@@ -130,10 +142,13 @@ def _load_asr(path: str, device: str | None):
 
 @lru_cache(maxsize=4)
 def _load_ser(path: str, device: str | None):
-    from blsp_emo.model import checkpoint
+    from blsp_emo.model import checkpoint, on_bases
     from blsp_emo.systems.ser import WhisperEmotionClassifier
 
-    return checkpoint.load_pretrained(WhisperEmotionClassifier, checkpoint.resolve(path), device)
+    folder = checkpoint.resolve(path)
+    if on_bases.is_on_bases(folder):  # the trained tensors only, over the recorded Whisper base
+        return checkpoint.place(WhisperEmotionClassifier.load_on_bases(folder), device)
+    return checkpoint.load_pretrained(WhisperEmotionClassifier, folder, device)
 
 
 SYSTEMS: dict[str, SystemSpec] = {
@@ -205,11 +220,19 @@ def load_system(
     return spec.build(spec, parts)
 
 
+BUNDLE_FILE = "bundle.json"  # a bundle's parts that are not folders in it, e.g. {"asr": "wheel"}
+
+
 def _part(explicit, bundle: Path | None, folder: str) -> str | None:
     if explicit is not None:
         return str(explicit)
     if bundle is not None and (bundle / folder).is_dir():
         return str(bundle / folder)
+    if bundle is not None and (bundle / BUNDLE_FILE).is_file():
+        import json
+
+        # A pretrained part (the cascades' Whisper) is named by its source, not copied in.
+        return json.loads((bundle / BUNDLE_FILE).read_text()).get(folder)
     return None
 
 

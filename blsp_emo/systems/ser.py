@@ -7,6 +7,8 @@ Any object with `labels` and `classify(waveform) -> {label: probability}` can st
 
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -63,6 +65,36 @@ class WhisperEmotionClassifier(PreTrainedModel):
     def build(cls, encoder_config: WhisperConfig, labels: tuple[str, ...] = EMOTIONS, encode_full_window: bool = True):
         return cls(EmotionClassifierConfig(encoder_config, labels, encode_full_window))
 
+    def save_on_bases(self, folder: Path, encoder_base: dict) -> dict:
+        """Store the head and the encoder tensors fine-tuning changed over `encoder_base` (a base
+        record: source and sha256), as `blsp_emo.model.on_bases` stores a BLSP-Emo model."""
+        from blsp_emo.model.on_bases import save_changes
+
+        encoder = _base_encoder(encoder_base)
+        reference = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
+        self.config.bases = {"encoder": dict(encoder_base)}
+        self.config.save_pretrained(str(folder))
+        return save_changes(self.state_dict(), reference, folder)
+
+    @classmethod
+    def load_on_bases(cls, folder: Path) -> WhisperEmotionClassifier:
+        """A classifier stored by `save_on_bases`: the recorded base's encoder, changes laid over a copy."""
+        import copy
+
+        from blsp_emo.model.on_bases import TRAINED_FILE, read_changes
+
+        config = EmotionClassifierConfig.from_pretrained(str(folder))
+        model = cls(config, encoder=copy.deepcopy(_base_encoder(config.bases["encoder"])))
+        stored = read_changes(folder / TRAINED_FILE)
+        result = model.load_state_dict({k: v.float() for k, v in stored.items()}, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith("encoder.")]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"{folder / TRAINED_FILE} does not fit the classifier (missing {missing[:3]}, unexpected "
+                f"{result.unexpected_keys[:3]}); rebuild it with `python -m train world`"
+            )
+        return model.eval()
+
     @property
     def labels(self) -> tuple[str, ...]:
         return self.config.labels
@@ -79,3 +111,18 @@ class WhisperEmotionClassifier(PreTrainedModel):
             [waveform], enc.num_mel_bins, enc.max_source_positions * 2, not self.config.encode_full_window
         )
         return scores_by_label(self(features, counts)[0].softmax(-1), self.labels)
+
+
+def _base_encoder(record: dict) -> WhisperEncoder:
+    """The Whisper encoder of a recorded base (source and sha256), shared read-only."""
+    return _cached_encoder(record["source"], record["sha256"])
+
+
+@lru_cache(maxsize=2)
+def _cached_encoder(source: str, sha256: str) -> WhisperEncoder:
+    from blsp_emo.bases.sources import check_base, load_whisper, prepare
+
+    base = prepare("encoder", source)
+    check_base({"source": source, "sha256": sha256}, base, "this emotion classifier")
+    whisper, _ = load_whisper(base)
+    return whisper.model.encoder.requires_grad_(False)

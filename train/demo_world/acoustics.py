@@ -137,9 +137,7 @@ def write_clip(path: Path, sample_rate: int, audio: np.ndarray) -> None:
     partial.replace(path)  # a stopped run never leaves a half-written clip under the final name
 
 
-def record_corpus(
-    manifest: Path, out: Path, seed: int = 0, chain: Acoustics | None = None, workers: int = 2
-) -> Path:
+def record_corpus(manifest: Path, out: Path, seed: int = 0, chain: Acoustics | None = None, workers: int = 2) -> Path:
     """Every clip of `manifest` through its own drawn chain (or `chain` for all), into
     `out/wav/`, and `out/manifest.jsonl` with each row's `acoustics`. Clips already written are
     kept, so a stopped run resumes. Returns the new manifest."""

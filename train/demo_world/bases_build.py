@@ -112,7 +112,8 @@ class BasesBuild(Build):
         def make(out: Path) -> None:
             encoder, llm = prepare("encoder", self.encoder_source), prepare("llm", self.llm_source)
             # Clip-length encoding: a 3 s clip costs 3 s of encoder, not 30 (training is on CPU).
-            model, tokenizer = build_composite(encoder, llm, encode_full_window=False, seed=self.seed)
+            # No LoRA yet: stage 1 trains the adapter alone, and stage 2 adds a fresh LoRA (as released).
+            model, tokenizer = build_composite(encoder, llm, lora_rank=0, encode_full_window=False, seed=self.seed)
             save_model(model, tokenizer, out)
 
         return self.step("init", self.work / "init", make)
@@ -140,7 +141,9 @@ class BasesBuild(Build):
             generate_teacher_outputs(model.llm, tokenizer, stage, manifest, out, batch_size=self.scale.teacher_batch)
             clean([out])
 
-        return self.step(f"teacher-{stage_name}", self.work / f"labels_{stage_name}", make)
+        output = self.work / f"labels_{stage_name}"
+        # Resumable inside: the teacher appends to its partial output and skips the lines written.
+        return self.resumable_step(f"teacher-{stage_name}", output, output.with_name(output.name + ".partial"), make)
 
     def stage(self, stage_name: str, labels: Path, init: Path, epochs: int = 1, max_steps: int | None = None) -> Path:
         from train.loop import RunConfig, train
@@ -241,9 +244,57 @@ def build_world(work: Path, scale: WorldScale, encoder: str = "wheel", llm: str 
     return {"blsp-emo": stage2, "blsp": stage1, "ser": ser, "eval_manifest": eval_manifest, "train": recorded}
 
 
+def bundle_world(parts: dict, out: Path) -> dict:
+    """The bundle the app loads: each model as what training changed over its bases (by hash), the
+    cascades' Whisper named by source (`bundle.json`). Returns each part's stored bytes."""
+    import shutil
+
+    from blsp_emo.model.checkpoint import load_pretrained
+    from blsp_emo.model.model import BlspEmoModel
+    from blsp_emo.model.on_bases import save_on_bases
+    from blsp_emo.model.tokenizer import ChatTokenizer
+    from blsp_emo.systems import BUNDLE_FILE
+    from blsp_emo.systems.ser import WhisperEmotionClassifier
+
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.iterdir():  # the scratch world's parts (asr/, shared/) must not linger
+        if old.is_dir() and old.name in ("blsp-emo", "blsp", "ser", "asr", "shared"):
+            shutil.rmtree(old)
+    sizes = {}
+    for name in ("blsp-emo", "blsp"):
+        model = load_pretrained(BlspEmoModel, Path(parts[name]))
+        sizes[name] = save_on_bases(model, ChatTokenizer.from_pretrained(Path(parts[name])), out / name)["bytes"]
+    bases = model.config.bases
+    ser = load_pretrained(WhisperEmotionClassifier, Path(parts["ser"]))
+    sizes["ser"] = ser.save_on_bases(out / "ser", bases["encoder"])["bytes"]
+    (out / BUNDLE_FILE).write_text(json.dumps({"asr": bases["encoder"]["source"], "bases": bases}, indent=1))
+    return sizes
+
+
+def finish_world(work: Path, parts: dict, out: Path, scale: WorldScale, real: Path | None, seed: int = 0, log=print):
+    """Bundle the world's models into `out`, then score every system on every evaluation set;
+    writes `out/results.json` and `out/results.md` (the README's table)."""
+    from train.demo_world.judge import fit_with_holdout
+    from train.demo_world.world_eval import build_sets, evaluate_bundle, results_table
+
+    sizes = bundle_world(parts, out)
+    labels = work / "labels_stage2"
+    rows = [json.loads(line) for f in sorted(labels.glob("*_clean.jsonl")) for line in f.read_text().splitlines()]
+    judge, judge_accuracy = fit_with_holdout([r["output"] for r in rows], [r["emotion"] for r in rows], seed=seed)
+    judge.save(out / "tone_judge.json")
+    sets = build_sets(work, parts["eval_manifest"], work / "sentences_eval.jsonl", real, seed)
+    results = evaluate_bundle(out, sets, judge, scale.eval_clips, seed, log)
+    report = {"bundle_bytes": sizes, "judge_accuracy": judge_accuracy, "results": results}
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    (out / "results.md").write_text(results_table(results, judge_accuracy))
+    return report
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", choices=sorted(SCALES), default="full")
     p.add_argument("--work", default="runs/world", help="intermediate files; reruns resume")
+    p.add_argument("--out", help="bundle the models here and evaluate them (assets/models: what the app loads)")
+    p.add_argument("--real", help="real recordings fetched by train/demo_world/fetch_real_speech.sh (set d)")
     p.add_argument("--encoder", default="wheel", help="Whisper base: 'wheel', a folder or a hub id")
     p.add_argument("--llm", default="wheel", help="LLM base: 'wheel', a .gguf, a folder or a hub id")
     p.add_argument("--seed", type=int, default=0)
@@ -254,6 +305,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    parts = build_world(Path(args.work), SCALES[args.scale], args.encoder, args.llm, args.seed)
+    scale = SCALES[args.scale]
+    parts = build_world(Path(args.work), scale, args.encoder, args.llm, args.seed)
     print(json.dumps({k: str(v) for k, v in parts.items()}, indent=2))
+    if args.out:
+        real = Path(args.real) if args.real else None
+        report = finish_world(Path(args.work), parts, Path(args.out), scale, real, args.seed)
+        print((Path(args.out) / "results.md").read_text())
+        print(json.dumps(report["bundle_bytes"]))
     return 0

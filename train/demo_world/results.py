@@ -61,6 +61,7 @@ def evaluate_system(system, rows: list[dict], judge, root: Path, max_new_tokens:
         "reply_emotion_match": match,
         "n": len(truth),
         "example_reply": replies[0] if replies else "",
+        "replies": replies,
     }
 
 

