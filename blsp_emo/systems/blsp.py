@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
+from blsp_emo.calibration import IDENTITY, Calibration
 from blsp_emo.decoding.generation import Decoder, GenerationOptions
 from blsp_emo.decoding.prefix_cache import PrefixCache, TokenSequence, remember
 from blsp_emo.emotion import scores_by_label
@@ -24,6 +25,8 @@ class BlspSystem(LocalSystem):
         perceives_emotion: report the emotion head's scores (only a stage-2 model trained it).
         prefix_cache: reuse keys and values of earlier turns (and of other visitors' identical
             prefixes, such as the system prompt) instead of re-encoding them.
+        calibration: the emotion head's temperature (`calibration.json` beside the model, read by
+            `load_system`); the default, T = 1, shows the head's softmax as it is.
     """
 
     def __init__(
@@ -36,6 +39,7 @@ class BlspSystem(LocalSystem):
         perceives_emotion: bool,
         prefix_cache: PrefixCache | None = None,
         decoder: Decoder | None = None,
+        calibration: Calibration = IDENTITY,
     ):
         self.name, self.description = name, description
         self.model, self.tokenizer = model, tokenizer
@@ -45,6 +49,7 @@ class BlspSystem(LocalSystem):
         self.window_seconds = model.config.window_seconds
         self.prefix_cache = prefix_cache  # None: every turn re-encodes the whole history
         self.decoder = decoder  # None: `decode` in the caller's thread
+        self.calibration = calibration
 
     def context_tokens(self) -> int | None:
         return self.model.llm.config.max_position_embeddings
@@ -74,7 +79,9 @@ class BlspSystem(LocalSystem):
             features, counts = clip_features([clips[k] for k in needed], config)
             speech = self.model.encode_speech(features, counts)
             if self.perceives_emotion and turn.audio is not None:
-                probs = self.model.emotion_logits(speech)[-1].softmax(-1)  # the current clip is the last
+                # The one place the shown probabilities are made: the head's logits at the fitted temperature.
+                logits = self.model.emotion_logits(speech)[-1]  # the current clip is the last
+                probs = (logits / self.calibration.temperature).softmax(-1)
                 heard = Heard(scores_by_label(probs, config.emotions))
         prompt = SpeechPrompt(torch.tensor([encoded.input_ids[reused:]]), torch.tensor([encoded.speech_mask[reused:]]))
         rows = _speech_after(speech, needed, sequence.spans, reused)
