@@ -255,3 +255,36 @@ def test_a_deep_copy_applies_its_own_lora(model_and_tokenizer):
     base = model.llm(inputs_embeds=model.embed_prompt(prompt, speech)).logits
     assert not torch.allclose(theirs, base) and not torch.allclose(theirs, ours)
     assert torch.equal(model.speech_forward(prompt, speech).logits, ours)  # the original is untouched
+
+
+@torch.no_grad()
+def test_a_shared_qkv_a_is_the_fused_lora_written_per_linear(tmp_path):
+    """One A for q, k and v (the released c_attn LoRA): stored and counted once, used by all three,
+    equal to separate pairs whose A's are equal, and saved and loaded without copies."""
+    import copy
+
+    tok = tiny.tokenizer()
+    separate, _ = tiny.model(lora_rank=4, tok=tok)
+    config = BlspEmoConfig.from_dict({**separate.config.to_dict(), "lora_shared_qkv_a": True})
+    shared = BlspEmoModel(config, encoder=copy.deepcopy(separate.encoder), llm=copy.deepcopy(separate.llm)).eval()
+    layers = separate.config.llm_config.num_hidden_layers
+    hidden = separate.config.llm_config.hidden_size
+    count = lambda m: sum(p.numel() for p in m.lora.parameters())  # noqa: E731
+    assert count(separate) - count(shared) == layers * 2 * hidden * 4  # two A's (k, v) fewer per layer
+    keys = [k for k in shared.state_dict() if k.startswith("lora.")]
+    assert not [k for k in keys if ("k_proj.lora_A" in k or "v_proj.lora_A" in k)]
+    # Give the separate pairs q's A everywhere and the same B's: both compute the same thing.
+    state = separate.state_dict()
+    for key in list(state):
+        if ".k_proj.lora_A" in key or ".v_proj.lora_A" in key:
+            state[key] = state[key.replace(".k_proj.", ".q_proj.").replace(".v_proj.", ".q_proj.")]
+    separate.load_state_dict(state)
+    shared.load_state_dict({k: v for k, v in state.items() if k in shared.state_dict()})
+    prompt, speech = speech_prompt(separate, tok)
+    assert torch.allclose(separate.speech_forward(prompt, speech).logits, shared.speech_forward(prompt, speech).logits)
+    save_model(shared, tok, tmp_path / "m")
+    again, _ = load_model(str(tmp_path / "m"))
+    assert torch.equal(again.speech_forward(prompt, speech).logits, shared.speech_forward(prompt, speech).logits)
+    twin = copy.deepcopy(shared)  # a copy's k and v use the copy's own q A
+    pair = next(p for name, p in twin.lora.named_modules() if name.endswith("k_proj"))
+    assert any(pair.factor_a is q.lora_A for name, q in twin.lora.named_modules() if name.endswith("q_proj"))

@@ -41,6 +41,7 @@ def build_composite(
         lora_rank=lora_rank,
         lora_alpha=float(lora_rank),  # alpha / r = 1, as released (16 / 16)
         encode_full_window=encode_full_window,
+        lora_shared_qkv_a=True,  # one A for q, k and v, as the released fused c_attn LoRA
         bases={"encoder": encoder.record(), "llm": llm.record()},
     )
     torch.manual_seed(seed)

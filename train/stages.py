@@ -161,8 +161,11 @@ def init_model(path: str | Path, stage: Stage, lora_rank: int = 16) -> tuple[Bls
         return base, tokenizer
     if lora_rank < 1:
         raise ValueError(f"stage {stage.name} trains a LoRA: lora_rank must be >= 1, got {lora_rank}")
-    config = BlspEmoConfig.from_dict({**base.config.to_dict(), "lora_rank": lora_rank, "lora_alpha": float(lora_rank)})
-    # lora_alpha = rank keeps the released scaling alpha / r = 16 / 16 = 1.
+    # lora_alpha = rank keeps the released scaling alpha / r = 16 / 16 = 1; one A for q, k and v is
+    # the released fused c_attn LoRA (three separate A's would add 4.2 M parameters at 7B).
+    config = BlspEmoConfig.from_dict(
+        {**base.config.to_dict(), "lora_rank": lora_rank, "lora_alpha": float(lora_rank), "lora_shared_qkv_a": True}
+    )
     model = BlspEmoModel(config, encoder=base.encoder, llm=base.llm)  # shares the loaded weights
     result = model.load_state_dict(base.state_dict(), strict=False)
     lora_keys = {k for k in model.state_dict() if k.startswith("lora.")}

@@ -57,6 +57,8 @@ class BlspEmoConfig(PretrainedConfig):
         adapter_inner_dim: bottleneck width of the adapter's residual MLP (reference: 512).
         lora_rank: rank of the audio-scoped LoRA; 0 builds no LoRA (a stage-1 model).
         lora_alpha, lora_dropout, lora_target_modules: as in the released `lora_config`.
+        lora_shared_qkv_a: q, k and v of a layer share one A factor, as the released fused
+            `c_attn` LoRA has (a LoRA trained from scratch; False keeps three, as older models).
         emotions: emotion labels in the head's output order.
         kd_temperature: temperature of the `response_kl` loss (reference: 2).
         encode_full_window: encode the whole 30 s window as released (True), or only each clip's
@@ -77,6 +79,7 @@ class BlspEmoConfig(PretrainedConfig):
         lora_alpha: float = 16.0,
         lora_dropout: float = 0.05,
         lora_target_modules: tuple[str, ...] = QWEN2_LORA_TARGETS,
+        lora_shared_qkv_a: bool = False,
         emotions: tuple[str, ...] = EMOTIONS,
         kd_temperature: float = 2.0,
         encode_full_window: bool = True,
@@ -95,6 +98,7 @@ class BlspEmoConfig(PretrainedConfig):
         self.lora_alpha = float(lora_alpha)
         self.lora_dropout = float(lora_dropout)
         self.lora_target_modules = tuple(lora_target_modules)
+        self.lora_shared_qkv_a = bool(lora_shared_qkv_a)
         self.emotions = tuple(emotions)
         self.kd_temperature = float(kd_temperature)
         self.encode_full_window = bool(encode_full_window)

@@ -28,14 +28,29 @@ _ACTIVE: ContextVar[tuple[ScopedLoRA, torch.Tensor] | None] = ContextVar("blsp_e
 
 
 class LoRAPair(nn.Module):
-    """The A (in -> r) and B (r -> out) factors for one linear; B starts at zero."""
+    """The A (in -> r) and B (r -> out) factors for one linear; B starts at zero.
 
-    def __init__(self, in_features: int, out_features: int, rank: int):
+    With `shares` the pair has no A of its own and uses that pair's: k and v reuse q's, which is
+    the released fused `c_attn` LoRA (one A, one B over q|k|v) written per linear.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, shares: LoRAPair | None = None):
         super().__init__()
-        self.lora_A = nn.Linear(in_features, rank, bias=False)
+        self.lora_A = nn.Linear(in_features, rank, bias=False) if shares is None else None
         self.lora_B = nn.Linear(rank, out_features, bias=False)
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        if self.lora_A is not None:
+            nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
+        # Kept out of the module tree (a plain attribute), so the A is stored and counted once;
+        # copy.deepcopy maps it to the copy's own q pair.
+        object.__setattr__(self, "shares", shares)
+
+    @property
+    def factor_a(self) -> nn.Linear:
+        return self.lora_A if self.shares is None else self.shares.lora_A
+
+
+SHARED_A = {"k_proj": "q_proj", "v_proj": "q_proj"}  # linear -> the sibling whose A it uses
 
 
 class ScopedLoRA(nn.Module):
@@ -52,6 +67,7 @@ class ScopedLoRA(nn.Module):
         alpha: float,
         dropout: float,
         target_modules: tuple[str, ...],
+        shared_qkv_a: bool = False,
     ):
         super().__init__()
         if rank < 1:
@@ -60,9 +76,13 @@ class ScopedLoRA(nn.Module):
         self.dropout = dropout
         self.layers = nn.ModuleDict()
         self._hooks = []
+        made: dict[str, LoRAPair] = {}
         for path, module in llm.named_modules():
             if isinstance(module, nn.Linear) and path.rsplit(".", 1)[-1] in target_modules:
-                pair = LoRAPair(module.in_features, module.out_features, rank)
+                parent, name = path.rsplit(".", 1) if "." in path else ("", path)
+                owner = made.get(f"{parent}.{SHARED_A[name]}") if shared_qkv_a and name in SHARED_A else None
+                pair = LoRAPair(module.in_features, module.out_features, rank, shares=owner)
+                made[path] = pair
                 self._insert(path, pair)
                 self._hooks.append(module.register_forward_hook(self._hook_for(pair)))
         if not self._hooks:
@@ -97,7 +117,8 @@ class ScopedLoRA(nn.Module):
                 "scope(...) must wrap exactly one forward over the masked sequence"
             )
         x = F.dropout(x, self.dropout, training=self.training)
-        delta = pair.lora_B(pair.lora_A(x.to(pair.lora_A.weight.dtype)))
+        a = pair.factor_a
+        delta = pair.lora_B(a(x.to(a.weight.dtype)))
         return output + (delta * (self.scaling * mask.unsqueeze(-1))).to(output.dtype)
 
     @contextlib.contextmanager

@@ -86,7 +86,14 @@ class BlspEmoModel(PreTrainedModel):
         self.adapter = Adapter(d_enc, d_llm, config.conv_kernel_sizes, config.conv_stride, config.adapter_inner_dim)
         self.emotion_head = nn.Linear(d_llm, len(config.emotions), bias=False)
         self.lora = (
-            ScopedLoRA(self.llm, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+            ScopedLoRA(
+                self.llm,
+                config.lora_rank,
+                config.lora_alpha,
+                config.lora_dropout,
+                config.lora_target_modules,
+                config.lora_shared_qkv_a,
+            )
             if config.lora_rank > 0
             else None
         )
