@@ -52,6 +52,12 @@ def add_respond_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _require(path: str, how: str) -> None:
+    """A missing input file is one line naming it and how to make one, not a traceback."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path} does not exist; make one with `{how}`")
+
+
 # --- calibrate -----------------------------------------------------------------------------------
 
 
@@ -59,6 +65,9 @@ def cmd_calibrate(args) -> int:
     from blsp_emo import calibration as cal
     from blsp_emo.systems import load_system
 
+    _require(args.manifest, "python -m train synth --eval --sentences S --out DIR")
+    if args.test_manifest:
+        _require(args.test_manifest, "python -m train synth --eval --sentences S --out DIR")
     system = load_system("blsp-emo", args.model, device=args.device or default_device())
     folder = _model_folder(args.model, "blsp-emo")
     fit_logits, fit_truth = head_logits(system.model, args.manifest, args.batch)
@@ -173,6 +182,7 @@ def cmd_reference(args) -> int:
     from blsp_emo.audio import SAMPLE_RATE, load_audio
     from blsp_emo.prosody_reading import build_reference, neutral_clips, read_prosody, save_reference
 
+    _require(args.manifest, "python -m train synth --sentences S --emotions neutral --out DIR")
     clips = neutral_clips(args.manifest, args.emotion)
     readings = [read_prosody(SAMPLE_RATE, load_audio(path)) for path in clips]
     command = shlex.join(["python", "-m", "blsp_emo", "evidence-reference", "--manifest", str(args.manifest)])
@@ -189,6 +199,8 @@ def cmd_reference(args) -> int:
 def cmd_lexical(args) -> int:
     from blsp_emo import lexical_emotion as lex
 
+    for path in filter(None, (args.sentences, args.eval_sentences)):
+        _require(path, "python -m train sentences --n 2000 --out FILE")
     train = lex.labelled_sentences(args.sentences)
     command = shlex.join(["python", "-m", "blsp_emo", "lexical-emotion", "--sentences", str(args.sentences)])
     if args.eval_sentences:

@@ -121,3 +121,37 @@ def _options():
     from blsp_emo.options import GenerationOptions
 
     return GenerationOptions(max_new_tokens=1, greedy=True)
+
+
+def test_calibrate_command_writes_the_file_load_system_reads(model_dir, tmp_path, capsys):
+    import soundfile as sf
+
+    import tiny
+    from blsp_emo.__main__ import main
+    from blsp_emo.emotion import EMOTIONS
+    from blsp_emo.evidence_cli import head_logits
+    from blsp_emo.systems import load_system
+
+    manifest = tmp_path / "held_out.jsonl"
+    paths = []
+    for k, freq in enumerate(range(120, 400, 20)):
+        sf.write(tmp_path / f"c{k}.wav", tiny.tone(1.0 + k % 3, float(freq)), 16000)
+        paths.append(f"c{k}.wav")
+    manifest.write_text("".join(json.dumps({"audio": p, "emotion": "neutral"}) + "\n" for p in paths))
+    system = load_system("blsp-emo", model_dir)
+    logits, _ = head_logits(system.model, manifest)
+    # Label most clips as the random head hears them, two not: a set it is mostly right on.
+    labels = [EMOTIONS[i] for i in logits.argmax(1)]
+    labels[:2] = [EMOTIONS[(EMOTIONS.index(e) + 1) % 5] for e in labels[:2]]
+    manifest.write_text("".join(json.dumps({"audio": p, "emotion": e}) + "\n" for p, e in zip(paths, labels)))
+    out = tmp_path / "calibration.json"
+    args = ["calibrate", "--model", str(model_dir), "--manifest", str(manifest), "--target-accuracy", "0.8"]
+    assert main([*args, "--out", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    written = cal.read_calibration(out)
+    assert printed["temperature"] == written.temperature > 0 and written.model_revision == system.revision()
+    fit = written.report["fit"]
+    assert fit["n"] == len(paths) and fit["accuracy"] == pytest.approx(1 - 2 / len(paths), abs=1e-3)
+    assert written.unsure_below is not None and written.command.startswith("python -m blsp_emo calibrate")
+    assert main(["calibrate", "--model", str(model_dir), "--manifest", str(tmp_path / "none.jsonl")]) == 2
+    assert "none.jsonl does not exist; make one with" in capsys.readouterr().err
