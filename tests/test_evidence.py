@@ -182,3 +182,12 @@ def test_respond_json_evidence(bundle_dir, clip_path, capsys):
     assert out["evidence"]["sureness"]["emotion"] == out["emotion"]
     assert out["evidence"]["prosody"]["median_pitch_hz"] > 0 and len(out["evidence"]["comparisons"]) == 4
     assert out["evidence"]["words_tone"] is None  # no text classifier beside this model
+
+
+def test_importing_the_evidence_imports_neither_torch_nor_gradio():
+    import subprocess
+    import sys
+
+    code = "import sys, blsp_emo.evidence; print(sorted({'torch', 'gradio'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr  # torch loads only when words are read (MiniLM)
