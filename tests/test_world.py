@@ -81,3 +81,21 @@ def test_the_neural_corpus_says_a_seeded_share_of_the_sentences_in_every_tone(tm
     assert (tmp_path / "a" / first).read_bytes() == (
         tmp_path / "b" / first
     ).read_bytes()  # the same seed, the same file
+
+
+@pytest.mark.slow
+def test_example_clips_are_named_for_their_speakers_with_the_transcript(tmp_path):
+    from train.demo_world.examples import EXAMPLES_FILE, PEOPLE, write_examples
+    from train.demo_world.sentences import generate
+
+    entries = write_examples(tmp_path)
+    listed = json.loads((tmp_path / EXAMPLES_FILE).read_text())
+    assert listed == entries
+    speakers = {e["speaker"] for e in entries}
+    assert set(PEOPLE) <= speakers
+    train_texts = {s.text for s in generate(2000, 0, "train")}
+    for e in entries:
+        assert (tmp_path / e["file"]).is_file() and e["label"] == f"{e['speaker']}, {e['emotion']}: '{e['text']}'"
+        assert e["text"] not in train_texts  # a held-out sentence
+    for person in speakers:  # every speaker in all five tones
+        assert sorted(e["emotion"] for e in entries if e["speaker"] == person) == sorted(EMOTIONS)

@@ -271,6 +271,12 @@ def bundle_world(parts: dict, out: Path) -> dict:
     return sizes
 
 
+def b_times(work: Path) -> dict:
+    """Each step's seconds over every run of the build (resumed runs included)."""
+    path = work / "step_seconds.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def finish_world(work: Path, parts: dict, out: Path, scale: WorldScale, real: Path | None, seed: int = 0, log=print):
     """Bundle the world's models into `out`, then score every system on every evaluation set;
     writes `out/results.json` and `out/results.md` (the README's table)."""
@@ -284,7 +290,7 @@ def finish_world(work: Path, parts: dict, out: Path, scale: WorldScale, real: Pa
     judge.save(out / "tone_judge.json")
     sets = build_sets(work, parts["eval_manifest"], work / "sentences_eval.jsonl", real, seed)
     results = evaluate_bundle(out, sets, judge, scale.eval_clips, seed, log)
-    report = {"bundle_bytes": sizes, "judge_accuracy": judge_accuracy, "results": results}
+    report = {"bundle_bytes": sizes, "judge_accuracy": judge_accuracy, "results": results, "build": b_times(work)}
     (out / "results.json").write_text(json.dumps(report, indent=1))
     (out / "results.md").write_text(results_table(results, judge_accuracy))
     return report
@@ -295,6 +301,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work", default="runs/world", help="intermediate files; reruns resume")
     p.add_argument("--out", help="bundle the models here and evaluate them (assets/models: what the app loads)")
     p.add_argument("--real", help="real recordings fetched by train/demo_world/fetch_real_speech.sh (set d)")
+    p.add_argument("--examples", help="write the page's example clips here (assets/examples)")
     p.add_argument("--encoder", default="wheel", help="Whisper base: 'wheel', a folder or a hub id")
     p.add_argument("--llm", default="wheel", help="LLM base: 'wheel', a .gguf, a folder or a hub id")
     p.add_argument("--seed", type=int, default=0)
@@ -313,4 +320,8 @@ def run(args: argparse.Namespace) -> int:
         report = finish_world(Path(args.work), parts, Path(args.out), scale, real, args.seed)
         print((Path(args.out) / "results.md").read_text())
         print(json.dumps(report["bundle_bytes"]))
+    if args.examples:
+        from train.demo_world.examples import write_examples
+
+        write_examples(Path(args.examples), args.seed)
     return 0
