@@ -49,9 +49,19 @@ def _examples(audio: gr.Audio, examples_dir: Path) -> None:
             [[str(c)] for c in clips],
             inputs=[audio],
             label="Example clips (one click, then Send)",
-            example_labels=[c.stem.replace("_", " ") for c in clips],
+            example_labels=[_example_labels(examples_dir).get(c.name, c.stem.replace("_", " ")) for c in clips],
             examples_per_page=10,
         )
+
+
+def _example_labels(examples_dir: Path) -> dict[str, str]:
+    """Speaker, emotion and transcript of each listed clip ("Joe, sad: '…'"), from examples.json."""
+    import json
+
+    listing = examples_dir / "examples.json"
+    if not listing.is_file():
+        return {}
+    return {entry["file"]: entry["label"] for entry in json.loads(listing.read_text(encoding="utf-8"))}
 
 
 def talk_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
