@@ -181,7 +181,8 @@ def to_mono_float(samples: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0)
 
 
-def _to_16k(samples: np.ndarray, rate: int) -> np.ndarray:
+def to_16k(samples: np.ndarray, rate: int) -> np.ndarray:
+    """`samples` at `rate` resampled to 16 kHz (polyphase: cheap enough for every chunk of a stream)."""
     if rate == SAMPLE_RATE:
         return samples
     from math import gcd
@@ -203,7 +204,7 @@ def step(
     chunk = chunk[-int(options.max_chunk_s * rate) :]
     heard_s = state.heard_s + chunk.size / rate
     state = replace(state, rate=rate, audio=(*state.audio, chunk), heard_s=heard_s)
-    pending = np.concatenate([state.pending, _to_16k(chunk, rate)])
+    pending = np.concatenate([state.pending, to_16k(chunk, rate)])
     whole = pending.size // FRAME
     probabilities, carry = scorer.score(pending[: whole * FRAME].reshape(whole, FRAME), state.carry)
     state = replace(state, carry=carry, pending=pending[whole * FRAME :].copy())
