@@ -22,6 +22,7 @@ from blsp_emo.systems import load_systems  # noqa: E402
 from blsp_emo.tts import NEUTRAL, NullSynthesizer, SpeechSynthesizer, load_synthesizer  # noqa: E402
 from webui import demo_page
 from webui.callbacks import Callbacks
+from webui.live_speech import VoiceChoice
 
 OPTIONS = GenerationOptions(max_new_tokens=12, greedy=True)  # deterministic: a sampled reply may be empty
 TALK = {"system_name": "blsp-emo", "temperature": 0.5, "top_p": 0.5, "max_tokens": 12, "greedy": False, "seed": None}
@@ -113,7 +114,6 @@ def test_the_reply_voice_policy_picks_the_style(monkeypatch, tmp_path):
     _, mirroring = cb.voice("I hear you.", "sad", policy="mirror")
     assert [s.name for s in recorder.styles] == ["gentle", "downcast"]
     assert "**gentle** (soothe)" in soothing and "**downcast** (mirror)" in mirroring
-    cb.speak_last((), True, "mirror")  # no reply yet: nothing spoken
     with pytest.raises(gr.Error, match="unknown reply voice 'echo'"):
         cb.voice_typed("I hear you.", "sad", "echo")
     demo = app.build_demo({}, recorder, examples_dir=Path("/nonexistent"))
@@ -139,9 +139,11 @@ def test_compare_columns_share_one_callback_and_one_seed(systems, clip_path):
     hears_tone = {"blsp-emo", "cascade-ser"}
     assert {name for name, system in systems.items() if system.emotion_source} == hears_tone
     for name in systems:
-        (label, transcript, *_), *later = list(callbacks.answer(name, str(clip_path), seed, 0.5, 0.5, 12, False, None))
-        *_, timings, reply = later[-1]
+        answers = callbacks.answer(name, str(clip_path), seed, 0.5, 0.5, 12, False, None, VoiceChoice())
+        (label, transcript, *_), *later = list(answers)
+        *_, timings, spoken, note, reply = later[-1]
         assert reply.system == name and reply.seed == seed and f"seed `{seed}`" in timings
+        assert spoken is None and "--tts none" in note  # NullSynthesizer: the column says so
         assert isinstance(label, dict) == bool(reply.emotion_scores)
         assert transcript.visible == (reply.transcript is not None)
         if name in hears_tone:  # a score for every emotion, shown with its emoji
@@ -177,7 +179,10 @@ def test_every_update_of_a_turn_gives_every_output_a_value(systems, clip_path):
                 assert not any(isinstance(v, gr.components.Component) for v in update.values())
         chat = updates[-1][cb.ui.chat]
         assert chat[-1].card == updates[-1][cb.ui.card] and f"seed `{chat[-1].reply.seed}`" in chat[-1].card
-        assert all(update[cb.ui.chat] == chat[:-1] for update in updates[:-1])  # the state only grows at the end
+        # while it is written, the state holds the reply so far as an interrupted turn (what stays if the
+        # visitor speaks over it); the end replaces it with the answered one
+        assert all(u[cb.ui.chat][:-1] == chat[:-1] and u[cb.ui.chat][-1].interrupted for u in updates[:-1])
+        assert not chat[-1].interrupted and updates[-1][cb.ui.reply_stream] is None  # API callers: not spoken
     spoken, typed = cb.clear_sent(chat), cb.clear_sent(chat[:2])
     assert spoken == (None, gr.skip()) and typed == (gr.skip(), "")  # the input sent is emptied, the other kept
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ from blsp_emo.systems.base import PromptTooLongError, TextTooLongError, text_pro
 from blsp_emo.tts import NullSynthesizer
 from blsp_emo.voice_style import DEFAULT_POLICY, POLICIES, style_for
 from webui import storage
+from webui.live_speech import TurnSpeech, VoiceChoice, prune_streams, style_note
 
 try:  # ZeroGPU Spaces lend a GPU per call to functions marked with spaces.GPU; elsewhere a no-op
     from spaces import GPU as _gpu
@@ -63,6 +65,7 @@ class Exchange:
     text: str | None  # a typed turn
     reply: Reply | None  # None until answered
     card: str = ""  # the turn's card as the page showed it (put back when a later turn fails)
+    interrupted: bool = False  # the reply so far, of a turn still going or stopped by the visitor's speech
 
 
 Chat = tuple  # of Exchange: a visitor's conversation, immutable, kept in gr.State
@@ -136,16 +139,26 @@ def _shown_outputs(ui: SimpleNamespace, shown: Exchange | None) -> dict:
     }
 
 
-def _timings(reply: Reply) -> str:
+def _timings(reply: Reply, first_audio_s: float | None = None) -> str:
     first = "" if reply.timings.first_token_s is None else f"first token {reply.timings.first_token_s:.2f} s · "
-    return f"{first}total {reply.timings.total_s:.2f} s · {len(reply.token_ids)} tokens"
+    audio = "" if first_audio_s is None else f"first audio {first_audio_s:.2f} s · "
+    return f"{first}{audio}total {reply.timings.total_s:.2f} s · {len(reply.token_ids)} tokens"
 
 
-def _card(system: SpokenDialogueSystem, reply: Reply, options: GenerationOptions, model_label: str) -> str:
+def _card(
+    system: SpokenDialogueSystem,
+    reply: Reply,
+    options: GenerationOptions,
+    model_label: str,
+    first_audio_s: float | None = None,
+    heard: str = "",
+) -> str:
+    """The turn's card; `first_audio_s` counts from the end of the visitor's speech (hands-free) or from
+    Send, `heard` says how a hands-free turn was sent."""
     decoding = "greedy" if options.greedy else f"sampling T={options.temperature:g} top-p={options.top_p:g}"
     return (
         f"**{system.name}** — {system.description}  \nmodel `{model_label}` · seed `{reply.seed}` · "
-        f"{decoding} · ≤{options.max_new_tokens} tokens  \n{_timings(reply)}"
+        f"{decoding} · ≤{options.max_new_tokens} tokens  \n{_timings(reply, first_audio_s)}{heard}"
     )
 
 
@@ -163,13 +176,22 @@ def _validation(first_input_problem: str | None, n_inputs: int) -> list[dict]:
 
 
 def _messages(chat: Chat, pending: tuple[object, Reply] | None = None) -> list[dict]:
-    exchanges = [(ex.shown, ex.reply) for ex in chat] + ([pending] if pending else [])
+    exchanges = [(ex.shown, ex.reply, ex.interrupted) for ex in chat] + ([(*pending, False)] if pending else [])
     out = []
-    for shown, reply in exchanges:
+    for shown, reply, interrupted in exchanges:
         heard = _heard(reply) if isinstance(shown, dict) else ""
         out.append({"role": "user", "content": [shown, heard] if heard else shown})
-        out.append({"role": "assistant", "content": reply.text if reply.done or reply.text else "…"})
+        text = reply.text if reply.done or reply.text else "…"
+        out.append({"role": "assistant", "content": f"{text} — *(interrupted)*" if interrupted else text})
     return out
+
+
+def _voice_last(settings: tuple, voice: VoiceChoice | None) -> tuple[tuple, VoiceChoice | None]:
+    """The generation settings (`_options`' five) and the voice choice the page passes after them
+    (`ui.voice`, a state: None until the page has loaded, and for an API caller)."""
+    if len(settings) == 6:
+        return settings[:5], settings[5]
+    return settings, voice
 
 
 def _history(chat: Chat) -> list:
@@ -190,6 +212,7 @@ class Callbacks:
         self._decoded_lock = threading.Lock()
         self._decoding = threading.BoundedSemaphore(DECODES_AT_ONCE)
         self.files = storage.FILES  # uploads used and replies made, deleted when their session ends
+        self.demo = None  # the page, once built: its streamed replies are pruned per session
 
     def system(self, name: str | None) -> SpokenDialogueSystem:
         if not self.systems:
@@ -249,7 +272,12 @@ class Callbacks:
         return _validation(self.audio_problem(audio, [system_name]), 2)
 
     @_gpu
-    def talk(self, audio, text, chat: Chat, system_name, *settings):
+    def talk(self, audio, text, chat: Chat, system_name, *settings: object, voice: VoiceChoice | None = None):
+        """A turn sent with Send (or Enter): the clip, else the typed text. `settings` are the generation
+        settings (`_options`), then the page's choice of spoken reply (`VoiceChoice`; none for an API
+        caller, whose turn is not spoken)."""
+        settings, voice = _voice_last(settings, voice)
+        started = time.monotonic()
         text = (text or "").strip()
         if not self.systems or (audio is None and not text):  # a notice; the page stays as it was
             gr.Warning(NO_INPUT if self.systems else NO_MODEL)
@@ -262,36 +290,63 @@ class Callbacks:
             raise _fail(problem)
         else:
             wave, typed, shown = None, text, text
-        yield from self._turn(system, chat, Exchange(shown, wave, typed, None), options, chat[-1] if chat else None)
+        user = Exchange(shown, wave, typed, None)
+        yield from self._turn(system, chat, user, options, chat[-1] if chat else None, voice, started)
 
     @_gpu
-    def regenerate(self, chat: Chat, system_name, *settings):
+    def regenerate(self, chat: Chat, system_name, *settings: object, voice: VoiceChoice | None = None):
+        settings, voice = _voice_last(settings, voice)
         if not chat:
             gr.Warning("Nothing to regenerate yet: say something first.")
             yield gr.skip()
             return
-        yield from self._turn(self.system(system_name), chat[:-1], chat[-1], _options(*settings), chat[-1])
+        yield from self._turn(self.system(system_name), chat[:-1], chat[-1], _options(*settings), chat[-1], voice)
 
-    def _turn(self, system, chat: Chat, user: Exchange, options: GenerationOptions, shown: Exchange | None):
+    def _turn(
+        self,
+        system,
+        chat: Chat,
+        user: Exchange,
+        options: GenerationOptions,
+        shown: Exchange | None,
+        voice: VoiceChoice | None = None,
+        started: float | None = None,
+        heard_note: str = "",
+    ):
         """Answer `user` after `chat`; `shown` is the exchange whose emotion, transcript and card the page shows.
 
         Every update gives every output a value: Gradio turns an output left out of an update into an
         empty component update, which rebuilds that component and its API schema (more than a
-        demo-scale token costs; docs/serving.md). The card shows the reply's timings as it grows.
+        demo-scale token costs; docs/serving.md). The card shows the reply's timings as it grows. Each
+        sentence is spoken as soon as it is complete (`voice`), its audio sent to the live player; the
+        state holds the reply so far, marked interrupted until it is done, so that a turn stopped by
+        the visitor's speech (barge-in) stays in the conversation as far as it went.
         """
         ui, reply, sent, typed = self.ui, None, False, user.audio is None
-        before = (*chat, user) if user is shown else chat  # the state as it stands (a regenerated turn is in it)
-        replies = system.stream(audio=user.audio, history=_history(chat), options=options, text=user.text)
+        before = (*chat, user) if user is shown else chat  # the state as it stood (a regenerated turn is in it)
+        speech = TurnSpeech(self.synthesizer, self.files, voice, time.monotonic() if started is None else started)
+        prune_streams(self.demo, speech.session)
+        replies = paced(
+            system.stream(audio=user.audio, history=_history(chat), options=options, text=user.text),
+            self.stream_interval,
+        )
         try:
-            for i, reply in enumerate(paced(replies, self.stream_interval)):
+            for i, reply in enumerate(replies):
                 # what was heard is known before the first token: only the first update may change the boxes
                 heard = _heard_outputs(ui, reply, typed, shown) if i == 0 else _heard_values(ui, reply, typed)
+                chunk = speech.feed(reply.text, reply.done, reply.emotion)
+                card = _card(system, reply, options, self.model_label, speech.first_audio_s, heard_note)
                 update = {
                     ui.chatbot: _messages(chat, (user.shown, reply)),
-                    ui.chat: before,
+                    ui.chat: (*chat, replace(user, reply=reply, card=card, interrupted=True)),
                     **heard,
-                    ui.card: _card(system, reply, options, self.model_label),
+                    ui.card: card,
+                    ui.reply_stream: chunk,
+                    ui.reply_audio: None,
+                    ui.style: "",
                 }
+                if speech.cancelled:  # the visitor spoke over it (or a new turn began): stop here
+                    return
                 if not reply.done:  # the end goes out below, with the answered turn in the state
                     sent = True
                     yield update
@@ -303,13 +358,23 @@ class Callbacks:
             if isinstance(e, WorkerError):
                 raise _stopped(e) from e
             raise
+        finally:
+            replies.close()  # a stopped turn stops its decoding now, not when collected
+            speech.close()
         if reply is None:
             raise RuntimeError(f"{system.name} streamed no reply")
         answered = replace(user, reply=reply, card=update[ui.card])
-        yield {**update, ui.chatbot: _messages((*chat, answered)), ui.chat: (*chat, answered)}
+        spoken, note = speech.finish()
+        done = {ui.chatbot: _messages((*chat, answered)), ui.chat: (*chat, answered), ui.reply_audio: spoken}
+        yield {**update, **done, ui.style: note}
 
-    def open_session(self) -> None:
-        """The page's load event: the request itself has Gradio build the session (see `build_demo`)."""
+    def open_session(self) -> VoiceChoice:
+        """The page's load event: the request itself has Gradio build the session (see `build_demo`); the
+        page's visitor hears replies spoken, in the settings' default voice."""
+        return VoiceChoice()
+
+    def voice_choice(self, enabled: bool, policy: str) -> VoiceChoice:
+        return VoiceChoice(bool(enabled), policy if policy in POLICIES else DEFAULT_POLICY)
 
     def clear_sent(self, chat: Chat):
         """After a turn: empty the input it used, keep the other (a clip beside typed text was not sent)."""
@@ -318,7 +383,8 @@ class Callbacks:
 
     def clear(self):
         ui = self.ui
-        return {ui.chatbot: [], ui.chat: (), ui.reply_audio: None, ui.style: "", **_shown_outputs(ui, None)}
+        cleared = {ui.chatbot: [], ui.chat: (), ui.reply_audio: None, ui.reply_stream: None, ui.style: ""}
+        return {**cleared, **_shown_outputs(ui, None)}
 
     def start_compare(self, audio, seed):
         """Fix one seed for every column, so the columns differ only by system (the clip is validated)."""
@@ -328,23 +394,27 @@ class Callbacks:
             raise _fail(str(e)) from e
 
     @_gpu
-    def answer(self, name: str, audio, seed: int, *settings):
-        """One callback for every Compare column: which system answers is data, never a branch."""
+    def answer(self, name: str, audio, seed: int, *settings: object, voice: VoiceChoice | None = None):
+        """One callback for every Compare column: which system answers is data, never a branch. Each
+        sentence is spoken as soon as it is complete, as on Talk, so every column has its time to first
+        audio (counted from the column's start); the whole reply's audio comes with the end."""
+        started = time.monotonic()
+        settings, voice = _voice_last(settings, voice)
         system = self.system(name)
         options = replace(_options(*settings), seed=seed)
+        speech = TurnSpeech(self.synthesizer, self.files, voice, started, turns=None)
         replies = paced(system.stream(audio=self.load(audio, system), options=options), self.stream_interval)
         try:
             for i, reply in enumerate(replies):  # every output each time, as in Callbacks._turn
                 heard = (_emotion(reply), _transcript(reply) if i == 0 else reply.transcript)
-                yield (*heard, reply.text, _timings(reply) + f" · seed `{reply.seed}`", reply if reply.done else None)
+                speech.feed(reply.text, reply.done, reply.emotion)
+                timing = _timings(reply, speech.first_audio_s) + f" · seed `{reply.seed}`"
+                spoken = speech.finish() if reply.done else (None, "")
+                yield (*heard, reply.text, timing, *spoken, reply if reply.done else None)
         except WorkerError as e:
             raise _stopped(e) from e
-
-    def speak(self, reply: Reply | None, enabled: bool = True, policy: str = DEFAULT_POLICY):
-        return (None, "") if reply is None else self.voice(reply.text, reply.emotion, enabled, policy)
-
-    def speak_last(self, chat: Chat, enabled: bool = True, policy: str = DEFAULT_POLICY):
-        return self.speak(chat[-1].reply if chat else None, enabled, policy)
+        finally:
+            replies.close()
 
     def voice_typed(self, text: str, emotion: str | None, policy: str = DEFAULT_POLICY):
         """The Voices tab: typed text, bounded as a typed turn is (speech of 100,000 characters is hours long)."""
@@ -361,13 +431,11 @@ class Callbacks:
             return None, "🔇 Spoken replies are off" + (
                 " (Settings)." if not enabled else " (started with --tts none)."
             )
-        style = style_for(emotion, policy)
-        audio = self.synthesizer.synthesize(text, style)
+        audio = self.synthesizer.synthesize(text, style_for(emotion, policy))
         # a file of its own per reply: Gradio would write a waveform to a name made from its samples,
         # rewriting it in place while another visitor with the same reply downloads it
         shown = None if audio is None else self.files.write_wav(audio[0], to_pcm16(audio[1]))
-        why = f"you sounded {emotion}" if emotion else "no emotion was heard"
-        return shown, f"🔊 Voice style **{style.name}** ({policy}): {style.purpose} — {why}."
+        return shown, style_note(emotion, policy)
 
     @_gpu
     def respond(self, audio, system_name=None):
@@ -377,5 +445,5 @@ class Callbacks:
             reply = system.respond(audio=self.load(audio, system), options=self.options)
         except WorkerError as e:
             raise _stopped(e) from e
-        spoken, _ = self.speak(reply)
+        spoken, _ = self.voice(reply.text, reply.emotion)
         return {"file": Path(audio).name, **reply.to_json()}, spoken

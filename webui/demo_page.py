@@ -17,7 +17,7 @@ import gradio as gr
 
 from blsp_emo import GenerationOptions, SpokenDialogueSystem
 from blsp_emo.tts import NullSynthesizer, SpeechSynthesizer
-from webui import demo_tabs, study_tabs
+from webui import demo_tabs, handsfree, study_tabs
 from webui.callbacks import NO_MODEL, Callbacks
 from webui.study_api import STUDY_QUEUE, STUDY_WAITING
 from webui.waking_queue import WakingQueue
@@ -88,7 +88,9 @@ def build_demo(
         # Gradio builds a visitor's session (a config for each of the page's 170-odd blocks, longer
         # than a typed demo-scale turn) on the session's first request to an event; this one makes
         # that the page's load, not the visitor's first turn (docs/serving.md).
-        demo.load(cb.open_session, None, None, queue=False, show_progress="hidden", api_visibility="private")
+        demo.load(cb.open_session, None, cb.ui.voice, queue=False, show_progress="hidden", api_visibility="private")
+        handsfree.install(demo)
+        cb.demo = demo
     # Gradio's queue recomputes its monitoring summary (a pandas table of up to its last 10,000
     # events) after every event, on the page's process, at a cost that grows with the events
     # kept; every 50 events keeps the summary fresh and its cost per event small (docs/serving.md).

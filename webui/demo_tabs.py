@@ -9,6 +9,7 @@ import gradio as gr
 
 from blsp_emo import GenerationOptions
 from blsp_emo.voice_style import DEFAULT_POLICY, POLICIES, POLICY_HELP
+from webui import handsfree
 from webui.callbacks import EMOJI, Callbacks, _validation
 from webui.storage import spoken_reply
 
@@ -42,16 +43,19 @@ def _policy_radio() -> gr.Radio:
     )
 
 
-def _examples(audio: gr.Audio, examples_dir: Path) -> None:
+def _examples(audio: gr.Audio, examples_dir: Path) -> gr.Dataset | None:
+    """The example clips for `audio`; their table, or None when there are none."""
     clips = sorted(examples_dir.glob("*.wav")) if examples_dir.is_dir() else []
-    if clips:
-        gr.Examples(
-            [[str(c)] for c in clips],
-            inputs=[audio],
-            label="Example clips (one click, then Send)",
-            example_labels=[_example_labels(examples_dir).get(c.name, c.stem.replace("_", " ")) for c in clips],
-            examples_per_page=10,
-        )
+    if not clips:
+        return None
+    labels = _example_labels(examples_dir)
+    return gr.Examples(
+        [[str(c)] for c in clips],
+        inputs=[audio],
+        label="Example clips (one click, then Send)",
+        example_labels=[labels.get(c.name, c.stem.replace("_", " ")) for c in clips],
+        examples_per_page=10,
+    ).dataset
 
 
 def _example_labels(examples_dir: Path) -> dict[str, str]:
@@ -73,41 +77,51 @@ def talk_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
                 height=430,
                 feedback_options=None,
                 elem_id="chat",
-                placeholder="Record or upload a clip, or type, then **Send**.",
+                placeholder="Record or upload a clip, or type, then **Send** — or pick **Hands-free** and just talk.",
+            )
+            ui.mode = gr.Radio(
+                [handsfree.PUSH, handsfree.HANDS_FREE], value=handsfree.PUSH, show_label=False, elem_id="mode"
             )
             ui.audio_in = gr.Audio(
                 sources=["microphone", "upload"], type="filepath", label="Your voice", elem_id="voice"
             )
+            handsfree.controls(ui)
             ui.text_in = gr.Textbox(placeholder="…or type a message and press Enter", show_label=False)
             with gr.Row():
                 send = gr.Button("Send", variant="primary", scale=2)
                 regen = gr.Button("🔄 Regenerate")
                 clear = gr.Button("🗑️ Clear")
-            _examples(ui.audio_in, examples_dir)
+            ui.examples = _examples(ui.audio_in, examples_dir)
         with gr.Column(scale=2, elem_id="side"):
             ui.emotion = gr.Label(label="Detected emotion", num_top_classes=5, elem_id="emotion")
             ui.transcript = gr.Textbox(label="Transcript (what the system read)", visible=False, interactive=False)
+            # Each sentence plays here as soon as it is spoken; the whole reply stays below to replay.
+            ui.reply_stream = gr.Audio(
+                streaming=True, autoplay=True, interactive=False, label="Spoken reply", elem_id="reply-live", buttons=[]
+            )
             ui.reply_audio = spoken_reply(
-                label="Spoken reply", type="numpy", format="wav", autoplay=True, interactive=False, buttons=["download"]
+                label="Whole reply (replay, download)",
+                type="numpy",
+                format="wav",
+                interactive=False,
+                buttons=["download"],
+                elem_id="reply-whole",
             )
             ui.style = gr.Markdown(elem_classes=["note"])
             ui.card = gr.Markdown(elem_classes=["card"])
             _settings(ui, systems, cb.options)
     ui.chat = gr.State((), time_to_live=3600)  # per visitor; dropped after 1 h idle
+    # How the visitor wants replies spoken: set by the page's load and its settings, so that a state, not
+    # an input, carries it (an API caller's turn, with no page, is not spoken and keeps its inputs).
+    ui.voice = gr.State(None)
     gen = [ui.system, *ui.generation]
     # The inputs are not outputs of the streaming turn (it would have to send them at every update);
-    # a quick follow-up empties the one sent.
-    outputs = [ui.chatbot, ui.chat, ui.emotion, ui.transcript, ui.card]
-    spoken = {
-        "fn": cb.speak_last,
-        "inputs": [ui.chat, ui.tts_on, ui.policy],
-        "outputs": [ui.reply_audio, ui.style],
-        "api_visibility": "private",
-    }
+    # a quick follow-up empties the one sent. A turn speaks as it writes: its audio is among its outputs.
+    outputs = [ui.chatbot, ui.chat, ui.emotion, ui.transcript, ui.card, ui.reply_stream, ui.reply_audio, ui.style]
     talk = gr.on(
         [send.click, ui.text_in.submit],
         cb.talk,
-        [ui.audio_in, ui.text_in, ui.chat, *gen],
+        [ui.audio_in, ui.text_in, ui.chat, *gen, ui.voice],
         outputs,
         api_name="talk",
         api_visibility="undocumented",
@@ -115,17 +129,24 @@ def talk_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
         validator=cb.check_turn,
     )
     talk.success(cb.clear_sent, [ui.chat], [ui.audio_in, ui.text_in], queue=False, api_visibility="private")
-    talk.success(**spoken)
     again = regen.click(
         cb.regenerate,
-        [ui.chat, *gen],
+        [ui.chat, *gen, ui.voice],
         outputs,
         api_name="regenerate",
         api_visibility="undocumented",
         concurrency_id="model",
     )
-    again.success(**spoken)
-    clear_outputs = [*outputs, ui.reply_audio, ui.style]
+    gr.on(
+        [ui.tts_on.change, ui.policy.change],
+        cb.voice_choice,
+        [ui.tts_on, ui.policy],
+        [ui.voice],
+        queue=False,
+        api_visibility="private",
+    )
+    handsfree.wire(cb, outputs, [talk, again], gen)
+    clear_outputs = [*outputs, ui.vad, ui.listening]
     clear.click(cb.clear, None, clear_outputs, cancels=[talk, again], api_visibility="private")
     ui.system.change(cb.clear, None, clear_outputs, api_visibility="private")
 
@@ -157,19 +178,17 @@ def compare_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
                     gr.Textbox(label="Transcript", visible=False, interactive=False),
                     gr.Textbox(label="Reply", lines=5, interactive=False),
                     gr.Markdown(elem_classes=["note"]),
-                    gr.State(None),
-                ]
-                speech = [
                     spoken_reply(label="Spoken reply", type="numpy", format="wav", interactive=False),
                     gr.Markdown(elem_classes=["note"]),
+                    gr.State(None),
                 ]
                 start.success(
                     cb.answer,
-                    [gr.State(name), audio, seed, *ui.generation],
+                    [gr.State(name), audio, seed, *ui.generation, ui.voice],
                     outputs,
                     api_visibility="private",
                     concurrency_id="model",
-                ).success(cb.speak, [outputs[-1], ui.tts_on, ui.policy], speech, api_visibility="private")
+                )
 
 
 def api_tab(cb: Callbacks, systems) -> None:
