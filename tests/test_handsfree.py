@@ -354,3 +354,55 @@ def test_browser_speech_over_a_reply_stops_it_and_is_the_next_turn(talking, tmp_
     assert stopped["type"] == "pause" and stopped["t"] > 0  # paused while playing, not at its end
     assert talking.system.closed > closed  # the first reply's decoding was stopped, not left to run
     assert len(interrupted.split()) < len(LONG)  # what was written before it stopped stays, marked
+
+
+NO_SIDEWAYS_SCROLL = "() => document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+
+
+def _fits(page, locator) -> bool:
+    """Shown and within the width of the screen (a control cut off at the side cannot be used)."""
+    box = locator.bounding_box()
+    return locator.is_visible() and box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
+
+
+@pytest.mark.server
+@pytest.mark.browser
+def test_browser_the_page_fits_a_phone(talking, tmp_path):
+    playwright = _browser()
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        page = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True).new_page()
+        with page.expect_response(lambda r: "/run/predict" in r.url):
+            page.goto(talking.url)
+        controls = {
+            "mode": page.locator("#mode"),
+            "record": page.locator("#voice").get_by_role("button", name="Record", exact=True),
+            "text": page.get_by_placeholder("…or type a message and press Enter"),
+            "send": page.get_by_role("button", name="Send", exact=True),
+        }
+        shown = {name: _fits(page, c) for name, c in controls.items()}
+        no_scroll = [page.evaluate(NO_SIDEWAYS_SCROLL)]
+        page.locator("#mode").get_by_text("Hands-free").click()
+        page.locator("#live-mic").wait_for()
+        shown["hands-free record"] = _fits(
+            page, page.locator("#live-mic").get_by_role("button", name="Record", exact=True)
+        )
+        shown["pause"] = _fits(page, page.get_by_label("Pause that ends your turn (s)", exact=False).first)
+        no_scroll.append(page.evaluate(NO_SIDEWAYS_SCROLL))
+        record = page.locator("#live-mic").get_by_role("button", name="Record", exact=True).bounding_box()
+        first_screen = record["y"] + record["height"] <= 844  # hands-free starts without scrolling
+        page.screenshot(path=str(tmp_path / "phone-talk.png"), full_page=True)
+        page.get_by_role("tab", name="Compare").click()
+        go = page.get_by_role("button", name="Answer with every system")
+        go.wait_for()
+        shown["compare"] = _fits(page, go)
+        no_scroll.append(page.evaluate(NO_SIDEWAYS_SCROLL))
+        heading = page.locator(".system-column").first.inner_text()
+        page.screenshot(path=str(tmp_path / "phone-compare.png"), full_page=True)
+        browser.close()
+    print(f"screenshots: {tmp_path}")
+    assert no_scroll == [True, True, True] and all(shown.values()), (no_scroll, shown)
+    assert first_screen
+    assert "Hears your tone: yes (its script)" in heading  # Compare says plainly what each system is

@@ -151,11 +151,23 @@ def talk_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
     ui.system.change(cb.clear, None, clear_outputs, api_visibility="private")
 
 
+def _what_it_is(system) -> str:
+    """A Compare column's heading: the system, what it is, and in plain words whether it hears your tone."""
+    tone = (
+        f"**Hears your tone: yes** (its {system.emotion_source})"
+        if system.emotion_source
+        else "**Hears your tone: no** — it answers your words only"
+    )
+    return f"### {system.name}\n{system.description}  \n{tone}"
+
+
 def compare_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
     ui = cb.ui
     gr.Markdown(
         "One recording, answered by every system side by side with the same seed and the sampling settings "
-        "of **Talk ▸ Settings**. Systems that hear tone show an emotion; the others only read your words."
+        "of **Talk ▸ Settings**. Systems that hear tone show an emotion; the others only read your words. "
+        "Each column times its first token and its *first audio*: from its start until the reply's first "
+        "sentence is spoken."
     )
     with gr.Row(equal_height=True):
         audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Your voice", scale=3)
@@ -172,7 +184,7 @@ def compare_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
     with gr.Row(equal_height=True, elem_id="columns"):
         for name, system in systems.items():  # identical columns, one per system; no name checks
             with gr.Column(min_width=220, elem_classes=["system-column"]):
-                gr.Markdown(f"### {name}\n{system.description}")
+                gr.Markdown(_what_it_is(system))
                 outputs = [
                     gr.Label(label="Detected emotion", num_top_classes=3),
                     gr.Textbox(label="Transcript", visible=False, interactive=False),
