@@ -50,7 +50,10 @@ def test_the_world_builds_on_given_bases_and_resumes(bases, tmp_path, monkeypatc
         by_set.setdefault(r["group"], set()).add(r["system"])
         assert 0 <= r["accuracy"] <= 1 and r["n"] == scale.eval_clips
     assert set(by_set) >= {"a", "b"} and all(len(names) == 4 for names in by_set.values())
-    assert "| `blsp-emo` |" in Path("bundle/results.md").read_text()
+    assert "| `blsp-emo` | espeak-ng held-out voices |" in Path("bundle/results.md").read_text()
+    calibration = json.loads(Path("bundle/blsp-emo/calibration.json").read_text())
+    assert calibration["temperature"] > 0  # the page's evidence files come from this build's clips
+    assert Path("bundle/neutral_reference.json").is_file() and Path("bundle/lexical_emotion.json").is_file()
 
     # A rerun finds every step done; only the recording step looks (and keeps every clip).
     lines.clear()

