@@ -163,18 +163,10 @@ def _sounding_seconds(sounding: np.ndarray, step: float) -> float:
 
 def neutral_clips(manifest: str | Path, emotion: str = "neutral") -> list[Path]:
     """The audio files of `manifest` (JSON lines with `audio` and `emotion`) labelled `emotion`."""
+    from blsp_emo.evaluate import read_ser_manifest
+
     manifest = Path(manifest)
-    clips = []
-    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            audio, label = row["audio"], row.get("emotion")
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{manifest}:{number}: expected a JSON object with `audio` and `emotion` ({e})") from e
-        if label == emotion:
-            clips.append(manifest.parent / Path(audio).expanduser())
+    clips = [Path(audio) for audio, label, _ in read_ser_manifest(manifest) if label == emotion]
     if not clips:
         raise ValueError(
             f"{manifest} has no clip with emotion {emotion!r}; pass a training manifest "
