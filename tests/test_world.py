@@ -51,6 +51,8 @@ def test_the_world_builds_on_given_bases_and_resumes(bases, tmp_path, monkeypatc
         assert 0 <= r["accuracy"] <= 1 and r["n"] == scale.eval_clips
     assert set(by_set) >= {"a", "b"} and all(len(names) == 4 for names in by_set.values())
     assert "| `blsp-emo` | espeak-ng held-out voices |" in Path("bundle/results.md").read_text()
+    quoted = report["quotes"]
+    assert [q["how"] for q in quoted].count("typed") == 5 and all(isinstance(q["reply"], str) for q in quoted)
     calibration = json.loads(Path("bundle/blsp-emo/calibration.json").read_text())
     assert calibration["temperature"] > 0  # the page's evidence files come from this build's clips
     assert Path("bundle/neutral_reference.json").is_file() and Path("bundle/lexical_emotion.json").is_file()

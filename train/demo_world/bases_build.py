@@ -285,7 +285,7 @@ def finish_world(work: Path, parts: dict, out: Path, scale: WorldScale, real: Pa
     """Bundle the world's models into `out`, then score every system on every evaluation set;
     writes `out/results.json` and `out/results.md` (the README's table)."""
     from train.demo_world.judge import fit_with_holdout
-    from train.demo_world.world_eval import build_sets, evaluate_bundle, results_table
+    from train.demo_world.world_eval import build_sets, evaluate_bundle, quotes_block, results_table
 
     sizes = bundle_world(parts, out)
     labels = work / "labels_stage2"
@@ -294,10 +294,16 @@ def finish_world(work: Path, parts: dict, out: Path, scale: WorldScale, real: Pa
     judge.save(out / "tone_judge.json")
     evidence_files(work, out, parts, scale, seed)
     sets = build_sets(work, parts["eval_manifest"], work / "sentences_eval.jsonl", real, seed)
-    results = evaluate_bundle(out, sets, judge, scale.eval_clips, seed, log)
-    report = {"bundle_bytes": sizes, "judge_accuracy": judge_accuracy, "results": results, "build": b_times(work)}
+    results, quoted = evaluate_bundle(out, sets, judge, scale.eval_clips, seed, log)
+    report = {
+        "bundle_bytes": sizes,
+        "judge_accuracy": judge_accuracy,
+        "results": results,
+        "quotes": quoted,
+        "build": b_times(work),
+    }
     (out / "results.json").write_text(json.dumps(report, indent=1))
-    (out / "results.md").write_text(results_table(results, judge_accuracy))
+    (out / "results.md").write_text(results_table(results, judge_accuracy) + quotes_block(quoted))
     return report
 
 

@@ -115,7 +115,7 @@ def score_set(system, rows: list[dict], judge, replies: bool, references: list[s
     if not replies:
         return {k: result[k] for k in ("system", "emotion_from", "accuracy", "macro_f1", "n")}
     if references is not None and embed is not None:
-        result["semantic_agreement"] = agreement(result.pop("replies"), references, embed)
+        result["semantic_agreement"] = agreement(result["replies"], references, embed)
     return result
 
 
@@ -160,15 +160,47 @@ def evaluate_bundle(bundle: Path, sets: list[EvalSet], judge, per_set: int | Non
     embed = sentence_embedder()
     systems = {name: load_system(name, model=bundle) for name in available_systems()}
     llm_owner = systems["blsp-emo"]
-    results = []
+    results, heard = [], {}
     for s in sets:
         rows = sample_rows(s.manifest, per_set, seed)
         references = reference_replies(llm_owner.model.llm, llm_owner.tokenizer, rows) if s.replies else None
         for name, system in systems.items():
             log(f"[world] {name} on {s.name} ({len(rows)} clips)")
             result = score_set(system, rows, judge, s.replies, references, embed)
+            replies = result.pop("replies", None)
+            if name == "blsp-emo" and replies:
+                heard[s.group] = [(r["text"], r["emotion"], reply) for r, reply in zip(rows, replies)]
             results.append({"set": s.name, "group": s.group, **result})
-    return results
+    spoken = heard.get("d") or heard.get("a") or []
+    return results, quotes(spoken, systems["blsp-emo"], seed)
+
+
+QUOTED = 5  # spoken and typed each: ten replies, the first of a seeded draw, not picked
+
+
+def quotes(spoken: list[tuple[str, str, str]], system, seed: int = 0) -> list[dict]:
+    """blsp-emo's replies to the first spoken clips of a seeded draw, and to typed messages (held-out
+    sentences whose words carry an emotion, the first of another draw)."""
+    from blsp_emo.decoding.generation import GenerationOptions
+    from train.demo_world.sentences import generate
+
+    rng = random.Random(seed)
+    drawn = rng.sample(spoken, min(QUOTED, len(spoken)))
+    out = [{"said": text, "tone": emotion, "reply": reply, "how": "spoken"} for text, emotion, reply in drawn]
+    typed = [s for s in generate(400, seed + 3, "eval") if s.cue]
+    greedy = GenerationOptions(greedy=True, max_new_tokens=64, seed=0)
+    for sentence in rng.sample(typed, min(QUOTED, len(typed))):
+        reply = system.respond(text=sentence.text, options=greedy)
+        out.append({"said": sentence.text, "tone": None, "reply": reply.text, "how": "typed"})
+    return out
+
+
+def quotes_block(quoted: list[dict]) -> str:
+    lines = ["", "Replies of `blsp-emo` (the first of a seeded draw, not picked):", ""]
+    for q in quoted:
+        said = f"spoken, {q['tone']}" if q["how"] == "spoken" else "typed"
+        lines.append(f"- *{q['said']}* ({said}) → {q['reply']}")
+    return "\n".join(lines) + "\n"
 
 
 def results_table(results: list[dict], judge_accuracy: float) -> str:
