@@ -35,7 +35,7 @@ lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 
-# docs/screenshot.png and docs/screenshot-compare.png, from the running app in Debian's chromium.
+# docs/screenshot.png, screenshot-compare.png and screenshot-handsfree.png, from the running app in Debian's chromium.
 screenshots: setup-dev
 	$(OFFLINE) $(PY) -m webui.screenshots
 

@@ -27,7 +27,7 @@ from blsp_emo.systems.base import PromptTooLongError, TextTooLongError, text_pro
 from blsp_emo.tts import NullSynthesizer
 from blsp_emo.voice_style import DEFAULT_POLICY, POLICIES, style_for
 from webui import storage
-from webui.live_speech import TurnSpeech, VoiceChoice, prune_streams, style_note
+from webui.live_speech import LIVE, TurnSpeech, VoiceChoice, prune_streams, style_note, voice_last
 
 try:  # ZeroGPU Spaces lend a GPU per call to functions marked with spaces.GPU; elsewhere a no-op
     from spaces import GPU as _gpu
@@ -186,14 +186,6 @@ def _messages(chat: Chat, pending: tuple[object, Reply] | None = None) -> list[d
     return out
 
 
-def _voice_last(settings: tuple, voice: VoiceChoice | None) -> tuple[tuple, VoiceChoice | None]:
-    """The generation settings (`_options`' five) and the voice choice the page passes after them
-    (`ui.voice`, a state: None until the page has loaded, and for an API caller)."""
-    if len(settings) == 6:
-        return settings[:5], settings[5]
-    return settings, voice
-
-
 def _history(chat: Chat) -> list:
     """The turns the system hears again: the latest few, as the released demo drops the oldest to fit."""
     return [turn for ex in chat[-HEARD_EXCHANGES:] for turn in ex.reply.turns(ex.audio, ex.text)]
@@ -276,7 +268,7 @@ class Callbacks:
         """A turn sent with Send (or Enter): the clip, else the typed text. `settings` are the generation
         settings (`_options`), then the page's choice of spoken reply (`VoiceChoice`; none for an API
         caller, whose turn is not spoken)."""
-        settings, voice = _voice_last(settings, voice)
+        settings, voice = voice_last(settings, voice)
         started = time.monotonic()
         text = (text or "").strip()
         if not self.systems or (audio is None and not text):  # a notice; the page stays as it was
@@ -295,7 +287,7 @@ class Callbacks:
 
     @_gpu
     def regenerate(self, chat: Chat, system_name, *settings: object, voice: VoiceChoice | None = None):
-        settings, voice = _voice_last(settings, voice)
+        settings, voice = voice_last(settings, voice)
         if not chat:
             gr.Warning("Nothing to regenerate yet: say something first.")
             yield gr.skip()
@@ -324,7 +316,9 @@ class Callbacks:
         """
         ui, reply, sent, typed = self.ui, None, False, user.audio is None
         before = (*chat, user) if user is shown else chat  # the state as it stood (a regenerated turn is in it)
-        speech = TurnSpeech(self.synthesizer, self.files, voice, time.monotonic() if started is None else started)
+        started = time.monotonic() if started is None else started
+        # only a page's turn can be spoken over (an API caller's turns keep running side by side, as before)
+        speech = TurnSpeech(self.synthesizer, self.files, voice, started, LIVE if voice is not None else None)
         prune_streams(self.demo, speech.session)
         replies = paced(
             system.stream(audio=user.audio, history=_history(chat), options=options, text=user.text),
@@ -383,7 +377,7 @@ class Callbacks:
 
     def clear(self):
         ui = self.ui
-        cleared = {ui.chatbot: [], ui.chat: (), ui.reply_audio: None, ui.reply_stream: None, ui.style: ""}
+        cleared = {ui.chatbot: [], ui.chat: (), ui.reply_audio: None, ui.reply_stream: None, ui.style: "", ui.vad: None}
         return {**cleared, **_shown_outputs(ui, None)}
 
     def start_compare(self, audio, seed):
@@ -399,7 +393,7 @@ class Callbacks:
         sentence is spoken as soon as it is complete, as on Talk, so every column has its time to first
         audio (counted from the column's start); the whole reply's audio comes with the end."""
         started = time.monotonic()
-        settings, voice = _voice_last(settings, voice)
+        settings, voice = voice_last(settings, voice)
         system = self.system(name)
         options = replace(_options(*settings), seed=seed)
         speech = TurnSpeech(self.synthesizer, self.files, voice, started, turns=None)

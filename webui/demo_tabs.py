@@ -146,7 +146,7 @@ def talk_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
         api_visibility="private",
     )
     handsfree.wire(cb, outputs, [talk, again], gen)
-    clear_outputs = [*outputs, ui.vad, ui.listening]
+    clear_outputs = [*outputs, ui.vad]  # a new conversation: the stream's VAD starts afresh too
     clear.click(cb.clear, None, clear_outputs, cancels=[talk, again], api_visibility="private")
     ui.system.change(cb.clear, None, clear_outputs, api_visibility="private")
 

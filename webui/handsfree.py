@@ -34,6 +34,7 @@ LISTEN_LIMIT_S = 600  # one press of Record listens this long at most; press it 
 LISTENERS = 8  # microphones streamed at once, in the whole app; each holds a queue slot while it streams
 PAUSE_DEFAULT_S = vad.VadOptions().pause_s
 PUSH, HANDS_FREE = "🎙️ Push to talk", "🎧 Hands-free"
+READY = "Press Record; talk once this line says 👂 Listening."
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def controls(ui: SimpleNamespace) -> None:
             label="Pause that ends your turn (s)",
             info="Speaking while the reply plays stops it.",
         )
-        ui.listening = gr.Markdown("", elem_classes=["note"], elem_id="listening")
+        ui.listening = gr.Markdown(READY, elem_classes=["note"], elem_id="listening")
     ui.vad = gr.State(None, time_to_live=LISTEN_LIMIT_S + 300)  # the stream's VadState
     ui.heard = gr.State(None)  # the latest HeardTurn: its change sends the turn
     ui.barge = gr.State(0)  # counts barge-ins: its change stops the reply
@@ -132,7 +133,7 @@ class Listener:
 
     def reset(self):
         """A new stream (recording stopped, the mode changed, the chat cleared): nothing of the old one stays."""
-        return None, ""
+        return None, READY
 
     def mode(self, choice: str):
         hands_free = choice == HANDS_FREE
@@ -140,7 +141,7 @@ class Listener:
         shown = {ui.audio_in: gr.update(visible=not hands_free), ui.handsfree: gr.update(visible=hands_free)}
         if ui.examples is not None:
             shown[ui.examples] = gr.update(visible=not hands_free)
-        return {**shown, ui.vad: None, ui.listening: ""}
+        return {**shown, ui.vad: None, ui.listening: READY}
 
 
 def wire(cb, turn_outputs: list, turn_events: list, settings: list) -> None:

@@ -41,6 +41,14 @@ class VoiceChoice:
     policy: str = DEFAULT_POLICY
 
 
+def voice_last(settings: tuple, voice: VoiceChoice | None) -> tuple[tuple, VoiceChoice | None]:
+    """A handler's generation settings (`callbacks._options`' five) and the voice choice the page passes
+    after them (`ui.voice`, a state: None until the page has loaded, and for an API caller)."""
+    if len(settings) == 6:
+        return settings[:5], settings[5]
+    return settings, voice
+
+
 def session_hash() -> str | None:
     """The calling visitor's session, inside an event handler (None outside one)."""
     request = LocalContext.request.get(None)

@@ -4,13 +4,16 @@
 
 It starts `python app.py` on a free loopback port with the bundled models, uploads one example clip
 on the Talk tab and on the Compare tab, waits until every reply (and its spoken version) is shown,
-and writes `screenshot.png` (Talk) and `screenshot-compare.png` (Compare).
+and writes `screenshot.png` (Talk) and `screenshot-compare.png` (Compare). Then, in a browser whose
+fake microphone says the same clip, it picks Hands-free, presses Record once and waits until the turn
+was sent by itself and its reply spoken: `screenshot-handsfree.png`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from blsp_emo.bench.app_process import ROOT, spawn_app
@@ -50,6 +53,40 @@ def compare(page, clip: Path, out: Path) -> None:
     page.screenshot(path=str(out), full_page=True)
 
 
+# The hands-free turn is answered, spoken and kept (the microphone's own stream never ends).
+SPOKEN = """() => document.querySelector('#listening')?.innerText.includes('turn 1 sent')
+    && document.querySelector('#reply-whole a[download]')?.href.endsWith('.wav')
+    && document.querySelector('#reply-whole #duration')?.textContent.trim() !== '0:00'"""
+
+
+def microphone(clip: Path, folder: Path) -> Path:
+    """What the fake microphone says, once: 2 s of silence (the stream starts up: a busy machine loses
+    its first second), `clip`, then silence."""
+    import numpy as np
+    import soundfile as sf
+
+    speech, rate = sf.read(clip, dtype="float32")
+    path = folder / "microphone.wav"
+    quiet = np.zeros(rate, np.float32)
+    sf.write(path, np.concatenate([quiet, quiet, speech, *[quiet] * 30]), rate, subtype="PCM_16")
+    return path
+
+
+def handsfree(pw, url: str, clip: Path, out: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="blsp-screenshot-") as folder:
+        fake = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+        said = f"--use-file-for-fake-audio-capture={microphone(clip, Path(folder))}%noloop"
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[*FLAGS, *fake, said])
+        page = browser.new_context(viewport={"width": 1360, "height": 900}, permissions=["microphone"]).new_page()
+        with page.expect_response(lambda r: "/run/predict" in r.url):
+            page.goto(url)
+        page.locator("#mode").get_by_text("Hands-free").click()
+        page.locator("#live-mic").get_by_role("button", name="Record", exact=True).click()
+        page.wait_for_function(SPOKEN, timeout=TIMEOUT_MS)
+        page.screenshot(path=str(out), full_page=True)
+        browser.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m webui.screenshots", description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(ROOT / "docs"), help="folder for the PNGs")
@@ -72,9 +109,12 @@ def main(argv: list[str] | None = None) -> int:
             talk(page, clip, out / "screenshot.png")
             compare(page, clip, out / "screenshot-compare.png")
             browser.close()
+            handsfree(pw, server.url, clip, out / "screenshot-handsfree.png")
     finally:
         server.stop()
-    print(f"wrote {out / 'screenshot.png'} and {out / 'screenshot-compare.png'}")
+    print(
+        f"wrote {', '.join(str(out / n) for n in ('screenshot.png', 'screenshot-compare.png', 'screenshot-handsfree.png'))}"
+    )
     return 0
 
 
