@@ -248,6 +248,23 @@ class WorkerPool:
                 broken = not _cancel(conn)
             self._release(worker, conn, broken)
 
+    def evidence(self, system: SpokenDialogueSystem, clip: np.ndarray, scores, transcript: str | None) -> dict:
+        """The evidence behind a finished reply's emotion (`EvidenceReader.read`), read in a worker:
+        the words' classifier and the recogniser it needs stay out of the server's process."""
+        call = ("evidence", system.name, clip, dict(scores), transcript)
+        worker, conn = self._send(call, _home_key(clip, (), None))
+        broken = True
+        try:
+            kind, value = conn.recv()
+            broken = False
+        except (EOFError, OSError) as e:
+            raise WorkerError(self._lost(worker)) from e
+        finally:
+            self._release(worker, conn, broken)
+        if kind != "evidence":  # a bug on one side or the other, not the visitor's to fix
+            raise WorkerError(f"model worker {worker.index} answered an evidence request with {kind!r}")
+        return value
+
     def _send(self, call: tuple, key: int) -> tuple[_Worker, Connection]:
         """A worker's connection that has taken `call`. A worker found stopped before the call (killed
         while idle) is retired, replaced, and the call goes to the next one: none of it ran, so the

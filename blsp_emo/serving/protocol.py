@@ -9,6 +9,9 @@ The configuration a worker is started with (`WorkerSpec`), what it reports of ea
     pool -> worker:                       ("stream", name, audio, history, options, text), ("cancel",)
     worker -> pool, for a call:           ("reply", reply)..., then one of TERMINAL:
                                           ("end", None), ("error", exception), ("cancelled", None)
+    pool -> worker, after a reply:        ("evidence", name, clip, emotion_scores, transcript)
+    worker -> pool, its one answer:       ("evidence", dict), the evidence behind the emotion
+                                          (blsp_emo.serving.evidence; a failure is {"error": line})
 """
 
 from __future__ import annotations

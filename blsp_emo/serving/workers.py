@@ -19,6 +19,7 @@ from multiprocessing.connection import Client, Connection
 
 from blsp_emo.model.weights import CorruptWeightsError
 from blsp_emo.options import default_device
+from blsp_emo.serving.evidence import EvidenceReader
 from blsp_emo.serving.protocol import SystemInfo, WorkerSpec
 from blsp_emo.systems.base import SpokenDialogueSystem, paced
 
@@ -49,16 +50,18 @@ def serve(config: dict) -> None:
 
     spec = WorkerSpec(**{**config["spec"], "names": tuple(config["spec"]["names"])})
     apply_threads(spec.threads)
+    device = spec.device or default_device()
     try:
-        systems, notes = load_systems(spec.names, **{**spec.parts(), "device": spec.device or default_device()})
+        systems, notes = load_systems(spec.names, **{**spec.parts(), "device": device})
     except CorruptWeightsError as e:  # the pool says it in one line, as a server that loads in process would
         _report_failure(config, str(e))
         sys.exit(2)
     infos = [SystemInfo.of(s) for s in systems.values()]
+    reader = EvidenceReader(spec.model, spec.asr, spec.ser, device)  # its models load on the first turn's evidence
     freeze_loaded()
     connections = [_connect(config) for _ in range(spec.slots)]
     answering = [
-        threading.Thread(target=_answer_calls, args=(conn, systems, spec.stream_interval), name=f"slot-{i}")
+        threading.Thread(target=_answer_calls, args=(conn, systems, spec.stream_interval, reader), name=f"slot-{i}")
         for i, conn in enumerate(connections)
     ]
     for conn, thread in zip(connections, answering):
@@ -80,12 +83,17 @@ def _report_failure(config: dict, message: str) -> None:
     conn.poll(60)
 
 
-def _answer_calls(conn: Connection, systems: dict[str, SpokenDialogueSystem], interval: float) -> None:
+def _answer_calls(
+    conn: Connection, systems: dict[str, SpokenDialogueSystem], interval: float, reader: EvidenceReader
+) -> None:
     while True:
         try:
             request = conn.recv()
-            if request[0] == "stream":  # anything else is a cancel that came after its reply had ended
+            if request[0] == "stream":
                 _answer(conn, systems[request[1]], *request[2:], interval=interval)
+            elif request[0] == "evidence":  # read once its reply is done; never raises
+                conn.send(("evidence", reader.read(systems[request[1]], *request[2:])))
+            # anything else is a cancel that came after its reply had ended
         except (EOFError, OSError):  # the pool closed the connection (or its process ended)
             conn.close()
             return
