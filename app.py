@@ -30,6 +30,7 @@ for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"),
 
 from blsp_emo.model.weights import CorruptWeightsError  # noqa: E402
 from blsp_emo.options import add_model_options, default_device  # noqa: E402
+from blsp_emo.serving.evidence import EvidenceReader  # noqa: E402
 from blsp_emo.serving.pool import WorkerPool  # noqa: E402
 from blsp_emo.serving.protocol import WorkerError, WorkerSpec  # noqa: E402
 from blsp_emo.serving.workers import apply_threads, freeze_loaded  # noqa: E402
@@ -202,18 +203,21 @@ def _threads_per_call(concurrency: int) -> int:
 
 
 def _systems(names: Sequence[str], parts: dict, threads: int, starting: Future | None):
-    """The systems, the notes on those that did not load, and their worker pool (None: in this process)."""
+    """The systems, the notes on those that did not load, their worker pool (None: in this process), and
+    what reads the evidence behind a turn's emotion where they run (blsp_emo/serving/evidence.py)."""
     if starting is None:
         apply_threads(threads)
+        device = parts["device"] or default_device()
         try:
-            return (*load_systems(names, **{**parts, "device": parts["device"] or default_device()}), None)
+            systems, notes = load_systems(names, **{**parts, "device": device})
         except CorruptWeightsError as e:
             sys.exit(f"error: {e}")
+        return systems, notes, None, EvidenceReader(parts["model"], parts["asr"], parts["ser"], device).read
     try:
         pool = starting.result()
     except WorkerError as e:
         sys.exit(f"error: {e}")
-    return pool.systems, pool.notes, pool
+    return pool.systems, pool.notes, pool, pool.evidence
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -259,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         starting = background.submit(WorkerPool.start, spec, args.workers) if spec else None
         from webui import demo_page, study_tabs
 
-        systems, notes, pool = _systems(names, parts, threads, starting)
+        systems, notes, pool, evidence = _systems(names, parts, threads, starting)
     try:
         try:
             synthesizer = load_synthesizer(args.tts)
@@ -279,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             max_queue=args.max_queue,
             study=runner,
             stream_interval=args.stream_interval,
+            evidence=evidence,
         )
         freeze_loaded()
         demo_page.launch(demo, args.host, args.port)

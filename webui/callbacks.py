@@ -26,7 +26,7 @@ from blsp_emo.systems import paced
 from blsp_emo.systems.base import PromptTooLongError, TextTooLongError, text_problem
 from blsp_emo.tts import NullSynthesizer
 from blsp_emo.voice_style import DEFAULT_POLICY, POLICIES, style_for
-from webui import storage
+from webui import evidence_view, storage
 from webui.live_speech import LIVE, TurnSpeech, VoiceChoice, prune_streams, style_note, voice_last
 
 try:  # ZeroGPU Spaces lend a GPU per call to functions marked with spaces.GPU; elsewhere a no-op
@@ -66,6 +66,7 @@ class Exchange:
     reply: Reply | None  # None until answered
     card: str = ""  # the turn's card as the page showed it (put back when a later turn fails)
     interrupted: bool = False  # the reply so far, of a turn still going or stopped by the visitor's speech
+    evidence: str = ""  # the evidence behind its emotion as the page showed it (webui/evidence_view.py)
 
 
 Chat = tuple  # of Exchange: a visitor's conversation, immutable, kept in gr.State
@@ -131,11 +132,12 @@ def _heard_values(ui: SimpleNamespace, reply: Reply, typed: bool) -> dict:
 def _shown_outputs(ui: SimpleNamespace, shown: Exchange | None) -> dict:
     """The emotion, transcript and card outputs as `shown` left them (None: as a new chat shows them)."""
     if shown is None:
-        return {ui.emotion: None, ui.transcript: gr.Textbox(None, visible=False), ui.card: ""}
+        return {ui.emotion: None, ui.transcript: gr.Textbox(None, visible=False), ui.card: "", ui.evidence: ""}
     return {
         ui.emotion: _emotion(shown.reply, shown.audio is None),
         ui.transcript: _transcript(shown.reply),
         ui.card: shown.card,
+        ui.evidence: shown.evidence,
     }
 
 
@@ -195,10 +197,10 @@ class Callbacks:
     """Every event handler: models are read, never written; per-visitor state comes in and goes out."""
 
     def __init__(
-        self, systems, synthesizer, model_label: str, options: GenerationOptions, stream_interval: float = 0.0
+        self, systems, synthesizer, model_label: str, options: GenerationOptions, stream_interval=0.0, evidence=None
     ):
         self.systems, self.synthesizer, self.model_label, self.options = systems, synthesizer, model_label, options
-        self.stream_interval = stream_interval
+        self.stream_interval, self.evidence = stream_interval, evidence  # evidence: an `evidence_view.Read`
         self.ui = SimpleNamespace()  # the components handlers write to, filled in while the page is built
         self._decoded: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (path, size, mtime, window) -> clip
         self._decoded_lock = threading.Lock()
@@ -335,6 +337,7 @@ class Callbacks:
                     ui.chat: (*chat, replace(user, reply=reply, card=card, interrupted=True)),
                     **heard,
                     ui.card: card,
+                    ui.evidence: evidence_view.pending(self.evidence, system, user.audio, reply),
                     ui.reply_stream: chunk,
                     ui.reply_audio: None,
                     ui.style: "",
@@ -360,7 +363,11 @@ class Callbacks:
         answered = replace(user, reply=reply, card=update[ui.card])
         spoken, note = speech.finish()
         done = {ui.chatbot: _messages((*chat, answered)), ui.chat: (*chat, answered), ui.reply_audio: spoken}
-        yield {**update, **done, ui.style: note}
+        yield (update := {**update, **done, ui.style: note})
+        if update[ui.evidence]:  # read after the reply and its voice, never before them
+            answered = replace(answered, evidence=evidence_view.fetch(self.evidence, system, user.audio, reply))
+            if not speech.cancelled:  # a newer turn of the visitor's owns the page by now
+                yield {**update, ui.chat: (*chat, answered), ui.evidence: answered.evidence, ui.reply_stream: None}
 
     def open_session(self) -> VoiceChoice:
         """The page's load event: the request itself has Gradio build the session (see `build_demo`); the

@@ -19,6 +19,7 @@ from blsp_emo import GenerationOptions, SpokenDialogueSystem
 from blsp_emo.tts import NullSynthesizer, SpeechSynthesizer
 from webui import demo_tabs, handsfree, study_tabs
 from webui.callbacks import NO_MODEL, Callbacks
+from webui.evidence_view import Read
 from webui.study_api import STUDY_QUEUE, STUDY_WAITING
 from webui.waking_queue import WakingQueue
 
@@ -46,6 +47,7 @@ def build_demo(
     max_queue: int = 16,
     study: study_tabs.StudyRunner | None = None,
     stream_interval: float = 0.0,
+    evidence: Read | None = None,
 ) -> gr.Blocks:
     """The page for already-loaded `systems` (may be empty: the page then says how to get a model).
 
@@ -59,9 +61,11 @@ def build_demo(
             have a bound of their own, `study_api.STUDY_WAITING`).
         stream_interval: seconds between updates of a streaming reply (0: every token).
         study: the blind rating study of the Rate and Results tabs; None for no such tabs.
+        evidence: reads the evidence behind a Talk turn's emotion where the models run
+            (`EvidenceReader.read` in this process, `WorkerPool.evidence` in a worker); None for none.
     """
     synthesizer = synthesizer or NullSynthesizer()
-    cb = Callbacks(dict(systems), synthesizer, model_label, options, stream_interval)
+    cb = Callbacks(dict(systems), synthesizer, model_label, options, stream_interval, evidence)
     with gr.Blocks(title="BLSP-Emo: empathetic speech chat") as demo:
         cb.files.install(demo)  # what a visitor's session leaves on disk ends with it (webui/storage.py)
         gr.Markdown(

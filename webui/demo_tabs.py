@@ -94,6 +94,8 @@ def talk_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
             ui.examples = _examples(ui.audio_in, examples_dir)
         with gr.Column(scale=2, elem_id="side"):
             ui.emotion = gr.Label(label="Detected emotion", num_top_classes=5, elem_id="emotion")
+            # why it heard that: sureness, words vs tone, prosody against neutral (webui/evidence_view.py)
+            ui.evidence = gr.Markdown(elem_classes=["note", "evidence"], elem_id="evidence")
             ui.transcript = gr.Textbox(label="Transcript (what the system read)", visible=False, interactive=False)
             # Each sentence plays here as soon as it is spoken; the whole reply stays below to replay.
             ui.reply_stream = gr.Audio(
@@ -117,7 +119,8 @@ def talk_tab(cb: Callbacks, systems, examples_dir: Path) -> None:
     gen = [ui.system, *ui.generation]
     # The inputs are not outputs of the streaming turn (it would have to send them at every update);
     # a quick follow-up empties the one sent. A turn speaks as it writes: its audio is among its outputs.
-    outputs = [ui.chatbot, ui.chat, ui.emotion, ui.transcript, ui.card, ui.reply_stream, ui.reply_audio, ui.style]
+    outputs = [ui.chatbot, ui.chat, ui.emotion, ui.evidence, ui.transcript, ui.card]
+    outputs += [ui.reply_stream, ui.reply_audio, ui.style]
     talk = gr.on(
         [send.click, ui.text_in.submit],
         cb.talk,
