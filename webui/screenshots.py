@@ -3,10 +3,11 @@
     python -m webui.screenshots [--out docs] [--clip assets/examples/X.wav] [-- app.py options]
 
 It starts `python app.py` on a free loopback port with the bundled models, uploads one example clip
-on the Talk tab and on the Compare tab, waits until every reply (and its spoken version) is shown,
-and writes `screenshot.png` (Talk) and `screenshot-compare.png` (Compare). Then, in a browser whose
-fake microphone says the same clip, it picks Hands-free, presses Record once and waits until the turn
-was sent by itself and its reply spoken: `screenshot-handsfree.png`.
+on the Talk tab and on the Compare tab, waits until every reply (and its spoken version, and on Talk
+the evidence behind the emotion) is shown, and writes `screenshot.png` (Talk) and
+`screenshot-compare.png` (Compare). Then, in a browser whose fake microphone says the same clip, it
+picks Hands-free, presses Record once and waits until the turn was sent by itself, its reply spoken
+and its evidence shown: `screenshot-handsfree.png`.
 """
 
 from __future__ import annotations
@@ -53,10 +54,13 @@ def compare(page, clip: Path, out: Path) -> None:
     page.screenshot(path=str(out), full_page=True)
 
 
-# The hands-free turn is answered, spoken and kept (the microphone's own stream never ends).
+# The hands-free turn is answered, spoken and kept (the microphone's own stream never ends), and the
+# evidence behind its emotion has come (it is read after the reply).
 SPOKEN = """() => document.querySelector('#listening')?.innerText.includes('turn 1 sent')
     && document.querySelector('#reply-whole a[download]')?.href.endsWith('.wav')
-    && document.querySelector('#reply-whole #duration')?.textContent.trim() !== '0:00'"""
+    && document.querySelector('#reply-whole #duration')?.textContent.trim() !== '0:00'
+    && /Sure|Unsure|%/.test(document.querySelector('#evidence')?.innerText ?? '')
+    && !document.querySelector('#evidence').innerText.includes('measured once')"""
 
 
 def microphone(clip: Path, folder: Path) -> Path:
