@@ -58,8 +58,9 @@ class EvidenceReader:
         is `{"error": line}`, never an exception: the reply it explains stands without it."""
         try:
             return self._read(system, samples, scores, transcript)
-        except Exception as e:  # noqa: BLE001 -- any failure is one line on the page, and logged here
-            traceback.print_exc()
+        except Exception as e:  # noqa: BLE001 -- any failure is one line on the page
+            if not isinstance(e, ValueError):  # a bug or a broken file, not a clip it cannot read: logged
+                traceback.print_exc()
             return {"error": f"{type(e).__name__}: {e}"}
 
     def _read(self, system, samples, scores, transcript) -> dict:
