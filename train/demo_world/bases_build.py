@@ -357,6 +357,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="bundle the models here and evaluate them (assets/models: what the app loads)")
     p.add_argument("--real", help="real recordings fetched by train/demo_world/fetch_real_speech.sh (set d)")
     p.add_argument("--examples", help="write the page's example clips here (assets/examples)")
+    p.add_argument("--readme", help="with --out: write the results table between this README's markers")
     p.add_argument("--encoder", default="wheel", help="Whisper base: 'wheel', a folder or a hub id")
     p.add_argument("--llm", default="wheel", help="LLM base: 'wheel', a .gguf, a folder or a hub id")
     p.add_argument("--seed", type=int, default=0)
@@ -375,6 +376,12 @@ def run(args: argparse.Namespace) -> int:
         report = finish_world(Path(args.work), parts, Path(args.out), scale, real, args.seed)
         print((Path(args.out) / "results.md").read_text())
         print(json.dumps(report["bundle_bytes"]))
+        if args.readme:
+            from train.demo_world.demo import update_readme
+
+            if not update_readme(Path(args.readme), (Path(args.out) / "results.md").read_text()):
+                print(f"error: {args.readme} has no results markers; the table is in {args.out}/results.md")
+                return 1
     if args.examples:
         from train.demo_world.examples import write_examples
 
