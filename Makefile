@@ -1,24 +1,29 @@
 # Two commands on a fresh Debian machine: `make demo` and `make test`.
 # Each installs what is missing (Debian packages when root, a .venv, pinned pip packages), then runs.
 # `make test-fast` is the quick loop (no subprocess servers, no browser, no demo build);
-# `make test-browser`, `make test-load` and `make test-wheels`: Chromium, load and real-weight tests;
+# `make test-build`, `make test-browser`, `make test-load` and `make test-wheels`: the demo-world
+# builds, Chromium, load and real-weight tests;
 # `make lint` checks formatting and lint rules (ruff; `make format` applies them).
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 OFFLINE := HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False
 
-.PHONY: demo test test-fast test-browser test-load test-wheels lint format screenshots setup setup-dev debian clean
+.PHONY: demo test test-fast test-build test-browser test-load test-wheels lint format screenshots setup setup-dev debian clean
 
 demo: setup
 	$(PY) app.py $(ARGS)
 
 test: setup-dev
-	$(OFFLINE) $(PY) -m pytest -q -m "not wheels and not browser and not load" $(PYTEST_ARGS)
+	$(OFFLINE) $(PY) -m pytest -q -m "not wheels and not browser and not load and not build" $(PYTEST_ARGS)
 
 # Fifty raters and a SIGKILL against a real `python app.py` (the study's storage under load).
 test-load: setup-dev
 	$(OFFLINE) $(PY) -m pytest -q -m load $(PYTEST_ARGS)
+
+# The CI-sized demo-world builds, end to end: `train demo` (scratch) and `train world` (tiny bases).
+test-build: setup-dev
+	$(OFFLINE) $(PY) -m pytest -q -m build $(PYTEST_ARGS)
 
 # The page driven by Debian's chromium through Playwright (a fake microphone, a rater's whole flow).
 test-browser: setup-dev
@@ -29,7 +34,7 @@ test-wheels: setup-dev
 	$(OFFLINE) $(PY) -m pytest -q -m wheels $(PYTEST_ARGS)
 
 test-fast: setup-dev
-	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not browser and not server and not wheels" $(PYTEST_ARGS)
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not browser and not server and not wheels and not build" $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format --check .

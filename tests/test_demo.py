@@ -45,6 +45,7 @@ def test_tone_judge_learns_the_banks_and_round_trips(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.build
 def test_ci_sized_build_runs_the_whole_chain(tmp_path):
     """sentences -> synth -> ASR, SER, LM -> assemble -> teacher -> stage 1 -> teacher -> stage 2 ->
     judge -> evaluation -> bundle; the bundle then loads every system by default layout."""

@@ -19,6 +19,7 @@ def bases(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.build
 def test_the_world_builds_on_given_bases_and_resumes(bases, tmp_path, monkeypatch):
     monkeypatch.setenv("BLSP_EMO_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
