@@ -145,9 +145,8 @@ class BasesBuild(Build):
             generate_teacher_outputs(model.llm, tokenizer, stage, manifest, out, batch_size=self.scale.teacher_batch)
             clean([out])
 
-        output = self.work / f"labels_{stage_name}"
         # Resumable inside: the teacher appends to its partial output and skips the lines written.
-        return self.resumable_step(f"teacher-{stage_name}", output, output.with_name(output.name + ".partial"), make)
+        return self.step(f"teacher-{stage_name}", self.work / f"labels_{stage_name}", make, resume=True)
 
     def stage(self, stage_name: str, labels: Path, init: Path, epochs: int = 1, max_steps: int | None = None) -> Path:
         from train.loop import RunConfig, train
@@ -163,29 +162,12 @@ class BasesBuild(Build):
             save_steps=25,  # a stopped stage resumes from its last 25 steps
         )
         manifests = tuple(sorted(str(p) for p in labels.glob("*_clean.jsonl")))
-        output = self.work / stage_name
-        partial = output.with_name(output.name + ".partial")
 
         def make(out: Path) -> None:
             run = RunConfig(manifests, str(init), str(out), max_steps=max_steps, warmup_type="linear", log_steps=10)
             train(stage, replace(run, resume=True))  # from the partial folder's last checkpoint, if any
 
-        return self.resumable_step(stage_name, output, partial, make)
-
-    def resumable_step(self, name: str, output: Path, partial: Path, make) -> Path:
-        """Like `step`, but a stopped run's partial output is kept for `make` to resume from."""
-        import time
-
-        if output.exists():
-            self.log(f"[demo] {name}: done before ({output})")
-            return output
-        self.log(f"[demo] {name} ...")
-        start = time.perf_counter()
-        make(partial)
-        partial.rename(output)
-        self.times[name] = time.perf_counter() - start
-        self.times_file.write_text(json.dumps({**self.all_times(), name: self.times[name]}, indent=2))
-        return output
+        return self.step(stage_name, self.work / stage_name, make, resume=True)
 
     def neural(self, split: str, sentences: Path) -> Path | None:
         """The neural voice's clips of a share of the sentences (none when the voice is absent)."""
@@ -275,12 +257,6 @@ def bundle_world(parts: dict, out: Path) -> dict:
     return sizes
 
 
-def b_times(work: Path) -> dict:
-    """Each step's seconds over every run of the build (resumed runs included)."""
-    path = work / "step_seconds.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def finish_world(work: Path, parts: dict, out: Path, scale: WorldScale, real: Path | None, seed: int = 0, log=print):
     """Bundle the world's models into `out`, then score every system on every evaluation set;
     writes `out/results.json` and `out/results.md` (the README's table)."""
@@ -300,7 +276,7 @@ def finish_world(work: Path, parts: dict, out: Path, scale: WorldScale, real: Pa
         "judge_accuracy": judge_accuracy,
         "results": results,
         "quotes": quoted,
-        "build": b_times(work),
+        "build": Build(work, scale).all_times(),  # each step's seconds, in the run that finished it
     }
     (out / "results.json").write_text(json.dumps(report, indent=1))
     (out / "results.md").write_text(results_table(results, judge_accuracy) + quotes_block(quoted))

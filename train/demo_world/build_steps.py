@@ -110,14 +110,17 @@ class Build:
     def all_times(self) -> dict[str, float]:
         return json.loads(self.times_file.read_text()) if self.times_file.exists() else {}
 
-    def step(self, name: str, output: Path, make) -> Path:
+    def step(self, name: str, output: Path, make, resume: bool = False) -> Path:
+        """`make(partial)` then rename it to `output`, unless `output` exists. A stopped step's partial
+        output is removed first, or with `resume` kept for `make` to continue from (a teacher's
+        lines, a stage's checkpoints); its time is then that of the run that finished it."""
         if output.exists():
             self.log(f"[demo] {name}: done before ({output})")
             return output
         self.log(f"[demo] {name} ...")
         start = time.perf_counter()
         partial = output.with_name(output.name + ".partial")
-        if partial.exists():
+        if partial.exists() and not resume:
             shutil.rmtree(partial) if partial.is_dir() else partial.unlink()
         make(partial)
         partial.rename(output)
