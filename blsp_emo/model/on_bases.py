@@ -37,16 +37,26 @@ def is_on_bases(folder: Path) -> bool:
 
 
 @lru_cache(maxsize=4)
+def base_encoder(source: str, sha256: str):
+    """The Whisper encoder of a recorded base, checked against its hash; one per process, read-only
+    (the SER and the BLSP-Emo models on it share it; one that fine-tunes it takes a copy)."""
+    from blsp_emo.bases.sources import check_base, load_whisper, prepare
+
+    encoder = prepare("encoder", source)
+    check_base({"source": source, "sha256": sha256}, encoder, "this model")
+    whisper, _ = load_whisper(encoder)
+    return whisper.model.encoder.requires_grad_(False)
+
+
+@lru_cache(maxsize=4)
 def base_modules(encoder_source: str, encoder_sha: str, llm_source: str, llm_sha: str):
     """(Whisper encoder, LLM, LLM tokenizer) of the recorded bases, each checked against its hash."""
-    from blsp_emo.bases.sources import check_base, load_llm, load_whisper, prepare
+    from blsp_emo.bases.sources import check_base, load_llm, prepare
 
-    encoder, llm = prepare("encoder", encoder_source), prepare("llm", llm_source)
-    check_base({"source": encoder_source, "sha256": encoder_sha}, encoder, "this model")
+    llm = prepare("llm", llm_source)
     check_base({"source": llm_source, "sha256": llm_sha}, llm, "this model")
-    whisper, _ = load_whisper(encoder)
     language_model, tokenizer = load_llm(llm)
-    return whisper.model.encoder.requires_grad_(False), language_model.requires_grad_(False), tokenizer
+    return base_encoder(encoder_source, encoder_sha), language_model.requires_grad_(False), tokenizer
 
 
 def read_changes(path: Path) -> dict[str, torch.Tensor]:

@@ -7,7 +7,6 @@ Any object with `labels` and `classify(waveform) -> {label: probability}` can st
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -114,15 +113,7 @@ class WhisperEmotionClassifier(PreTrainedModel):
 
 
 def _base_encoder(record: dict) -> WhisperEncoder:
-    """The Whisper encoder of a recorded base (source and sha256), shared read-only."""
-    return _cached_encoder(record["source"], record["sha256"])
+    """The Whisper encoder of a recorded base (source and sha256), shared read-only with every model on it."""
+    from blsp_emo.model.on_bases import base_encoder
 
-
-@lru_cache(maxsize=2)
-def _cached_encoder(source: str, sha256: str) -> WhisperEncoder:
-    from blsp_emo.bases.sources import check_base, load_whisper, prepare
-
-    base = prepare("encoder", source)
-    check_base({"source": source, "sha256": sha256}, base, "this emotion classifier")
-    whisper, _ = load_whisper(base)
-    return whisper.model.encoder.requires_grad_(False)
+    return base_encoder(record["source"], record["sha256"])
