@@ -92,8 +92,11 @@ def test_drawn_chains_span_the_conditions_the_evaluation_tests():
     assert min(gains) < -18 and max(gains) > 10  # covers -20 dB and +10 dB
     assert 0.35 < np.mean([c.snr_db is not None for c in chains]) < 0.65
     assert {c.sample_rate for c in chains} == set(acoustics.RATES)
-    for condition in EVAL_CONDITIONS.values():  # every evaluated condition is a valid chain
-        assert isinstance(condition, Acoustics)
+    reference, *changes = EVAL_CONDITIONS.values()
+    assert reference == Acoustics()  # the first is the clip as rendered
+    for condition in changes:  # each other condition changes exactly one setting, so each is reported alone
+        moved = [k for k, v in vars(condition).items() if v != vars(reference)[k]]
+        assert len(moved) == 1, moved
 
 
 def test_bad_settings_are_refused_with_the_value():
