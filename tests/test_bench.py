@@ -113,6 +113,9 @@ def test_prefix_cache_stays_within_its_byte_bound(model_and_tokenizer):
         system.respond(tiny.tone(3.0, f), options=GREEDY)
         assert cache.nbytes <= 40_000
     assert len(cache._entries) < 4
+    # Each entry holds just its positions (the step's keys have room to grow; an entry copies them).
+    held = [t for entry in cache._entries.values() for layer in entry.layers for t in layer]
+    assert sum(t.untyped_storage().nbytes() for t in held) == cache.nbytes
 
 
 def test_cascade_reuses_its_text_history(bundle_dir):

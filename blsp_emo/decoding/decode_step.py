@@ -1,12 +1,13 @@
 """One decoding step of a Qwen2 LLM as plain tensor operations: the reply's tokens after the prefill.
 
 At demo scale a decode step through transformers' modules is mostly Python: about 45 module calls,
-config lookups and output dataclasses per token for a few microseconds of arithmetic each (docs/performance.md). `Qwen2DecodeStep` runs the same computation on the same weights (read, never copied) with
-one call per operation, as gpt-fast-style decoders do. It is used only where that computation is
-simple: one new token per row, base weights (the audio LoRA touches the prefill only), full
-attention with RoPE. The prefill, training and anything else keep transformers' forward, and
-`decode_step` falls back to it for any other model. `tests/test_decode_step.py` checks the logits
-and the cache against transformers' forward.
+config lookups and output dataclasses per token for a few microseconds of arithmetic each
+(docs/performance.md). `Qwen2DecodeStep` runs the same computation on the same weights with one call
+per operation, as gpt-fast-style decoders do; on CPU it reads them as `step_weights.py` arranges
+them. It is used only where that computation is simple: one new token per row, base weights (the
+audio LoRA touches the prefill only), full attention with RoPE. The prefill, training and anything
+else keep transformers' forward, and `decode_step` falls back to it for any other model.
+`tests/test_decode_step.py` checks the logits and the cache against transformers' forward.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, Qwen2ForCausalLM
 from transformers.activations import ACT2FN
+
+from blsp_emo.decoding.step_weights import step_weights
 
 # (tokens (B, 1), cache, positions (B, 1) or None, attention mask (B, L) or None) -> logits (B, V)
 Step = Callable[[torch.Tensor, DynamicCache, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
@@ -36,8 +39,8 @@ class Qwen2DecodeStep:
         self.act = ACT2FN[config.hidden_act]
         body = llm.model
         self.embed, self.rotary = body.embed_tokens.weight, body.rotary_emb
-        self.layers = [_weights(layer) for layer in body.layers]
-        self.norm, self.lm_head = body.norm.weight, llm.lm_head
+        self.weights = step_weights(llm)
+        self.norm = body.norm.weight
         # Default RoPE depends on the position only, so its cos and sin are read from a table instead of
         # recomputed per token; scaled variants (dynamic NTK...) may change with the length and keep the module.
         self._table_ok = getattr(self.rotary, "rope_type", "default") == "default"
@@ -70,20 +73,21 @@ class Qwen2DecodeStep:
         cos, sin = self._rope(h, positions, length + 1)
         half = self.head_dim // 2
         attend = None if mask is None else mask.bool()[:, None, None, :]
-        for index, w in enumerate(self.layers):
-            x = _rms_norm(h, w["input_norm"], self.eps)
-            q = F.linear(x, w["q"], w["q_bias"]).view(batch, 1, self.heads, self.head_dim).transpose(1, 2)
-            k = F.linear(x, w["k"], w["k_bias"]).view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = F.linear(x, w["v"], w["v_bias"]).view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+        for index, w in enumerate(self.weights.layers):
+            x = _rms_norm(h, w.input_norm, self.eps)
+            q, k, v = w.qkv(x)
+            q = q.view(batch, 1, self.heads, self.head_dim).transpose(1, 2)
+            k = k.view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = v.view(batch, 1, self.kv_heads, self.head_dim).transpose(1, 2)
             q, k = _rotate(q, cos, sin, half), _rotate(k, cos, sin, half)
-            keys, values = cache.update(k, v, index)
+            keys, values = _append(cache.layers[index], k, v)
             out = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=attend, scale=self.scaling, enable_gqa=self.kv_heads != self.heads
             )
-            h = h + F.linear(out.transpose(1, 2).reshape(batch, 1, -1), w["o"], w["o_bias"])
-            x = _rms_norm(h, w["post_norm"], self.eps)
-            h = h + F.linear(self.act(F.linear(x, w["gate"])) * F.linear(x, w["up"]), w["down"])
-        return self.lm_head(_rms_norm(h, self.norm, self.eps))[:, -1]
+            h = h + w.o(out.transpose(1, 2).reshape(batch, 1, -1))[0]
+            gate, up = w.gate_up(_rms_norm(h, w.post_norm, self.eps))
+            h = h + w.down(self.act(gate) * up)[0]
+        return self.weights.head(_rms_norm(h, self.norm, self.eps))[0][:, -1]
 
     def _rope(self, h: torch.Tensor, positions: torch.Tensor, needed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin (see `_rotate`) for each row's position, shaped (B, 1, 1, D). Every position
@@ -101,23 +105,31 @@ class Qwen2DecodeStep:
         return table[0][positions].unsqueeze(1), table[1][positions].unsqueeze(1)
 
 
-def _weights(layer) -> dict[str, torch.Tensor | None]:
-    attn, mlp = layer.self_attn, layer.mlp
-    return {
-        "input_norm": layer.input_layernorm.weight,
-        "post_norm": layer.post_attention_layernorm.weight,
-        "q": attn.q_proj.weight,
-        "q_bias": attn.q_proj.bias,
-        "k": attn.k_proj.weight,
-        "k_bias": attn.k_proj.bias,
-        "v": attn.v_proj.weight,
-        "v_bias": attn.v_proj.bias,
-        "o": attn.o_proj.weight,
-        "o_bias": attn.o_proj.bias,
-        "gate": mlp.gate_proj.weight,
-        "up": mlp.up_proj.weight,
-        "down": mlp.down_proj.weight,
-    }
+# Positions a layer's keys and values grow by at a time in `_append`: a 64-position step copies the
+# cache once every 64 tokens instead of every token, and holds at most 63 unused positions.
+ROOM = 64
+
+
+def _append(layer, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`DynamicCache.update` for one new position per row, in place. transformers concatenates,
+    copying the layer's whole cache at every token (and, past 128 KB, the allocator maps fresh pages
+    for each copy); here keys and values are views of the start of buffers with room to grow.
+
+    The buffers are written only while the layer still holds the very views made here last time;
+    a layer whose keys anything else replaced (a prefill, a crop, a batch's sync) gets new buffers,
+    so a view someone else kept of an old buffer is never written over."""
+    room = getattr(layer, "_room", None)
+    length = layer.keys.shape[-2]
+    if room is None or room[2] is not layer.keys or room[3] is not layer.values or length == room[0].shape[-2]:
+        shape = (*layer.keys.shape[:-2], length + ROOM, layer.keys.shape[-1])
+        room = [layer.keys.new_empty(shape), layer.values.new_empty(shape)]
+        room[0][..., :length, :] = layer.keys
+        room[1][..., :length, :] = layer.values
+    room[0][..., length : length + 1, :] = k
+    room[1][..., length : length + 1, :] = v
+    layer.keys, layer.values = room[0][..., : length + 1, :], room[1][..., : length + 1, :]
+    layer._room = (room[0], room[1], layer.keys, layer.values)
+    return layer.keys, layer.values
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

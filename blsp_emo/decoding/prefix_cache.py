@@ -111,9 +111,11 @@ class PrefixCache:
         return best_n, DynamicCache(ddp_cache_data=data, config=config)
 
     def store(self, sequence: TokenSequence, cache: DynamicCache) -> None:
-        layers = tuple((layer.keys, layer.values) for layer in cache.layers)
-        if any(k.shape[-2] != len(sequence.ids) or k.shape[0] != 1 for k, _ in layers):
+        # The decode step's keys are views of buffers with room to grow (decode_step._append): an
+        # entry keeps its own compact copy, so that the bytes counted are the bytes held.
+        if any(layer.keys.shape[-2] != len(sequence.ids) or layer.keys.shape[0] != 1 for layer in cache.layers):
             return  # not one row covering exactly this sequence: nothing safe to store
+        layers = tuple((_compact(layer.keys), _compact(layer.values)) for layer in cache.layers)
         nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
         if nbytes > self.max_bytes:
             return
@@ -135,6 +137,11 @@ class PrefixCache:
     @property
     def nbytes(self) -> int:
         return self._bytes
+
+
+def _compact(tensor: torch.Tensor) -> torch.Tensor:
+    whole = tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    return tensor if whole else tensor.clone()
 
 
 def remember(
