@@ -44,6 +44,8 @@ class WorldScale:
 SCALES = {
     # Sized for about 4 h on 2 CPU cores: a stage-2 step of 8 clips (SmolLM2 forward and backward)
     # takes about 7 s there, so the stages are capped in steps rather than run over every clip.
+    # Stage 1 at 200 steps did not align: typed-style replies to speech were generic and off-topic
+    # (e.g. an apology about "a specific date or time" for a sentence about a meeting), so 1000.
     "full": WorldScale(
         train_sentences=600,
         eval_sentences=60,
@@ -54,7 +56,7 @@ SCALES = {
         accents_per_speaker=2,
         neural_share=0.35,
         ser_epochs=2,
-        stage1_steps=200,
+        stage1_steps=1000,
         stage2_steps=400,
         batch_size=8,
         teacher_batch=64,
