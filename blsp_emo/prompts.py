@@ -38,8 +38,15 @@ STAGE2_TEACHER_INSTRUCTION = (
 )
 # Stage 2 student: the emotion must be heard in the speech.
 STAGE2_AUDIO_INSTRUCTION = "Continue the following sentence based on the conveyed emotion tone in a coherent style: "
-# cascade-ser: the separate classifier's label reaches the LLM as words in the user turn.
-CASCADE_SER_USER = "(The speaker's emotion tone is {emotion}.) {transcript}"
+# cascade-ser: the separate classifier's label reaches the LLM as words in the system prompt. In the
+# user turn ("(The speaker's emotion tone is sad.) ...") SmolLM2-135M talked about "the speaker"
+# instead of answering them; told in the system prompt it answers the user (docs/world.md).
+TOLD_EMOTION = " The user's emotion tone is {emotion}."
+
+
+def told_emotion(system_prompt: str, emotion: str) -> str:
+    """The system prompt of an LLM told the user's emotion (cascade-ser, the stage-2 chat teacher)."""
+    return system_prompt + TOLD_EMOTION.format(emotion=emotion)
 
 
 @dataclass(frozen=True)

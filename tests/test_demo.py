@@ -6,7 +6,7 @@ import random
 import pytest
 
 from blsp_emo.emotion import EMOTIONS
-from blsp_emo.prompts import CASCADE_SER_USER, STAGE2_TEACHER_INSTRUCTION
+from blsp_emo.prompts import STAGE2_TEACHER_INSTRUCTION, SYSTEM_EMPATHETIC, told_emotion
 from train.demo_world import corpus
 from train.demo_world.build_steps import SCALES
 from train.demo_world.demo import build_models
@@ -24,10 +24,8 @@ def test_corpus_has_every_format_and_tone_follows_the_stated_emotion():
         if e.format == "continue_emotion":
             assert e.instruction == STAGE2_TEACHER_INSTRUCTION.format(emotion=e.emotion)
             assert e.response in corpus.CONTINUATIONS[e.emotion]
-        if e.format == "chat_emotion":  # one string, exactly as cascade-ser sends it
-            assert e.instruction == "" and e.text.startswith(
-                CASCADE_SER_USER.format(emotion=e.emotion, transcript="")[:20]
-            )
+        if e.format == "chat_emotion":  # the system prompt exactly as cascade-ser sends it
+            assert e.instruction == "" and e.system == told_emotion(SYSTEM_EMPATHETIC, e.emotion)
 
 
 def test_tone_judge_learns_the_banks_and_round_trips(tmp_path):

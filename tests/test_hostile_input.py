@@ -217,9 +217,7 @@ def _encode_len(system, turns):
         return system.tokenizer.encode_pieces(
             chat_pieces(system.system_prompt, turns), speech_lengths(frame_counts(clips, config), config)
         )
-    return system.tokenizer.encode_pieces(
-        chat_pieces(system.system_prompt, [system._as_text(t) for t in turns], speech_turns=False)
-    )
+    return system.tokenizer.encode_pieces(system.prompt_pieces(tuple(turns)))
 
 
 def test_the_prompt_window_caps_even_a_long_context_and_a_turn_that_cannot_fit_is_refused(

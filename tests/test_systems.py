@@ -42,6 +42,22 @@ def test_components_are_loaded_once_and_shared(bundle_dir):
     assert a.model.llm is b.llm
 
 
+def test_cascade_ser_tells_the_llm_the_answered_turns_emotion_in_the_system_prompt(bundle_dir):
+    from blsp_emo.prompts import Turn, render, told_emotion
+
+    plain, told = load_system("cascade", model=bundle_dir), load_system("cascade-ser", model=bundle_dir)
+    turns = (
+        Turn("user", "It broke.", emotion="sad"),
+        Turn("assistant", "Oh no."),
+        Turn("user", "Hi!", emotion="happy"),
+    )
+    text = render(told.prompt_pieces(turns))
+    assert told_emotion(told.system_prompt, "happy") in text and "sad" not in text  # the answered turn's only
+    assert text.replace(told_emotion(told.system_prompt, "happy"), told.system_prompt) == render(
+        plain.prompt_pieces(turns)
+    )  # the transcripts go in unchanged: the emotion is the only difference
+
+
 def test_missing_parts_say_what_to_pass(model_dir, tmp_path):
     with pytest.raises(ModelNotFoundError, match="needs an ASR model: pass --asr DIR"):
         load_system("cascade", model=model_dir)

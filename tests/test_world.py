@@ -37,6 +37,8 @@ def test_the_world_builds_on_given_bases_and_resumes(bases, tmp_path, monkeypatc
     config = json.loads((parts["blsp-emo"] / "config.json").read_text())
     assert config["lora_rank"] > 0 and config["encode_full_window"] is False
     assert set(config["bases"]) == {"encoder", "llm"}  # the composite names what it was built on
+    chat = (work / "labels_stage2_chat" / "chat_0_1_clean.jsonl").read_text().splitlines()
+    assert chat and all(json.loads(line)["audio_instruction"] == "" for line in chat)  # stage 2: chat layout
     assert (parts["ser"] / "config.json").is_file()
 
     # The bundle keeps what training changed, names its bases, and every system loads from it.
@@ -57,6 +59,18 @@ def test_the_world_builds_on_given_bases_and_resumes(bases, tmp_path, monkeypatc
     calibration = json.loads(Path("bundle/blsp-emo/calibration.json").read_text())
     assert calibration["temperature"] > 0  # the page's evidence files come from this build's clips
     assert Path("bundle/neutral_reference.json").is_file() and Path("bundle/lexical_emotion.json").is_file()
+
+    # The evaluation kept each row as it was scored: a rerun on the same bundle scores nothing anew.
+    from train.demo_world.judge import ToneJudge
+    from train.demo_world.world_eval import build_sets, evaluate_bundle
+
+    sets = build_sets(work, parts["eval_manifest"], work / "sentences_eval.jsonl", None)
+    lines.clear()
+    judge = ToneJudge.load("bundle/tone_judge.json")
+    results, _ = evaluate_bundle(
+        Path("bundle"), sets, judge, scale.eval_clips, log=lines.append, keep=work / "eval_results"
+    )
+    assert results == report["results"] and not [line for line in lines if line.startswith("[world]")]
 
     # A rerun finds every step done; only the recording step looks (and keeps every clip).
     lines.clear()
@@ -105,3 +119,40 @@ def test_example_clips_are_named_for_their_speakers_with_the_transcript(tmp_path
         assert e["text"] not in train_texts  # a held-out sentence
     for person in speakers:  # every speaker in all five tones
         assert sorted(e["emotion"] for e in entries if e["speaker"] == person) == sorted(EMOTIONS)
+
+
+def test_the_chat_teacher_resumes_asking_only_for_replies_not_yet_written(tmp_path, monkeypatch):
+    import train.teacher
+    from train.demo_world.build_steps import chat_alignment_rows
+
+    manifest = tmp_path / "manifest.jsonl"
+    sentences = ["The keys are here.", "The bus is late.", "It rained."]
+    rows = [{"audio": f"{i}_{e}.wav", "text": s, "emotion": e} for i, s in enumerate(sentences) for e in EMOTIONS[:2]]
+    rows.append(dict(rows[0], audio="again.wav"))  # the same prompt twice is asked once
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    asked = []
+
+    def teacher(llm, tokenizer, prompts):
+        asked.extend(map(tuple, prompts))
+        return [(f"reply {len(asked) - len(prompts) + i}", False) for i in range(len(prompts))]
+
+    monkeypatch.setattr(train.teacher, "continue_prompts", teacher)
+    out = tmp_path / "labels" / "chat_0_1.jsonl"
+    chat_alignment_rows(None, tiny.tokenizer(), manifest, out, batch_size=4)
+    first = out.read_text()
+    assert len(asked) == 6 and len(set(asked)) == 6
+    written = [json.loads(line) for line in first.splitlines()]
+    assert [w["audio"].rsplit("/", 1)[-1] for w in written] == [r["audio"] for r in rows]
+    assert all(w["audio_instruction"] == "" and w["output"].startswith("reply") for w in written)
+    assert written[0]["output"] == written[-1]["output"]
+
+    memo = out.with_name("chat_0_1.memo")
+    lines = memo.read_text().splitlines()
+    memo.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:10])  # a stop cut the last line
+    asked.clear()
+    chat_alignment_rows(None, tiny.tokenizer(), manifest, out, batch_size=4)
+    assert len(asked) == 1  # only the prompt whose line was cut
+    assert [json.loads(line)["audio"] for line in out.read_text().splitlines()] == [w["audio"] for w in written]
+    asked.clear()
+    chat_alignment_rows(None, tiny.tokenizer(), manifest, out, batch_size=4)
+    assert asked == [] and len(memo.read_text().splitlines()) == 6  # the memo stayed whole

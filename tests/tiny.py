@@ -11,13 +11,13 @@ from blsp_emo.model.config import BlspEmoConfig
 from blsp_emo.model.model import BlspEmoModel
 from blsp_emo.model.tokenizer import ChatTokenizer, train_bpe_tokenizer
 from blsp_emo.prompts import (
-    CASCADE_SER_USER,
     SER_INSTRUCTION,
     STAGE1_INSTRUCTION,
     STAGE2_AUDIO_INSTRUCTION,
     STAGE2_TEACHER_INSTRUCTION,
     SYSTEM_EMPATHETIC,
     SYSTEM_PLAIN,
+    TOLD_EMOTION,
 )
 from blsp_emo.systems.asr import CtcRecognizer, CtcRecognizerConfig
 from blsp_emo.systems.ser import WhisperEmotionClassifier
@@ -31,7 +31,7 @@ CORPUS = [
     STAGE1_INSTRUCTION,
     STAGE2_AUDIO_INSTRUCTION,
     STAGE2_TEACHER_INSTRUCTION,
-    CASCADE_SER_USER,
+    TOLD_EMOTION,
     "system\nuser\nassistant\n",
     "I got the letter from the office today. That sounds wonderful, tell me more!",
     "I'm sorry to hear that. It must be hard for you. Héllo wörld ✓ 你好",

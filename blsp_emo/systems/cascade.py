@@ -1,7 +1,8 @@
 """Pipelines a practitioner would build instead: ASR -> text LLM, optionally with a separate SER.
 
 `cascade` cannot hear tone: its LLM reads only the transcript. `cascade-ser` adds a speech-emotion
-classifier whose label reaches the LLM as words. Both reuse the BLSP-Emo model's LLM, whose text-only
+classifier whose label for the turn being answered reaches the LLM as words in the system prompt.
+Both reuse the BLSP-Emo model's LLM, whose text-only
 use is exactly the base LLM (the audio-scoped LoRA never touches text).
 """
 
@@ -14,7 +15,7 @@ import torch
 from blsp_emo.decoding.generation import Decoder, GenerationOptions, new_cache, single_decoder
 from blsp_emo.decoding.prefix_cache import PrefixCache, TokenSequence, remember
 from blsp_emo.model.tokenizer import ChatTokenizer
-from blsp_emo.prompts import CASCADE_SER_USER, Turn, chat_pieces
+from blsp_emo.prompts import Turn, chat_pieces, told_emotion
 from blsp_emo.systems.asr import SpeechRecognizer
 from blsp_emo.systems.base import Heard, LocalSystem
 from blsp_emo.systems.ser import EmotionClassifier
@@ -48,10 +49,13 @@ class CascadeSystem(LocalSystem):
         scores = self.ser.classify(turn.audio) if self.ser is not None else {}
         return Heard(scores, self.asr.transcribe(turn.audio))
 
-    def _as_text(self, turn: Turn) -> Turn:
-        if turn.role == "user" and self.ser is not None and turn.emotion:
-            return Turn("user", CASCADE_SER_USER.format(emotion=turn.emotion, transcript=turn.text))
-        return Turn(turn.role, turn.text)
+    def prompt_pieces(self, turns: tuple[Turn, ...]):
+        """The conversation as text; cascade-ser's system prompt names the emotion heard in the turn
+        being answered (the last)."""
+        system = self.system_prompt
+        if self.ser is not None and turns[-1].emotion:
+            system = told_emotion(system, turns[-1].emotion)
+        return chat_pieces(system, [Turn(t.role, t.text) for t in turns], speech_turns=False)
 
     def context_tokens(self) -> int | None:
         return self.llm.config.max_position_embeddings
@@ -67,9 +71,7 @@ class CascadeSystem(LocalSystem):
             turn,
             history,
             options,
-            lambda turns: self.tokenizer.encode_pieces(
-                chat_pieces(self.system_prompt, [self._as_text(t) for t in turns], speech_turns=False)
-            ),
+            lambda turns: self.tokenizer.encode_pieces(self.prompt_pieces(turns)),
         )
         sequence = TokenSequence(tuple(encoded.input_ids), (), ())
         reused, cache = self.prefix_cache.lookup(sequence, self.llm.config) if self.prefix_cache else (0, None)

@@ -136,19 +136,26 @@ class BasesBuild(Build):
         return self.speech_model("ser", manifest, eval_manifest, extra)
 
     def teacher(self, stage_name: str, manifest: Path, model_dir: Path) -> Path:
+        """Stage 1: SmolLM2's continuations (the paper's). Stage 2: SmolLM2's replies in the chat
+        layout, told the emotion as cascade-ser tells it (docs/world.md, "Stage 2 in the chat layout")."""
         from blsp_emo.model.checkpoint import load_model
         from train.clean import clean
+        from train.demo_world.build_steps import chat_alignment_rows
         from train.stages import STAGES
         from train.teacher import generate_teacher_outputs
 
         def make(out: Path) -> None:
             model, tokenizer = load_model(str(model_dir))
-            stage = STAGES[stage_name]
-            generate_teacher_outputs(model.llm, tokenizer, stage, manifest, out, batch_size=self.scale.teacher_batch)
+            batch = self.scale.teacher_batch
+            if stage_name == "stage2":
+                chat_alignment_rows(model.llm, tokenizer, manifest, out / "chat_0_1.jsonl", batch_size=batch)
+            else:
+                generate_teacher_outputs(model.llm, tokenizer, STAGES[stage_name], manifest, out, batch_size=batch)
             clean([out])
 
-        # Resumable inside: the teacher appends to its partial output and skips the lines written.
-        return self.step(f"teacher-{stage_name}", self.work / f"labels_{stage_name}", make, resume=True)
+        # Resumable inside: the teachers append to their partial output and skip what is written.
+        folder = "labels_stage2_chat" if stage_name == "stage2" else f"labels_{stage_name}"
+        return self.step(f"teacher-{stage_name}", self.work / folder, make, resume=True)
 
     def stage(self, stage_name: str, labels: Path, init: Path, epochs: int = 1, max_steps: int | None = None) -> Path:
         from train.loop import RunConfig, train
@@ -227,9 +234,11 @@ def build_world(work: Path, scale: WorldScale, encoder: str = "wheel", llm: str 
     eval_manifest = b.corpus("eval", eval_sentences)
     init = b.init()
     stage1 = b.stage("stage1", b.teacher("stage1", recorded, init), init, max_steps=scale.stage1_steps)
-    stage2 = b.stage("stage2", b.teacher("stage2", recorded, init), stage1, max_steps=scale.stage2_steps)
+    labels = b.teacher("stage2", recorded, init)
+    stage2 = b.stage("stage2", labels, stage1, max_steps=scale.stage2_steps)
     ser = b.ser(recorded, eval_manifest)
-    return {"blsp-emo": stage2, "blsp": stage1, "ser": ser, "eval_manifest": eval_manifest, "train": recorded}
+    parts = {"blsp-emo": stage2, "blsp": stage1, "ser": ser, "eval_manifest": eval_manifest, "train": recorded}
+    return {**parts, "stage2_labels": labels}
 
 
 def bundle_world(parts: dict, out: Path) -> dict:
@@ -266,13 +275,13 @@ def finish_world(work: Path, parts: dict, out: Path, scale: WorldScale, real: Pa
     from train.demo_world.world_eval import build_sets, evaluate_bundle, quotes_block, results_table
 
     sizes = bundle_world(parts, out)
-    labels = work / "labels_stage2"
+    labels = parts["stage2_labels"]  # the judge learns the tones of the replies stage 2 was taught
     rows = [json.loads(line) for f in sorted(labels.glob("*_clean.jsonl")) for line in f.read_text().splitlines()]
     judge, judge_accuracy = fit_with_holdout([r["output"] for r in rows], [r["emotion"] for r in rows], seed=seed)
     judge.save(out / "tone_judge.json")
     evidence_files(work, out, parts, scale, seed)
     sets = build_sets(work, parts["eval_manifest"], work / "sentences_eval.jsonl", real, seed)
-    results, quoted = evaluate_bundle(out, sets, judge, scale.eval_clips, seed, log)
+    results, quoted = evaluate_bundle(out, sets, judge, scale.eval_clips, seed, log, keep=work / "eval_results")
     report = {
         "bundle_bytes": sizes,
         "judge_accuracy": judge_accuracy,

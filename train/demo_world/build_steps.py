@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from blsp_emo.prompts import CASCADE_SER_USER, SYSTEM_EMPATHETIC, instruction_pieces
+from blsp_emo.prompts import SYSTEM_EMPATHETIC, instruction_pieces, told_emotion
 from train.demo_world.pretrain_lm import LmOptions
 
 
@@ -252,26 +252,42 @@ class Build:
 
 def chat_alignment_rows(llm, tokenizer, manifest: Path, out: Path, batch_size: int = 64) -> None:
     """Stage-2 rows in the chat layout: the student hears only the speech; the teacher is the LLM
-    told the emotion in the words cascade-ser uses, so both answer the same conversation."""
+    told the emotion in the words cascade-ser uses, so both answer the same conversation.
+
+    Resumable: each batch's replies are appended to `out`'s memo file (not *.jsonl, which `clean`
+    and the stages read) as it is made, and a rerun asks only for the prompts not in it."""
     from train.manifest import read_rows
     from train.teacher import continue_prompts
 
     rows = [r for r in read_rows([manifest], ("audio", "text")) if r.emotion]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    memo_file = out.with_name(out.stem + ".memo")
     memo: dict[tuple[int, ...], tuple[str, bool]] = {}
+    if memo_file.is_file():
+        kept = memo_file.read_text(encoding="utf-8")
+        kept = kept[: kept.rfind("\n") + 1]  # a line cut by a stop is dropped and asked again
+        memo_file.write_text(kept, encoding="utf-8")
+        for line in kept.splitlines():
+            done = json.loads(line)
+            memo[tuple(done["prompt"])] = (done["output"], done["early_stop"])
     prompts = [
         tuple(
             tokenizer.encode_pieces(
-                instruction_pieces(
-                    SYSTEM_EMPATHETIC, "", CASCADE_SER_USER.format(emotion=r.emotion, transcript=r.fields["text"])
-                )
+                instruction_pieces(told_emotion(SYSTEM_EMPATHETIC, r.emotion), "", r.fields["text"])
             ).input_ids
         )
         for r in rows
     ]
-    todo = list(dict.fromkeys(prompts))
+    todo = [p for p in dict.fromkeys(prompts) if p not in memo]
     for i in range(0, len(todo), batch_size):
         chunk = todo[i : i + batch_size]
-        memo.update(zip(chunk, continue_prompts(llm, tokenizer, [list(p) for p in chunk])))
+        made = list(zip(chunk, continue_prompts(llm, tokenizer, [list(p) for p in chunk])))
+        with memo_file.open("a", encoding="utf-8") as f:
+            f.writelines(
+                json.dumps({"prompt": list(p), "output": text, "early_stop": stop}, ensure_ascii=False) + "\n"
+                for p, (text, stop) in made
+            )
+        memo.update(made)
     with out.open("w", encoding="utf-8") as f:
         for row, prompt in zip(rows, prompts):
             text, early_stop = memo[prompt]

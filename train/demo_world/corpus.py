@@ -9,7 +9,7 @@ uses later, so the LM can serve as its own teacher (as Qwen does in the paper):
 | `continue_emotion` | empathetic | STAGE2_TEACHER_INSTRUCTION(e), sentence | a continuation in tone e |
 | `ser` | plain | SER_INSTRUCTION, sentence | "The emotion tone of the speech provided is e." (words only) |
 | `chat` | empathetic | sentence | a reply fitting the words' own tone |
-| `chat_emotion` | empathetic | CASCADE_SER_USER(e, sentence) | a reply fitting tone e |
+| `chat_emotion` | empathetic, told e (`told_emotion`) | sentence | a reply fitting tone e |
 
 "The words' own tone" is the sentence's lexical cue, or neutral for the plain sentences that make
 up most of the corpus: from text alone, the LM cannot know the speaker's tone.
@@ -25,12 +25,13 @@ from dataclasses import dataclass
 
 from blsp_emo.emotion import EMOTIONS
 from blsp_emo.prompts import (
-    CASCADE_SER_USER,
     SER_INSTRUCTION,
     STAGE1_INSTRUCTION,
     STAGE2_TEACHER_INSTRUCTION,
     SYSTEM_EMPATHETIC,
     SYSTEM_PLAIN,
+    TOLD_EMOTION,
+    told_emotion,
 )
 
 # (openers, bodies): a reply is one opener and one body; a continuation is one body and one ending.
@@ -173,9 +174,7 @@ def examples_for(text: str, cue: str | None, rng: random.Random, emotions_per_se
             e,
         )
         # One string, exactly as cascade-ser sends it.
-        yield Example(
-            "chat_emotion", SYSTEM_EMPATHETIC, "", CASCADE_SER_USER.format(emotion=e, transcript=text), reply(e, rng), e
-        )
+        yield Example("chat_emotion", told_emotion(SYSTEM_EMPATHETIC, e), "", text, reply(e, rng), e)
 
 
 def build_corpus(
@@ -190,7 +189,7 @@ def build_corpus(
 
 def tokenizer_texts(examples: Sequence[Example]) -> Iterator[str]:
     """Everything the BPE tokenizer should see: prompts, sentences, responses, the banks."""
-    yield from (SYSTEM_PLAIN, SYSTEM_EMPATHETIC, SER_INSTRUCTION, STAGE1_INSTRUCTION, CASCADE_SER_USER)
+    yield from (SYSTEM_PLAIN, SYSTEM_EMPATHETIC, SER_INSTRUCTION, STAGE1_INSTRUCTION, TOLD_EMOTION)
     yield from ("system\n", "user\n", "assistant\n")
     for ex in examples:
         yield ex.instruction + ex.text

@@ -20,8 +20,12 @@ def held_out_rows(manifest: Path, n: int | None) -> list[dict]:
     return rows[::stride][:n]
 
 
-def evaluate_system(system, rows: list[dict], judge, root: Path, max_new_tokens: int = 48) -> dict:
-    """Emotion accuracy (and where it comes from), macro-F1, WER, reply-emotion match."""
+def evaluate_system(
+    system, rows: list[dict], judge, root: Path, max_new_tokens: int = 48, ask_all: bool = True
+) -> dict:
+    """Emotion accuracy (and where it comes from), macro-F1, WER, reply-emotion match. The SER
+    question is asked of every system, or with `ask_all=False` only of those that hear no emotion
+    (whose accuracy is their answer's); `ser_answer_accuracy` is then None for the others."""
     from blsp_emo.audio import load_audio
     from blsp_emo.decoding.generation import GenerationOptions
     from blsp_emo.emotion import EMOTIONS, parse_emotion
@@ -30,20 +34,22 @@ def evaluate_system(system, rows: list[dict], judge, root: Path, max_new_tokens:
     from blsp_emo.prompts import SER_INSTRUCTION, Turn
 
     greedy = GenerationOptions(greedy=True, max_new_tokens=max_new_tokens, seed=0)
+    ask = ask_all or system.emotion_source is None
     truth, heard, answered, replies, said, transcripts = [], [], [], [], [], []
     for row in rows:
         audio = load_audio(root / row["audio"] if not Path(row["audio"]).is_absolute() else row["audio"])
         reply = system.respond(audio, options=greedy)
         truth.append(row["emotion"])
         heard.append(reply.emotion)
-        answer = answer_instruction(
-            system,
-            audio,
-            SER_INSTRUCTION,
-            Turn("user", reply.transcript or "", None, reply.emotion),
-            replace(greedy, max_new_tokens=16),
-        )
-        answered.append(parse_emotion(answer or ""))
+        if ask:
+            answer = answer_instruction(
+                system,
+                audio,
+                SER_INSTRUCTION,
+                Turn("user", reply.transcript or "", None, reply.emotion),
+                replace(greedy, max_new_tokens=16),
+            )
+            answered.append(parse_emotion(answer or ""))
         replies.append(reply.text)
         if reply.transcript is not None:
             said.append(plain_words(row["text"]))
@@ -56,7 +62,7 @@ def evaluate_system(system, rows: list[dict], judge, root: Path, max_new_tokens:
         "emotion_from": system.emotion_source if perceives else "SER answer (words only)",
         "accuracy": headline.accuracy,
         "macro_f1": headline.macro_f1,
-        "ser_answer_accuracy": label_scores(truth, answered, EMOTIONS).accuracy,
+        "ser_answer_accuracy": label_scores(truth, answered, EMOTIONS).accuracy if ask else None,
         "wer": error_rate(said, transcripts) if any(said) else None,
         "reply_emotion_match": match,
         "n": len(truth),

@@ -86,16 +86,14 @@ def sample_rows(manifest: Path, n: int | None, seed: int = 0) -> list[dict]:
 
 def reference_replies(llm, tokenizer, rows: list[dict], batch_size: int = 16) -> list[str]:
     """The LLM's reply to each row's true transcript, told its true emotion (cascade-ser's prompt)."""
-    from blsp_emo.prompts import CASCADE_SER_USER, SYSTEM_EMPATHETIC, Turn, chat_pieces
+    from blsp_emo.prompts import SYSTEM_EMPATHETIC, Turn, chat_pieces, told_emotion
     from train.teacher import continue_prompts
 
     prompts = [
         tuple(
             tokenizer.encode_pieces(
                 chat_pieces(
-                    SYSTEM_EMPATHETIC,
-                    [Turn("user", CASCADE_SER_USER.format(emotion=r["emotion"], transcript=r["text"]))],
-                    speech_turns=False,
+                    told_emotion(SYSTEM_EMPATHETIC, r["emotion"]), [Turn("user", r["text"])], speech_turns=False
                 )
             ).input_ids
         )
@@ -113,7 +111,9 @@ def score_set(system, rows: list[dict], judge, replies: bool, references: list[s
     """One system on one set (see the module docstring); `embed(texts)` gives unit sentence vectors."""
     from train.demo_world.results import evaluate_system
 
-    result = evaluate_system(system, rows, judge, Path("/"), max_new_tokens=48 if replies else 1)
+    # The SER question only for the systems it scores (those that hear no emotion): it costs a
+    # second pass over each clip.
+    result = evaluate_system(system, rows, judge, Path("/"), max_new_tokens=48 if replies else 1, ask_all=False)
     if not replies:
         return {k: result[k] for k in ("system", "emotion_from", "accuracy", "macro_f1", "n")}
     if references is not None and embed is not None:
@@ -138,20 +138,48 @@ def sentence_embedder():
 # --- the whole evaluation ---------------------------------------------------------------------------
 
 
-def evaluate_bundle(bundle: Path, sets: list[EvalSet], judge, per_set: int | None, seed: int = 0, log=print):
-    """Every system of `bundle` on every set: one result row per (system, set)."""
+def bundle_digest(bundle: Path, *settings) -> str:
+    """A name for what a result depends on: every file of the bundle's models and the judge, and
+    `settings` (clips per set, seed). A result kept under another digest is never reused."""
+    import hashlib
+
+    digest = hashlib.sha256(repr(settings).encode())
+    files = [p for part in ("blsp-emo", "blsp", "ser") for p in sorted((bundle / part).glob("*"))]
+    for path in [*files, bundle / "bundle.json", bundle / "tone_judge.json"]:
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def evaluate_bundle(
+    bundle: Path, sets: list[EvalSet], judge, per_set: int | None, seed: int = 0, log=print, keep: Path | None = None
+):
+    """Every system of `bundle` on every set: one result row per (system, set). With `keep`, each
+    row is written there as it is scored and a rerun on the same bundle reuses it (an hour's
+    evaluation spans sittings as the build's steps do)."""
     from blsp_emo.systems import available_systems, load_system
 
     embed = sentence_embedder()
     systems = {name: load_system(name, model=bundle) for name in available_systems()}
     llm_owner = systems["blsp-emo"]
+    kept = keep / bundle_digest(bundle, per_set, seed) if keep is not None else None
     results, heard = [], {}
     for s in sets:
         rows = sample_rows(s.manifest, per_set, seed)
-        references = reference_replies(llm_owner.model.llm, llm_owner.tokenizer, rows) if s.replies else None
+        references = None
         for name, system in systems.items():
-            log(f"[world] {name} on {s.name} ({len(rows)} clips)")
-            result = score_set(system, rows, judge, s.replies, references, embed)
+            slug = re.sub(r"[^a-z0-9]+", "-", f"{s.name} {name}".lower()).strip("-")
+            done = kept / f"{slug}.json" if kept is not None else None
+            if done is not None and done.is_file():
+                result = json.loads(done.read_text())
+            else:
+                if references is None and s.replies:  # once per set, and only when a row is scored
+                    references = reference_replies(llm_owner.model.llm, llm_owner.tokenizer, rows)
+                log(f"[world] {name} on {s.name} ({len(rows)} clips)")
+                result = score_set(system, rows, judge, s.replies, references, embed)
+                if done is not None:
+                    done.parent.mkdir(parents=True, exist_ok=True)
+                    done.write_text(json.dumps(result))
             replies = result.pop("replies", None)
             if name == "blsp-emo" and replies:
                 heard[s.group] = [(r["text"], r["emotion"], reply) for r, reply in zip(rows, replies)]
