@@ -310,13 +310,14 @@ def test_clean_counts_each_rule_and_keeps_the_rest(tmp_path):
         "I'm not sure what you mean by that.",
         "and then we went home together.",
         "i'm not sure what you mean, but fine.",  # the last rule is case-sensitive, as released
+        " t ",  # an echo of the text: kept, and counted
     ]
     _write_manifest(tmp_path / "x.jsonl", [{"audio": "a.wav", "text": "t", "output": o} for o in outputs])
     summary = clean([tmp_path])
-    assert summary["read"] == 7 and summary["kept"] == 2
+    assert summary["read"] == 8 and summary["kept"] == 3 and summary["echoes"] == 1
     assert summary["dropped"] == {name: 1 for name, _ in RULES}
     assert [r["output"] for r in _lines(tmp_path / "x_clean.jsonl")] == outputs[5:]
-    assert clean([tmp_path])["read"] == 7  # a second run does not clean its own output
+    assert clean([tmp_path])["read"] == 8  # a second run does not clean its own output
 
 
 # --- data -----------------------------------------------------------------------------------------

@@ -41,8 +41,15 @@ def input_files(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def echoes(row: dict) -> bool:
+    """Whether a teacher output only repeats its input text: kept (the released rules keep it), but
+    counted, since a teacher that mostly echoes teaches the student nothing but the transcript."""
+    return "text" in row and str(row["output"]).strip() == str(row["text"]).strip()
+
+
 def clean_file(path: Path) -> tuple[Path, int, Counter]:
-    """Write `path`'s kept rows to `{stem}_clean.jsonl`: (output path, rows kept, drops by rule)."""
+    """Write `path`'s kept rows to `{stem}_clean.jsonl`: (output path, rows kept, counts: drops by
+    rule, and `echoes` among the kept rows)."""
     out = path.with_name(path.stem + CLEAN_SUFFIX + path.suffix)
     kept, dropped = 0, Counter()
     with path.open(encoding="utf-8") as src, out.open("w", encoding="utf-8") as dst:
@@ -59,18 +66,22 @@ def clean_file(path: Path) -> tuple[Path, int, Counter]:
             if rule is None:
                 dst.write(line if line.endswith("\n") else line + "\n")
                 kept += 1
+                dropped["echoes"] += echoes(row)
             else:
                 dropped[rule] += 1
     return out, kept, dropped
 
 
 def clean(paths: Sequence[str | Path]) -> dict:
-    """Clean every file; the summary counts rows read, kept and dropped per rule."""
-    files, total_kept, total_dropped = [], 0, Counter()
+    """Clean every file; the summary counts rows read, kept, dropped per rule, and the kept rows
+    whose output only echoes the input text."""
+    files, total_kept, total_dropped, total_echoes = [], 0, Counter(), 0
     for path in input_files(paths):
-        out, kept, dropped = clean_file(path)
-        files.append({"input": str(path), "output": str(out), "kept": kept, "dropped": dict(dropped)})
+        out, kept, counts = clean_file(path)
+        echoed = counts.pop("echoes", 0)
+        files.append({"input": str(path), "output": str(out), "kept": kept, "dropped": dict(counts), "echoes": echoed})
         total_kept += kept
-        total_dropped += dropped
+        total_dropped += counts
+        total_echoes += echoed
     read = total_kept + sum(total_dropped.values())
-    return {"read": read, "kept": total_kept, "dropped": dict(total_dropped), "files": files}
+    return {"read": read, "kept": total_kept, "dropped": dict(total_dropped), "echoes": total_echoes, "files": files}
