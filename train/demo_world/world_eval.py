@@ -6,7 +6,7 @@
     (d) real human recordings (`real_speech.py`), each re-rendered in every emotion's prosody
 
 Per system and set: emotion accuracy and macro-F1 (the emotion the system heard; for a system
-that hears none, its answer to the SER question); on (a), (c) and (d) also the replies: ASR WER
+that hears none, its answer to the SER question, asked on (a), (c) and (d) only); on (a), (c) and (d) also the replies: ASR WER
 (cascades), reply-emotion match (the tone judge on the reply) and semantic agreement (the cosine
 between the sentence embeddings of the system's reply and of the LLM's reply to the true
 transcript told the true emotion: what a perfect cascade-ser would say).
@@ -168,6 +168,10 @@ def evaluate_bundle(
         rows = sample_rows(s.manifest, per_set, seed)
         references = None
         for name, system in systems.items():
+            if not s.replies and system.emotion_source is None:
+                # A changed level, noise or rate tests what a system hears in the tone; the two that
+                # hear none answer from the words, as on (a), at an hour's cost for the five sets.
+                continue
             slug = re.sub(r"[^a-z0-9]+", "-", f"{s.name} {name}".lower()).strip("-")
             done = kept / f"{slug}.json" if kept is not None else None
             if done is not None and done.is_file():
@@ -228,8 +232,10 @@ def results_table(results: list[dict], judge_accuracy: float) -> str:
     lines = ["| emotion accuracy (macro-F1) | " + " | ".join(f"`{s}`" for s in systems) + " |"]
     lines.append("|---" * (len(systems) + 1) + "|")
     for name in sets:
-        row = [f"{pct(cell[s, name]['accuracy'])} ({cell[s, name]['macro_f1']:.2f})" for s in systems]
-        lines.append(f"| {name} (n = {cell[systems[0], name]['n']}) | " + " | ".join(row) + " |")
+        scored = [cell.get((s, name)) for s in systems]
+        row = ["—" if c is None else f"{pct(c['accuracy'])} ({c['macro_f1']:.2f})" for c in scored]
+        n = next(c["n"] for c in scored if c is not None)
+        lines.append(f"| {name} (n = {n}) | " + " | ".join(row) + " |")
     lines += ["", "| replies | set | ASR WER | reply-emotion match | semantic agreement |", "|---|---|---|---|---|"]
     for r in results:
         if "reply_emotion_match" in r:
@@ -239,6 +245,7 @@ def results_table(results: list[dict], judge_accuracy: float) -> str:
             )
     lines += [
         "",
+        "—: not scored; the systems that hear no tone answer from the words, on (b) as on (a).",
         f"Reply-emotion match: a tone classifier trained on the teacher's emotion-conditioned replies "
         f"(its held-out accuracy: {pct(judge_accuracy)}). Semantic agreement: cosine of all-MiniLM-L6-v2 "
         "embeddings between a system's reply and the LLM's reply to the true transcript told the true emotion.",
