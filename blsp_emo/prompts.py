@@ -40,8 +40,9 @@ STAGE2_TEACHER_INSTRUCTION = (
 STAGE2_AUDIO_INSTRUCTION = "Continue the following sentence based on the conveyed emotion tone in a coherent style: "
 # cascade-ser: the separate classifier's label reaches the LLM as words in the system prompt. In the
 # user turn ("(The speaker's emotion tone is sad.) ...") SmolLM2-135M talked about "the speaker"
-# instead of answering them; told in the system prompt it answers the user (docs/world.md).
-TOLD_EMOTION = " The user's emotion tone is {emotion}."
+# instead of answering them, and asked for no length it drifted into condolences and "as an AI"
+# (docs/world.md, "Stage 2 in the chat layout").
+TOLD_EMOTION = " Reply in one or two sentences to what the user says. They sound {emotion}."
 
 
 def told_emotion(system_prompt: str, emotion: str) -> str:
