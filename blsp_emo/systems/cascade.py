@@ -2,8 +2,8 @@
 
 `cascade` cannot hear tone: its LLM reads only the transcript. `cascade-ser` adds a speech-emotion
 classifier whose label for the turn being answered reaches the LLM as words in the system prompt.
-Both reuse the BLSP-Emo model's LLM, whose text-only
-use is exactly the base LLM (the audio-scoped LoRA never touches text).
+Both reuse the BLSP-Emo model's LLM, whose text-only use is exactly the base LLM (the audio-scoped
+LoRA never touches text).
 """
 
 from __future__ import annotations

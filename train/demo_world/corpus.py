@@ -173,7 +173,7 @@ def examples_for(text: str, cue: str | None, rng: random.Random, emotions_per_se
             continuation(e, rng),
             e,
         )
-        # One string, exactly as cascade-ser sends it.
+        # The system prompt exactly as cascade-ser sends it.
         yield Example("chat_emotion", told_emotion(SYSTEM_EMPATHETIC, e), "", text, reply(e, rng), e)
 
 

@@ -6,8 +6,8 @@
     (d) real human recordings (`real_speech.py`), each re-rendered in every emotion's prosody
 
 Per system and set: emotion accuracy and macro-F1 (the emotion the system heard; for a system
-that hears none, its answer to the SER question, asked on (a), (c) and (d) only); on (a), (c) and (d) also the replies: ASR WER
-(cascades), reply-emotion match (the tone judge on the reply) and semantic agreement (the cosine
+that hears none, its answer to the SER question, asked on (a), (c) and (d) only); on (a), (c)
+and (d) also the replies: ASR WER (cascades), reply-emotion match (the tone judge on the reply) and semantic agreement (the cosine
 between the sentence embeddings of the system's reply and of the LLM's reply to the true
 transcript told the true emotion: what a perfect cascade-ser would say).
 """
