@@ -21,7 +21,7 @@ test: setup-dev
 test-load: setup-dev
 	$(OFFLINE) $(PY) -m pytest -q -m load $(PYTEST_ARGS)
 
-# The CI-sized demo-world builds, end to end: `train demo` (scratch) and `train world` (tiny bases).
+# The CI-sized demo builds, end to end: `train demo` (on tiny bases) and `train demo-scratch`.
 test-build: setup-dev
 	$(OFFLINE) $(PY) -m pytest -q -m build $(PYTEST_ARGS)
 

@@ -1,4 +1,4 @@
-"""`python -m train world` at CI size, on tiny bases written here (a random Whisper, a tiny chat LM)."""
+"""`python -m train demo` at CI size, on tiny bases written here (a random Whisper, a tiny chat LM)."""
 
 import json
 from pathlib import Path

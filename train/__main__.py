@@ -260,17 +260,18 @@ def _add_demo_scale(sub) -> None:
         ),
         (
             "demo",
-            "build every bundled demo model from nothing, with a results table",
-            demo.__doc__,
-            demo.add_arguments,
-            demo.run,
-        ),
-        (
-            "world",
-            "the demo world on the pretrained bases: corpus, recording chain, SER, stages 1 and 2 (resumable)",
+            "the bundled demo models on the pretrained bases: corpus, recording chain, SER, both stages, "
+            "evaluation (resumable)",
             bases_build.__doc__,
             bases_build.add_arguments,
             bases_build.run,
+        ),
+        (
+            "demo-scratch",
+            "the earlier synthetic world: a CTC encoder and a 1M-parameter LM trained from nothing",
+            demo.__doc__,
+            demo.add_arguments,
+            demo.run,
         ),
         (
             "ablate",

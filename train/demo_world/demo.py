@@ -1,4 +1,5 @@
-"""`python -m train demo`: build the demo-scale world from nothing and bundle it under assets/.
+"""`python -m train demo-scratch`: the earlier synthetic world, built from nothing (a CTC encoder and a
+1M-parameter LM trained here); `python -m train demo` (`bases_build.py`) builds the bundled models.
 
     sentences -> generated speakers -> synth (training voices | reserved voices) -> stage 0: CTC
     ASR encoder, emotion classifier, BPE + chat LM -> assemble -> teacher (stage 1) -> stage 1 ->
@@ -52,7 +53,7 @@ def tone_only_examples(out: Path, seed: int = 0) -> list[Path]:
     (out / "README.md").write_text(
         f'Tone-only examples: every clip says "{sentence.text}" (a held-out sentence whose words carry no\n'
         f"emotion), in one of five emotions by one of two held-out voices: `tone-only_<voice>_<emotion>.wav`.\n"
-        f"Made by `python -m train demo` with espeak-ng (see the prosody table in the README).\n"
+        f"Made by `python -m train demo-scratch` with espeak-ng (see the prosody table in the README).\n"
     )
     shutil.rmtree(tmp)
     return made

@@ -1,5 +1,5 @@
 """The demo's held-out evaluation (`demo.py`): every system scored on voices and sentences it never
-trained on, and the results table that `python -m train demo` writes to results.md and the README.
+trained on, and the results table that `python -m train demo-scratch` writes to results.md and the README.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def results_table(results: list[dict], judge_accuracy: float, build_seconds: flo
 
     lines = [
         f"Held-out voices and sentences; built in {build_seconds / 60:.1f} min "
-        f"(`python -m train demo`, {os.cpu_count()} CPU cores).",
+        f"(`python -m train demo-scratch`, {os.cpu_count()} CPU cores).",
         "",
         "| system | emotion from | emotion accuracy | macro-F1 | SER answer accuracy | ASR WER | reply-emotion match |",
         "|---|---|---|---|---|---|---|",
