@@ -54,7 +54,11 @@ def test_the_world_builds_on_given_bases_and_resumes(bases, tmp_path, monkeypatc
         assert 0 <= r["accuracy"] <= 1 and r["n"] == scale.eval_clips
     assert set(by_set) >= {"a", "b"} and by_set["a"] == {"blsp-emo", "blsp", "cascade", "cascade-ser"}
     assert by_set["b"] == {"blsp-emo", "cascade-ser"}  # the changed recordings: the systems that hear tone
-    assert "| `blsp-emo` | espeak-ng held-out voices |" in Path("bundle/results.md").read_text()
+    results_md = Path("bundle/results.md").read_text()
+    assert (
+        "| `blsp-emo` | espeak-ng held-out voices |" in results_md
+        and "Built by `python -m train demo` in" in results_md
+    )
     quoted = report["quotes"]
     assert [q["how"] for q in quoted].count("typed") == 5 and all(isinstance(q["reply"], str) for q in quoted)
     calibration = json.loads(Path("bundle/blsp-emo/calibration.json").read_text())

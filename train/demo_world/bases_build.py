@@ -291,8 +291,21 @@ def finish_world(work: Path, parts: dict, out: Path, scale: WorldScale, real: Pa
         "build": Build(work, scale).all_times(),  # each step's seconds, in the run that finished it
     }
     (out / "results.json").write_text(json.dumps(report, indent=1))
-    (out / "results.md").write_text(results_table(results, judge_accuracy) + quotes_block(quoted))
+    table = results_table(results, judge_accuracy) + quotes_block(quoted)
+    (out / "results.md").write_text(table + build_line(report["build"]))
     return report
+
+
+def build_line(times: dict[str, float]) -> str:
+    """The build's measured time: the sum of its steps, each in the run that finished it."""
+    import os
+
+    slowest = sorted(times.items(), key=lambda kv: -kv[1])[:3]
+    parts = ", ".join(f"{name} {seconds / 3600:.1f} h" for name, seconds in slowest)
+    return (
+        f"\nBuilt by `python -m train demo` in {sum(times.values()) / 3600:.1f} h of steps on "
+        f"{os.cpu_count()} CPU cores (the longest: {parts}; a resumed step counts the run that finished it).\n"
+    )
 
 
 def calibration_clips(work: Path, seed: int) -> Path:
