@@ -152,7 +152,7 @@ def stage1_model(work, stage1_data):
                 "--output",
                 str(work / "stage1"),
                 "--max-steps",
-                "20",
+                "40",
                 "--lr",
                 "3e-3",
                 *FIXED_BATCH,
@@ -228,7 +228,7 @@ def test_teacher_writes_continuations_with_the_stage_prompts(work, stage1_data, 
 def test_stage1_trains_only_the_adapter_and_its_kl_falls(work, stage1_model):
     assert _changed(_state(work / "init"), _state(stage1_model)) == {"adapter"}
     kl = _losses(stage1_model, "response_kl")
-    assert len(kl) == 20 and kl[-1] < 0.7 * kl[0], kl
+    assert len(kl) == 40 and kl[-1] < 0.7 * kl[0], kl
     report = json.loads((stage1_model / "training.json").read_text())["data"][0]
     assert report["kept"] == 4 and report["dropped"] == {}  # the refusal was cleaned before
 
