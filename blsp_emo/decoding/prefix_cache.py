@@ -115,10 +115,10 @@ class PrefixCache:
         # entry keeps its own compact copy, so that the bytes counted are the bytes held.
         if any(layer.keys.shape[-2] != len(sequence.ids) or layer.keys.shape[0] != 1 for layer in cache.layers):
             return  # not one row covering exactly this sequence: nothing safe to store
-        layers = tuple((_compact(layer.keys), _compact(layer.values)) for layer in cache.layers)
-        nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        nbytes = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
         if nbytes > self.max_bytes:
-            return
+            return  # before any copy is made
+        layers = tuple((_compact(layer.keys), _compact(layer.values)) for layer in cache.layers)
         with self._lock:
             old = self._entries.pop(sequence, None)
             if old is not None:
