@@ -28,7 +28,7 @@ from blsp_emo.decoding.generation import GenerationOptions, decode, new_cache
 from blsp_emo.emotion import EMOTIONS, parse_emotion
 from blsp_emo.metrics import label_scores
 from blsp_emo.model.processor import build_prompt
-from blsp_emo.prompts import SER_INSTRUCTION, SYSTEM_PLAIN, Speech, Turn, instruction_pieces, told_emotion
+from blsp_emo.prompts import SER_INSTRUCTION, SYSTEM_PLAIN, Speech, Turn, instruction_pieces
 from blsp_emo.systems.base import SpokenDialogueSystem
 from blsp_emo.systems.blsp import BlspSystem
 from blsp_emo.systems.cascade import CascadeSystem
@@ -75,10 +75,8 @@ def answer_instruction(
         return tokenizer.decode(ids).strip()
     if isinstance(system, CascadeSystem):
         # What its LLM reads for this turn: the transcript, and cascade-ser's emotion in the system prompt.
-        told = system.ser is not None and heard_as.emotion
-        system_prompt = told_emotion(SYSTEM_PLAIN, heard_as.emotion) if told else SYSTEM_PLAIN
         tokenizer, llm = system.tokenizer, system.llm
-        pieces = instruction_pieces(system_prompt, instruction, heard_as.text)
+        pieces = instruction_pieces(system.told(SYSTEM_PLAIN, heard_as), instruction, heard_as.text)
         ids = torch.tensor([tokenizer.encode_pieces(pieces).input_ids])
         with torch.inference_mode():
             cache = new_cache(llm)

@@ -49,12 +49,14 @@ class CascadeSystem(LocalSystem):
         scores = self.ser.classify(turn.audio) if self.ser is not None else {}
         return Heard(scores, self.asr.transcribe(turn.audio))
 
+    def told(self, system_prompt: str, turn: Turn) -> str:
+        """`system_prompt` as this system's LLM reads it for `turn`: cascade-ser's names the emotion
+        its classifier heard."""
+        return told_emotion(system_prompt, turn.emotion) if self.ser is not None and turn.emotion else system_prompt
+
     def prompt_pieces(self, turns: tuple[Turn, ...]):
-        """The conversation as text; cascade-ser's system prompt names the emotion heard in the turn
-        being answered (the last)."""
-        system = self.system_prompt
-        if self.ser is not None and turns[-1].emotion:
-            system = told_emotion(system, turns[-1].emotion)
+        """The conversation as text, with the system prompt told the emotion of the turn being answered."""
+        system = self.told(self.system_prompt, turns[-1])
         return chat_pieces(system, [Turn(t.role, t.text) for t in turns], speech_turns=False)
 
     def context_tokens(self) -> int | None:
