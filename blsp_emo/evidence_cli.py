@@ -243,10 +243,13 @@ class _LazyRecognizer:
 
 
 def _bundled(model: str | None, part: str) -> str | None:
+    """A bundle's `part`, as the systems find it: a folder in it, or a pretrained base that its
+    bundle.json names (the cascades' Whisper, "wheel"); None for a single model folder."""
     from blsp_emo.model.checkpoint import BUNDLED_MODELS
+    from blsp_emo.systems import _part
 
     bundle = Path(model) if model is not None else BUNDLED_MODELS
-    return str(bundle / part) if (bundle / part).is_dir() and not (bundle / "config.json").exists() else None
+    return _part(None, bundle, part) if bundle.is_dir() and not (bundle / "config.json").exists() else None
 
 
 def _model_folder(model: str | None, system: str, part: str | None = None) -> Path:

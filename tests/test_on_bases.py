@@ -1,5 +1,6 @@
 """A model stored as its trained parts over bases named by hash: what is stored, what loads, what is refused."""
 
+import copy
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from blsp_emo.model.checkpoint import load_model
 from blsp_emo.model.model import BlspEmoModel
 from blsp_emo.model.on_bases import TRAINED_FILE, TrainedPartsError, base_modules, load_on_bases, save_on_bases
 from blsp_emo.model.processor import build_prompt
+from blsp_emo.model.tokenizer import ChatTokenizer
 from blsp_emo.model.weights import CorruptWeightsError
 from blsp_emo.prompts import SYSTEM_EMPATHETIC, Speech, instruction_pieces
 from train.init import build_composite
@@ -52,6 +54,20 @@ def test_only_what_training_changed_is_stored_and_it_loads_back(composite, tmp_p
     (a, ea), (b, eb) = logits(model, tokenizer), logits(again, tokenizer)
     assert torch.allclose(a, b, atol=2e-3) and torch.allclose(ea, eb, atol=2e-3)  # fp16-stored parts
     assert again.config.bases == model.config.bases
+
+
+def test_the_base_tokenizer_is_referenced_and_a_changed_one_is_stored(composite, tmp_path):
+    model, tokenizer = composite
+    save_on_bases(model, tokenizer, tmp_path / "m")
+    assert not (tmp_path / "m" / "tokenizer.json").exists()
+    _, loaded = load_on_bases(tmp_path / "m")
+    assert loaded.encode("the parcel is late") == tokenizer.encode("the parcel is late")
+
+    changed = ChatTokenizer(copy.deepcopy(tokenizer.hf))  # a tokenizer training grew: the model needs its own
+    changed.hf.add_tokens(["<|speech|>"])
+    save_on_bases(model, changed, tmp_path / "n")
+    _, own = load_on_bases(tmp_path / "n")
+    assert (tmp_path / "n" / "tokenizer.json").is_file() and "<|speech|>" in own.hf.get_vocab()
 
 
 def test_a_stage_that_changed_the_encoder_stores_it_and_keeps_the_shared_base_intact(composite, tmp_path):

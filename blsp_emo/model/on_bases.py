@@ -56,6 +56,7 @@ def base_modules(encoder_source: str, encoder_sha: str, llm_source: str, llm_sha
     llm = prepare("llm", llm_source)
     check_base({"source": llm_source, "sha256": llm_sha}, llm, "this model")
     language_model, tokenizer = load_llm(llm)
+    tokenizer = tokenizer if isinstance(tokenizer, ChatTokenizer) else ChatTokenizer(tokenizer)
     return base_encoder(encoder_source, encoder_sha), language_model.requires_grad_(False), tokenizer
 
 
@@ -105,12 +106,21 @@ def save_changes(state: dict[str, torch.Tensor], reference: dict[str, torch.Tens
 
 
 def save_on_bases(model: BlspEmoModel, tokenizer: ChatTokenizer, folder: str | Path) -> dict:
-    """Write `model` as its changes over its bases; returns what was stored (tensors, bytes)."""
+    """Write `model` as its changes over its bases; returns what was stored (tensors, bytes). The
+    tokenizer is the LLM base's unless training changed it, and then only is it written (3.5 MB a
+    model for SmolLM2's: the bundle holds what training made, nothing the base already has)."""
     folder = Path(folder)
     stored = save_changes(model.state_dict(), reference_state(model.config, folder), folder)
     model.config.save_pretrained(str(folder))
-    tokenizer.save_pretrained(folder)
+    if not same_tokenizer(tokenizer, _bases(model.config, folder)[2]):
+        tokenizer.save_pretrained(folder)
     return stored
+
+
+def same_tokenizer(a: ChatTokenizer, b: ChatTokenizer) -> bool:
+    """Whether two tokenizers split and template text alike (the whole of tokenizer.json, and the
+    chat template)."""
+    return a.hf.backend_tokenizer.to_str() == b.hf.backend_tokenizer.to_str() and a.hf.chat_template == b.hf.chat_template
 
 
 def load_on_bases(folder: Path) -> tuple[BlspEmoModel, ChatTokenizer]:
@@ -118,7 +128,7 @@ def load_on_bases(folder: Path) -> tuple[BlspEmoModel, ChatTokenizer]:
     import copy
 
     config = BlspEmoConfig.from_pretrained(str(folder))
-    encoder, llm, _ = _bases(config, folder)
+    encoder, llm, base_tokenizer = _bases(config, folder)
     stored = read_changes(folder / TRAINED_FILE)
     # A stage that changed a base part gets its own copy: the shared one stays the base.
     if any(k.startswith("encoder.") for k in stored):
@@ -139,4 +149,5 @@ def load_on_bases(folder: Path) -> tuple[BlspEmoModel, ChatTokenizer]:
             f"{folder / TRAINED_FILE} lacks trained tensors {missing[:3]}; the file is incomplete: rebuild it"
         )
     model.load_state_dict({k: v.float() for k, v in stored.items()}, strict=False)
-    return model.eval(), ChatTokenizer.from_pretrained(folder)
+    own = (folder / "tokenizer.json").is_file()  # written only when training changed the base's
+    return model.eval(), ChatTokenizer.from_pretrained(folder) if own else base_tokenizer
