@@ -120,7 +120,9 @@ def save_on_bases(model: BlspEmoModel, tokenizer: ChatTokenizer, folder: str | P
 def same_tokenizer(a: ChatTokenizer, b: ChatTokenizer) -> bool:
     """Whether two tokenizers split and template text alike (the whole of tokenizer.json, and the
     chat template)."""
-    return a.hf.backend_tokenizer.to_str() == b.hf.backend_tokenizer.to_str() and a.hf.chat_template == b.hf.chat_template
+    return (
+        a.hf.backend_tokenizer.to_str() == b.hf.backend_tokenizer.to_str() and a.hf.chat_template == b.hf.chat_template
+    )
 
 
 def load_on_bases(folder: Path) -> tuple[BlspEmoModel, ChatTokenizer]:
