@@ -159,7 +159,7 @@ def _microphone(*parts: np.ndarray, rate: int = 48_000) -> list[tuple[int, np.nd
 
 
 def test_the_listener_sends_each_spoken_turn_by_itself_and_speech_stops_a_reply(page, session):
-    clip, _ = sf.read(EXAMPLES / "tone-only_en-029-m3_sad.wav", dtype="float32")
+    clip, _ = sf.read(EXAMPLES / "annie_sad.wav", dtype="float32")
     quiet = np.zeros(24_000, np.float32)
     listener, state, heard, barge = handsfree.Listener(page.cb), None, None, 0
     sent = []
@@ -181,7 +181,7 @@ def test_the_listener_sends_each_spoken_turn_by_itself_and_speech_stops_a_reply(
 
 
 def test_a_hands_free_turn_is_answered_and_timed_from_the_end_of_the_speech(page, session):
-    clip, _ = sf.read(EXAMPLES / "tone-only_en-029-m3_sad.wav", dtype="float32")
+    clip, _ = sf.read(EXAMPLES / "annie_sad.wav", dtype="float32")
     path = page.cb.files.write_wav(16_000, (clip * 32767).astype(np.int16))
     heard = handsfree.HeardTurn(path, 1, live_speech.time.monotonic() - 1.0, 0.9, 0.8, 4.5, False)
     updates = list(handsfree.Listener(page.cb).talk(heard, (), VoiceChoice(), *SETTINGS))
@@ -270,8 +270,8 @@ def talking():
 
 def _two_utterances(folder: Path, gap_s: float) -> Path:
     """What the fake microphone plays once: an utterance, `gap_s` of silence, another, then silence."""
-    first, _ = sf.read(EXAMPLES / "tone-only_en-029-m3_sad.wav", dtype="float32")
-    second, _ = sf.read(EXAMPLES / "tone-only_en-gb-x-gbcwmd-f2_happy.wav", dtype="float32")
+    first, _ = sf.read(EXAMPLES / "annie_sad.wav", dtype="float32")
+    second, _ = sf.read(EXAMPLES / "edward_happy.wav", dtype="float32")
     quiet = lambda seconds: np.zeros(int(16_000 * seconds), np.float32)  # noqa: E731
     path = folder / f"two-utterances-{gap_s:g}s.wav"
     # 2 s first: the stream starts up (a busy machine loses its first second)
@@ -330,7 +330,7 @@ def test_browser_hands_free_sends_both_turns_without_a_click_and_speaks_each_rep
     print(f"screenshot: {tmp_path / 'hands-free.png'}")
     assert "turn 2 sent" in status
     heard_s = float(status.split("turn 2 sent (")[1].split(" s)")[0])  # the second utterance, whole
-    assert heard_s == pytest.approx(sf.info(EXAMPLES / "tone-only_en-gb-x-gbcwmd-f2_happy.wav").duration, abs=0.7)
+    assert heard_s == pytest.approx(sf.info(EXAMPLES / "edward_happy.wav").duration, abs=0.7)
     assert len(streams) == 2  # each reply's speech was streamed to the page
     assert "first audio" in card and "hands-free: sent" in card
 

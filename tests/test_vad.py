@@ -126,7 +126,7 @@ def test_silero_onnx_scores_as_the_wheels_torchscript_model():
     torch = pytest.importorskip("torch")
     from silero_vad import load_silero_vad
 
-    clip, _ = sf.read(EXAMPLES / "tone-only_en-029-m3_sad.wav", dtype="float32")
+    clip, _ = sf.read(EXAMPLES / "annie_sad.wav", dtype="float32")
     scripted = load_silero_vad().audio_forward(torch.from_numpy(clip), 16_000)[0].numpy()
     frames = np.pad(clip, (0, (-clip.size) % FRAME)).reshape(-1, FRAME)
     ours, _ = vad.load_vad().score(frames, Carry())
@@ -136,8 +136,8 @@ def test_silero_onnx_scores_as_the_wheels_torchscript_model():
 def test_silero_finds_two_spoken_turns_in_real_speech():
     import librosa
 
-    a, _ = sf.read(EXAMPLES / "tone-only_en-029-m3_sad.wav", dtype="float32")
-    b, _ = sf.read(EXAMPLES / "tone-only_en-gb-x-gbcwmd-f2_happy.wav", dtype="float32")
+    a, _ = sf.read(EXAMPLES / "annie_sad.wav", dtype="float32")
+    b, _ = sf.read(EXAMPLES / "edward_happy.wav", dtype="float32")
     quiet = np.zeros(24_000, np.float32)
     audio = librosa.resample(np.concatenate([quiet, a, quiet, b, quiet, quiet]), orig_sr=16_000, target_sr=RATE)
     turns = _turns(_stream(audio, scorer=vad.load_vad())[0])

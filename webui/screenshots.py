@@ -94,7 +94,7 @@ def handsfree(pw, url: str, clip: Path, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m webui.screenshots", description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(ROOT / "docs"), help="folder for the PNGs")
-    p.add_argument("--clip", default=str(ROOT / "assets/examples/tone-only_en-gb-x-gbcwmd-f2_sad.wav"))
+    p.add_argument("--clip", default=str(ROOT / "assets/examples/edward_sad.wav"))
     p.add_argument("app_args", nargs="*", help="options for app.py (after --)")
     args = p.parse_args(argv)
     if not CHROMIUM.exists():
