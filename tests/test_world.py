@@ -161,3 +161,16 @@ def test_the_chat_teacher_resumes_asking_only_for_replies_not_yet_written(tmp_pa
     asked.clear()
     chat_alignment_rows(None, tiny.tokenizer(), manifest, out, batch_size=4)
     assert asked == [] and len(memo.read_text().splitlines()) == 6  # the memo stayed whole
+
+
+def test_a_build_told_to_stop_before_a_step_stops_there_and_runs_it_once_it_is_done(tmp_path):
+    from train.demo_world.build_steps import Build, StopBuild
+
+    build, made = Build(tmp_path, SCALES["ci"], stop_before="stage1"), []
+    build.step("init", tmp_path / "init", lambda out: made.append(out.mkdir()))
+    with pytest.raises(StopBuild, match="stopped before stage1"):
+        build.step("stage1", tmp_path / "stage1", lambda out: made.append(out.mkdir()))
+    assert len(made) == 1 and not (tmp_path / "stage1").exists()
+    (tmp_path / "stage1").mkdir()  # made elsewhere (a GPU): the build goes on past it
+    assert build.step("stage1", tmp_path / "stage1", lambda out: made.append(out.mkdir())) == tmp_path / "stage1"
+    assert len(made) == 1

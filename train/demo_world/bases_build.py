@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from blsp_emo.emotion import EMOTIONS
-from train.demo_world.build_steps import Build
+from train.demo_world.build_steps import Build, StopBuild
 
 
 @dataclass(frozen=True)
@@ -224,10 +224,19 @@ def write_neural_corpus(sentences: Path, out: Path, share: float, seed: int = 0)
     return out / "manifest.jsonl"
 
 
-def build_world(work: Path, scale: WorldScale, encoder: str = "wheel", llm: str = "wheel", seed: int = 0, log=print):
+def build_world(
+    work: Path,
+    scale: WorldScale,
+    encoder: str = "wheel",
+    llm: str = "wheel",
+    seed: int = 0,
+    log=print,
+    stop_before: str | None = None,
+):
     """The trained models of the world, in `work`: stage 2 (blsp-emo), stage 1 (blsp), the SER."""
     work.mkdir(parents=True, exist_ok=True)
     b = BasesBuild(work, scale, encoder, llm, seed, log)
+    b.stop_before = stop_before
     train_sentences = b.sentences("train", scale.train_sentences)
     eval_sentences = b.sentences("eval", scale.eval_sentences)
     corpora = [b.corpus("train", train_sentences), b.neural("train", train_sentences)]
@@ -363,6 +372,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llm", default="wheel", help="LLM base: 'wheel', a .gguf, a folder or a hub id")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument(
+        "--stop-before",
+        choices=["init", "teacher-stage1", "stage1", "teacher-stage2", "stage2", "pretrain-ser"],
+        help="stop when this step is next (e.g. stage1, to run it on a GPU: docs/world.md)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -370,7 +384,11 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     scale = SCALES[args.scale]
-    parts = build_world(Path(args.work), scale, args.encoder, args.llm, args.seed)
+    try:
+        parts = build_world(Path(args.work), scale, args.encoder, args.llm, args.seed, stop_before=args.stop_before)
+    except StopBuild as stop:
+        print(stop)
+        return 0
     print(json.dumps({k: str(v) for k, v in parts.items()}, indent=2))
     if args.out:
         real = Path(args.real) if args.real else None

@@ -99,11 +99,16 @@ SCALES = {
 }
 
 
+class StopBuild(Exception):
+    """The build reached the step it was told to stop before (`--stop-before`)."""
+
+
 class Build:
     """The steps of the build; each returns its output path and skips work already done."""
 
-    def __init__(self, work: Path, scale: Scale, seed: int = 0, log=print):
+    def __init__(self, work: Path, scale: Scale, seed: int = 0, log=print, stop_before: str | None = None):
         self.work, self.scale, self.seed, self.log = work, scale, seed, log
+        self.stop_before = stop_before  # a step to leave to another machine (a stage on a GPU)
         self.times: dict[str, float] = {}  # steps run by this invocation
         self.times_file = work / "step_seconds.json"  # every step's time, across resumed runs
 
@@ -117,6 +122,8 @@ class Build:
         if output.exists():
             self.log(f"[demo] {name}: done before ({output})")
             return output
+        if name == self.stop_before:
+            raise StopBuild(f"stopped before {name}: make {output} (e.g. on a GPU), then run the build again")
         self.log(f"[demo] {name} ...")
         start = time.perf_counter()
         partial = output.with_name(output.name + ".partial")
