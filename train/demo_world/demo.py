@@ -122,11 +122,12 @@ def update_readme(readme: Path, table: str) -> bool:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    root = Path(__file__).resolve().parents[2]
+    # The bundled models are the pretrained-bases build's (`train demo`): this world writes beside
+    # them unless told otherwise, so rebuilding it never replaces what the app loads.
     p.add_argument("--scale", choices=sorted(SCALES), default="full", help="ci: minutes, tiny sizes (the test)")
     p.add_argument("--work", default="runs/demo", help="intermediate files; reruns skip finished steps")
-    p.add_argument("--out", default=str(root / "assets" / "models"), help="the bundle the app loads by default")
-    p.add_argument("--examples", default=str(root / "assets" / "examples"))
+    p.add_argument("--out", default="runs/demo/bundle", help="the bundle (a folder that --model takes)")
+    p.add_argument("--examples", default="runs/demo/examples", help="its tone-only example clips")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threads",
@@ -134,7 +135,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=1,
         help="torch threads; 1 is fastest for these tiny models (2 threads thrash on 2 busy cores)",
     )
-    p.add_argument("--readme", default=str(root / "README.md"), help="whose results block to rewrite ('' = none)")
+    p.add_argument("--readme", default="", help="a README whose results block to rewrite (default: none)")
 
 
 def run(args: argparse.Namespace) -> int:
