@@ -216,7 +216,8 @@ def quotes_block(quoted: list[dict]) -> str:
     lines = ["", "Replies of `blsp-emo` (the first of a seeded draw, not picked):", ""]
     for q in quoted:
         said = f"spoken, {q['tone']}" if q["how"] == "spoken" else "typed"
-        lines.append(f"- *{q['said']}* ({said}) → {q['reply']}")
+        reply = " ".join(q["reply"].split())  # one line each: a reply's own line breaks would end the list
+        lines.append(f"- *{q['said']}* ({said}) → {reply}")
     return "\n".join(lines) + "\n"
 
 
