@@ -70,3 +70,10 @@ def test_pieces_expand_speech_and_label_only_the_target(tokenizer):
 def test_turn_roles_are_checked():
     with pytest.raises(ValueError, match="'user' or 'assistant'"):
         Turn("system", "x")
+
+
+def test_a_character_cut_between_tokens_is_held_back_until_it_is_whole(tokenizer):
+    ids = tokenizer.encode("a 🌟 b")
+    texts = [tokenizer.decode(ids[:i]) for i in range(len(ids) + 1)]
+    assert "\ufffd" not in "".join(texts) and texts[-1] == "a 🌟 b"
+    assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:]))  # a stream only grows

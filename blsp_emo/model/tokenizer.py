@@ -55,7 +55,10 @@ class ChatTokenizer:
         return self.hf(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.hf.decode([i for i in ids if i not in self.stop_ids], skip_special_tokens=True)
+        text = self.hf.decode([i for i in ids if i not in self.stop_ids], skip_special_tokens=True)
+        # A character whose bytes span tokens decodes to U+FFFD until its last byte arrives: hold
+        # it back, so a streamed reply (or one cut at max_new_tokens) never shows a broken glyph.
+        return text.rstrip("\ufffd")
 
     def encode_pieces(
         self,
