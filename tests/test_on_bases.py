@@ -69,6 +69,10 @@ def test_the_base_tokenizer_is_referenced_and_a_changed_one_is_stored(composite,
     _, own = load_on_bases(tmp_path / "n")
     assert (tmp_path / "n" / "tokenizer.json").is_file() and "<|speech|>" in own.hf.get_vocab()
 
+    save_on_bases(model, tokenizer, tmp_path / "n")  # saved over with the base's again
+    _, again = load_on_bases(tmp_path / "n")
+    assert not (tmp_path / "n" / "tokenizer.json").exists() and "<|speech|>" not in again.hf.get_vocab()
+
 
 def test_a_stage_that_changed_the_encoder_stores_it_and_keeps_the_shared_base_intact(composite, tmp_path):
     model, tokenizer = composite

@@ -25,6 +25,7 @@ from blsp_emo.model.model import BlspEmoModel
 from blsp_emo.model.tokenizer import ChatTokenizer
 
 TRAINED_FILE = "trained.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 STORED_DTYPE = torch.float16  # trained parts are small numbers; fp16 keeps 10 mantissa bits (bf16: 7)
 
 
@@ -114,6 +115,9 @@ def save_on_bases(model: BlspEmoModel, tokenizer: ChatTokenizer, folder: str | P
     model.config.save_pretrained(str(folder))
     if not same_tokenizer(tokenizer, _bases(model.config, folder)[2]):
         tokenizer.save_pretrained(folder)
+    else:  # a folder saved over keeps no tokenizer of an earlier model: loading would prefer it
+        for name in TOKENIZER_FILES:
+            (folder / name).unlink(missing_ok=True)
     return stored
 
 

@@ -88,9 +88,16 @@ class BasesBuild(Build):
     """The steps on pretrained bases; the corpus steps are `Build`'s."""
 
     def __init__(
-        self, work: Path, scale: WorldScale, encoder: str = "wheel", llm: str = "wheel", seed: int = 0, log=print
+        self,
+        work: Path,
+        scale: WorldScale,
+        encoder: str = "wheel",
+        llm: str = "wheel",
+        seed: int = 0,
+        log=print,
+        stop_before: str | None = None,
     ):
-        super().__init__(work, scale, seed, log)
+        super().__init__(work, scale, seed, log, stop_before)
         self.encoder_source, self.llm_source = encoder, llm
 
     def recorded(self, split: str, manifests: list[Path]) -> Path:
@@ -235,8 +242,7 @@ def build_world(
 ):
     """The trained models of the world, in `work`: stage 2 (blsp-emo), stage 1 (blsp), the SER."""
     work.mkdir(parents=True, exist_ok=True)
-    b = BasesBuild(work, scale, encoder, llm, seed, log)
-    b.stop_before = stop_before
+    b = BasesBuild(work, scale, encoder, llm, seed, log, stop_before)
     train_sentences = b.sentences("train", scale.train_sentences)
     eval_sentences = b.sentences("eval", scale.eval_sentences)
     corpora = [b.corpus("train", train_sentences), b.neural("train", train_sentences)]
