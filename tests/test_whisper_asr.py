@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from blsp_emo.audio import load_audio, log_mel
-from blsp_emo.systems.whisper_asr import WhisperRecognizer, is_whisper_source
+from blsp_emo.systems.whisper_asr import WhisperRecognizer, is_whisper_source, transcript_budget
 
 # Real voices that ship with Debian's alsa-utils (packages-dev.txt): a person naming each speaker.
 ALSA = Path("/usr/share/sounds/alsa")
@@ -38,6 +39,40 @@ def test_whisper_sources_are_told_from_ctc_folders(tmp_path):
 def test_a_recognizer_needs_the_tokenizer():
     with pytest.raises(ValueError, match="tokenizer"):
         WhisperRecognizer(model=None, tokenizer=None)  # refused before the model is touched
+
+
+def test_a_transcript_is_bounded_by_what_the_clip_can_hold():
+    budgets = [transcript_budget(s, 448) for s in (0.0, 0.5, 1, 3, 10, 30, 60, 600)]
+    assert budgets == sorted(budgets) and budgets[0] >= 1  # longer clips may say more
+    assert transcript_budget(3, 448) <= 50  # a looping decoder stops early on a short clip ...
+    assert transcript_budget(11, 448) >= 3 * 25  # ... while a fast talker's words all fit (jfk.wav: 25 tokens in 11 s)
+    assert max(budgets) == budgets[-2] <= 448 - 4  # the 30 s window: no more than the decoder's positions
+
+
+class _LoopingWhisper:
+    """Stands in for a Whisper whose greedy decoder never ends: it fills whatever budget it gets."""
+
+    class config:
+        num_mel_bins, max_source_positions, max_target_positions = 80, 1500, 448
+
+    device, dtype = torch.device("cpu"), torch.float32
+
+    def eval(self):
+        return self
+
+    def generate(self, features, max_new_tokens, **_):
+        assert features.shape == (1, 80, 3000)
+        return torch.tensor([[50257, 50362] + [1000] * max_new_tokens])
+
+
+class _Tokenizer:
+    all_special_ids = [50257, 50362]
+
+
+def test_a_looping_decoder_stops_within_the_budget():
+    recognizer = WhisperRecognizer(_LoopingWhisper(), _Tokenizer())
+    short, long = (recognizer.token_ids(np.zeros(int(16_000 * s), np.float32)) for s in (2, 20))
+    assert len(short) == transcript_budget(2, 448) < len(long) == transcript_budget(20, 448)
 
 
 def _words(text: str) -> str:

@@ -8,12 +8,26 @@ Whisper reads the 30 s window it was trained on, whatever the clip's length.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from blsp_emo.audio import log_mel
+from blsp_emo.audio import SAMPLE_RATE, log_mel
+
+# A transcript's length is bounded by what can be said in the clip. Fast human speech is about 4
+# words, some 6 Whisper tokens, a second; 10 a second plus a sentence's worth of slack never cuts a
+# real transcript, yet stops a greedy decoder that loops on a synthetic voice after some 40 tokens
+# of a 3 s clip instead of at its 448 positions (docs/world.md: WER and time on (a)).
+TOKENS_PER_SECOND = 10
+SLACK_TOKENS = 10
+
+
+def transcript_budget(seconds: float, max_positions: int, prompt_tokens: int = 4) -> int:
+    """The most new tokens a transcript of `seconds` of audio may take (the 30 s window at most)."""
+    window = max_positions - prompt_tokens
+    return max(1, min(window, math.ceil(TOKENS_PER_SECOND * min(seconds, 30.0)) + SLACK_TOKENS))
 
 
 class WhisperRecognizer:
@@ -22,7 +36,6 @@ class WhisperRecognizer:
     def __init__(self, model, tokenizer):
         if tokenizer is None:
             raise ValueError("a Whisper recognizer needs the model's tokenizer (tokenizer.json beside the weights)")
-        # The transcript is bounded by the model's own generation config (max_length: its 448 positions).
         self.model, self.tokenizer = model.eval(), tokenizer
 
     @torch.inference_mode()
@@ -30,10 +43,12 @@ class WhisperRecognizer:
         """The greedy transcript's token ids, the decoder prompt and the end-of-text token left out."""
         config = self.model.config
         features, _ = log_mel([waveform], config.num_mel_bins, config.max_source_positions * 2)
+        budget = transcript_budget(len(waveform) / SAMPLE_RATE, config.max_target_positions)
         out = self.model.generate(
             features.to(self.model.device, self.model.dtype),
             do_sample=False,
             num_beams=1,
+            max_new_tokens=budget,
         )
         special = set(self.tokenizer.all_special_ids)
         return [i for i in out[0].tolist() if i not in special]
