@@ -43,10 +43,11 @@ def test_a_recognizer_needs_the_tokenizer():
 
 def test_a_transcript_is_bounded_by_what_the_clip_can_hold():
     budgets = [transcript_budget(s, 448) for s in (0.0, 0.5, 1, 3, 10, 30, 60, 600)]
-    assert budgets == sorted(budgets) and budgets[0] >= 1  # longer clips may say more
+    assert budgets == sorted(budgets) and budgets[0] >= 1  # longer clips may say more; a blip a word
     assert transcript_budget(3, 448) <= 50  # a looping decoder stops early on a short clip ...
-    assert transcript_budget(11, 448) >= 3 * 25  # ... while a fast talker's words all fit (jfk.wav: 25 tokens in 11 s)
-    assert max(budgets) == budgets[-2] <= 448 - 4  # the 30 s window: no more than the decoder's positions
+    assert transcript_budget(11, 448) >= 3 * 25  # ... yet a fast talker's words fit (jfk.wav: 25 in 11 s)
+    assert budgets[-3] == budgets[-2] == budgets[-1] <= 448 - 4  # the 30 s window; the prompt fits
+    assert transcript_budget(30, 100) == 100 - 4
 
 
 class _LoopingWhisper:
@@ -60,9 +61,9 @@ class _LoopingWhisper:
     def eval(self):
         return self
 
-    def generate(self, features, max_new_tokens, **_):
+    def generate(self, features, max_length, **_):
         assert features.shape == (1, 80, 3000)
-        return torch.tensor([[50257, 50362] + [1000] * max_new_tokens])
+        return torch.tensor([[1000] * max_length])  # as Whisper's: the transcript, its prompt left out
 
 
 class _Tokenizer:

@@ -22,12 +22,14 @@ from blsp_emo.audio import SAMPLE_RATE, log_mel
 # of a 3 s clip instead of at its 448 positions (docs/world.md: WER and time on (a)).
 TOKENS_PER_SECOND = 10
 SLACK_TOKENS = 10
+PROMPT_TOKENS = 4  # start of transcript, language, task, no timestamps (tiny.en uses two of them)
 
 
-def transcript_budget(seconds: float, max_positions: int, prompt_tokens: int = 4) -> int:
-    """The most new tokens a transcript of `seconds` of audio may take (the 30 s window at most)."""
-    window = max_positions - prompt_tokens
-    return max(1, min(window, math.ceil(TOKENS_PER_SECOND * min(seconds, 30.0)) + SLACK_TOKENS))
+def transcript_budget(seconds: float, max_positions: int) -> int:
+    """The most tokens a transcript of `seconds` of audio may take: Whisper reads a 30 s window at
+    most, and the decoder's positions hold its prompt too."""
+    spoken = math.ceil(TOKENS_PER_SECOND * min(max(seconds, 0.0), 30.0)) + SLACK_TOKENS
+    return min(max_positions - PROMPT_TOKENS, spoken)
 
 
 class WhisperRecognizer:
@@ -43,12 +45,14 @@ class WhisperRecognizer:
         """The greedy transcript's token ids, the decoder prompt and the end-of-text token left out."""
         config = self.model.config
         features, _ = log_mel([waveform], config.num_mel_bins, config.max_source_positions * 2)
-        budget = transcript_budget(len(waveform) / SAMPLE_RATE, config.max_target_positions)
         out = self.model.generate(
             features.to(self.model.device, self.model.dtype),
             do_sample=False,
             num_beams=1,
-            max_new_tokens=budget,
+            # Whisper's generate counts max_length over the transcript it returns (its prompt left
+            # out), as max_new_tokens would; max_new_tokens beside the config's max_length (448)
+            # logs a warning on every clip.
+            max_length=transcript_budget(len(waveform) / SAMPLE_RATE, config.max_target_positions),
         )
         special = set(self.tokenizer.all_special_ids)
         return [i for i in out[0].tolist() if i not in special]
