@@ -192,6 +192,7 @@ def _add_demo_scale(sub) -> None:
     from train import init
     from train.demo_world import (
         ablate,
+        baseline_probe,
         bases_build,
         demo,
         neural_voice,
@@ -279,6 +280,13 @@ def _add_demo_scale(sub) -> None:
             ablate.__doc__,
             ablate.add_arguments,
             ablate.run,
+        ),
+        (
+            "baseline-probe",
+            "how much a voice's other clips, as a baseline, help hear its tone (a probe, no model written)",
+            baseline_probe.__doc__,
+            baseline_probe.add_arguments,
+            baseline_probe.run,
         ),
     )
     for name, help_, doc, add_arguments, run in commands:
