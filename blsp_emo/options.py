@@ -23,6 +23,9 @@ class GenerationOptions:
     top_k: int = 0  # 0 = off
     repetition_penalty: float = 1.0
     seed: int | None = None  # None draws one; the Reply reports it so a turn can be replayed
+    # End a reply before the first sentence it says again (`decoding/repeats.py`); False decodes on
+    # to max_new_tokens as released (benchmarks that time a fixed number of tokens).
+    stop_repeats: bool = True
 
     def __post_init__(self):
         if self.max_new_tokens < 1:

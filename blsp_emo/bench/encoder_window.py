@@ -63,7 +63,9 @@ def _run(model: BlspEmoModel, tokenizer: ChatTokenizer, clip: np.ndarray, new_to
         times.append(time.perf_counter() - start)
     logits = model.speech_forward(prompt, speech, logits_to_keep=1).logits[0, -1].float()
     emotion = model.emotion_logits(speech)[0].float().softmax(-1)
-    options = GenerationOptions(max_new_tokens=new_tokens, min_new_tokens=new_tokens, greedy=True, seed=0)
+    options = GenerationOptions(
+        max_new_tokens=new_tokens, min_new_tokens=new_tokens, greedy=True, seed=0, stop_repeats=False
+    )
     reply = list(model.generate_stream(prompt, speech, options, tokenizer.stop_ids, seed=0))
     return statistics.median(times), logits, emotion, reply
 

@@ -43,7 +43,9 @@ class BenchOptions:
 
     @property
     def generation(self) -> GenerationOptions:
-        return GenerationOptions(max_new_tokens=self.new_tokens, min_new_tokens=self.new_tokens, greedy=True, seed=0)
+        return GenerationOptions(
+            max_new_tokens=self.new_tokens, min_new_tokens=self.new_tokens, greedy=True, seed=0, stop_repeats=False
+        )
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from blsp_emo.audio import AudioSource, load_audio
+from blsp_emo.decoding.repeats import cut_repeats
 from blsp_emo.options import GenerationOptions
 from blsp_emo.prompts import Turn
 
@@ -184,18 +185,26 @@ class LocalSystem(SpokenDialogueSystem):
         )
         ids: list[int] = []
         first = None
-        for token in tokens:
-            ids.append(token)
-            first = first if first is not None else time.perf_counter() - start
-            text_so_far = self.tokenizer.decode(ids)
-            if not text_so_far.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                partial = replace(
-                    partial, text=text_so_far, token_ids=tuple(ids), timings=Timings(first, time.perf_counter() - start)
-                )
-                yield partial
+        try:
+            for token in tokens:
+                ids.append(token)
+                first = first if first is not None else time.perf_counter() - start
+                text_so_far = self.tokenizer.decode(ids)
+                if text_so_far.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                    continue
+                text_so_far, repeated = cut_repeats(text_so_far) if options.stop_repeats else (text_so_far, False)
+                if len(text_so_far) >= len(partial.text):  # a stream only grows
+                    timings = Timings(first, time.perf_counter() - start)
+                    partial = replace(partial, text=text_so_far, token_ids=tuple(ids), timings=timings)
+                    yield partial
+                if repeated and len(ids) >= options.min_new_tokens:
+                    break
+        finally:  # ended at a repeat (or closed by the caller): stop the decoding underneath now
+            getattr(tokens, "close", lambda: None)()
+        text = self.tokenizer.decode(ids).strip()
         yield replace(
             partial,
-            text=self.tokenizer.decode(ids).strip(),
+            text=cut_repeats(text)[0] if options.stop_repeats else text,
             token_ids=tuple(ids),
             timings=Timings(first, time.perf_counter() - start),
             done=True,

@@ -85,7 +85,9 @@ def sample_rows(manifest: Path, n: int | None, seed: int = 0) -> list[dict]:
 
 
 def reference_replies(llm, tokenizer, rows: list[dict], batch_size: int = 16) -> list[str]:
-    """The LLM's reply to each row's true transcript, told its true emotion (cascade-ser's prompt)."""
+    """The LLM's reply to each row's true transcript, told its true emotion (cascade-ser's prompt),
+    ended at its first repeated sentence as the systems' replies are (`decoding/repeats.py`)."""
+    from blsp_emo.decoding.repeats import cut_repeats
     from blsp_emo.prompts import SYSTEM_EMPATHETIC, Turn, chat_pieces, told_emotion
     from train.teacher import continue_prompts
 
@@ -104,7 +106,7 @@ def reference_replies(llm, tokenizer, rows: list[dict], batch_size: int = 16) ->
     for i in range(0, len(todo), batch_size):
         chunk = todo[i : i + batch_size]
         memo.update(zip(chunk, (text for text, _ in continue_prompts(llm, tokenizer, [list(p) for p in chunk]))))
-    return [memo[p] for p in prompts]
+    return [cut_repeats(memo[p])[0] for p in prompts]
 
 
 def score_set(system, rows: list[dict], judge, replies: bool, references: list[str] | None, embed) -> dict:

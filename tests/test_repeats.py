@@ -1,0 +1,84 @@
+"""A reply ends before the first sentence it says again, and a stream of it only grows."""
+
+from collections.abc import Iterator
+
+import pytest
+
+from blsp_emo.decoding.repeats import cut_repeats
+from blsp_emo.options import GenerationOptions
+from blsp_emo.prompts import Turn
+from blsp_emo.systems.base import Heard, LocalSystem
+
+LOOP = "I'm sorry for your loss. I'm here for you. I'm sorry for your loss. I'm sorry for your loss."
+TEXTS = [
+    LOOP,
+    "It costs 3.5 dollars. It costs 3.5 dollars!",
+    "Hi. hi! There. Hi",
+    "One. Two... One. Two.",
+    "No repeats here. None at all.",
+    "🌟🌟🌟🌟",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_the_cut_is_a_prefix_that_repeats_no_sentence(text):
+    kept, _ = cut_repeats(text)
+    assert text.startswith(kept) and cut_repeats(kept) == (kept, False)  # nothing left to cut
+    sentences = [" ".join(s.lower().split()).rstrip(".!?…") for s in kept.replace("!", ".").split(". ")]
+    assert len(sentences) == len(set(sentences))
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_a_growing_reply_shows_a_growing_cut_and_ends_as_the_whole_is_cut(text):
+    shown = [cut_repeats(text[:i])[0] for i in range(len(text) + 1)]
+    assert all(later.startswith(earlier.rstrip()) for earlier, later in zip(shown, shown[1:]))  # spaces aside
+    assert shown[-1] == cut_repeats(text)[0]
+
+
+def test_what_is_cut_and_what_is_kept():
+    assert cut_repeats(LOOP) == ("I'm sorry for your loss. I'm here for you.", True)
+    assert cut_repeats("Yes. No. Yes.") == ("Yes. No.", False)  # the last sentence, not yet a whole repeat
+    assert cut_repeats("I'm sorry for your loss. I")[0] == "I'm sorry for your loss."  # held back: it may repeat
+    assert cut_repeats("I'm sorry for your loss. I'm glad")[0].endswith("I'm glad")  # it did not: shown
+    assert cut_repeats("It costs 3.5 dollars. It is 3.5 dollars.")[1] is False  # a decimal point ends nothing
+
+
+class LoopingSystem(LocalSystem):
+    """Replies with LOOP's tokens over and over; counts what it decoded and whether it was stopped."""
+
+    name, description, window_seconds = "looping", "a model stuck in a loop", 30.0
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.decoded, self.closed = tokenizer, 0, False
+
+    def _answer(self, turn: Turn, history, options, seed) -> tuple[Heard, Iterator[int]]:
+        ids = self.tokenizer.encode(" " + LOOP)
+
+        def tokens():
+            try:
+                for i in range(options.max_new_tokens):
+                    self.decoded += 1
+                    yield ids[i % len(ids)]
+            finally:
+                self.closed = True
+
+        return Heard(), tokens()
+
+
+def test_a_looping_model_is_stopped_at_its_first_repeat(tokenizer):
+    system = LoopingSystem(tokenizer)
+    replies = list(system.stream(text="hello", options=GenerationOptions(max_new_tokens=200, greedy=True)))
+    assert replies[-1].done and replies[-1].text == "I'm sorry for your loss. I'm here for you."
+    upto_repeat = len(tokenizer.encode(" I'm sorry for your loss. I'm here for you. I'm sorry for your loss. I"))
+    assert system.closed and system.decoded <= upto_repeat + 2  # the decoding underneath stopped there
+    texts = [r.text for r in replies]
+    assert all(later.strip().startswith(earlier.strip()) for earlier, later in zip(texts, texts[1:]))
+    assert all("loss. I'm sorry" not in t for t in texts)  # the repeat was never shown
+
+
+def test_stop_repeats_off_decodes_to_max_new_tokens(tokenizer):
+    system = LoopingSystem(tokenizer)
+    options = GenerationOptions(max_new_tokens=60, greedy=True, stop_repeats=False)
+    reply = list(system.stream(text="hello", options=options))[-1]
+    assert system.decoded == 60 and reply.text.count("I'm sorry for your loss.") >= 2
