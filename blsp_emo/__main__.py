@@ -25,6 +25,11 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=GenerationOptions.temperature)
     p.add_argument("--top-p", type=float, default=GenerationOptions.top_p)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--keep-repeats",
+        action="store_true",
+        help="decode on past a repeated sentence to max-new-tokens, as the released demo does",
+    )
 
 
 def _options(args) -> GenerationOptions:
@@ -34,6 +39,7 @@ def _options(args) -> GenerationOptions:
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
+        stop_repeats=not args.keep_repeats,
     )
 
 

@@ -82,3 +82,12 @@ def test_stop_repeats_off_decodes_to_max_new_tokens(tokenizer):
     options = GenerationOptions(max_new_tokens=60, greedy=True, stop_repeats=False)
     reply = list(system.stream(text="hello", options=options))[-1]
     assert system.decoded == 60 and reply.text.count("I'm sorry for your loss.") >= 2
+
+
+def test_the_command_line_keeps_repeats_only_when_asked():
+    from blsp_emo.__main__ import _options, build_parser
+
+    parse = build_parser().parse_args
+    assert _options(parse(["respond", "clip.wav"])).stop_repeats
+    assert not _options(parse(["respond", "clip.wav", "--keep-repeats"])).stop_repeats
+    assert not _options(parse(["chat", "--keep-repeats"])).stop_repeats
