@@ -16,7 +16,9 @@ TEXTS = [
     "Hi. hi! There. Hi",
     "One. Two... One. Two.",
     "No repeats here. None at all.",
-    "🌟🌟🌟🌟",
+    "🌟🌟🌟🌟🌟🌟",
+    "Great!!!! Really?",
+    "Wait.... what ---- ok",
     "",
 ]
 
@@ -42,6 +44,8 @@ def test_what_is_cut_and_what_is_kept():
     assert cut_repeats("I'm sorry for your loss. I")[0] == "I'm sorry for your loss."  # held back: it may repeat
     assert cut_repeats("I'm sorry for your loss. I'm glad")[0].endswith("I'm glad")  # it did not: shown
     assert cut_repeats("It costs 3.5 dollars. It is 3.5 dollars.")[1] is False  # a decimal point ends nothing
+    assert cut_repeats("Happy birthday 🌟🌟🌟🌟🌟🌟") == ("Happy birthday 🌟🌟🌟", True)  # a symbol's loop
+    assert cut_repeats("Wow!!! Wait.... what ---- ok") == ("Wow!!! Wait.... what ---- ok", False)
 
 
 class LoopingSystem(LocalSystem):
