@@ -48,6 +48,24 @@ def test_a_voices_baseline_separates_tone_from_a_pitch_no_training_voice_had(tmp
     assert "prosody" in capsys.readouterr().out
 
 
+def test_with_a_model_the_heads_input_is_probed_too(tmp_path, model_dir, monkeypatch):
+    import blsp_emo.model.checkpoint as checkpoint
+
+    loads = []
+    load_model = checkpoint.load_model
+    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: loads.append(a) or load_model(*a, **k))
+    rng = np.random.default_rng(1)
+    train = _manifest(tmp_path / "train", {"low": 100.0, "high": 210.0}, rng)
+    held_out = _manifest(tmp_path / "eval", {"a": 150.0}, rng)
+    out = tmp_path / "probe.json"
+    args = ["baseline-probe", "--train", train, "--eval", held_out, "--eval", held_out, "--turns", "0"]
+    assert train_main([*args, "--model", str(model_dir), "--out", str(out)]) == 0
+    assert len(loads) == 1  # one model for every manifest
+    results = json.loads(out.read_text())["results"]
+    assert {r["features"] for r in results} == {"prosody", "adapter", "prosody+adapter"}
+    assert all(0 <= r["accuracy"] <= 1 and r["n"] == 6 for r in results)
+
+
 def test_the_baseline_is_the_voices_other_clips_only():
     features = np.array([[1.0], [3.0], [5.0], [100.0]])
     clips = Clips(features, np.zeros(4, int), np.array(["v", "v", "v", "w"]))
@@ -70,3 +88,15 @@ def test_bad_options_name_the_value(tmp_path, capsys):
     manifest.write_text(json.dumps({"audio": "x.wav", "emotion": "sad"}) + "\n")
     assert train_main(["baseline-probe", "--train", str(manifest), "--eval", str(manifest)]) == 2
     assert "m.jsonl:1: needs an `emotion` and a `voice`" in capsys.readouterr().err
+    manifest.write_text("")
+    assert train_main(["baseline-probe", "--train", str(manifest), "--eval", str(manifest)]) == 2
+    assert "has no rows" in capsys.readouterr().err
+    (tmp_path / "x.wav").write_bytes(b"RIFF not really a wave file")  # corrupt
+    manifest.write_text(json.dumps({"audio": "x.wav", "emotion": "sad", "voice": "v"}) + "\n")
+    assert train_main(["baseline-probe", "--train", str(manifest), "--eval", str(manifest)]) == 2
+    assert "x.wav" in capsys.readouterr().err
+    sf.write(
+        tmp_path / "x.wav", np.zeros(RATE, np.float32) + 0.01 * np.random.default_rng(0).standard_normal(RATE), RATE
+    )
+    assert train_main(["baseline-probe", "--train", str(manifest), "--eval", str(manifest)]) == 2
+    assert "no clip of the set has a voiced frame" in capsys.readouterr().err

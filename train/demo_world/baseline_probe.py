@@ -67,48 +67,50 @@ def manifest_rows(path: Path, every: int = 1) -> list[dict]:
         if not voice or not row.emotion:
             raise ValueError(f"{row.where}: needs an `emotion` and a `voice` (or `speaker`): the baseline is per voice")
         rows.append({"audio": row.fields["audio"], "emotion": row.emotion, "voice": voice})
+    if not rows:
+        raise ValueError(f"{path} has no rows: the probe needs clips with an emotion and a voice")
     return rows
 
 
-def prosody_features(rows: list[dict]) -> np.ndarray:
-    from blsp_emo.audio import SAMPLE_RATE, load_audio
+def prosody_features(wave: np.ndarray) -> list[float]:
+    """Praat's readings of one clip (`PROSODY`); NaN where it has none (unvoiced, silent)."""
+    from blsp_emo.audio import SAMPLE_RATE
     from blsp_emo.prosody_reading import read_prosody
 
-    out = []
-    for row in rows:
-        r = read_prosody(SAMPLE_RATE, load_audio(row["audio"]))
-        pitch = np.log(r.median_pitch_hz) if r.median_pitch_hz else np.nan  # unvoiced: filled below
-        loud = r.loudness_db if np.isfinite(r.loudness_db) else np.nan
-        out.append([pitch, r.pitch_range_st or 0.0, loud, r.speaking_rate, np.log(max(r.duration_s, 1e-3))])
-    features = np.asarray(out, dtype=np.float64)
-    return np.where(np.isnan(features), np.nanmedian(features, axis=0), features)
+    r = read_prosody(SAMPLE_RATE, wave)
+    pitch = np.log(r.median_pitch_hz) if r.median_pitch_hz else np.nan
+    loud = r.loudness_db if np.isfinite(r.loudness_db) else np.nan
+    return [pitch, r.pitch_range_st or 0.0, loud, r.speaking_rate, np.log(max(r.duration_s, 1e-3))]
 
 
-def adapter_features(rows: list[dict], model_dir: Path, batch: int = 16) -> np.ndarray:
-    """What the emotion head reads: the adapter's output, mean-pooled over the clip."""
-    from blsp_emo.audio import load_audio
-    from blsp_emo.model.checkpoint import load_model
+def adapter_features(model, waves: list[np.ndarray]) -> np.ndarray:
+    """What the emotion head reads: the adapter's output, mean-pooled over each clip."""
     from blsp_emo.model.model import masked_mean
     from blsp_emo.model.processor import clip_features
 
-    model, _ = load_model(str(model_dir))
-    model.eval()
-    out = []
+    features, counts = clip_features(waves, model.config)
+    with torch.inference_mode():
+        speech = model.encode_speech(features, counts)
+        return masked_mean(speech.embeds, speech.lengths).float().numpy().astype(np.float64)
+
+
+def read_clips(rows: list[dict], model=None, batch: int = 16) -> Clips:
+    """Each clip decoded once, a batch at a time: its prosody readings, and with `model` the
+    emotion head's input beside them."""
+    from blsp_emo.audio import load_audio
+
+    parts = []
     for i in range(0, len(rows), batch):
         waves = [load_audio(r["audio"]) for r in rows[i : i + batch]]
-        features, counts = clip_features(waves, model.config)
-        with torch.inference_mode():
-            speech = model.encode_speech(features, counts)
-            out.append(masked_mean(speech.embeds, speech.lengths).float().numpy())
-    return np.concatenate(out).astype(np.float64)
-
-
-def read_clips(rows: list[dict], model_dir: Path | None) -> Clips:
-    parts = [prosody_features(rows)]
-    if model_dir is not None:
-        parts.append(adapter_features(rows, model_dir))
+        prosody = np.asarray([prosody_features(w) for w in waves], dtype=np.float64)
+        parts.append(prosody if model is None else np.concatenate([prosody, adapter_features(model, waves)], axis=1))
+    features = np.concatenate(parts)
+    if np.isnan(features).all(axis=0).any():
+        raise ValueError("no clip of the set has a voiced frame: Praat reads no pitch in any of them")
+    # A reading a clip lacks (no voiced frame) is the set's median: the clip says nothing there.
+    features = np.where(np.isnan(features), np.nanmedian(features, axis=0), features)
     return Clips(
-        np.concatenate(parts, axis=1),
+        features,
         np.array([EMOTIONS.index(r["emotion"]) for r in rows]),
         np.array([r["voice"] for r in rows]),
     )
@@ -171,7 +173,11 @@ def subset(clips: Clips, columns: slice) -> Clips:
 
 def run(args: argparse.Namespace) -> int:
     turns = parse_turns(args.turns)
-    model = Path(args.model) if args.model else None
+    model = None
+    if args.model:  # loaded once, for every manifest
+        from blsp_emo.model.checkpoint import load_model
+
+        model = load_model(args.model)[0].eval()
     train = read_clips(manifest_rows(Path(args.train), args.every), model)
     evals = {str(p): read_clips(manifest_rows(Path(p)), model) for p in args.eval}
     groups = {"prosody": slice(0, len(PROSODY))}
