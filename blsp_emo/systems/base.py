@@ -189,9 +189,7 @@ class LocalSystem(SpokenDialogueSystem):
             for token in tokens:
                 ids.append(token)
                 first = first if first is not None else time.perf_counter() - start
-                text_so_far = self.tokenizer.decode(ids)
-                if text_so_far.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                    continue
+                text_so_far = self.tokenizer.decode(ids)  # holds back a character not yet whole
                 text_so_far, repeated = cut_repeats(text_so_far) if options.stop_repeats else (text_so_far, False)
                 if len(text_so_far) >= len(partial.text):  # a stream only grows
                     timings = Timings(first, time.perf_counter() - start)
