@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ from train.clean import RULES, clean
 from train.data import Collator, DataLimits, ManifestDataset
 from train.loop import RunConfig
 from train.schedule import lr_factor
-from train.stages import STAGES, Stage, apply_stage, init_model, with_encoder
+from train.stages import STAGES, Stage, apply_stage, init_model, parameter_groups, with_encoder
 from train.teacher import Shard, generate_teacher_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -551,6 +552,38 @@ def test_apply_stage_freezes_everything_else(tokenizer):
     no_lora, _ = tiny.model(lora_rank=0, tok=tokenizer)
     with pytest.raises(ValueError, match="trains 'lora' but the model has none"):
         apply_stage(no_lora, STAGES["stage2"])
+
+
+def test_a_stage_can_train_only_the_encoders_top_layers_at_their_own_rate(tokenizer):
+    model, _ = tiny.model(lora_rank=4, tok=tokenizer)
+    stage = with_encoder(STAGES["stage2"], layers=1, lr=1e-4)
+    params = apply_stage(model, stage)
+    top, last = len(model.encoder.layers) - 1, model.encoder.layers[-1]
+    learning = {n for n, p in model.encoder.named_parameters() if p.requires_grad}
+    assert learning == {f"layers.{top}.{n}" for n, _ in last.named_parameters()} | {
+        "layer_norm.weight",
+        "layer_norm.bias",
+    }
+    groups = parameter_groups(model, stage, params)
+    encoder = {id(p) for p in model.encoder.parameters()}
+    assert [g.get("lr") for g in groups] == [None, 1e-4]
+    assert all(id(p) not in encoder for p in groups[0]["params"]) and all(id(p) in encoder for p in groups[1]["params"])
+    assert sum(len(g["params"]) for g in groups) == len(params)
+    assert len(parameter_groups(model, with_encoder(STAGES["stage2"]), params)) == 1  # one rate: one group
+
+    with pytest.raises(ValueError, match="encoder_layers=3 but the encoder has 2 layers"):
+        apply_stage(model, with_encoder(STAGES["stage2"], layers=3))
+    with pytest.raises(ValueError, match="add it with `with_encoder`"):
+        replace(STAGES["stage2"], encoder_layers=2)
+    with pytest.raises(ValueError, match="encoder_layers must be >= 1"):
+        with_encoder(STAGES["stage2"], layers=0)
+
+
+def test_encoder_options_without_unfreeze_encoder_are_refused(work, capsys):
+    out = work / "refused"
+    argv = ["stage2", "--manifest", str(work / "ser.jsonl"), "--init", str(work / "init"), "--output", str(out)]
+    assert main([*argv, "--encoder-layers", "2"]) == 2
+    assert "add --unfreeze-encoder" in capsys.readouterr().err and not out.exists()
 
 
 def test_init_model_adds_a_fresh_lora_and_keeps_every_stage1_tensor(work):

@@ -83,7 +83,11 @@ def _stage(args) -> Stage:
         if getattr(args, field) is not None
     }
     stage = replace(STAGES[args.command], **overrides)
-    return with_encoder(stage) if getattr(args, "unfreeze_encoder", False) else stage
+    if not getattr(args, "unfreeze_encoder", False):
+        if getattr(args, "encoder_layers", None) is not None or getattr(args, "encoder_lr", None) is not None:
+            raise ValueError("--encoder-layers and --encoder-lr set how the encoder trains: add --unfreeze-encoder")
+        return stage
+    return with_encoder(stage, args.encoder_layers, args.encoder_lr)
 
 
 def _default_device() -> str:
@@ -163,6 +167,10 @@ def _add_stage(sub, stage: Stage) -> None:
             action="store_true",
             help="also train the Whisper encoder, as the paper's figure shows; the released script keeps it frozen (default)",
         )
+        numbers.add_argument(
+            "--encoder-layers", type=int, help="with --unfreeze-encoder: train only its top N layers and final norm"
+        )
+        numbers.add_argument("--encoder-lr", type=float, help="with --unfreeze-encoder: its own learning rate")
     run = p.add_argument_group("run")
     run.add_argument("--save-steps", type=int, help=f"checkpoint every N steps (default {stage.save_steps})")
     run.add_argument("--save-total-limit", type=int, default=1, help="checkpoints kept")

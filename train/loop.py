@@ -33,7 +33,7 @@ from blsp_emo.model.checkpoint import save_model
 from train.data import REASONS, Batch, Collator, DataLimits, DataReport, ManifestDataset
 from train.manifest import TEACHER_KEYS, count_rows
 from train.schedule import WARMUP_TYPES, warmup_decay
-from train.stages import Stage, apply_stage, init_model, trainable_summary
+from train.stages import Stage, apply_stage, init_model, parameter_groups, trainable_summary
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # AdamW defaults the released runs inherited (docs/paper.md §4)
 
@@ -124,7 +124,9 @@ def train(stage: Stage, run: RunConfig) -> Path:
         generator=torch.Generator(),
     )
     total = run.max_steps or _epoch_steps(rows, stage, accelerator.num_processes)
-    optimizer = torch.optim.AdamW(params, lr=stage.lr, betas=BETAS, eps=EPS, weight_decay=stage.weight_decay)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, stage, params), lr=stage.lr, betas=BETAS, eps=EPS, weight_decay=stage.weight_decay
+    )
     if accelerator.state.deepspeed_plugin is not None:  # the loader is not prepared, so say it here
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = stage.batch_size
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -50,6 +50,11 @@ class Stage:
     weight_decay: float = 0.05
     max_grad_norm: float = 1.0
     seed: int = 1
+    # With "encoder" trainable: only its top N layers and its final norm learn (None: all of it), at
+    # their own rate (None: `lr`). A pretrained encoder's top layers are where tone is read and
+    # the bundle stores only what changed; a rate fit for a fresh adapter would undo its training.
+    encoder_layers: int | None = None
+    encoder_lr: float | None = None
 
     def __post_init__(self):
         unknown = set(self.trainable) - set(PARTS)
@@ -63,6 +68,15 @@ class Stage:
         for field in ("lr", "batch_size", "grad_accum", "epochs", "save_steps"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"stage {self.name}: {field} must be > 0, got {getattr(self, field)}")
+        if (self.encoder_layers is not None or self.encoder_lr is not None) and "encoder" not in self.trainable:
+            raise ValueError(
+                f"stage {self.name}: encoder_layers/encoder_lr apply to a trainable encoder; add it with `with_encoder`"
+            )
+        if (self.encoder_layers is not None and self.encoder_layers < 1) or (self.encoder_lr or 1) <= 0:
+            raise ValueError(
+                f"stage {self.name}: encoder_layers must be >= 1 and encoder_lr > 0; "
+                f"got {self.encoder_layers}, {self.encoder_lr}"
+            )
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.max_grad_norm <= 0:
             raise ValueError(
                 f"stage {self.name}: need warmup_steps >= 0, weight_decay >= 0, max_grad_norm > 0; got "
@@ -118,9 +132,24 @@ STAGES: dict[str, Stage] = {
 }
 
 
-def with_encoder(stage: Stage) -> Stage:
-    """The stage with the Whisper encoder trainable too (the paper's figure for stage 2)."""
-    return replace(stage, trainable=stage.trainable | {"encoder"})
+def with_encoder(stage: Stage, layers: int | None = None, lr: float | None = None) -> Stage:
+    """The stage with the Whisper encoder trainable too (the paper's figure for stage 2): its top
+    `layers` layers and final norm (all of it when None), at rate `lr` (the stage's when None)."""
+    return replace(stage, trainable=stage.trainable | {"encoder"}, encoder_layers=layers, encoder_lr=lr)
+
+
+def _encoder_parameters(model: BlspEmoModel, stage: Stage) -> list[nn.Parameter]:
+    """The encoder parameters `stage` trains: all of them, or its top layers and final norm."""
+    if stage.encoder_layers is None:
+        return list(model.encoder.parameters())
+    layers = model.encoder.layers
+    if stage.encoder_layers > len(layers):
+        raise ValueError(
+            f"stage {stage.name}: encoder_layers={stage.encoder_layers} but the encoder has {len(layers)} layers; "
+            f"pass at most {len(layers)}"
+        )
+    top = layers[len(layers) - stage.encoder_layers :]
+    return [p for layer in top for p in layer.parameters()] + list(model.encoder.layer_norm.parameters())
 
 
 def apply_stage(model: BlspEmoModel, stage: Stage) -> list[nn.Parameter]:
@@ -137,12 +166,30 @@ def apply_stage(model: BlspEmoModel, stage: Stage) -> list[nn.Parameter]:
                 f"stage {stage.name} trains {part!r} but the model has none (lora_rank={model.config.lora_rank}); "
                 "start from a model built with it, e.g. `init_model(..., lora_rank=16)`"
             )
-        module.requires_grad_(True)
+        if part == "encoder":
+            for p in _encoder_parameters(model, stage):
+                p.requires_grad_(True)
+        else:
+            module.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def parameter_groups(model: BlspEmoModel, stage: Stage, params: list[nn.Parameter]) -> list[dict]:
+    """The optimizer's groups: one, or two when the encoder learns at its own rate."""
+    if stage.encoder_lr is None:
+        return [{"params": params}]
+    encoder = {id(p) for p in model.encoder.parameters()}
+    return [
+        {"params": [p for p in params if id(p) not in encoder]},
+        {"params": [p for p in params if id(p) in encoder], "lr": stage.encoder_lr},
+    ]
+
+
 def trainable_summary(model: BlspEmoModel, stage: Stage) -> str:
-    counts = {part: sum(p.numel() for p in getattr(model, part).parameters()) for part in sorted(stage.trainable)}
+    counts = {
+        part: sum(p.numel() for p in getattr(model, part).parameters() if p.requires_grad)
+        for part in sorted(stage.trainable)
+    }
     return ", ".join(f"{part} {n / 1e6:.2f}M" for part, n in counts.items())
 
 
