@@ -110,3 +110,48 @@ def test_a_file_missing_trained_tensors_is_refused(composite, tmp_path):
     save_file({k: v for k, v in state.items() if not k.startswith("emotion_head")}, str(tmp_path / "m" / TRAINED_FILE))
     with pytest.raises(TrainedPartsError, match="lacks trained tensors"):
         load_on_bases(tmp_path / "m")
+
+
+def test_eight_bit_rows_are_within_half_a_step_and_an_all_zero_row_stays_zero():
+    from blsp_emo.model.on_bases import dequantize, quantize
+
+    torch.manual_seed(0)
+    weight = torch.randn(6, 5, 3) * torch.logspace(-4, 0, 6)[:, None, None]  # rows of very different sizes
+    weight[2] = 0
+    values, scale = quantize(weight)
+    assert values.dtype == torch.int8 and scale.shape == (6,)
+    back = dequantize(values, scale)
+    step = scale[:, None, None]
+    assert torch.all((back - weight).abs() <= step / 2 + 1e-12)
+    assert torch.equal(back[2], torch.zeros_like(back[2]))
+    assert torch.equal(values.reshape(6, -1).abs().amax(dim=1)[[0, 1, 3, 4, 5]], torch.full((5,), 127, dtype=torch.int8))
+
+
+def test_a_model_stored_in_eight_bits_is_smaller_and_answers_as_it_did(composite, tmp_path):
+    model, tokenizer = composite
+    half = save_on_bases(model, tokenizer, tmp_path / "half")
+    eight = save_on_bases(model, tokenizer, tmp_path / "eight", bits=8)
+    assert eight["bytes"] < 0.75 * half["bytes"]
+    with safe_open(str(tmp_path / "eight" / TRAINED_FILE), "pt") as f:
+        assert f.metadata()["bits"] == "8"
+        dtypes = {n: f.get_tensor(n).dtype for n in f.keys()}
+    assert torch.int8 in dtypes.values() and torch.float16 in dtypes.values()  # big matrices / the rest
+
+    again, _ = load_model(str(tmp_path / "eight"))
+    (a, ea), (b, eb) = logits(model, tokenizer), logits(again, tokenizer)
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9 and torch.allclose(ea, eb, atol=0.05)
+    assert torch.equal(ea.argmax(-1), eb.argmax(-1))
+    with pytest.raises(ValueError, match="bits must be 8 or 16"):
+        save_on_bases(model, tokenizer, tmp_path / "four", bits=4)
+
+
+def test_an_eight_bit_tensor_without_its_scales_is_refused_by_name(composite, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, tokenizer = composite
+    save_on_bases(model, tokenizer, tmp_path / "m", bits=8)
+    state = load_file(str(tmp_path / "m" / TRAINED_FILE))
+    scale = next(k for k in state if k.endswith(".int8_row_scale"))
+    save_file({k: v for k, v in state.items() if k != scale}, str(tmp_path / "m" / TRAINED_FILE))
+    with pytest.raises(CorruptWeightsError, match="has no row scales"):
+        load_on_bases(tmp_path / "m")

@@ -2,7 +2,7 @@
 
 A BLSP-Emo model on Whisper tiny.en and SmolLM2 is 153 M parameters, of which training changes the
 adapter, the LoRA and the emotion head: about 10 M. The folder keeps only those tensors
-(`trained.safetensors`, half precision) beside `config.json`, whose `bases` record each base's
+(`trained.safetensors`, half precision, or 8 bits a weight) beside `config.json`, whose `bases` record each base's
 source and SHA-256 (`blsp_emo.bases.sources`). Loading converts or finds the bases in the cache,
 refuses a base with another hash, builds the composite on them and lays the stored tensors over it.
 
@@ -27,6 +27,10 @@ from blsp_emo.model.tokenizer import ChatTokenizer
 TRAINED_FILE = "trained.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 STORED_DTYPE = torch.float16  # trained parts are small numbers; fp16 keeps 10 mantissa bits (bf16: 7)
+# In 8 bits, a matrix is stored as int8 with one float32 scale per output row (absmax / 127), under
+# its own name and this suffix; vectors and small tensors stay in half precision.
+SCALE_SUFFIX = ".int8_row_scale"
+MIN_QUANTIZED = 4096  # elements: below this the scales would cost more than the bits save
 
 
 class TrainedPartsError(ValueError):
@@ -62,16 +66,38 @@ def base_modules(encoder_source: str, encoder_sha: str, llm_source: str, llm_sha
 
 
 def read_changes(path: Path) -> dict[str, torch.Tensor]:
+    """The stored tensors, 8-bit matrices already turned back into float32."""
     from safetensors import SafetensorError
 
     from blsp_emo.model.weights import CorruptWeightsError
 
     try:
-        return load_file(str(path))
+        stored = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise CorruptWeightsError(
             f"{path} is damaged ({e}); rebuild it with `python -m train demo`, or copy it again"
         ) from e
+    for name in [k for k, v in stored.items() if v.dtype == torch.int8]:
+        scale = stored.pop(name + SCALE_SUFFIX, None)
+        if scale is None or scale.shape != stored[name].shape[:1]:
+            raise CorruptWeightsError(
+                f"{path}: 8-bit tensor {name} has no row scales; rebuild it with `python -m train demo`"
+            )
+        stored[name] = dequantize(stored[name], scale)
+    return stored
+
+
+def quantize(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 values and float32 per-row scales (rows along dim 0) with values ~= int8 * scale."""
+    rows = tensor.detach().float().reshape(tensor.shape[0], -1)
+    scale = rows.abs().amax(dim=1) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row stays zero
+    values = torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return values.reshape(tensor.shape).contiguous(), scale.contiguous()
+
+
+def dequantize(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (values.float().reshape(values.shape[0], -1) * scale[:, None]).reshape(values.shape)
 
 
 def _bases(config: BlspEmoConfig, folder: Path):
@@ -94,24 +120,33 @@ def reference_state(config: BlspEmoConfig, folder: Path) -> dict[str, torch.Tens
     }
 
 
-def save_changes(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], folder: Path) -> dict:
-    """Write the tensors of `state` that `reference` lacks or holds with other values, in half precision."""
+def save_changes(
+    state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], folder: Path, bits: int = 16
+) -> dict:
+    """Write the tensors of `state` that `reference` lacks or holds with other values, in half
+    precision, or with `bits=8` their matrices in 8 bits (`quantize`)."""
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits}")
     changed = {
         k: v.detach().to("cpu", STORED_DTYPE).contiguous()
         for k, v in state.items()
         if k not in reference or not torch.equal(v.detach().cpu(), reference[k])
     }
+    if bits == 8:
+        for name in [k for k, v in changed.items() if v.dim() >= 2 and v.numel() >= MIN_QUANTIZED]:
+            changed[name], changed[name + SCALE_SUFFIX] = quantize(state[name])
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(changed, str(folder / TRAINED_FILE), metadata={"format": "pt"})
+    save_file(changed, str(folder / TRAINED_FILE), metadata={"format": "pt", "bits": str(bits)})
     return {"tensors": len(changed), "bytes": (folder / TRAINED_FILE).stat().st_size}
 
 
-def save_on_bases(model: BlspEmoModel, tokenizer: ChatTokenizer, folder: str | Path) -> dict:
-    """Write `model` as its changes over its bases; returns what was stored (tensors, bytes). The
+def save_on_bases(model: BlspEmoModel, tokenizer: ChatTokenizer, folder: str | Path, bits: int = 16) -> dict:
+    """Write `model` as its changes over its bases, in `bits` (`save_changes`); returns what was
+    stored (tensors, bytes). The
     tokenizer is the LLM base's unless training changed it, and then only is it written (3.5 MB a
     model for SmolLM2's: the bundle holds what training made, nothing the base already has)."""
     folder = Path(folder)
-    stored = save_changes(model.state_dict(), reference_state(model.config, folder), folder)
+    stored = save_changes(model.state_dict(), reference_state(model.config, folder), folder, bits)
     model.config.save_pretrained(str(folder))
     if not same_tokenizer(tokenizer, _bases(model.config, folder)[2]):
         tokenizer.save_pretrained(folder)
