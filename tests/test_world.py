@@ -77,6 +77,20 @@ def test_the_world_builds_on_given_bases_and_resumes(bases, tmp_path, monkeypatc
     )
     assert results == report["results"] and not [line for line in lines if line.startswith("[world]")]
 
+    # A changed blsp-emo (here its calibration) is scored anew, alone, against the kept references.
+    from train.demo_world import world_eval
+
+    calibration["temperature"] *= 2
+    Path("bundle/blsp-emo/calibration.json").write_text(json.dumps(calibration))
+    lines.clear()
+    monkeypatch.setattr(world_eval, "reference_replies", lambda *a, **k: pytest.fail("references made again"))
+    evaluate_bundle(Path("bundle"), sets, judge, scale.eval_clips, log=lines.append, keep=work / "eval_results")
+    rescored = [line for line in lines if line.startswith("[world]")]
+    assert rescored and all(line.startswith("[world] blsp-emo on ") for line in rescored)
+    monkeypatch.undo()
+    monkeypatch.setenv("BLSP_EMO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+
     # A rerun finds every step done; only the recording step looks (and keeps every clip).
     lines.clear()
     again = build_world(work, scale, str(bases / "whisper"), str(bases / "llm"), log=lines.append)
@@ -174,3 +188,43 @@ def test_a_build_told_to_stop_before_a_step_stops_there_and_runs_it_once_it_is_d
     (tmp_path / "stage1").mkdir()  # made elsewhere (a GPU): the build goes on past it
     assert build.step("stage1", tmp_path / "stage1", lambda out: made.append(out.mkdir())) == tmp_path / "stage1"
     assert len(made) == 1
+
+
+def test_a_systems_kept_rows_depend_on_its_own_files_of_the_bundle_only(tmp_path):
+    from train.demo_world.world_eval import SYSTEM_FILES, system_digest
+
+    files = {
+        "blsp-emo/trained.safetensors": "a",
+        "blsp-emo/config.json": "b",
+        "blsp/trained.safetensors": "c",
+        "ser/trained.safetensors": "d",
+        "bundle.json": "e",
+        "tone_judge.json": "f",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+
+    def digests():
+        return {system: system_digest(tmp_path, system, None, 0) for system in SYSTEM_FILES}
+
+    before = digests()
+    assert len(set(before.values())) == len(before)  # each system its own name
+    assert system_digest(tmp_path, "blsp-emo", 10, 0) != before["blsp-emo"]  # other settings
+    changes = {  # a changed file -> the systems whose rows it invalidates
+        "blsp-emo/trained.safetensors": {"blsp-emo"},  # the cascades run its LLM with the LoRA out of scope
+        "blsp-emo/config.json": {"blsp-emo", "cascade", "cascade-ser"},
+        "blsp/trained.safetensors": {"blsp"},
+        "ser/trained.safetensors": {"cascade-ser"},
+        "bundle.json": set(SYSTEM_FILES),
+        "tone_judge.json": set(SYSTEM_FILES),
+    }
+    for name, touched in changes.items():
+        (tmp_path / name).write_text(files[name] + "changed")
+        after = digests()
+        assert {s for s in after if after[s] != before[s]} == touched, name
+        (tmp_path / name).write_text(files[name])
+    assert digests() == before
+    # A file a system reads that is new to the bundle (calibration, say) counts as a change.
+    (tmp_path / "blsp-emo" / "calibration.json").write_text("{}")
+    assert digests()["blsp-emo"] != before["blsp-emo"]

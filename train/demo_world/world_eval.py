@@ -140,16 +140,31 @@ def sentence_embedder():
 # --- the whole evaluation ---------------------------------------------------------------------------
 
 
-def bundle_digest(bundle: Path, *settings) -> str:
-    """A name for what a result depends on: every file of the bundle's models and the judge, and
-    `settings` (clips per set, seed). A result kept under another digest is never reused."""
+# The bundle files each system's answers depend on (globs under the bundle), beside `bundle.json`
+# and the judge. The cascades run the LLM that blsp-emo's config names with its LoRA out of scope
+# (a text turn has no speech positions, so the delta is not computed): they read that config, not
+# blsp-emo's trained tensors, and a rebuilt stage 2 leaves their rows standing.
+SYSTEM_FILES = {
+    "blsp-emo": ("blsp-emo/*",),
+    "blsp": ("blsp/*",),
+    "cascade": ("blsp-emo/config.json",),
+    "cascade-ser": ("blsp-emo/config.json", "ser/*"),
+    "references": ("blsp-emo/config.json",),  # the LLM's replies to the true transcripts
+}
+
+
+def system_digest(bundle: Path, system: str, *settings) -> str:
+    """A name for what one system's results depend on: its files of the bundle (every model's, for a
+    system not in `SYSTEM_FILES`), `bundle.json`, the judge, and `settings` (clips per set, seed).
+    A result kept under another digest is never reused."""
     import hashlib
 
-    digest = hashlib.sha256(repr(settings).encode())
-    files = [p for part in ("blsp-emo", "blsp", "ser") for p in sorted((bundle / part).glob("*"))]
+    digest = hashlib.sha256(repr((system, *settings)).encode())
+    globs = SYSTEM_FILES.get(system, ("blsp-emo/*", "blsp/*", "ser/*"))
+    files = [p for pattern in globs for p in sorted(bundle.glob(pattern))]
     for path in [*files, bundle / "bundle.json", bundle / "tone_judge.json"]:
         if path.is_file():
-            digest.update(path.name.encode() + path.read_bytes())
+            digest.update(str(path.relative_to(bundle)).encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -164,7 +179,6 @@ def evaluate_bundle(
     embed = sentence_embedder()
     systems = {name: load_system(name, model=bundle) for name in available_systems()}
     llm_owner = systems["blsp-emo"]
-    kept = keep / bundle_digest(bundle, per_set, seed) if keep is not None else None
     results, heard = [], {}
     for s in sets:
         rows = sample_rows(s.manifest, per_set, seed)
@@ -174,13 +188,13 @@ def evaluate_bundle(
                 # A changed level, noise or rate tests what a system hears in the tone; the two that
                 # hear none answer from the words, as on (a), at an hour's cost for the five sets.
                 continue
-            slug = re.sub(r"[^a-z0-9]+", "-", f"{s.name} {name}".lower()).strip("-")
-            done = kept / f"{slug}.json" if kept is not None else None
+            done = keep / system_digest(bundle, name, per_set, seed) / f"{_slug(s.name, name)}.json" if keep else None
             if done is not None and done.is_file():
                 result = json.loads(done.read_text())
             else:
                 if references is None and s.replies:  # once per set, and only when a row is scored
-                    references = reference_replies(llm_owner.model.llm, llm_owner.tokenizer, rows)
+                    folder = keep / system_digest(bundle, "references", per_set, seed) if keep else None
+                    references = _references(llm_owner, rows, folder / f"{_slug(s.name)}.json" if folder else None)
                 log(f"[world] {name} on {s.name} ({len(rows)} clips)")
                 result = score_set(system, rows, judge, s.replies, references, embed)
                 if done is not None:
@@ -192,6 +206,22 @@ def evaluate_bundle(
             results.append({"set": s.name, "group": s.group, **result})
     spoken = heard.get("d") or heard.get("a") or []
     return results, quotes(spoken, systems["blsp-emo"], seed)
+
+
+def _slug(*words: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", " ".join(words).lower()).strip("-")
+
+
+def _references(llm_owner, rows: list[dict], kept: Path | None) -> list[str]:
+    """`reference_replies` of `rows`, kept in `kept` once made: a rebuilt model's rows are scored
+    against the same references without generating them again."""
+    if kept is not None and kept.is_file():
+        return json.loads(kept.read_text())
+    references = reference_replies(llm_owner.model.llm, llm_owner.tokenizer, rows)
+    if kept is not None:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(json.dumps(references))
+    return references
 
 
 QUOTED = 5  # spoken and typed each: ten replies, the first of a seeded draw, not picked
