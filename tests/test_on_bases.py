@@ -132,6 +132,8 @@ def test_a_model_stored_in_eight_bits_is_smaller_and_answers_as_it_did(composite
     half = save_on_bases(model, tokenizer, tmp_path / "half")
     eight = save_on_bases(model, tokenizer, tmp_path / "eight", bits=8)
     assert eight["bytes"] < 0.75 * half["bytes"]
+    with safe_open(str(tmp_path / "half" / TRAINED_FILE), "pt") as f:
+        assert f.metadata() == {"format": "pt"}  # as before 8 bits existed: kept evaluations still match it
     with safe_open(str(tmp_path / "eight" / TRAINED_FILE), "pt") as f:
         assert f.metadata()["bits"] == "8"
         dtypes = {n: f.get_tensor(n).dtype for n in f.keys()}

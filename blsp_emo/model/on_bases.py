@@ -136,7 +136,10 @@ def save_changes(
         for name in [k for k, v in changed.items() if v.dim() >= 2 and v.numel() >= MIN_QUANTIZED]:
             changed[name], changed[name + SCALE_SUFFIX] = quantize(state[name])
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(changed, str(folder / TRAINED_FILE), metadata={"format": "pt", "bits": str(bits)})
+    # "bits" only where it is 8: a half-precision file stays byte for byte what it was before 8 bits
+    # existed, so the evaluation's kept rows (named by file digests) still find it.
+    metadata = {"format": "pt", **({"bits": "8"} if bits == 8 else {})}
+    save_file(changed, str(folder / TRAINED_FILE), metadata=metadata)
     return {"tensors": len(changed), "bytes": (folder / TRAINED_FILE).stat().st_size}
 
 
