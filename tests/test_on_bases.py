@@ -124,7 +124,9 @@ def test_eight_bit_rows_are_within_half_a_step_and_an_all_zero_row_stays_zero():
     step = scale[:, None, None]
     assert torch.all((back - weight).abs() <= step / 2 + 1e-12)
     assert torch.equal(back[2], torch.zeros_like(back[2]))
-    assert torch.equal(values.reshape(6, -1).abs().amax(dim=1)[[0, 1, 3, 4, 5]], torch.full((5,), 127, dtype=torch.int8))
+    assert torch.equal(
+        values.reshape(6, -1).abs().amax(dim=1)[[0, 1, 3, 4, 5]], torch.full((5,), 127, dtype=torch.int8)
+    )
 
 
 def test_a_model_stored_in_eight_bits_is_smaller_and_answers_as_it_did(composite, tmp_path):
