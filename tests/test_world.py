@@ -213,7 +213,7 @@ def test_a_systems_kept_rows_depend_on_its_own_files_of_the_bundle_only(tmp_path
     assert system_digest(tmp_path, "blsp-emo", 10, 0) != before["blsp-emo"]  # other settings
     changes = {  # a changed file -> the systems whose rows it invalidates
         "blsp-emo/trained.safetensors": {"blsp-emo"},  # the cascades run its LLM with the LoRA out of scope
-        "blsp-emo/config.json": {"blsp-emo", "cascade", "cascade-ser"},
+        "blsp-emo/config.json": {"blsp-emo", "cascade", "cascade-ser", "references"},  # it names the LLM
         "blsp/trained.safetensors": {"blsp"},
         "ser/trained.safetensors": {"cascade-ser"},
         "bundle.json": set(SYSTEM_FILES),
