@@ -577,6 +577,8 @@ def test_a_stage_can_train_only_the_encoders_top_layers_at_their_own_rate(tokeni
         replace(STAGES["stage2"], encoder_layers=2)
     with pytest.raises(ValueError, match="encoder_layers must be >= 1"):
         with_encoder(STAGES["stage2"], layers=0)
+    with pytest.raises(ValueError, match="encoder_lr > 0; got None, 0.0"):  # a zero rate would train nothing
+        with_encoder(STAGES["stage2"], lr=0.0)
 
 
 def test_encoder_options_without_unfreeze_encoder_are_refused(work, capsys):

@@ -72,7 +72,9 @@ class Stage:
             raise ValueError(
                 f"stage {self.name}: encoder_layers/encoder_lr apply to a trainable encoder; add it with `with_encoder`"
             )
-        if (self.encoder_layers is not None and self.encoder_layers < 1) or (self.encoder_lr or 1) <= 0:
+        if (self.encoder_layers is not None and self.encoder_layers < 1) or (
+            self.encoder_lr is not None and self.encoder_lr <= 0
+        ):
             raise ValueError(
                 f"stage {self.name}: encoder_layers must be >= 1 and encoder_lr > 0; "
                 f"got {self.encoder_layers}, {self.encoder_lr}"

@@ -1,10 +1,11 @@
 """A model stored as what training changed, on top of the pretrained bases it names by hash.
 
 A BLSP-Emo model on Whisper tiny.en and SmolLM2 is 153 M parameters, of which training changes the
-adapter, the LoRA and the emotion head: about 10 M. The folder keeps only those tensors
-(`trained.safetensors`, half precision, or 8 bits a weight) beside `config.json`, whose `bases` record each base's
-source and SHA-256 (`blsp_emo.bases.sources`). Loading converts or finds the bases in the cache,
-refuses a base with another hash, builds the composite on them and lays the stored tensors over it.
+adapter, the LoRA and the emotion head (and any encoder layers it tunes). The folder keeps only
+those tensors (`trained.safetensors`, half precision, or 8 bits a weight) beside `config.json`,
+whose `bases` record each base's source and SHA-256 (`blsp_emo.bases.sources`). Loading converts
+or finds the bases in the cache, refuses a base with another hash, builds the composite on them and
+lays the stored tensors over it.
 
 A tensor is stored when it differs from the base's, so a stage that also trained the encoder
 stores the encoder too, and nothing needs to know which parts a stage trained. Bases are loaded
@@ -145,9 +146,9 @@ def save_changes(
 
 def save_on_bases(model: BlspEmoModel, tokenizer: ChatTokenizer, folder: str | Path, bits: int = 16) -> dict:
     """Write `model` as its changes over its bases, in `bits` (`save_changes`); returns what was
-    stored (tensors, bytes). The
-    tokenizer is the LLM base's unless training changed it, and then only is it written (3.5 MB a
-    model for SmolLM2's: the bundle holds what training made, nothing the base already has)."""
+    stored (tensors, bytes). The tokenizer is the LLM base's unless training changed it, and then
+    only is it written (3.5 MB a model for SmolLM2's: the bundle holds what training made, nothing
+    the base already has)."""
     folder = Path(folder)
     stored = save_changes(model.state_dict(), reference_state(model.config, folder), folder, bits)
     model.config.save_pretrained(str(folder))
