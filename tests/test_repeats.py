@@ -1,5 +1,7 @@
-"""A reply ends before the first sentence it says again, and a stream of it only grows."""
+"""A reply ends before the first sentence it says again, or a phrase's third time in a row, and a
+stream of it only grows."""
 
+import random
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +21,9 @@ TEXTS = [
     "🌟🌟🌟🌟🌟🌟",
     "Great!!!! Really?",
     "Wait.... what ---- ok",
+    "The receptionist said the receptionist said the receptionist said the receptionist said",
+    "So so so so so much",
+    "You can do it, you can. Thank you, thank you",
     "",
 ]
 
@@ -26,7 +31,7 @@ TEXTS = [
 @pytest.mark.parametrize("text", TEXTS)
 def test_the_cut_is_a_prefix_that_repeats_no_sentence(text):
     kept, _ = cut_repeats(text)
-    assert text.startswith(kept) and cut_repeats(kept) == (kept, False)  # nothing left to cut
+    assert text.startswith(kept) and cut_repeats(kept, final=True) == (kept, False)  # nothing left to cut
     sentences = [" ".join(s.lower().split()).rstrip(".!?…") for s in kept.replace("!", ".").split(". ")]
     assert len(sentences) == len(set(sentences))
 
@@ -46,6 +51,46 @@ def test_what_is_cut_and_what_is_kept():
     assert cut_repeats("It costs 3.5 dollars. It is 3.5 dollars.")[1] is False  # a decimal point ends nothing
     assert cut_repeats("Happy birthday 🌟🌟🌟🌟🌟🌟") == ("Happy birthday 🌟🌟🌟", True)  # a symbol's loop
     assert cut_repeats("Wow!!! Wait.... what ---- ok") == ("Wow!!! Wait.... what ---- ok", False)
+
+
+def test_a_phrase_loop_ends_after_its_first_time_and_a_phrase_said_twice_is_speech():
+    loop = "The receptionist said the receptionist said the receptionist said the"
+    assert cut_repeats(loop) == ("The receptionist said", True)
+    assert cut_repeats("Thank you, thank you, thank you ") == ("Thank you", True)
+    assert cut_repeats("so so so so ") == ("so", True)  # one word: four times in a row
+    speech = "It was a long, long way. Ha ha ha. Thank you, thank you."
+    assert cut_repeats(speech, final=True) == (speech, False)
+    # Words that may yet become a loop wait while the reply goes on, and are shown once it ends.
+    assert cut_repeats("You can do it, you can.") == ("You can do it,", False)
+    assert cut_repeats("You can do it, you can.", final=True) == ("You can do it, you can.", False)
+    assert cut_repeats("I said the rec")[0] == "I said the rec"  # "rec" may still become "recipe"
+    assert cut_repeats("the receptionist said the recep")[0] == "the receptionist said"
+
+
+def _random_reply(rng: random.Random) -> str:
+    """Short replies from a few words, with phrases and sentences said again at random."""
+    words = ["the", "receptionist", "said", "you", "can", "do", "it", "so", "I'm", "sorry."]
+    out: list[str] = []
+    while len(out) < rng.randint(3, 30):
+        if out and rng.random() < 0.3:  # say the last few words again
+            n = rng.randint(1, min(4, len(out)))
+            out += out[-n:] * rng.randint(1, 3)
+        else:
+            out.append(rng.choice(words))
+    return " ".join(out)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_replies_stream_as_a_growing_prefix_that_ends_in_no_loop(seed):
+    text = _random_reply(random.Random(seed))
+    shown = [cut_repeats(text[:i])[0] for i in range(len(text) + 1)]
+    assert all(later.startswith(earlier.rstrip()) for earlier, later in zip(shown, shown[1:])), text
+    end = cut_repeats(text, final=True)[0]
+    assert end.startswith(shown[-1]) and text.startswith(end)  # the end shows what waited, never less
+    keys = [w.strip(".,").lower() for w in end.split()]
+    for n in range(1, len(keys)):  # no loop survives: a phrase twice and a word more, a word four times
+        span = max(2 * n + 1, 4)
+        assert not any(keys[i : i + span - n] == keys[i + n : i + span] for i in range(len(keys) - span + 1)), end
 
 
 class LoopingSystem(LocalSystem):

@@ -202,7 +202,7 @@ class LocalSystem(SpokenDialogueSystem):
         text = self.tokenizer.decode(ids).strip()
         yield replace(
             partial,
-            text=cut_repeats(text)[0] if options.stop_repeats else text,
+            text=cut_repeats(text, final=True)[0] if options.stop_repeats else text,
             token_ids=tuple(ids),
             timings=Timings(first, time.perf_counter() - start),
             done=True,

@@ -106,7 +106,7 @@ def reference_replies(llm, tokenizer, rows: list[dict], batch_size: int = 16) ->
     for i in range(0, len(todo), batch_size):
         chunk = todo[i : i + batch_size]
         memo.update(zip(chunk, (text for text, _ in continue_prompts(llm, tokenizer, [list(p) for p in chunk]))))
-    return [cut_repeats(memo[p])[0] for p in prompts]
+    return [cut_repeats(memo[p], final=True)[0] for p in prompts]
 
 
 def score_set(system, rows: list[dict], judge, replies: bool, references: list[str] | None, embed) -> dict:
