@@ -183,6 +183,21 @@ def test_each_ssml_knob_moves_its_measure(knob, low, high, measured):
     assert got[1] > 1.15 * got[0]
 
 
+def test_the_spectral_tilt_reads_brightness_not_level():
+    from train.demo_world.prosody import spectral_tilt_db
+
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    low, high = np.sin(2 * np.pi * 300 * t), np.sin(2 * np.pi * 2000 * t)
+    assert spectral_tilt_db(low + 0.1 * high) == pytest.approx(-20, abs=0.1)  # amplitude 1/10: -20 dB
+    assert spectral_tilt_db(0.01 * (low + 0.1 * high)) == pytest.approx(-20, abs=0.1)  # any gain
+    assert spectral_tilt_db(np.zeros(100)) == 0.0
+    # espeak-ng's volume scales the waveform: its tilt stays where it was (docs/world.md)
+    voice = Voice.parse(VOICE)
+    base = dict(pitch=0, pitch_range=0, rate=0, amplitude=60)
+    quiet, loud = (measure(render(MEASURE_TEXT, voice.espeak, Setting(**base, volume=v))) for v in (-40, 60))
+    assert loud.rms > 2 * quiet.rms and abs(loud.tilt_db - quiet.tilt_db) < 1.0
+
+
 def test_jitter_stays_within_the_table():
     rng = random.Random(0)
     for emotion, prosody in PROSODY.items():

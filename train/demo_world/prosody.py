@@ -127,6 +127,9 @@ class Acoustics:
     f0_hz: float  # median f0 over voiced frames
     f0_range_st: float  # 5th to 95th percentile of f0, in semitones
     rms: float  # root mean square over frames above 5 % of the loudest
+    # Energy at 1-4 kHz over 0.1-1 kHz, in dB. A voice raised in effort (anger) brightens, which
+    # no gain undoes; scaling the waveform, as espeak-ng's volume does, leaves it where it was.
+    tilt_db: float = 0.0
 
 
 def measure(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Acoustics:
@@ -149,7 +152,16 @@ def measure(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Acoustics:
         f0_hz=round(float(np.median(f0)) if f0.size else 0.0, 1),
         f0_range_st=round(float(np.percentile(semitones, 95) - np.percentile(semitones, 5)), 2),
         rms=round(float(np.sqrt(np.mean(rms[active] ** 2))) if active.any() else 0.0, 4),
+        tilt_db=round(spectral_tilt_db(samples, sample_rate), 2),
     )
+
+
+def spectral_tilt_db(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
+    """Energy at 1-4 kHz over 0.1-1 kHz, in dB, of the whole clip (0.0 for silence)."""
+    power = np.abs(np.fft.rfft(samples.astype(np.float64))) ** 2
+    freqs = np.fft.rfftfreq(samples.size, 1 / sample_rate)
+    low, high = power[(freqs >= 100) & (freqs < 1000)].sum(), power[(freqs >= 1000) & (freqs < 4000)].sum()
+    return float(10 * np.log10(high / low)) if low > 0 and high > 0 else 0.0
 
 
 # --- measuring the table ------------------------------------------------------------------------
@@ -159,7 +171,8 @@ MEASURE_TEXT = "I got the letter from the office today and put it on the kitchen
 
 def measure_table(voices: Sequence[Voice], text: str = MEASURE_TEXT) -> list[dict]:
     """Acoustics of `text` in each emotion (table means, no jitter) for each voice, with the change
-    from that voice's neutral: duration and RMS as ratios, f0 and its range in semitones."""
+    from that voice's neutral: duration and RMS as ratios, f0 and its range in semitones, the
+    spectral tilt in dB."""
     rows = []
     for voice in voices:
         amplitude = voice_amplitude(voice.espeak)
@@ -177,6 +190,7 @@ def measure_table(voices: Sequence[Voice], text: str = MEASURE_TEXT) -> list[dic
                     "f0_st": round(12 * float(np.log2(got.f0_hz / base.f0_hz)), 1),
                     "range_st": round(got.f0_range_st - base.f0_range_st, 1),
                     "rms_x": round(got.rms / base.rms, 2),
+                    "tilt_change_db": round(got.tilt_db - base.tilt_db, 2),
                 }
             )
     return rows

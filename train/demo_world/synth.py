@@ -166,7 +166,8 @@ def _write_clip(clip: Clip, out_dir: Path) -> None:
 
 
 def _print_table(rows: list[dict]) -> None:
-    keys = ("voice", "emotion", "duration_s", "f0_hz", "f0_range_st", "rms", "duration_x", "f0_st", "range_st", "rms_x")
+    keys = ("voice", "emotion", "duration_s", "f0_hz", "f0_range_st", "rms", "tilt_db")
+    keys += ("duration_x", "f0_st", "range_st", "rms_x", "tilt_change_db")
     print("\t".join(keys))
     for row in rows:
         print("\t".join(str(row[k]) for k in keys))
@@ -174,6 +175,8 @@ def _print_table(rows: list[dict]) -> None:
         mine = [r for r in rows if r["emotion"] == emotion]
         means = {k: round(float(np.mean([r[k] for r in mine])), 4 if k == "rms" else 2) for k in keys[2:]}
         print("\t".join(["mean", emotion, *(str(means[k]) for k in keys[2:])]))
+    neutral = [r["tilt_db"] for r in rows if r["emotion"] == "neutral"]
+    print(f"voices' neutral tilt_db: sd {np.std(neutral):.2f} dB over {len(neutral)} voices")
 
 
 # --- command line -------------------------------------------------------------------------------
