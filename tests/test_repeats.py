@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from blsp_emo.decoding.repeats import cut_repeats
+from blsp_emo.decoding.repeats import cut_repeats, phrase_loop
 from blsp_emo.options import GenerationOptions
 from blsp_emo.prompts import Turn
 from blsp_emo.systems.base import Heard, LocalSystem
@@ -65,6 +65,7 @@ def test_a_phrase_loop_ends_after_its_first_time_and_a_phrase_said_twice_is_spee
     assert cut_repeats("You can do it, you can.", final=True) == ("You can do it, you can.", False)
     assert cut_repeats("I said the rec")[0] == "I said the rec"  # "rec" may still become "recipe"
     assert cut_repeats("the receptionist said the recep")[0] == "the receptionist said"
+    assert phrase_loop("no no no no and then it ended") == (len("no"), None)  # a hold only where the text ends
 
 
 def _random_reply(rng: random.Random) -> str:

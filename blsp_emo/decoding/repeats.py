@@ -72,8 +72,9 @@ def phrase_loop(text: str) -> tuple[int, int | None]:
             if run >= max(n + 1, 3) and not last:
                 cut = min(cut, words[k - run][1])  # the run repeats the n words before it: keep those
                 break
-        if run and (hold is None or words[len(keys) - run][0] < hold):
-            hold = words[len(keys) - run][0]
+        else:  # no loop of n words: does a run reach the end?
+            if run and (hold is None or words[len(keys) - run][0] < hold):
+                hold = words[len(keys) - run][0]
     return cut, hold
 
 
