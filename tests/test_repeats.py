@@ -99,11 +99,11 @@ class LoopingSystem(LocalSystem):
 
     name, description, window_seconds = "looping", "a model stuck in a loop", 30.0
 
-    def __init__(self, tokenizer):
-        self.tokenizer, self.decoded, self.closed = tokenizer, 0, False
+    def __init__(self, tokenizer, loop: str = LOOP):
+        self.tokenizer, self.loop, self.decoded, self.closed = tokenizer, loop, 0, False
 
     def _answer(self, turn: Turn, history, options, seed) -> tuple[Heard, Iterator[int]]:
-        ids = self.tokenizer.encode(" " + LOOP)
+        ids = self.tokenizer.encode(" " + self.loop)
 
         def tokens():
             try:
@@ -125,6 +125,17 @@ def test_a_looping_model_is_stopped_at_its_first_repeat(tokenizer):
     texts = [r.text for r in replies]
     assert all(later.strip().startswith(earlier.strip()) for earlier, later in zip(texts, texts[1:]))
     assert all("loss. I'm sorry" not in t for t in texts)  # the repeat was never shown
+
+
+def test_a_model_looping_inside_a_sentence_is_stopped_after_the_phrase(tokenizer):
+    system = LoopingSystem(tokenizer, "The receptionist said the receptionist said")
+    replies = list(system.stream(text="hello", options=GenerationOptions(max_new_tokens=200, greedy=True)))
+    assert replies[-1].done and replies[-1].text == "The receptionist said"
+    third_begun = len(tokenizer.encode(" The receptionist said the receptionist said the "))
+    assert system.closed and system.decoded <= third_begun + 2  # stopped there, not at 200 tokens
+    texts = [r.text for r in replies]
+    assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:]))
+    assert all("said the receptionist said" not in t for t in texts)  # the second time was never shown
 
 
 def test_stop_repeats_off_decodes_to_max_new_tokens(tokenizer):
