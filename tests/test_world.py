@@ -226,5 +226,12 @@ def test_a_systems_kept_rows_depend_on_its_own_files_of_the_bundle_only(tmp_path
         (tmp_path / name).write_text(files[name])
     assert digests() == before
     # A file a system reads that is new to the bundle (calibration, say) counts as a change.
-    (tmp_path / "blsp-emo" / "calibration.json").write_text("{}")
-    assert digests()["blsp-emo"] != before["blsp-emo"]
+    calibration = tmp_path / "blsp-emo" / "calibration.json"
+    calibration.write_text(json.dumps({"temperature": 0.8, "command": "calibrate --model runs/world/bundle"}))
+    fitted = digests()["blsp-emo"]
+    assert fitted != before["blsp-emo"]
+    # The command it records names the folder it was fitted in: written elsewhere, the rows stand.
+    calibration.write_text(json.dumps({"command": "calibrate --model assets/models", "temperature": 0.8}))
+    assert digests()["blsp-emo"] == fitted
+    calibration.write_text(json.dumps({"command": "calibrate --model assets/models", "temperature": 0.9}))
+    assert digests()["blsp-emo"] != fitted
