@@ -159,3 +159,26 @@ def test_an_eight_bit_tensor_without_its_scales_is_refused_by_name(composite, tm
     save_file({k: v for k, v in state.items() if k != scale}, str(tmp_path / "m" / TRAINED_FILE))
     with pytest.raises(CorruptWeightsError, match="has no row scales"):
         load_on_bases(tmp_path / "m")
+
+
+def test_a_stage_starts_from_a_bundled_model_on_its_own_copy_of_the_bases(tmp_path, monkeypatch):
+    from train.stages import STAGES, init_model, with_encoder
+
+    monkeypatch.setenv("BLSP_EMO_CACHE", str(tmp_path / "cache"))
+    whisper, llm = tiny.write_bases(tmp_path / "bases")
+    encoder, language_model = sources.prepare("encoder", str(whisper)), sources.prepare("llm", str(llm))
+    stage1, tokenizer = build_composite(encoder, language_model, lora_rank=0, encode_full_window=False)
+    with torch.no_grad():
+        for p in stage1.adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_on_bases(stage1, tokenizer, tmp_path / "blsp")  # as the bundle stores stage 1
+
+    started, _ = init_model(tmp_path / "blsp", with_encoder(STAGES["stage2"], layers=1), lora_rank=4)
+    assert started.lora is not None  # stage 2's fresh LoRA
+    for name, value in stage1.adapter.state_dict().items():
+        assert torch.allclose(started.adapter.state_dict()[name], value, atol=1e-3)  # stored in fp16
+    shared, _ = load_model(str(tmp_path / "blsp"))  # what the app and the evaluation load
+    layer = started.encoder.layers[-1].fc1.weight
+    with torch.no_grad():
+        layer.add_(1.0)  # a training step on the encoder's top layer
+    assert not torch.equal(shared.encoder.layers[-1].fc1.weight, layer)  # the shared base is untouched

@@ -195,6 +195,20 @@ def trainable_summary(model: BlspEmoModel, stage: Stage) -> str:
     return ", ".join(f"{part} {n / 1e6:.2f}M" for part, n in counts.items())
 
 
+def _starting_model(folder: Path) -> tuple[BlspEmoModel, ChatTokenizer]:
+    """A saved model, or a bundled one (trained parts over bases named by hash, such as
+    assets/models/blsp) on its own copy of the bases: loaded bases are shared by every model in the
+    process, and training must not change them under the others."""
+    import copy
+
+    from blsp_emo.model import on_bases
+
+    if on_bases.is_on_bases(folder):
+        model, tokenizer = on_bases.load_on_bases(folder)
+        return copy.deepcopy(model), tokenizer
+    return load_pretrained(BlspEmoModel, folder), ChatTokenizer.from_pretrained(folder)
+
+
 def init_model(path: str | Path, stage: Stage, lora_rank: int = 16) -> tuple[BlspEmoModel, ChatTokenizer]:
     """The model a stage starts from: the folder as saved, plus a fresh LoRA if the stage trains one.
 
@@ -204,8 +218,7 @@ def init_model(path: str | Path, stage: Stage, lora_rank: int = 16) -> tuple[Bls
     only LoRA tensors may be missing, anything else is a mismatch and refused.
     """
     folder = resolve(path)
-    base = load_pretrained(BlspEmoModel, folder)
-    tokenizer = ChatTokenizer.from_pretrained(folder)
+    base, tokenizer = _starting_model(folder)
     if "lora" not in stage.trainable or base.lora is not None:
         return base, tokenizer
     if lora_rank < 1:
