@@ -190,7 +190,7 @@ def test_the_spectral_tilt_reads_brightness_not_level():
     low, high = np.sin(2 * np.pi * 300 * t), np.sin(2 * np.pi * 2000 * t)
     assert spectral_tilt_db(low + 0.1 * high) == pytest.approx(-20, abs=0.1)  # amplitude 1/10: -20 dB
     assert spectral_tilt_db(0.01 * (low + 0.1 * high)) == pytest.approx(-20, abs=0.1)  # any gain
-    assert spectral_tilt_db(np.zeros(100)) == 0.0
+    assert spectral_tilt_db(np.zeros(100)) == 0.0 and spectral_tilt_db(np.zeros(0)) == 0.0
     # espeak-ng's volume scales the waveform: its tilt stays where it was (docs/world.md)
     voice = Voice.parse(VOICE)
     base = dict(pitch=0, pitch_range=0, rate=0, amplitude=60)

@@ -157,7 +157,9 @@ def measure(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Acoustics:
 
 
 def spectral_tilt_db(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
-    """Energy at 1-4 kHz over 0.1-1 kHz, in dB, of the whole clip (0.0 for silence)."""
+    """Energy at 1-4 kHz over 0.1-1 kHz, in dB, of the whole clip (0.0 for silence or no samples)."""
+    if samples.size == 0:
+        return 0.0
     power = np.abs(np.fft.rfft(samples.astype(np.float64))) ** 2
     freqs = np.fft.rfftfreq(samples.size, 1 / sample_rate)
     low, high = power[(freqs >= 100) & (freqs < 1000)].sum(), power[(freqs >= 1000) & (freqs < 4000)].sum()
