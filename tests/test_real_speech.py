@@ -8,7 +8,7 @@ import soundfile as sf
 
 from blsp_emo.emotion import EMOTIONS
 from train.demo_world.real_speech import JFK_TEXT, choose, read_real, rerender
-from train.demo_world.world_eval import agreement, sample_rows
+from train.demo_world.world_eval import agreement, results_table, sample_rows, stray_condolences
 
 
 def voiced(seconds: float, rate: int, f0: float = 140.0) -> np.ndarray:
@@ -86,3 +86,16 @@ def test_semantic_agreement_is_the_mean_cosine_of_unit_vectors():
     vectors = {"a": [1.0, 0.0], "b": [0.0, 1.0], "c": [0.6, 0.8]}
     embed = lambda texts: torch.tensor([vectors[t] for t in texts])  # noqa: E731
     assert agreement(["a", "c"], ["a", "b"], embed) == pytest.approx((1.0 + 0.8) / 2)
+
+
+def test_the_table_counts_condolences_only_where_no_loss_was_named():
+    replies = ["I'm sorry for your loss.", "I'm sorry for your loss.", "Where is it?", "My condolences."]
+    said = ["The keys are here.", "My cat died today.", "The keys are here.", "It is at the desk."]
+    assert stray_condolences(replies, said) == 0.5
+    row = {"system": "blsp-emo", "set": "s", "group": "a", "accuracy": 0.5, "macro_f1": 0.4, "n": 4}
+    row |= {"wer": None, "reply_emotion_match": 0.25, "semantic_agreement": 0.3, "stray_condolences": 0.5}
+    kept_before = {**row, "system": "blsp"}
+    del kept_before["stray_condolences"]  # a row kept from before the column: shown as not scored
+    table = results_table([row, kept_before], judge_accuracy=0.4)
+    assert "| `blsp-emo` | s | — | 25.0 % | 0.300 | 50.0 % |" in table
+    assert "| `blsp` | s | — | 25.0 % | 0.300 | — |" in table

@@ -27,7 +27,7 @@ from blsp_emo.model.model import BlspEmoModel
 from blsp_emo.prompts import STAGE1_INSTRUCTION, STAGE2_TEACHER_INSTRUCTION
 from train import loop
 from train.__main__ import main
-from train.clean import RULES, clean
+from train.clean import RULES, clean, rejection
 from train.data import Collator, DataLimits, ManifestDataset
 from train.loop import RunConfig
 from train.schedule import lr_factor
@@ -311,14 +311,44 @@ def test_clean_counts_each_rule_and_keeps_the_rest(tmp_path):
         "I'm not sure what you mean by that.",
         "and then we went home together.",
         "i'm not sure what you mean, but fine.",  # the last rule is case-sensitive, as released
+        "I'm so sorry for your loss. Take care.",
         " t ",  # an echo of the text: kept, and counted
     ]
     _write_manifest(tmp_path / "x.jsonl", [{"audio": "a.wav", "text": "t", "output": o} for o in outputs])
     summary = clean([tmp_path])
-    assert summary["read"] == 8 and summary["kept"] == 3 and summary["echoes"] == 1
-    assert summary["dropped"] == {name: 1 for name, _ in RULES}
-    assert [r["output"] for r in _lines(tmp_path / "x_clean.jsonl")] == outputs[5:]
-    assert clean([tmp_path])["read"] == 8  # a second run does not clean its own output
+    assert summary["read"] == 9 and summary["kept"] == 3 and summary["echoes"] == 1
+    assert summary["dropped"] == {name: 1 for name, _ in RULES} and summary["tone_only"] == 0
+    assert [r["output"] for r in _lines(tmp_path / "x_clean.jsonl")] == [outputs[5], outputs[6], outputs[8]]
+    assert clean([tmp_path])["read"] == 9  # a second run does not clean its own output
+
+
+@pytest.mark.parametrize(
+    ("text", "reply", "rejected"),
+    [
+        ("The package is at reception.", "I'm sorry for your loss.", True),
+        ("The package is at reception.", "Please accept my condolences.", True),
+        ("The package is at reception.", "I'm sorry to hear that. Is it late?", False),
+        ("My grandmother died last night.", "I'm so sorry for your loss.", False),
+        ("I miss my father so much.", "My condolences, that must be hard.", False),
+        ("We lost the match.", "Sorry for your loss, there is always next season.", False),
+    ],
+)
+def test_condolences_are_refused_only_for_a_loss_the_message_never_mentions(text, reply, rejected):
+    assert (rejection(reply, text) == "condolence_without_loss") is rejected
+
+
+def test_keep_tone_keeps_a_rejected_reply_clip_for_the_emotion_head(tmp_path):
+    rows = [
+        {"audio": "a.wav", "text": "The keys are here.", "emotion": "angry", "output": "I'm sorry for your loss."},
+        {"audio": "b.wav", "text": "The keys are here.", "emotion": "angry", "output": "Where exactly?"},
+        {"audio": "c.wav", "text": "The keys are here.", "output": "I'm sorry for your loss."},  # no emotion
+    ]
+    _write_manifest(tmp_path / "x.jsonl", rows)
+    summary = clean([tmp_path], keep_tone=True)
+    assert summary["kept"] == 1 and summary["tone_only"] == 1 and summary["dropped"] == {"condolence_without_loss": 2}
+    kept = _lines(tmp_path / "x_clean.jsonl")
+    assert [(r["audio"], r["output"]) for r in kept] == [("a.wav", None), ("b.wav", "Where exactly?")]
+    assert kept[0]["rejected"] == "condolence_without_loss" and kept[0]["emotion"] == "angry"
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -366,6 +396,27 @@ def test_dataset_drops_and_counts_what_cannot_train(bad_clips, tokenizer):
     batch = Collator(STAGES["stage1"], tokenizer, tiny.model(lora_rank=0, tok=tokenizer)[0].config)(examples)
     assert batch.training.text is not None and batch.training.speech.labels.shape[0] == 2
     assert int((batch.training.speech.labels != -100).sum()) == int((batch.training.text.labels != -100).sum())
+
+
+def test_a_row_without_a_reply_teaches_stage_2_its_tone_and_stage_1_nothing(bad_clips, tokenizer):
+    rows = [
+        _teacher_row(bad_clips / "good.wav", emotion="angry", output=None),
+        _teacher_row(bad_clips / "good.wav", emotion="sad"),
+    ]
+    manifest = _write_manifest(bad_clips / "tone_only.jsonl", rows)
+    stage1 = ManifestDataset([manifest], STAGES["stage1"], tokenizer, shuffle=False)
+    assert len(list(stage1)) == 1 and dict(stage1.report.dropped) == {"no_target": 1}
+    examples = list(ManifestDataset([manifest], STAGES["stage2"], tokenizer, shuffle=False))
+    assert [e.emotion for e in examples] == [EMOTIONS.index("angry"), EMOTIONS.index("sad")]
+    model = tiny.model(tok=tokenizer)[0]
+    batch = Collator(STAGES["stage2"], tokenizer, model.config)(examples).training
+    assert bool((batch.speech.labels[0] == -100).all()) and bool((batch.speech.labels[1] != -100).any())
+    alone = Collator(STAGES["stage2"], tokenizer, model.config)(examples[:1]).training
+    out = model(alone, losses=("response_ce", "input_er"))
+    losses = {name: loss.item() for name, loss in out.losses.items()}
+    assert losses["response_ce"] == 0.0 and losses["input_er"] > 0.0  # no nan
+    out.loss.backward()
+    assert model.emotion_head.weight.grad is not None and torch.isfinite(model.emotion_head.weight.grad).all()
 
 
 def test_an_epoch_shuffles_the_whole_manifest_and_ranks_share_it(bad_clips, tokenizer):

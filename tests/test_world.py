@@ -39,6 +39,7 @@ def test_the_world_builds_on_given_bases_and_resumes(bases, tmp_path, monkeypatc
     assert set(config["bases"]) == {"encoder", "llm"}  # the composite names what it was built on
     chat = (work / "labels_stage2_chat" / "chat_0_1_clean.jsonl").read_text().splitlines()
     assert chat and all(json.loads(line)["audio_instruction"] == "" for line in chat)  # stage 2: chat layout
+    assert any(line.startswith("[demo] clean labels_stage2_chat:") and "for tone alone" in line for line in lines)
     assert (parts["ser"] / "config.json").is_file()
 
     # The bundle keeps what training changed, names its bases, and every system loads from it.

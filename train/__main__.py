@@ -48,7 +48,7 @@ def cmd_teacher(args) -> int:
 def cmd_clean(args) -> int:
     from train.clean import clean
 
-    print(json.dumps(clean(args.paths), indent=None if args.compact else 1))
+    print(json.dumps(clean(args.paths, keep_tone=args.keep_tone), indent=None if args.compact else 1))
     return 0
 
 
@@ -124,6 +124,11 @@ def _add_teacher(sub) -> None:
 def _add_clean(sub) -> None:
     p = sub.add_parser("clean", help="drop refusals and 'as an AI' outputs; writes X_clean.jsonl, prints counts")
     p.add_argument("paths", nargs="+", metavar="PATH", help="teacher-output .jsonl files or folders of them")
+    p.add_argument(
+        "--keep-tone",
+        action="store_true",
+        help="keep a dropped row that has an emotion, without its reply, so stage 2's emotion head still hears it",
+    )
     p.add_argument("--compact", action="store_true", help="print the summary on one line")
     p.set_defaults(func=cmd_clean)
 

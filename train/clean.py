@@ -1,31 +1,45 @@
 """Cleaning teacher outputs: drop refusals and "as an AI" continuations (docs/paper.md §3.3).
 
 The rules are the released `clean_noise_examples.py`'s, with the same case sensitivity, kept as a
-table so the summary can say which rule dropped how many rows. A row is counted under the first
-rule it matches. `X.jsonl` is written to `X_clean.jsonl` next to it.
+table so the summary can say which rule dropped how many rows, plus one for a small teacher's
+failure: condolences for a loss the message never mentions (SmolLM2-135M told "They sound angry."
+answers "The package is at reception." with "I'm sorry for your loss." in a third of its replies).
+A row is counted under the first rule it matches. `X.jsonl` is written to `X_clean.jsonl` next to it.
+
+With `keep_tone`, a rejected row that carries an emotion stays with `"output": null` and the rule
+that rejected it: its reply teaches nothing, but its clip still teaches the emotion head, so
+dropping replies does not thin the tones they were said in unevenly.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 CLEAN_SUFFIX = "_clean"
 
-RULES: tuple[tuple[str, Callable[[str], bool]], ...] = (
-    ("starts_sorry_cannot", lambda out: out.startswith("I'm sorry, but I cannot")),
-    ("starts_sorry_not_sure", lambda out: out.startswith("I'm sorry, but I'm not sure")),
-    ("as_an_ai_language_model", lambda out: "as an ai language model" in out.lower()),
-    ("sorry_but_i", lambda out: "i'm sorry, but i" in out.lower()),
-    ("not_sure_what_you", lambda out: "I'm not sure what you" in out),
+CONDOLENCE = re.compile(r"\byour loss\b|\bcondolences?\b|\bpassed away\b|\brest in peace\b", re.IGNORECASE)
+A_LOSS = re.compile(
+    r"\b(die[sd]?|dying|dead|death|passed away|funeral|loss|lost|grie\w*|miss(es|ed|ing)?)\b", re.IGNORECASE
+)
+
+# Each rule reads (output, the input text).
+RULES: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
+    ("starts_sorry_cannot", lambda out, _: out.startswith("I'm sorry, but I cannot")),
+    ("starts_sorry_not_sure", lambda out, _: out.startswith("I'm sorry, but I'm not sure")),
+    ("as_an_ai_language_model", lambda out, _: "as an ai language model" in out.lower()),
+    ("sorry_but_i", lambda out, _: "i'm sorry, but i" in out.lower()),
+    ("not_sure_what_you", lambda out, _: "I'm not sure what you" in out),
+    ("condolence_without_loss", lambda out, text: bool(CONDOLENCE.search(out)) and not A_LOSS.search(text)),
 )
 
 
-def rejection(output: str) -> str | None:
-    """The name of the first rule `output` breaks, or None if the row is kept."""
-    return next((name for name, breaks in RULES if breaks(output)), None)
+def rejection(output: str, text: str = "") -> str | None:
+    """The name of the first rule `output` (the reply to `text`) breaks, or None if the row is kept."""
+    return next((name for name, breaks in RULES if breaks(output, text)), None)
 
 
 def input_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -47,9 +61,9 @@ def echoes(row: dict) -> bool:
     return "text" in row and str(row["output"]).strip() == str(row["text"]).strip()
 
 
-def clean_file(path: Path) -> tuple[Path, int, Counter]:
+def clean_file(path: Path, keep_tone: bool = False) -> tuple[Path, int, Counter]:
     """Write `path`'s kept rows to `{stem}_clean.jsonl`: (output path, rows kept, counts: drops by
-    rule, and `echoes` among the kept rows)."""
+    rule, `echoes` among the kept rows, and `tone_only`: rejected rows kept for their emotion)."""
     out = path.with_name(path.stem + CLEAN_SUFFIX + path.suffix)
     kept, dropped = 0, Counter()
     with path.open(encoding="utf-8") as src, out.open("w", encoding="utf-8") as dst:
@@ -62,26 +76,40 @@ def clean_file(path: Path) -> tuple[Path, int, Counter]:
                 raise ValueError(f"{path}:{number}: not a JSON object ({e.msg})") from e
             if not isinstance(row, dict) or "output" not in row:
                 raise ValueError(f"{path}:{number}: no `output`; clean runs on `python -m train teacher` output")
-            rule = rejection(str(row["output"]))
+            rule = rejection(str(row["output"]), str(row.get("text") or ""))
             if rule is None:
                 dst.write(line if line.endswith("\n") else line + "\n")
                 kept += 1
                 dropped["echoes"] += echoes(row)
-            else:
-                dropped[rule] += 1
+                continue
+            dropped[rule] += 1
+            if keep_tone and row.get("emotion"):
+                dst.write(json.dumps({**row, "output": None, "rejected": rule}, ensure_ascii=False) + "\n")
+                dropped["tone_only"] += 1
     return out, kept, dropped
 
 
-def clean(paths: Sequence[str | Path]) -> dict:
-    """Clean every file; the summary counts rows read, kept, dropped per rule, and the kept rows
-    whose output only echoes the input text."""
-    files, total_kept, total_dropped, total_echoes = [], 0, Counter(), 0
+def clean(paths: Sequence[str | Path], keep_tone: bool = False) -> dict:
+    """Clean every file; the summary counts rows read, kept, dropped per rule, the kept rows whose
+    output only echoes the input text, and (`keep_tone`) the dropped rows kept for their emotion."""
+    files, total_kept, total_dropped, total_echoes, total_tone = [], 0, Counter(), 0, 0
     for path in input_files(paths):
-        out, kept, counts = clean_file(path)
-        echoed = counts.pop("echoes", 0)
-        files.append({"input": str(path), "output": str(out), "kept": kept, "dropped": dict(counts), "echoes": echoed})
+        out, kept, counts = clean_file(path, keep_tone)
+        echoed, tone = counts.pop("echoes", 0), counts.pop("tone_only", 0)
+        files.append(
+            {
+                "input": str(path),
+                "output": str(out),
+                "kept": kept,
+                "dropped": dict(counts),
+                "echoes": echoed,
+                "tone_only": tone,
+            }
+        )
         total_kept += kept
         total_dropped += counts
         total_echoes += echoed
+        total_tone += tone
     read = total_kept + sum(total_dropped.values())
-    return {"read": read, "kept": total_kept, "dropped": dict(total_dropped), "echoes": total_echoes, "files": files}
+    summary = {"read": read, "kept": total_kept, "dropped": dict(total_dropped), "echoes": total_echoes}
+    return {**summary, "tone_only": total_tone, "files": files}

@@ -133,11 +133,17 @@ class ManifestDataset(IterableDataset):
 
     def _example(self, row: Row, position: int) -> Example | None:
         fields = row.fields
-        response = tuple(response_pieces(str(fields["output"]), bool(fields["early_stop"])))
-        if not response:  # an empty output cut at max_new_tokens: no token to learn from
-            self.report.drop("no_target", row.where)
-            return None
         emotion = row.emotion
+        if fields["output"] is None:  # a reply `clean --keep-tone` rejected: the clip teaches tone alone
+            if not (emotion and "input_er" in self.stage.losses):
+                self.report.drop("no_target", row.where)
+                return None
+            response: tuple[Piece, ...] = ()
+        else:
+            response = tuple(response_pieces(str(fields["output"]), bool(fields["early_stop"])))
+            if not response:  # an empty output cut at max_new_tokens: no token to learn from
+                self.report.drop("no_target", row.where)
+                return None
         # The teacher's own instruction (kept in its output) so the KL teacher sees what it saw.
         instruction = fields.get("instruction") or self.stage.teacher_prompt(emotion)
         text_row = self.tokenizer.encode_pieces(

@@ -232,6 +232,8 @@ def response_kl(model: BlspEmoModel, batch: TrainingBatch, logits: torch.Tensor,
 
 def response_ce(model: BlspEmoModel, batch: TrainingBatch, logits: torch.Tensor, _emotion) -> torch.Tensor:
     labels = batch.speech.labels.to(logits.device)
+    if bool((labels[:, 1:] == IGNORE_INDEX).all()):
+        return logits.sum() * 0.0  # only rows kept for their tone: no reply to learn (not nan)
     return F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
     )

@@ -159,11 +159,19 @@ class BasesBuild(Build):
                 chat_alignment_rows(model.llm, tokenizer, manifest, out / "chat_0_1.jsonl", batch_size=batch)
             else:
                 generate_teacher_outputs(model.llm, tokenizer, STAGES[stage_name], manifest, out, batch_size=batch)
-            clean([out])
 
         # Resumable inside: the teachers append to their partial output and skip what is written.
         folder = "labels_stage2_chat" if stage_name == "stage2" else f"labels_{stage_name}"
-        return self.step(f"teacher-{stage_name}", self.work / folder, make, resume=True)
+        labels = self.step(f"teacher-{stage_name}", self.work / folder, make, resume=True)
+        # Cleaned on every run (a second, for thousands of rows): the rules may be newer than the
+        # teacher's replies, which are the expensive part and stay. Stage 2 keeps a rejected reply's
+        # clip for the emotion head (`clean --keep-tone`).
+        summary = clean([labels], keep_tone=stage_name == "stage2")
+        kept, read, tone = summary["kept"], summary["read"], summary["tone_only"]
+        self.log(
+            f"[demo] clean {folder}: {kept} of {read} replies kept, {tone} clips for tone alone; {summary['dropped']}"
+        )
+        return labels
 
     def stage(self, stage_name: str, labels: Path, init: Path, epochs: int = 1, max_steps: int | None = None) -> Path:
         from train.loop import RunConfig, train
@@ -180,7 +188,9 @@ class BasesBuild(Build):
         )
         folder = stage_name
         if stage_name == "stage2":
-            stage, folder = stage2_with_encoder(stage), "stage2_encoder"  # a new folder: a new recipe
+            # A new folder for a new recipe: the encoder's top layers tuned, then replies without
+            # stray condolences (`condolence_without_loss` in train/clean.py).
+            stage, folder = stage2_with_encoder(stage), "stage2_clean_replies"
         manifests = tuple(sorted(str(p) for p in labels.glob("*_clean.jsonl")))
 
         def make(out: Path) -> None:
@@ -314,6 +324,7 @@ def finish_world(work: Path, parts: dict, out: Path, scale: WorldScale, real: Pa
     sizes = bundle_world(parts, out)
     labels = parts["stage2_labels"]  # the judge learns the tones of the replies stage 2 was taught
     rows = [json.loads(line) for f in sorted(labels.glob("*_clean.jsonl")) for line in f.read_text().splitlines()]
+    rows = [r for r in rows if r["output"] is not None]  # rows kept for their tone alone have no reply
     judge, judge_accuracy = fit_with_holdout([r["output"] for r in rows], [r["emotion"] for r in rows], seed=seed)
     judge.save(out / "tone_judge.json")
     evidence_files(work, out, parts, scale, seed)

@@ -120,7 +120,18 @@ def score_set(system, rows: list[dict], judge, replies: bool, references: list[s
         return {k: result[k] for k in ("system", "emotion_from", "accuracy", "macro_f1", "n")}
     if references is not None and embed is not None:
         result["semantic_agreement"] = agreement(result["replies"], references, embed)
+    result["stray_condolences"] = stray_condolences(result["replies"], [r["text"] for r in rows])
     return result
+
+
+def stray_condolences(replies: list[str], said: list[str]) -> float:
+    """The share of replies that offer condolences for a loss the speaker never mentioned (the
+    rule `clean` drops such teacher replies by): SmolLM2-135M's commonest way to miss the point."""
+    from train.clean import rejection
+
+    return sum(rejection(reply, text) == "condolence_without_loss" for reply, text in zip(replies, said)) / max(
+        1, len(replies)
+    )
 
 
 def agreement(replies: list[str], references: list[str], embed) -> float:
@@ -283,18 +294,23 @@ def results_table(results: list[dict], judge_accuracy: float) -> str:
         row = ["—" if c is None else f"{pct(c['accuracy'])} ({c['macro_f1']:.2f})" for c in scored]
         n = next(c["n"] for c in scored if c is not None)
         lines.append(f"| {name} (n = {n}) | " + " | ".join(row) + " |")
-    lines += ["", "| replies | set | ASR WER | reply-emotion match | semantic agreement |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| replies | set | ASR WER | reply-emotion match | semantic agreement | condolences for no loss |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         if "reply_emotion_match" in r:
             lines.append(
                 f"| `{r['system']}` | {r['set']} | {pct(r['wer'])} | {pct(r['reply_emotion_match'])} | "
-                f"{r.get('semantic_agreement', float('nan')):.3f} |"
+                f"{r.get('semantic_agreement', float('nan')):.3f} | {pct(r.get('stray_condolences'))} |"
             )
     lines += [
         "",
         "—: not scored; the systems that hear no tone answer from the words, on (b) as on (a).",
         f"Reply-emotion match: a tone classifier trained on the teacher's emotion-conditioned replies "
         f"(its held-out accuracy: {pct(judge_accuracy)}). Semantic agreement: cosine of all-MiniLM-L6-v2 "
-        "embeddings between a system's reply and the LLM's reply to the true transcript told the true emotion.",
+        "embeddings between a system's reply and the LLM's reply to the true transcript told the true emotion. "
+        "Condolences for no loss: replies that offer them when the speaker named no loss.",
     ]
     return "\n".join(lines) + "\n"
