@@ -99,3 +99,21 @@ def test_the_table_counts_condolences_only_where_no_loss_was_named():
     table = results_table([row, kept_before], judge_accuracy=0.4)
     assert "| `blsp-emo` | s | — | 25.0 % | 0.300 | 50.0 % |" in table
     assert "| `blsp` | s | — | 25.0 % | 0.300 | — |" in table
+
+
+def test_the_reply_probe_counts_each_reply_rule_and_refuses_a_bad_sample(tmp_path, capsys):
+    from train.__main__ import main
+    from train.demo_world.reply_probe import rejected_shares
+
+    replies = ["I'm sorry for your loss.", "The keys are here.", "Where are they?", "As an AI, I can't."]
+    said = ["The keys are here."] * 4
+    assert rejected_shares(replies, said) == {"condolence_without_loss": 0.25, "echo": 0.25, "speaks_as_a_model": 0.25}
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("")
+    for spec, says in (
+        (str(manifest), "PATH:N"),
+        (f"{manifest}:0", "PATH:N"),
+        (f"{tmp_path}/none.jsonl:5", "does not exist"),
+    ):
+        assert main(["reply-probe", "--model", str(tmp_path), "--manifest", spec]) == 2
+        assert says in capsys.readouterr().out

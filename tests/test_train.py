@@ -312,14 +312,16 @@ def test_clean_counts_each_rule_and_keeps_the_rest(tmp_path):
         "and then we went home together.",
         "i'm not sure what you mean, but fine.",  # the last rule is case-sensitive, as released
         "I'm so sorry for your loss. Take care.",
+        "As a language model, I cannot feel.",
+        "The user's tone is calm.",
         " t ",  # an echo of the text: kept, and counted
     ]
     _write_manifest(tmp_path / "x.jsonl", [{"audio": "a.wav", "text": "t", "output": o} for o in outputs])
     summary = clean([tmp_path])
-    assert summary["read"] == 9 and summary["kept"] == 3 and summary["echoes"] == 1
+    assert summary["read"] == 11 and summary["kept"] == 3 and summary["echoes"] == 1
     assert summary["dropped"] == {name: 1 for name, _ in RULES} and summary["tone_only"] == 0
-    assert [r["output"] for r in _lines(tmp_path / "x_clean.jsonl")] == [outputs[5], outputs[6], outputs[8]]
-    assert clean([tmp_path])["read"] == 9  # a second run does not clean its own output
+    assert [r["output"] for r in _lines(tmp_path / "x_clean.jsonl")] == [outputs[5], outputs[6], outputs[10]]
+    assert clean([tmp_path])["read"] == 11  # a second run does not clean its own output
 
 
 @pytest.mark.parametrize(
@@ -337,18 +339,32 @@ def test_condolences_are_refused_only_for_a_loss_the_message_never_mentions(text
     assert (rejection(reply, text) == "condolence_without_loss") is rejected
 
 
-def test_keep_tone_keeps_a_rejected_reply_clip_for_the_emotion_head(tmp_path):
+def test_a_reply_is_refused_for_speaking_as_a_model_or_of_the_user_unless_the_user_was_named():
+    said = "The letter is at the front desk."
+    for reply in ("Sorry, but as a language model I can't.", "As an AI, I see.", "as a text-based assistant, no"):
+        assert rejection(reply, said) == "speaks_as_a_model"
+    assert rejection("The user's tone is calm.", said) == "talks_about_the_user"
+    assert rejection("The user will join soon, then.", "User will join the conference.") is None
+    assert (
+        rejection(said, said) is None and rejection(" the letter is at the front desk. ", said, replies=True) == "echo"
+    )
+
+
+def test_replies_keep_a_rejected_reply_clip_for_the_emotion_head(tmp_path):
     rows = [
         {"audio": "a.wav", "text": "The keys are here.", "emotion": "angry", "output": "I'm sorry for your loss."},
         {"audio": "b.wav", "text": "The keys are here.", "emotion": "angry", "output": "Where exactly?"},
         {"audio": "c.wav", "text": "The keys are here.", "output": "I'm sorry for your loss."},  # no emotion
+        {"audio": "d.wav", "text": "The keys are here.", "emotion": "sad", "output": "The keys are here."},
     ]
     _write_manifest(tmp_path / "x.jsonl", rows)
-    summary = clean([tmp_path], keep_tone=True)
-    assert summary["kept"] == 1 and summary["tone_only"] == 1 and summary["dropped"] == {"condolence_without_loss": 2}
+    summary = clean([tmp_path], replies=True)
+    assert summary["kept"] == 1 and summary["tone_only"] == 2
+    assert summary["dropped"] == {"condolence_without_loss": 2, "echo": 1}
     kept = _lines(tmp_path / "x_clean.jsonl")
-    assert [(r["audio"], r["output"]) for r in kept] == [("a.wav", None), ("b.wav", "Where exactly?")]
+    assert [(r["audio"], r["output"]) for r in kept] == [("a.wav", None), ("b.wav", "Where exactly?"), ("d.wav", None)]
     assert kept[0]["rejected"] == "condolence_without_loss" and kept[0]["emotion"] == "angry"
+    assert clean([tmp_path])["dropped"] == {"condolence_without_loss": 2}  # not replies: an echo stays
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -417,6 +433,40 @@ def test_a_row_without_a_reply_teaches_stage_2_its_tone_and_stage_1_nothing(bad_
     assert losses["response_ce"] == 0.0 and losses["input_er"] > 0.0  # no nan
     out.loss.backward()
     assert model.emotion_head.weight.grad is not None and torch.isfinite(model.emotion_head.weight.grad).all()
+    lora = [p for name, p in model.named_parameters() if "lora" in name]
+    assert lora and all(p.grad is not None for p in lora)  # in the graph, as DDP needs, with nothing to learn
+
+
+def test_rows_without_a_reply_skip_the_llm_and_change_no_loss_or_gradient(bad_clips, tokenizer):
+    from blsp_emo.model.model import input_er, response_ce
+
+    rows = [
+        _teacher_row(bad_clips / "good.wav", emotion="sad", output="That must be hard."),
+        _teacher_row(bad_clips / "good.wav", emotion="angry", output=None),
+        _teacher_row(bad_clips / "good.wav", emotion="happy", output="How lovely, tell me more!"),
+    ]
+    manifest = _write_manifest(bad_clips / "mixed_tone.jsonl", rows)
+    examples = list(ManifestDataset([manifest], STAGES["stage2"], tokenizer, shuffle=False))
+    model = tiny.model(tok=tokenizer)[0]
+    batch = Collator(STAGES["stage2"], tokenizer, model.config)(examples).training
+    calls = []
+    model.llm.register_forward_hook(
+        lambda _m, args, kwargs, _out: calls.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True
+    )
+
+    def gradients(loss):
+        model.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in model.adapter.parameters()] + [model.emotion_head.weight.grad.clone()]
+
+    out = model(batch, losses=("response_ce", "input_er"))
+    assert calls == [2]  # the LLM read the two rows with a reply, not the third
+    ours = gradients(out.loss)
+    speech = model.encode_speech(batch.speech.input_features, batch.speech.frame_counts)
+    logits = model.speech_forward(batch.speech, speech).logits  # every row, as before
+    ce, er = response_ce(model, batch, logits, None), input_er(model, batch, None, model.emotion_logits(speech))
+    assert torch.allclose(out.losses["response_ce"], ce, atol=1e-5) and torch.allclose(out.losses["input_er"], er)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours, gradients(ce + er)))
 
 
 def test_an_epoch_shuffles_the_whole_manifest_and_ranks_share_it(bad_clips, tokenizer):

@@ -48,7 +48,7 @@ def cmd_teacher(args) -> int:
 def cmd_clean(args) -> int:
     from train.clean import clean
 
-    print(json.dumps(clean(args.paths, keep_tone=args.keep_tone), indent=None if args.compact else 1))
+    print(json.dumps(clean(args.paths, replies=args.replies), indent=None if args.compact else 1))
     return 0
 
 
@@ -125,9 +125,10 @@ def _add_clean(sub) -> None:
     p = sub.add_parser("clean", help="drop refusals and 'as an AI' outputs; writes X_clean.jsonl, prints counts")
     p.add_argument("paths", nargs="+", metavar="PATH", help="teacher-output .jsonl files or folders of them")
     p.add_argument(
-        "--keep-tone",
+        "--replies",
         action="store_true",
-        help="keep a dropped row that has an emotion, without its reply, so stage 2's emotion head still hears it",
+        help="the outputs are replies (stage 2, chat layout): drop echoes of the message too, and keep a "
+        "dropped row that has an emotion without its reply, so the emotion head still hears it",
     )
     p.add_argument("--compact", action="store_true", help="print the summary on one line")
     p.set_defaults(func=cmd_clean)
@@ -211,6 +212,7 @@ def _add_demo_scale(sub) -> None:
         neural_voice,
         pretrain_lm,
         pretrain_speech,
+        reply_probe,
         sentences,
         synth,
     )
@@ -300,6 +302,13 @@ def _add_demo_scale(sub) -> None:
             baseline_probe.__doc__,
             baseline_probe.add_arguments,
             baseline_probe.run,
+        ),
+        (
+            "reply-probe",
+            "what a stage-2 model replies on a sample: emotion heard, reply tone, agreement, teacher failures",
+            reply_probe.__doc__,
+            reply_probe.add_arguments,
+            reply_probe.run,
         ),
     )
     for name, help_, doc, add_arguments, run in commands:

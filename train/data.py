@@ -134,7 +134,7 @@ class ManifestDataset(IterableDataset):
     def _example(self, row: Row, position: int) -> Example | None:
         fields = row.fields
         emotion = row.emotion
-        if fields["output"] is None:  # a reply `clean --keep-tone` rejected: the clip teaches tone alone
+        if fields["output"] is None:  # a reply `clean --replies` rejected: the clip teaches tone alone
             if not (emotion and "input_er" in self.stage.losses):
                 self.report.drop("no_target", row.where)
                 return None

@@ -169,10 +169,23 @@ class BlspEmoModel(PreTrainedModel):
             raise ValueError(f"unknown losses {unknown or list(losses)}; choose from {sorted(LOSSES)}")
         prompt = batch.speech
         speech = self.encode_speech(prompt.input_features, prompt.frame_counts)
-        out = self.speech_forward(prompt, speech)
         emotion_logits = self.emotion_logits(speech) if "input_er" in losses else None
-        values = {name: LOSSES[name](self, batch, out.logits, emotion_logits) for name in losses}
-        return BlspEmoOutput(sum(values.values()), values, out.logits, emotion_logits)
+        # The LLM reads only the rows with a reply to learn. A stage-2 row kept for its tone alone
+        # (`clean --replies`) trains the emotion head, which reads the adapter's output before the
+        # LLM: in the demo world's stage 2 that spares the LLM half the rows.
+        replying, speech_rows = _replying(batch, speech)
+        logits = self.speech_forward(replying.speech, speech_rows).logits
+        labels = replying.speech.labels
+        no_reply = labels is not None and not bool((labels != IGNORE_INDEX).any())
+        values = {}
+        for name in losses:
+            if name == "input_er":
+                values[name] = input_er(self, batch, None, emotion_logits)
+            elif no_reply:  # nothing to learn, and not nan; every trained part stays in the graph (DDP)
+                values[name] = logits.sum() * 0.0
+            else:
+                values[name] = LOSSES[name](self, replying, logits, None)
+        return BlspEmoOutput(sum(values.values()), values, logits, emotion_logits)
 
     # --- inference ------------------------------------------------------------------------------
 
@@ -204,6 +217,38 @@ class BlspEmoModel(PreTrainedModel):
             on_done(cache)
 
 
+def _replying(batch: TrainingBatch, speech: SpeechEmbeddings) -> tuple[TrainingBatch, SpeechEmbeddings]:
+    """The rows of `batch` whose response has labels, with their clips' embeddings; a batch with
+    none keeps its first row, so that the LLM still runs (its loss is then 0). Rows and clips pair
+    one to one in training; a batch of several clips a row is kept whole."""
+    labels = batch.speech.labels
+    if labels is None or speech.embeds.shape[0] != labels.shape[0]:
+        return batch, speech
+    keep = (labels != IGNORE_INDEX).any(dim=1)
+    if bool(keep.all()):
+        return batch, speech
+    if not bool(keep.any()):
+        keep[0] = True
+    rows = TrainingBatch(_prompt_rows(batch.speech, keep), _prompt_rows(batch.text, keep))
+    return rows, SpeechEmbeddings(
+        speech.embeds[keep.to(speech.embeds.device)], speech.lengths[keep.to(speech.lengths.device)]
+    )
+
+
+def _prompt_rows(prompt: SpeechPrompt | None, keep: torch.Tensor) -> SpeechPrompt | None:
+    if prompt is None:
+        return None
+    pick = lambda t: None if t is None else t[keep.to(t.device)]  # noqa: E731
+    return SpeechPrompt(
+        pick(prompt.input_ids),
+        pick(prompt.speech_mask),
+        pick(prompt.attention_mask),
+        pick(prompt.input_features),
+        pick(prompt.frame_counts),
+        pick(prompt.labels),
+    )
+
+
 def _response_positions(labels: torch.Tensor) -> torch.Tensor:
     """Positions whose logits predict a response token: (B, T) bool, shifted by one.
 
@@ -232,8 +277,6 @@ def response_kl(model: BlspEmoModel, batch: TrainingBatch, logits: torch.Tensor,
 
 def response_ce(model: BlspEmoModel, batch: TrainingBatch, logits: torch.Tensor, _emotion) -> torch.Tensor:
     labels = batch.speech.labels.to(logits.device)
-    if bool((labels[:, 1:] == IGNORE_INDEX).all()):
-        return logits.sum() * 0.0  # only rows kept for their tone: no reply to learn (not nan)
     return F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
     )

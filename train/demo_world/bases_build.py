@@ -164,9 +164,9 @@ class BasesBuild(Build):
         folder = "labels_stage2_chat" if stage_name == "stage2" else f"labels_{stage_name}"
         labels = self.step(f"teacher-{stage_name}", self.work / folder, make, resume=True)
         # Cleaned on every run (a second, for thousands of rows): the rules may be newer than the
-        # teacher's replies, which are the expensive part and stay. Stage 2 keeps a rejected reply's
-        # clip for the emotion head (`clean --keep-tone`).
-        summary = clean([labels], keep_tone=stage_name == "stage2")
+        # teacher's replies, which are the expensive part and stay. Stage 2's rows are replies: an
+        # echo is none, and a rejected reply's clip stays for the emotion head (`clean --replies`).
+        summary = clean([labels], replies=stage_name == "stage2")
         kept, read, tone = summary["kept"], summary["read"], summary["tone_only"]
         self.log(
             f"[demo] clean {folder}: {kept} of {read} replies kept, {tone} clips for tone alone; {summary['dropped']}"
