@@ -103,11 +103,11 @@ def test_the_table_counts_condolences_only_where_no_loss_was_named():
 
 def test_the_reply_probe_counts_each_reply_rule_and_refuses_a_bad_sample(tmp_path, capsys):
     from train.__main__ import main
-    from train.demo_world.reply_probe import rejected_shares
+    from train.clean import rejection_shares
 
     replies = ["I'm sorry for your loss.", "The keys are here.", "Where are they?", "As an AI, I can't."]
     said = ["The keys are here."] * 4
-    assert rejected_shares(replies, said) == {"condolence_without_loss": 0.25, "echo": 0.25, "speaks_as_a_model": 0.25}
+    assert rejection_shares(replies, said) == {"condolence_without_loss": 0.25, "echo": 0.25, "speaks_as_a_model": 0.25}
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("")
     for spec, says in (

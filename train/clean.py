@@ -42,14 +42,29 @@ RULES: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
     ("speaks_as_a_model", lambda out, _: bool(SPEAKS_AS_A_MODEL.search(out))),
     ("talks_about_the_user", lambda out, text: bool(THE_USER.search(out)) and "user" not in text.lower()),
 )
+
+
+def is_echo(output: str, text: str) -> bool:
+    """Whether `output` only repeats `text` (case and outer spaces aside)."""
+    return output.strip().lower() == text.strip().lower()
+
+
 # Only where an output is a reply: a stage-1 continuation that repeats its input teaches the
 # adapter to read like the transcript (the released rules keep it), a reply that does is none.
-REPLY_RULES = RULES + (("echo", lambda out, text: out.strip().lower() == text.strip().lower()),)
+REPLY_RULES = RULES + (("echo", is_echo),)
 
 
 def rejection(output: str, text: str = "", replies: bool = False) -> str | None:
     """The name of the first rule `output` (the reply to `text`) breaks, or None if the row is kept."""
     return next((name for name, breaks in (REPLY_RULES if replies else RULES) if breaks(output, text)), None)
+
+
+def rejection_shares(outputs: Sequence[str], texts: Sequence[str], replies: bool = True) -> dict[str, float]:
+    """For each rule, the share of `outputs` (replies to `texts`) it rejects first: what a model
+    learned of the failures these rules keep out of its training (`reply-probe`, the evaluation)."""
+    counts = Counter(rejection(output, text, replies) for output, text in zip(outputs, texts))
+    counts.pop(None, None)
+    return {rule: n / max(1, len(outputs)) for rule, n in sorted(counts.items())}
 
 
 def input_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -68,7 +83,7 @@ def input_files(paths: Sequence[str | Path]) -> list[Path]:
 def echoes(row: dict) -> bool:
     """Whether a teacher output only repeats its input text: kept (the released rules keep it), but
     counted, since a teacher that mostly echoes teaches the student nothing but the transcript."""
-    return "text" in row and str(row["output"]).strip() == str(row["text"]).strip()
+    return "text" in row and is_echo(str(row["output"]), str(row["text"]))
 
 
 def clean_file(path: Path, replies: bool = False) -> tuple[Path, int, Counter]:

@@ -188,8 +188,8 @@ class BasesBuild(Build):
         )
         folder = stage_name
         if stage_name == "stage2":
-            # A new folder for a new recipe: the encoder's top layers tuned, then replies without
-            # stray condolences (`condolence_without_loss` in train/clean.py).
+            # A new folder for a new recipe: the encoder's top layers tuned, then only the teacher's
+            # rows that are replies (`clean --replies`) teach replies.
             stage, folder = stage2_with_encoder(stage), "stage2_clean_replies"
         manifests = tuple(sorted(str(p) for p in labels.glob("*_clean.jsonl")))
 

@@ -9,25 +9,16 @@ from (the cleaning rules, the teacher) is first tried here on a seeded sample of
 For each manifest (`PATH:N`, N clips drawn evenly over the emotions as the evaluation draws them)
 it prints the emotion the model heard (accuracy), the judge's reply-emotion match (`--judge`),
 the semantic agreement with the LLM's reply to the true transcript told the true emotion (the
-evaluation's reference, kept in `--references` and made once per sample), and the share of
+evaluation's reference, kept in `--references` and made once per sample and LLM), and the share of
 replies each of `clean`'s reply rules would reject: the teacher's failures that the student learns.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-from collections import Counter
 from pathlib import Path
-
-
-def rejected_shares(replies: list[str], said: list[str]) -> dict[str, float]:
-    """For each reply rule of `train/clean.py`, the share of `replies` it rejects (first rule only)."""
-    from train.clean import rejection
-
-    counts = Counter(rejection(reply, text, replies=True) for reply, text in zip(replies, said))
-    counts.pop(None, None)
-    return {rule: n / max(1, len(replies)) for rule, n in sorted(counts.items())}
 
 
 def parse_sample(spec: str) -> tuple[Path, int]:
@@ -36,14 +27,26 @@ def parse_sample(spec: str) -> tuple[Path, int]:
         raise ValueError(f"--manifest takes PATH:N with N clips to draw (e.g. eval/manifest.jsonl:50), got {spec!r}")
     if not Path(path).is_file():
         raise ValueError(f"--manifest {path} does not exist")
+    if not Path(path).read_text(encoding="utf-8").strip():
+        raise ValueError(f"--manifest {path} has no clips; pass a manifest from `python -m train synth`")
     return Path(path), int(n)
 
 
-def probe(system, manifest: Path, n: int, judge, references: Path, embed, seed: int = 0) -> dict:
+def references_file(folder: Path, system, rows: list[dict]) -> Path:
+    """Where the references of `rows` are kept: named by what they depend on, the LLM base and the
+    sampled texts and tones, so another sample or another LLM never reads them."""
+    bases = getattr(system.model.config, "bases", None) or {}
+    said = [(bases.get("llm", {}).get("sha256"), r["text"], r["emotion"]) for r in rows]
+    return folder / f"{hashlib.sha256(json.dumps(said).encode()).hexdigest()[:16]}.json"
+
+
+def probe(system, manifest: Path, n: int, judge, kept: Path, embed, seed: int = 0) -> dict:
+    from train.clean import rejection_shares
     from train.demo_world.results import evaluate_system
     from train.demo_world.world_eval import agreement, reference_replies, sample_rows
 
     rows = sample_rows(manifest, n, seed)
+    references = references_file(kept, system, rows)
     if references.is_file():
         made = json.loads(references.read_text())
     else:  # the LLM's own replies do not depend on the model probed: made once, then kept
@@ -58,7 +61,7 @@ def probe(system, manifest: Path, n: int, judge, references: Path, embed, seed: 
         "accuracy": result["accuracy"],
         "reply_emotion_match": result["reply_emotion_match"],
         "semantic_agreement": agreement(replies, made, embed) if embed is not None else None,
-        "rejected": rejected_shares(replies, [r["text"] for r in rows]),
+        "rejected": rejection_shares(replies, [r["text"] for r in rows]),
         "replies": [{"said": r["text"], "tone": r["emotion"], "reply": x} for r, x in zip(rows, replies)],
     }
 
@@ -87,8 +90,7 @@ def run(args: argparse.Namespace) -> int:
     embed = sentence_embedder()
     results = []
     for manifest, n in samples:
-        kept = Path(args.references) / f"{manifest.parent.name}_{n}_{args.seed}.json"
-        result = probe(system, manifest, n, judge, kept, embed, args.seed)
+        result = probe(system, manifest, n, judge, Path(args.references), embed, args.seed)
         print(json.dumps({k: v for k, v in result.items() if k != "replies"}), flush=True)
         results.append(result)
     if args.out:

@@ -127,11 +127,9 @@ def score_set(system, rows: list[dict], judge, replies: bool, references: list[s
 def stray_condolences(replies: list[str], said: list[str]) -> float:
     """The share of replies that offer condolences for a loss the speaker never mentioned (the
     rule `clean` drops such teacher replies by): SmolLM2-135M's commonest way to miss the point."""
-    from train.clean import rejection
+    from train.clean import rejection_shares
 
-    return sum(rejection(reply, text) == "condolence_without_loss" for reply, text in zip(replies, said)) / max(
-        1, len(replies)
-    )
+    return rejection_shares(replies, said).get("condolence_without_loss", 0.0)
 
 
 def agreement(replies: list[str], references: list[str], embed) -> float:
