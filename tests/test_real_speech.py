@@ -110,10 +110,19 @@ def test_the_reply_probe_counts_each_reply_rule_and_refuses_a_bad_sample(tmp_pat
     assert rejection_shares(replies, said) == {"condolence_without_loss": 0.25, "echo": 0.25, "speaks_as_a_model": 0.25}
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("")
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage that is not audio")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"audio": str(corrupt), "text": "t", "emotion": "sad"}) + "\n")
+    no_text = tmp_path / "no_text.jsonl"
+    no_text.write_text(json.dumps({"audio": str(corrupt), "emotion": "sad"}) + "\n")
     for spec, says in (
         (str(manifest), "PATH:N"),
         (f"{manifest}:0", "PATH:N"),
         (f"{tmp_path}/none.jsonl:5", "does not exist"),
+        (f"{manifest}:5", "has no clips"),
+        (f"{bad}:1", "corrupt.wav"),
+        (f"{no_text}:1", "no 'text'"),
     ):
         assert main(["reply-probe", "--model", str(tmp_path), "--manifest", spec]) == 2
         assert says in capsys.readouterr().out

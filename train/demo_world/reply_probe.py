@@ -32,6 +32,24 @@ def parse_sample(spec: str) -> tuple[Path, int]:
     return Path(path), int(n)
 
 
+def draw(manifest: Path, n: int, seed: int) -> list[dict]:
+    """The evaluation's seeded draw of `n` rows, each clip read once here so that a bad one is named
+    before a model loads (the clips are short; the probe reads them again when it scores)."""
+    from blsp_emo.audio import load_audio
+    from train.demo_world.world_eval import sample_rows
+
+    try:
+        rows = sample_rows(manifest, n, seed)
+    except KeyError as e:
+        raise ValueError(f"--manifest {manifest}: a row has no {e}; rows need audio, text and emotion") from e
+    for row in rows:
+        missing = sorted({"text", "emotion"} - row.keys())
+        if missing:
+            raise ValueError(f"--manifest {manifest}: a row has no {missing[0]!r}; rows need audio, text and emotion")
+        load_audio(row["audio"])
+    return rows
+
+
 def references_file(folder: Path, system, rows: list[dict]) -> Path:
     """Where the references of `rows` are kept: named by what they depend on, the LLM base and the
     sampled texts and tones, so another sample or another LLM never reads them."""
@@ -40,12 +58,11 @@ def references_file(folder: Path, system, rows: list[dict]) -> Path:
     return folder / f"{hashlib.sha256(json.dumps(said).encode()).hexdigest()[:16]}.json"
 
 
-def probe(system, manifest: Path, n: int, judge, kept: Path, embed, seed: int = 0) -> dict:
+def probe(system, manifest: Path, rows: list[dict], judge, kept: Path, embed) -> dict:
     from train.clean import rejection_shares
     from train.demo_world.results import evaluate_system
-    from train.demo_world.world_eval import agreement, reference_replies, sample_rows
+    from train.demo_world.world_eval import agreement, reference_replies
 
-    rows = sample_rows(manifest, n, seed)
     references = references_file(kept, system, rows)
     if references.is_file():
         made = json.loads(references.read_text())
@@ -80,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
     from train.demo_world.judge import ToneJudge
     from train.demo_world.world_eval import sentence_embedder
 
-    try:
-        samples = [parse_sample(spec) for spec in args.manifest]
+    try:  # every input checked before the model loads (AudioError is a ValueError)
+        samples = [(manifest, draw(manifest, n, args.seed)) for manifest, n in map(parse_sample, args.manifest)]
         judge = ToneJudge.load(args.judge)
     except (ValueError, OSError) as e:
         print(f"error: {e}")
@@ -89,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
     system = load_system("blsp-emo", model=args.model)
     embed = sentence_embedder()
     results = []
-    for manifest, n in samples:
-        result = probe(system, manifest, n, judge, Path(args.references), embed, args.seed)
+    for manifest, rows in samples:
+        result = probe(system, manifest, rows, judge, Path(args.references), embed)
         print(json.dumps({k: v for k, v in result.items() if k != "replies"}), flush=True)
         results.append(result)
     if args.out:
